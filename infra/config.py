@@ -1,0 +1,360 @@
+"""The stack configuration as one validated, typed object.
+
+Everything else in the project receives a :class:`StackConfig`; nothing else reads raw
+configuration. :func:`parse` is pure (a mapping in, an object or a :class:`ConfigError`
+out) so the rules are testable without Pulumi; :func:`from_pulumi` is the one place that
+talks to ``pulumi.Config``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+PROJECT = "sin-datastores"
+DEV_STACK = "dev"
+MIN_PASSWORD_LENGTH = 16
+
+# Names the ADR gives the dev stack; other stacks get them prefixed with the stack name.
+ADR_NAMES = {
+    "networkName": "sin-network",
+    "postgresContainerName": "room-03-archiv-postgres",
+    "postgresVolumeName": "postgres_data",
+    "redisContainerName": "room-04-memory-redis",
+    "redisVolumeName": "redis_data",
+}
+
+# Every key with its default (None: required, or derived from the stack name).
+DEFAULTS: dict[str, Optional[str]] = {
+    "networkName": None,
+    "networkSubnet": "172.20.0.0/16",
+    "networkGateway": "172.20.0.1",
+    "networkIpRange": "172.20.128.0/17",
+    "bindAddress": "127.0.0.1",
+    "retainVolumes": "true",
+    "healthTimeoutSeconds": "120",
+    "postgresImage": "postgres:16-alpine",
+    "postgresContainerName": None,
+    "postgresVolumeName": None,
+    "postgresIp": "172.20.0.100",
+    "postgresHostPort": "5432",
+    "postgresDatabase": "sinsolver",
+    "postgresUser": "sinadmin",
+    "postgresPassword": None,
+    "postgresMajorVersion": "16",
+    "postgresMemoryMb": "512",
+    "redisImage": "redis:7-alpine",
+    "redisContainerName": None,
+    "redisVolumeName": None,
+    "redisIp": "172.20.0.200",
+    "redisHostPort": "6379",
+    "redisPassword": None,
+    "redisMajorVersion": "7",
+    "redisMemoryMb": "256",
+}
+SECRET_KEYS = ("postgresPassword", "redisPassword")
+
+_DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+# repository[:tag][@digest], lower-case path components as Docker requires.
+_IMAGE = re.compile(
+    r"^(?:[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+_SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Passwords are written into a Redis config file and a PostgreSQL password file.
+_PASSWORD_FORBIDDEN = re.compile(r"[\s\"'\\]")
+
+
+class ConfigError(ValueError):
+    """The stack configuration is invalid; ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            f"invalid stack configuration ({len(problems)} problem"
+            f"{'s' if len(problems) != 1 else ''}):\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """The bridge network both containers join with fixed addresses."""
+
+    name: str
+    subnet: str
+    gateway: str
+    ip_range: str
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    """PostgreSQL container settings."""
+
+    image: str
+    container_name: str
+    volume_name: str
+    ip: str
+    host_port: int
+    database: str
+    user: str
+    password: str = field(repr=False)
+    major_version: int
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """Redis container settings."""
+
+    image: str
+    container_name: str
+    volume_name: str
+    ip: str
+    host_port: int
+    password: str = field(repr=False)
+    major_version: int
+    memory_mb: int
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Everything one stack declares."""
+
+    project: str
+    stack: str
+    bind_address: str
+    retain_volumes: bool
+    health_timeout_seconds: int
+    network: NetworkConfig
+    postgres: PostgresConfig
+    redis: RedisConfig
+
+    @property
+    def host_address(self) -> str:
+        """Where this host reaches the published ports (loopback for a wildcard bind)."""
+        return "127.0.0.1" if ipaddress.ip_address(self.bind_address).is_unspecified else self.bind_address
+
+
+def default_name(key: str, stack: str) -> str:
+    """The ADR's name on the dev stack, prefixed with the stack name elsewhere."""
+    base = ADR_NAMES[key]
+    return base if stack == DEV_STACK else f"{stack}-{base}"
+
+
+class _Reader:
+    """Collects every problem instead of stopping at the first one."""
+
+    def __init__(self, raw: Mapping[str, str], stack: str):
+        self.raw = raw
+        self.stack = stack
+        self.problems: list[str] = []
+
+    def fail(self, key: str, message: str, fix: str) -> None:
+        self.problems.append(f"{PROJECT}:{key}: {message}; fix: {fix}")
+
+    def text(self, key: str) -> str:
+        value = self.raw.get(key)
+        if value is None:
+            value = DEFAULTS[key]
+        if value is None and key in ADR_NAMES:
+            value = default_name(key, self.stack)
+        if value is None:
+            hint = " --secret" if key in SECRET_KEYS else ""
+            self.fail(key, "is required but not set", f"pulumi config set{hint} {key} <value>")
+            return ""
+        return str(value).strip()
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        value = self.text(key)
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(key, f"'{value}' is not a whole number", f"pulumi config set {key} <{low}-{high}>")
+            return 0
+        if not low <= number <= high:
+            self.fail(key, f"{number} is outside {low}-{high}", f"pulumi config set {key} <{low}-{high}>")
+        return number
+
+    def boolean(self, key: str) -> bool:
+        value = self.text(key).lower()
+        if value not in ("true", "false"):
+            self.fail(key, f"'{value}' is not true or false", f"pulumi config set {key} true")
+        return value == "true"
+
+    def docker_name(self, key: str) -> str:
+        value = self.text(key)
+        if value and not _DOCKER_NAME.match(value):
+            self.fail(key, f"'{value}' is not a valid Docker object name",
+                      f"use letters, digits, '_', '.', '-', starting with a letter or digit")
+        return value
+
+    def image(self, key: str) -> str:
+        value = self.text(key)
+        if not value:
+            self.fail(key, "is empty", f"pulumi config set {key} <repository:tag>")
+        elif not _IMAGE.match(value):
+            self.fail(key, f"'{value}' is not a valid image reference",
+                      f"pulumi config set {key} <repository:tag>, e.g. postgres:16-alpine")
+        return value
+
+    def identifier(self, key: str) -> str:
+        value = self.text(key)
+        if value and not _SQL_IDENTIFIER.match(value):
+            self.fail(key, f"'{value}' is not a plain lower-case SQL identifier",
+                      "use a-z, 0-9 and '_', starting with a letter, at most 63 characters")
+        return value
+
+    def password(self, key: str) -> str:
+        value = self.raw.get(key) or ""
+        if not value:
+            self.fail(key, "is required but not set", f"pulumi config set --secret {key} <password>")
+        elif len(value) < MIN_PASSWORD_LENGTH:
+            self.fail(key, f"is {len(value)} characters long, shorter than {MIN_PASSWORD_LENGTH}",
+                      f"pulumi config set --secret {key} <at least {MIN_PASSWORD_LENGTH} characters>")
+        elif _PASSWORD_FORBIDDEN.search(value):
+            self.fail(key, "contains whitespace, a quote or a backslash",
+                      f"pulumi config set --secret {key} <password without those characters>")
+        return value
+
+    def network(self, key: str) -> Optional[ipaddress.IPv4Network]:
+        value = self.text(key)
+        try:
+            return ipaddress.IPv4Network(value, strict=True)
+        except ValueError as exc:
+            self.fail(key, f"'{value}' is not a valid IPv4 CIDR ({exc})",
+                      f"pulumi config set {key} <a.b.c.d/n>, e.g. 172.20.0.0/16")
+            return None
+
+    def address(self, key: str) -> Optional[ipaddress.IPv4Address]:
+        value = self.text(key)
+        try:
+            return ipaddress.IPv4Address(value)
+        except ValueError:
+            self.fail(key, f"'{value}' is not a valid IPv4 address", f"pulumi config set {key} <a.b.c.d>")
+            return None
+
+
+def _check_addresses(r: _Reader, subnet, ip_range, addresses: dict) -> None:
+    """Gateway and fixed IPs inside the subnet, usable, distinct, outside the automatic range."""
+    if subnet is None:
+        return
+    if ip_range is not None and not ip_range.subnet_of(subnet):
+        r.fail("networkIpRange", f"{ip_range} is not inside networkSubnet {subnet}",
+               f"pulumi config set networkIpRange <a range inside {subnet}>")
+        ip_range = None
+    seen: dict = {}
+    for key, ip in addresses.items():
+        if ip is None:
+            continue
+        if ip not in subnet:
+            r.fail(key, f"{ip} is outside networkSubnet {subnet}", f"pulumi config set {key} <an address in {subnet}>")
+            continue
+        if ip in (subnet.network_address, subnet.broadcast_address):
+            r.fail(key, f"{ip} is the network or broadcast address of {subnet}",
+                   f"pulumi config set {key} <a host address in {subnet}>")
+            continue
+        if ip in seen:
+            r.fail(key, f"{ip} is already used by {seen[ip]}", f"pulumi config set {key} <a different address>")
+            continue
+        seen[ip] = key
+        if key != "networkGateway" and ip_range is not None and ip in ip_range:
+            r.fail(key, f"{ip} is inside networkIpRange {ip_range}, where Docker hands out automatic addresses",
+                   f"pick an address outside {ip_range} or shrink networkIpRange")
+
+
+def parse(raw: Mapping[str, str], stack: str, project: str = PROJECT,
+          secret_keys: Optional[set[str]] = None) -> StackConfig:
+    """Validate the whole configuration; raise :class:`ConfigError` listing every problem.
+
+    ``secret_keys`` names the keys stored encrypted; when given, a password stored in
+    plain text is a problem too.
+    """
+    r = _Reader(raw, stack)
+    for key in sorted(set(raw) - set(DEFAULTS)):
+        r.fail(key, "is not a known setting", f"pulumi config rm {key} (see README: Configuration)")
+    if secret_keys is not None:
+        for key in SECRET_KEYS:
+            if raw.get(key) and key not in secret_keys:
+                r.fail(key, "is stored in plain text in the stack configuration",
+                       f"pulumi config set --secret {key} <password>")
+
+    subnet = r.network("networkSubnet")
+    ip_range = r.network("networkIpRange")
+    gateway = r.address("networkGateway")
+    postgres_ip = r.address("postgresIp")
+    redis_ip = r.address("redisIp")
+    _check_addresses(r, subnet, ip_range,
+                     {"networkGateway": gateway, "postgresIp": postgres_ip, "redisIp": redis_ip})
+
+    bind = r.text("bindAddress")
+    try:
+        ipaddress.ip_address(bind)
+    except ValueError:
+        r.fail("bindAddress", f"'{bind}' is not an IP address", "pulumi config set bindAddress 127.0.0.1")
+
+    postgres_port = r.integer("postgresHostPort", 1, 65535)
+    redis_port = r.integer("redisHostPort", 1, 65535)
+    if postgres_port and postgres_port == redis_port:
+        r.fail("redisHostPort", f"{redis_port} equals postgresHostPort",
+               "pulumi config set redisHostPort <a different port>")
+
+    names = {key: r.docker_name(key) for key in ADR_NAMES}
+    for a, b in (("postgresContainerName", "redisContainerName"), ("postgresVolumeName", "redisVolumeName")):
+        if names[a] and names[a] == names[b]:
+            r.fail(b, f"'{names[b]}' equals {a}", f"pulumi config set {b} <a different name>")
+
+    network = NetworkConfig(names["networkName"], str(subnet), str(gateway), str(ip_range))
+    postgres = PostgresConfig(
+        image=r.image("postgresImage"),
+        container_name=names["postgresContainerName"],
+        volume_name=names["postgresVolumeName"],
+        ip=str(postgres_ip),
+        host_port=postgres_port,
+        database=r.identifier("postgresDatabase"),
+        user=r.identifier("postgresUser"),
+        password=r.password("postgresPassword"),
+        major_version=r.integer("postgresMajorVersion", 10, 99),
+        memory_mb=r.integer("postgresMemoryMb", 64, 1 << 20),
+    )
+    redis = RedisConfig(
+        image=r.image("redisImage"),
+        container_name=names["redisContainerName"],
+        volume_name=names["redisVolumeName"],
+        ip=str(redis_ip),
+        host_port=redis_port,
+        password=r.password("redisPassword"),
+        major_version=r.integer("redisMajorVersion", 2, 99),
+        memory_mb=r.integer("redisMemoryMb", 32, 1 << 20),
+    )
+    if postgres.password and postgres.password == redis.password:
+        r.fail("redisPassword", "equals postgresPassword",
+               "pulumi config set --secret redisPassword <a different password>")
+    config = StackConfig(
+        project=project,
+        stack=stack,
+        bind_address=bind,
+        retain_volumes=r.boolean("retainVolumes"),
+        health_timeout_seconds=r.integer("healthTimeoutSeconds", 5, 3600),
+        network=network,
+        postgres=postgres,
+        redis=redis,
+    )
+    if r.problems:
+        raise ConfigError(r.problems)
+    return config
+
+
+def from_pulumi() -> StackConfig:
+    """Read the current stack's configuration once, with the project's declared defaults."""
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    project = pulumi.get_project()
+    prefix = f"{project}:"
+    everything = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    raw = {key[len(prefix):]: str(value) for key, value in everything.items() if key.startswith(prefix)}
+    secret = {key for key in raw if runtime_config.is_config_secret(prefix + key)}
+    return parse(raw, pulumi.get_stack(), project, secret_keys=secret)

@@ -1,0 +1,164 @@
+"""Where the two services are and how to reach them, without Pulumi.
+
+A :class:`Target` is what the post-deploy step needs: built from the stack configuration
+inside ``pulumi up`` and from the stack outputs on the command line. Connecting retries
+with backoff until a deadline, never retries a rejected password, and always has a
+connect timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, TypeVar
+
+import psycopg
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+# The client settings the ADR gives its applications (node-postgres pool, ioredis).
+CLIENT_SETTINGS = {
+    "postgres": {"poolMax": 20, "idleTimeoutMillis": 30_000, "connectionTimeoutMillis": 2_000},
+    "redis": {"retryStepMillis": 50, "retryMaxDelayMillis": 2_000},
+}
+PG_CONNECT_TIMEOUT_S = CLIENT_SETTINGS["postgres"]["connectionTimeoutMillis"] // 1000
+REDIS_RETRY_STEP_S = CLIENT_SETTINGS["redis"]["retryStepMillis"] / 1000
+REDIS_RETRY_MAX_S = CLIENT_SETTINGS["redis"]["retryMaxDelayMillis"] / 1000
+
+# SQLSTATEs of a rejected login: never retried.
+_PG_AUTH_FAILED = {"28P01", "28000"}
+
+
+class ConnectError(RuntimeError):
+    """A service could not be reached in time, or it rejected the credentials."""
+
+
+class AuthRejected(ConnectError):
+    """The service rejected the credentials; retrying cannot help."""
+
+
+@dataclass(frozen=True)
+class PostgresTarget:
+    """How this host reaches PostgreSQL, and where it sits on the stack's network."""
+
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str = field(repr=False)
+    container_name: str
+    container_ip: str
+    major_version: int
+
+    def describe(self) -> str:
+        return f"PostgreSQL {self.user}@{self.host}:{self.port}/{self.database}"
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """How this host reaches Redis, and where it sits on the stack's network."""
+
+    host: str
+    port: int
+    password: str = field(repr=False)
+    container_name: str
+    container_ip: str
+    major_version: int
+
+    def describe(self) -> str:
+        return f"Redis {self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Both services of one stack."""
+
+    stack: str
+    postgres: PostgresTarget
+    redis: RedisTarget
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Target":
+        return cls(data["stack"], PostgresTarget(**data["postgres"]), RedisTarget(**data["redis"]))
+
+
+def backoff_delays(step: float = REDIS_RETRY_STEP_S, cap: float = REDIS_RETRY_MAX_S):
+    """The ADR's retry strategy: ``min(attempt * step, cap)`` seconds."""
+    attempt = 0
+    while True:
+        attempt += 1
+        yield min(attempt * step, cap)
+
+
+T = TypeVar("T")
+
+
+def _retry(what: str, attempt: Callable[[], T], is_auth_error: Callable[[Exception], bool],
+           transient: tuple, deadline_s: float) -> T:
+    """Call ``attempt`` until it succeeds, the deadline passes, or credentials are rejected."""
+    give_up = time.monotonic() + deadline_s
+    delays = backoff_delays()
+    while True:
+        try:
+            return attempt()
+        except transient as exc:
+            if is_auth_error(exc):
+                raise AuthRejected(f"{what} rejected the credentials: {_first_line(exc)}") from None
+            if time.monotonic() + 0.01 >= give_up:
+                raise ConnectError(f"{what} did not answer within {deadline_s:g} s: {_first_line(exc)}") from None
+            time.sleep(min(next(delays), max(0.0, give_up - time.monotonic())))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def connect_postgres(target: PostgresTarget, deadline_s: float = 30.0, password: str | None = None,
+                     autocommit: bool = True) -> psycopg.Connection:
+    """Open an authenticated connection, retrying while the server starts."""
+
+    def attempt() -> psycopg.Connection:
+        return psycopg.connect(
+            host=target.host, port=target.port, dbname=target.database, user=target.user,
+            password=target.password if password is None else password,
+            connect_timeout=PG_CONNECT_TIMEOUT_S, application_name="sin-datastores",
+            autocommit=autocommit,
+        )
+
+    def is_auth_error(exc: Exception) -> bool:
+        return getattr(exc, "sqlstate", None) in _PG_AUTH_FAILED or "password authentication failed" in str(exc)
+
+    return _retry(target.describe(), attempt, is_auth_error, (psycopg.OperationalError,), deadline_s)
+
+
+def connect_redis(target: RedisTarget, deadline_s: float = 30.0, password: str | None = None,
+                  socket_timeout_s: float = 10.0) -> redis.Redis:
+    """Open an authenticated client and PING it, retrying while the server starts or loads."""
+
+    def attempt() -> redis.Redis:
+        client = redis.Redis(
+            host=target.host, port=target.port,
+            password=target.password if password is None else (password or None),
+            socket_connect_timeout=PG_CONNECT_TIMEOUT_S, socket_timeout=socket_timeout_s,
+            decode_responses=True,
+            retry=Retry(NoBackoff(), 0),  # _retry below owns retrying; redis-py's own would retry rejected passwords
+        )
+        try:
+            client.ping()
+        except Exception:
+            client.close()
+            raise
+        return client
+
+    def is_auth_error(exc: Exception) -> bool:
+        # redis-py maps NOAUTH and WRONGPASS to AuthenticationError, a ConnectionError.
+        return isinstance(exc, redis.AuthenticationError)
+
+    return _retry(target.describe(), attempt, is_auth_error,
+                  (redis.ConnectionError, redis.TimeoutError),
+                  deadline_s)

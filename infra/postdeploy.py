@@ -1,0 +1,55 @@
+"""The post-deploy step: migrate, verify, register. Plain Python, no Pulumi.
+
+Runs from ``pulumi up`` (through a thin adapter), from the command line and from tests.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from infra import migrations, registry
+from infra.connect import Target, connect_postgres
+from infra.verify import Report, VerificationFailed, verify
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the step did and what it found."""
+
+    applied: list[str]
+    already_applied: int
+    report: Report
+
+    def summary(self) -> dict:
+        return {"applied": self.applied, "already_applied": self.already_applied,
+                "checks": len(self.report.checks), "failed": [c.name for c in self.report.failed]}
+
+
+def default_actor() -> str:
+    """Who runs the step, for the history and the audit trail."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def run(target: Target, actor: str | None = None, migration_dir: Path = migrations.DEFAULT_DIR,
+        deadline_s: float = 60.0) -> Result:
+    """Apply pending migrations, verify both services, then record the deployment.
+
+    Raises :class:`infra.migrations.MigrationError` or :class:`VerificationFailed`.
+    """
+    actor = actor or default_actor()
+    outcome = migrations.migrate(target.postgres, actor, migration_dir, deadline_s=deadline_s)
+    report = verify(target.postgres, target.redis, deadline_s=deadline_s, migration_dir=migration_dir)
+    if not report.ok:
+        raise VerificationFailed(report)
+    result = Result([m.name for m, _ in outcome.applied], outcome.already_applied, report)
+    with connect_postgres(target.postgres, deadline_s) as conn:
+        registry.register(conn, target, actor, {
+            "migrations_applied": result.applied,
+            "checks_passed": len(report.checks),
+            "postgres": {"container": target.postgres.container_name, "ip": target.postgres.container_ip},
+            "redis": {"container": target.redis.container_name, "ip": target.redis.container_ip},
+        })
+    return result

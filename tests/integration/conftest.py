@@ -1,0 +1,67 @@
+"""Fixtures over real servers: one PostgreSQL 16 cluster and one Redis 7 per session,
+a fresh database per test, and extra Redis servers for misconfigurations."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from infra import migrations
+from infra.connect import PostgresTarget, RedisTarget, Target
+from tests.servers import PostgresServer, RedisServer
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer.start(password="redis-test-password-0123456789")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_target(pg_server) -> PostgresTarget:
+    """A target pointing at a brand-new empty database."""
+    name = pg_server.create_database()
+    try:
+        yield PostgresTarget(host="127.0.0.1", port=pg_server.port, database=name, user=pg_server.user,
+                             password=pg_server.password, container_name="room-03-archiv-postgres",
+                             container_ip="172.20.0.100", major_version=16)
+    finally:
+        pg_server.drop_database(name)
+
+
+def redis_target_for(server: RedisServer, major_version: int = 7) -> RedisTarget:
+    return RedisTarget(host="127.0.0.1", port=server.port, password=server.password or "",
+                       container_name="room-04-memory-redis", container_ip="172.20.0.200",
+                       major_version=major_version)
+
+
+@pytest.fixture
+def redis_target(redis_server) -> RedisTarget:
+    return redis_target_for(redis_server)
+
+
+@pytest.fixture
+def target(pg_target, redis_target) -> Target:
+    return Target(stack="itest", postgres=pg_target, redis=redis_target)
+
+
+@pytest.fixture
+def migration_dir(tmp_path) -> Path:
+    """A private copy of sql/ that a test may add files to or change."""
+    directory = tmp_path / "sql"
+    shutil.copytree(migrations.DEFAULT_DIR, directory)
+    return directory

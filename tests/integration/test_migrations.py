@@ -1,0 +1,191 @@
+"""Migrations against a real PostgreSQL 16 server."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from infra import migrations
+from infra.connect import connect_postgres
+from infra.migrations import MigrationError
+from tests.servers import free_port
+
+ADR_TABLES = {"services", "configurations", "logs", "audit_trail"}
+
+
+def tables(target) -> set[str]:
+    with connect_postgres(target) as conn:
+        return {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()}
+
+
+def history(target) -> list[tuple]:
+    with connect_postgres(target) as conn:
+        return conn.execute(
+            "SELECT version, script, checksum, installed_by, execution_ms >= 0, success "
+            "FROM sin_schema_history ORDER BY version").fetchall()
+
+
+def test_fresh_database_gets_the_adr_schema_and_a_history_row(pg_target, migration_dir):
+    outcome = migrations.migrate(pg_target, "tester", migration_dir)
+
+    assert [m.name for m, _ in outcome.applied] == ["V001__adr006_schema.sql"]
+    assert tables(pg_target) == ADR_TABLES | {"sin_schema_history"}
+    [row] = history(pg_target)
+    file = migrations.load(migration_dir)[0]
+    assert row == (1, "V001__adr006_schema.sql", file.checksum, "tester", True, True)
+
+
+def test_second_run_applies_nothing(pg_target, migration_dir):
+    migrations.migrate(pg_target, "tester", migration_dir)
+    outcome = migrations.migrate(pg_target, "tester", migration_dir)
+
+    assert outcome.applied == []
+    assert outcome.already_applied == 1
+    assert len(history(pg_target)) == 1
+
+
+def test_plan_lists_pending_files_and_changes_nothing(pg_target, migration_dir):
+    plan = migrations.plan(pg_target, migration_dir)
+
+    assert [m.name for m in plan.pending] == ["V001__adr006_schema.sql"]
+    assert tables(pg_target) == set()
+
+
+def test_changed_applied_file_is_refused_naming_the_file(pg_target, migration_dir):
+    migrations.migrate(pg_target, "tester", migration_dir)
+    path = migration_dir / "V001__adr006_schema.sql"
+    path.write_text(path.read_text() + "\n-- an innocent comment\n")
+
+    with pytest.raises(MigrationError, match=r"V001__adr006_schema\.sql was changed after it was applied"):
+        migrations.migrate(pg_target, "tester", migration_dir)
+
+
+def test_deleted_applied_file_is_refused(pg_target, migration_dir):
+    (migration_dir / "V002__add_note.sql").write_text("ALTER TABLE services ADD COLUMN note TEXT;\n")
+    migrations.migrate(pg_target, "tester", migration_dir)
+    (migration_dir / "V002__add_note.sql").unlink()
+
+    with pytest.raises(MigrationError, match=r"V2 \(add note\) was applied but its file is missing"):
+        migrations.migrate(pg_target, "tester", migration_dir)
+
+
+def test_new_file_sorting_before_an_applied_one_is_refused(pg_target, migration_dir):
+    (migration_dir / "V003__later.sql").write_text("SELECT 1;\n")
+    migrations.migrate(pg_target, "tester", migration_dir)
+    (migration_dir / "V002__late_arrival.sql").write_text("SELECT 2;\n")
+
+    with pytest.raises(MigrationError, match=r"V002__late_arrival\.sql sorts before V3"):
+        migrations.migrate(pg_target, "tester", migration_dir)
+
+
+def test_broken_migration_is_rolled_back_with_history_unchanged(pg_target, migration_dir):
+    migrations.migrate(pg_target, "tester", migration_dir)
+    (migration_dir / "V002__broken.sql").write_text(
+        "CREATE TABLE half_done (id INT);\n"
+        "INSERT INTO half_done VALUES (1);\n"
+        "\n"
+        "INSERT INTO no_such_table VALUES (1);\n")
+    before = history(pg_target)
+
+    with pytest.raises(MigrationError) as caught:
+        migrations.migrate(pg_target, "tester", migration_dir)
+
+    message = str(caught.value)
+    assert "V002__broken.sql, line 4" in message
+    assert 'relation "no_such_table" does not exist' in message
+    assert "INSERT INTO no_such_table VALUES (1)" in message
+    assert "nothing of V002__broken.sql was applied" in message
+    assert "half_done" not in tables(pg_target)
+    assert history(pg_target) == before
+
+
+def test_two_concurrent_runs_apply_each_migration_exactly_once(pg_target, migration_dir):
+    # A slow second migration keeps the first runner inside the lock while the other waits.
+    (migration_dir / "V002__slow.sql").write_text("SELECT pg_sleep(0.5);\nCREATE TABLE once (id INT);\n")
+    outcomes, errors = [], []
+
+    def run():
+        try:
+            outcomes.append(migrations.migrate(pg_target, "racer", migration_dir))
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    racers = [threading.Thread(target=run) for _ in range(2)]
+    for t in racers:
+        t.start()
+    for t in racers:
+        t.join(30)
+
+    assert errors == []
+    assert sorted(len(o.applied) for o in outcomes) == [0, 2]
+    assert [row[0] for row in history(pg_target)] == [1, 2]
+
+
+def test_lock_wait_has_a_deadline(pg_target, migration_dir):
+    with connect_postgres(pg_target) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (migrations.LOCK_KEY,))
+        with pytest.raises(MigrationError, match=r"held the lock for more than 0.3 s"):
+            migrations.migrate(pg_target, "tester", migration_dir, lock_wait_s=0.3)
+    assert tables(pg_target) == set()
+
+
+def test_no_transaction_file_runs_outside_a_transaction(pg_target, migration_dir):
+    (migration_dir / "V002__concurrent_index.sql").write_text(
+        "-- sin:no-transaction\nCREATE INDEX CONCURRENTLY idx_logs_message ON logs (message);\n")
+
+    outcome = migrations.migrate(pg_target, "tester", migration_dir)
+
+    assert [m.name for m, _ in outcome.applied] == ["V001__adr006_schema.sql", "V002__concurrent_index.sql"]
+    with connect_postgres(pg_target) as conn:
+        assert conn.execute("SELECT to_regclass('idx_logs_message') IS NOT NULL").fetchone()[0]
+
+
+def test_failed_no_transaction_file_is_recorded_and_blocks_later_runs(pg_target, migration_dir):
+    (migration_dir / "V002__bad_index.sql").write_text(
+        "-- sin:no-transaction\nCREATE INDEX CONCURRENTLY idx_bad ON no_such_table (x);\n")
+
+    with pytest.raises(MigrationError, match=r"runs outside a transaction"):
+        migrations.migrate(pg_target, "tester", migration_dir)
+    assert [(r[0], r[5]) for r in history(pg_target)] == [(1, True), (2, False)]
+    with pytest.raises(MigrationError, match=r"V2 \(bad index\) failed outside a transaction"):
+        migrations.migrate(pg_target, "tester", migration_dir)
+
+
+def test_baseline_marks_an_existing_schema_as_applied(pg_target, migration_dir):
+    with connect_postgres(pg_target) as conn:
+        conn.execute((migration_dir / "V001__adr006_schema.sql").read_text())
+
+    migrations.baseline(pg_target, "tester", 1, migration_dir)
+    outcome = migrations.migrate(pg_target, "tester", migration_dir)
+
+    assert outcome.applied == []
+    with connect_postgres(pg_target) as conn:
+        assert conn.execute("SELECT kind FROM sin_schema_history").fetchall() == [("BASELINE",)]
+
+
+def test_statement_timeout_stops_a_runaway_migration(pg_target, migration_dir):
+    (migration_dir / "V002__runaway.sql").write_text("SELECT pg_sleep(5);\n")
+
+    with pytest.raises(MigrationError, match=r"statement timeout"):
+        migrations.migrate(pg_target, "tester", migration_dir, statement_timeout_s=0.2)
+    assert [r[0] for r in history(pg_target)] == [1]
+
+
+def test_rejected_password_fails_at_once_without_retrying(pg_target, migration_dir):
+    wrong = dataclasses.replace(pg_target, password="not-the-password-at-all")
+    started = time.monotonic()
+    with pytest.raises(Exception, match="rejected the credentials"):
+        migrations.migrate(wrong, "tester", migration_dir, deadline_s=20)
+    assert time.monotonic() - started < 3
+
+
+def test_unreachable_server_gives_up_at_the_deadline(pg_target, migration_dir):
+    nowhere = dataclasses.replace(pg_target, port=free_port())
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"did not answer within 1 s"):
+        migrations.migrate(nowhere, "tester", migration_dir, deadline_s=1)
+    assert 0.9 < time.monotonic() - started < 4

@@ -1,0 +1,149 @@
+"""Real PostgreSQL 16 and Redis 7 servers on loopback, started by the test suite itself.
+
+Used by the integration tests and the post-deploy benchmark. PostgreSQL 16 comes from
+``toolchain/pg16.sh`` (it refuses to run as root, so as root it runs as the ``sinpg``
+user that script creates); Redis 7 is Debian's ``redis-server``
+(``toolchain/host-services.sh``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import redis as redis_lib
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_USER = os.environ.get("SIN_PG_USER", "sinpg")
+
+
+class MissingServer(RuntimeError):
+    """A server binary the tests need is not installed."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg16_dir() -> Path:
+    """The PostgreSQL 16 binaries: $SIN_PG16_DIR, or what toolchain/pg16.sh provides."""
+    if os.environ.get("SIN_PG16_DIR"):
+        return Path(os.environ["SIN_PG16_DIR"])
+    try:
+        out = subprocess.run([str(ROOT / "toolchain" / "pg16.sh")], check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        raise MissingServer(f"toolchain/pg16.sh failed, so there is no PostgreSQL 16 to test against:\n{exc.stderr}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _as_pg_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return cmd
+    return ["setpriv", f"--reuid={PG_USER}", f"--regid={PG_USER}", "--init-groups", "--"] + cmd
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster with scram-sha-256 logins over 127.0.0.1."""
+
+    bin_dir: Path
+    workdir: Path
+    port: int
+    user: str
+    password: str
+
+    @classmethod
+    def start(cls, user: str = "sinadmin") -> "PostgresServer":
+        bin_dir = pg16_dir() / "bin"
+        workdir = Path(tempfile.mkdtemp(prefix="sin-pg-"))
+        password = secrets.token_urlsafe(24)
+        (workdir / "pwfile").write_text(password + "\n")
+        if os.geteuid() == 0:
+            shutil.chown(workdir, PG_USER, PG_USER)
+            shutil.chown(workdir / "pwfile", PG_USER, PG_USER)
+        server = cls(bin_dir, workdir, free_port(), user, password)
+        server._run([str(bin_dir / "initdb"), "-D", str(workdir / "data"), "-U", user,
+                     f"--pwfile={workdir / 'pwfile'}", "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"])
+        server._run([str(bin_dir / "pg_ctl"), "-D", str(workdir / "data"), "-l", str(workdir / "log"), "-w",
+                     "-o", f"-p {server.port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off",
+                     "start"])
+        return server
+
+    def _run(self, cmd: list[str]) -> None:
+        proc = subprocess.run(_as_pg_user(cmd), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed: {proc.stdout}{proc.stderr}")
+
+    def stop(self) -> None:
+        subprocess.run(_as_pg_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.workdir / "data"),
+                                    "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def admin(self, dbname: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, password=self.password,
+                               dbname=dbname, autocommit=True, connect_timeout=5)
+
+    def create_database(self) -> str:
+        name = f"t_{secrets.token_hex(6)}"
+        with self.admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class RedisServer:
+    """A throwaway Redis server on 127.0.0.1."""
+
+    process: subprocess.Popen
+    workdir: Path
+    port: int
+    password: str | None
+
+    @classmethod
+    def start(cls, password: str | None = None, appendonly: bool = True) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise MissingServer("redis-server is not installed; run toolchain/host-services.sh")
+        workdir = Path(tempfile.mkdtemp(prefix="sin-redis-"))
+        port = free_port()
+        conf = [f"port {port}", "bind 127.0.0.1", f"dir {workdir}", "save ''", "daemonize no",
+                f"appendonly {'yes' if appendonly else 'no'}", "logfile ''"]
+        if password:
+            conf.append(f"requirepass {password}")
+        (workdir / "redis.conf").write_text("\n".join(conf) + "\n")
+        (workdir / "redis.conf").chmod(0o600)
+        process = subprocess.Popen([binary, str(workdir / "redis.conf")], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        server = cls(process, workdir, port, password)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis_lib.Redis(port=port, password=password, socket_connect_timeout=1).ping()
+                return server
+            except redis_lib.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    server.stop()
+                    raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port}")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
