@@ -83,7 +83,11 @@ class Target:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Target":
-        return cls(data["stack"], PostgresTarget(**data["postgres"]), RedisTarget(**data["redis"]))
+        """The inverse of :meth:`to_dict`; numbers may arrive as floats through Pulumi's wire format."""
+        def service(fields: dict) -> dict:
+            return {k: int(v) if k in ("port", "major_version") else v for k, v in fields.items()}
+
+        return cls(data["stack"], PostgresTarget(**service(data["postgres"])), RedisTarget(**service(data["redis"])))
 
 
 def backoff_delays(step: float = REDIS_RETRY_STEP_S, cap: float = REDIS_RETRY_MAX_S):

@@ -1,0 +1,1 @@
+"""Pulumi components, one per concern: network, PostgreSQL, Redis, post-deploy step."""

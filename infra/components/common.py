@@ -1,0 +1,120 @@
+"""Small helpers the container components share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import pulumi
+import pulumi_docker as docker
+
+LABEL_PREFIX = "sin-datastores"
+# Rotate container logs instead of letting json-file grow without bound.
+LOG_OPTS = {"max-size": "10m", "max-file": "3"}
+SECURITY_OPTS = ["no-new-privileges:true"]
+
+
+def labels(project: str, stack: str, role: str) -> dict[str, str]:
+    """The labels every Docker object of a stack carries (and the sweeper selects on)."""
+    return {f"{LABEL_PREFIX}.project": project, f"{LABEL_PREFIX}.stack": stack, f"{LABEL_PREFIX}.role": role}
+
+
+def container_labels(values: Mapping[str, str]) -> list[docker.ContainerLabelArgs]:
+    return [docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(values.items())]
+
+
+def healthcheck(shell_command: str, timeout_s: int) -> docker.ContainerHealthcheckArgs:
+    """A frequent check with enough retries to cover the whole health wait."""
+    interval_s = 2
+    return docker.ContainerHealthcheckArgs(
+        tests=["CMD-SHELL", shell_command],
+        interval=f"{interval_s}s",
+        timeout="5s",
+        start_period="5s",
+        retries=max(3, timeout_s // interval_s),
+    )
+
+
+@dataclass
+class ServiceArgs:
+    """What every data-service container needs; the PostgreSQL and Redis args add their own."""
+
+    image: pulumi.Input[str]
+    """Image reference; a local image is used as it is, never pulled when present."""
+    container_name: pulumi.Input[str]
+    """Container name."""
+    volume_name: pulumi.Input[str]
+    """Named data volume."""
+    network_name: pulumi.Input[str]
+    """Network to join."""
+    ip: pulumi.Input[str]
+    """Fixed IPv4 address on that network."""
+    host_port: pulumi.Input[int]
+    """Port published on the host."""
+    bind_address: pulumi.Input[str]
+    """Host address the port is published on (127.0.0.1 by default)."""
+    memory_mb: pulumi.Input[int]
+    """Container memory limit."""
+    retain_volume: bool
+    """Keep the data volume when the stack is destroyed."""
+    health_timeout_s: int
+    """How long `pulumi up` waits for the container to become healthy."""
+    labels: Mapping[str, str]
+    """Labels naming project, stack and role."""
+
+
+@dataclass
+class ServiceSpec:
+    """The service-specific parts of a data container."""
+
+    alias: str
+    internal_port: int
+    data_path: str
+    healthcheck: docker.ContainerHealthcheckArgs
+    envs: list[str] = field(default_factory=list)
+    command: Optional[list[str]] = None
+    uploads: list[docker.ContainerUploadArgs] = field(default_factory=list)
+
+
+@dataclass
+class ServiceResources:
+    image: docker.RemoteImage
+    volume: docker.Volume
+    container: docker.Container
+
+
+def declare_service(parent: pulumi.Resource, name: str, args: ServiceArgs, spec: ServiceSpec) -> ServiceResources:
+    """Image, named volume and container of one data service, as children of ``parent``."""
+    child = pulumi.ResourceOptions(parent=parent)
+    image = docker.RemoteImage(f"{name}-image", name=args.image, keep_locally=True, opts=child)
+    volume = docker.Volume(
+        f"{name}-data",
+        name=args.volume_name,
+        labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in sorted(args.labels.items())],
+        # A retained volume outlives `destroy`; `up` later re-attaches the same named volume.
+        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=args.retain_volume),
+    )
+    container = docker.Container(
+        f"{name}-container",
+        name=args.container_name,
+        image=image.image_id,
+        envs=spec.envs or None,
+        command=spec.command,
+        uploads=spec.uploads or None,
+        networks_advanced=[docker.ContainerNetworksAdvancedArgs(
+            name=args.network_name, ipv4_address=args.ip, aliases=[spec.alias])],
+        ports=[docker.ContainerPortArgs(internal=spec.internal_port, external=args.host_port, ip=args.bind_address)],
+        volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=spec.data_path)],
+        healthcheck=spec.healthcheck,
+        wait=True,
+        wait_timeout=args.health_timeout_s,
+        restart="unless-stopped",
+        memory=args.memory_mb,
+        log_driver="json-file",
+        log_opts=LOG_OPTS,
+        security_opts=SECURITY_OPTS,
+        labels=container_labels(args.labels),
+        # The replacement needs the fixed IP and host port that the old container holds.
+        opts=pulumi.ResourceOptions(parent=parent, delete_before_replace=True, depends_on=[image, volume]),
+    )
+    return ServiceResources(image, volume, container)

@@ -1,0 +1,90 @@
+"""The Pulumi program: one function used by `__main__.py` and by the Automation API."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pulumi
+
+from infra import config as stack_config
+from infra import migrations
+from infra.components.common import labels
+from infra.components.network import NetworkArgs, SinNetwork
+from infra.components.postdeploy import PostDeploy, PostDeployArgs
+from infra.components.postgres import PostgresArgs, PostgresService
+from infra.components.redis import RedisArgs, RedisService
+from infra.connect import CLIENT_SETTINGS, PostgresTarget, RedisTarget, Target
+from infra.postdeploy import default_actor
+
+
+def target_for(cfg: stack_config.StackConfig) -> Target:
+    """How the post-deploy step reaches this stack's services: through the published ports."""
+    pg, rd = cfg.postgres, cfg.redis
+    return Target(
+        stack=cfg.stack,
+        postgres=PostgresTarget(cfg.host_address, pg.host_port, pg.database, pg.user, pg.password,
+                                pg.container_name, pg.ip, pg.major_version),
+        redis=RedisTarget(cfg.host_address, rd.host_port, rd.password, rd.container_name, rd.ip,
+                          rd.major_version),
+    )
+
+
+def postgres_url(user: str, password: str, host: str, port: int, database: str) -> str:
+    return f"postgresql://{quote(user)}:{quote(password, safe='')}@{host}:{port}/{quote(database)}"
+
+
+def redis_url(password: str, host: str, port: int) -> str:
+    return f"redis://:{quote(password, safe='')}@{host}:{port}/0"
+
+
+def program() -> None:
+    """Declare network, PostgreSQL, Redis and the post-deploy step; export the contract."""
+    cfg = stack_config.from_pulumi()
+    common = dict(bind_address=cfg.bind_address, retain_volume=cfg.retain_volumes,
+                  health_timeout_s=cfg.health_timeout_seconds)
+
+    network = SinNetwork("sin-network", NetworkArgs(
+        name=cfg.network.name, subnet=cfg.network.subnet, gateway=cfg.network.gateway,
+        ip_range=cfg.network.ip_range, labels=labels(cfg.project, cfg.stack, "network")))
+    after_network = pulumi.ResourceOptions(depends_on=[network])
+    pg, rd = cfg.postgres, cfg.redis
+    postgres = PostgresService("postgres", PostgresArgs(
+        image=pg.image, container_name=pg.container_name, volume_name=pg.volume_name,
+        network_name=network.network_name, ip=pg.ip, host_port=pg.host_port, memory_mb=pg.memory_mb,
+        labels=labels(cfg.project, cfg.stack, "postgres"), database=pg.database, user=pg.user,
+        password=pulumi.Output.secret(pg.password), **common), after_network)
+    redis = RedisService("redis", RedisArgs(
+        image=rd.image, container_name=rd.container_name, volume_name=rd.volume_name,
+        network_name=network.network_name, ip=rd.ip, host_port=rd.host_port, memory_mb=rd.memory_mb,
+        labels=labels(cfg.project, cfg.stack, "redis"), password=pulumi.Output.secret(rd.password),
+        **common), after_network)
+    step = PostDeploy("post-deploy", PostDeployArgs(
+        target=target_for(cfg).to_dict(),
+        migrations=migrations.fingerprint(migrations.load()),
+        container_ids=pulumi.Output.all(postgres.container_id, redis.container_id),
+        actor=default_actor(),
+    ), pulumi.ResourceOptions(depends_on=[postgres, redis]))
+
+    pulumi.export("networkName", network.network_name)
+    pulumi.export("networkId", network.network_id)
+    pulumi.export("networkSubnet", cfg.network.subnet)
+    pulumi.export("postgresContainerName", postgres.container_name)
+    pulumi.export("postgresIp", pg.ip)
+    pulumi.export("postgresHost", cfg.host_address)
+    pulumi.export("postgresHostPort", pg.host_port)
+    pulumi.export("postgresDatabase", pg.database)
+    pulumi.export("postgresUser", pg.user)
+    pulumi.export("postgresMajorVersion", pg.major_version)
+    pulumi.export("postgresUrl", pulumi.Output.secret(postgres_url(pg.user, pg.password, pg.ip, 5432, pg.database)))
+    pulumi.export("postgresHostUrl", pulumi.Output.secret(
+        postgres_url(pg.user, pg.password, cfg.host_address, pg.host_port, pg.database)))
+    pulumi.export("redisContainerName", redis.container_name)
+    pulumi.export("redisIp", rd.ip)
+    pulumi.export("redisHost", cfg.host_address)
+    pulumi.export("redisHostPort", rd.host_port)
+    pulumi.export("redisMajorVersion", rd.major_version)
+    pulumi.export("redisUrl", pulumi.Output.secret(redis_url(rd.password, rd.ip, 6379)))
+    pulumi.export("redisHostUrl", pulumi.Output.secret(redis_url(rd.password, cfg.host_address, rd.host_port)))
+    pulumi.export("clientSettings", CLIENT_SETTINGS)
+    pulumi.export("migrationsApplied", step.applied)
+    pulumi.export("verificationChecks", step.checks)

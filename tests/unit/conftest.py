@@ -1,0 +1,99 @@
+"""Run the real Pulumi program under `pulumi.runtime.set_mocks` and record every registration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pytest
+from pulumi.runtime import rpc
+
+from infra import config as stack_config
+
+PG_PASSWORD = "pg-unit-test-password-0123"
+REDIS_PASSWORD = "redis-unit-test-password-0123"
+
+
+@dataclass
+class Registered:
+    typ: str
+    name: str
+    inputs: dict
+    parent_chain: str
+
+
+@dataclass
+class RecordingMocks(pulumi.runtime.Mocks):
+    resources: dict[str, Registered] = field(default_factory=dict)
+    exports: dict[str, pulumi.Output] = field(default_factory=dict)
+    options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.resources[args.name] = Registered(args.typ, args.name, args.inputs, "")
+        state = dict(args.inputs)
+        if args.typ == "docker:index/remoteImage:RemoteImage":
+            state["imageId"] = f"sha256:{args.name}"
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return [r for r in self.resources.values() if r.typ == typ]
+
+
+def unwrap(value):
+    """The plain value of a possibly secret-wrapped RPC value."""
+    return rpc.unwrap_rpc_secret(value) if rpc.is_rpc_secret(value) else value
+
+
+def is_secret(value) -> bool:
+    return rpc.is_rpc_secret(value)
+
+
+BASE_CONFIG = {"postgresPassword": PG_PASSWORD, "redisPassword": REDIS_PASSWORD}
+
+
+def run_program(config: dict | None = None, stack: str = "dev", mocks: RecordingMocks | None = None) -> RecordingMocks:
+    """Run infra.program under mocks with the given stack config (passwords stored as secrets)."""
+    from infra.program import program
+
+    values = {**BASE_CONFIG, **(config or {})}
+    mocks = mocks if mocks is not None else RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project=stack_config.PROJECT, stack=stack, preview=False)
+    pulumi.runtime.set_all_config(
+        {f"{stack_config.PROJECT}:{k}": str(v) for k, v in values.items()},
+        secret_keys=[f"{stack_config.PROJECT}:{k}" for k in stack_config.SECRET_KEYS],
+    )
+
+    def record_export(name, value):
+        mocks.exports[name] = pulumi.Output.from_input(value)
+
+    def record_options(args: pulumi.ResourceTransformationArgs):
+        # Resource options never reach the mock monitor; an SDK-side transformation sees them.
+        mocks.options[args.name] = args.opts
+        return None
+
+    @pulumi.runtime.test
+    def deploy():
+        pulumi.runtime.register_stack_transformation(record_options)
+        original, pulumi.export = pulumi.export, record_export
+        try:
+            program()
+        finally:
+            pulumi.export = original
+        return pulumi.Output.all(*mocks.exports.values())
+
+    deploy()
+    return mocks
+
+
+def output_value(out: pulumi.Output):
+    """The resolved value and secretness of an exported output (after the run finished)."""
+    data = out._data.result()  # the run has finished, so the underlying future is done
+    return data.value, data.is_secret
+
+
+@pytest.fixture(scope="module")
+def dev() -> RecordingMocks:
+    return run_program()

@@ -1,0 +1,191 @@
+"""Validation of the stack configuration: every bad input gets one exact message."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infra.config import ConfigError, parse
+
+GOOD = {"postgresPassword": "p" * 16, "redisPassword": "r" * 16}
+
+
+def problems(overrides: dict, stack: str = "dev", **kwargs) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse({**GOOD, **overrides}, stack, **kwargs)
+    return caught.value.problems
+
+
+def test_defaults_are_the_adr_values_on_dev():
+    cfg = parse(GOOD, "dev")
+    assert (cfg.network.name, cfg.network.subnet, cfg.network.gateway) == ("sin-network", "172.20.0.0/16", "172.20.0.1")
+    assert (cfg.postgres.container_name, cfg.postgres.ip, cfg.postgres.host_port) == (
+        "room-03-archiv-postgres", "172.20.0.100", 5432)
+    assert (cfg.postgres.database, cfg.postgres.user, cfg.postgres.image) == ("sinsolver", "sinadmin", "postgres:16-alpine")
+    assert (cfg.redis.container_name, cfg.redis.ip, cfg.redis.host_port, cfg.redis.image) == (
+        "room-04-memory-redis", "172.20.0.200", 6379, "redis:7-alpine")
+    assert cfg.bind_address == "127.0.0.1" and cfg.retain_volumes is True
+
+
+def test_passwords_never_show_in_the_repr():
+    text = repr(parse(GOOD, "dev"))
+    assert "p" * 16 not in text and "r" * 16 not in text
+
+
+P = "sin-datastores:"
+BAD = [
+    ({"networkSubnet": "172.20.0.0/33"},
+     P + "networkSubnet: '172.20.0.0/33' is not a valid IPv4 CIDR ('33' is not a valid netmask); "
+         "fix: pulumi config set networkSubnet <a.b.c.d/n>, e.g. 172.20.0.0/16"),
+    ({"networkSubnet": "172.20.0.1/16"},
+     P + "networkSubnet: '172.20.0.1/16' is not a valid IPv4 CIDR (172.20.0.1/16 has host bits set); "
+         "fix: pulumi config set networkSubnet <a.b.c.d/n>, e.g. 172.20.0.0/16"),
+    ({"networkGateway": "10.0.0.1"},
+     P + "networkGateway: 10.0.0.1 is outside networkSubnet 172.20.0.0/16; "
+         "fix: pulumi config set networkGateway <an address in 172.20.0.0/16>"),
+    ({"postgresIp": "172.21.0.100"},
+     P + "postgresIp: 172.21.0.100 is outside networkSubnet 172.20.0.0/16; "
+         "fix: pulumi config set postgresIp <an address in 172.20.0.0/16>"),
+    ({"redisIp": "172.20.255.255"},
+     P + "redisIp: 172.20.255.255 is the network or broadcast address of 172.20.0.0/16; "
+         "fix: pulumi config set redisIp <a host address in 172.20.0.0/16>"),
+    ({"postgresIp": "172.20.0.0"},
+     P + "postgresIp: 172.20.0.0 is the network or broadcast address of 172.20.0.0/16; "
+         "fix: pulumi config set postgresIp <a host address in 172.20.0.0/16>"),
+    ({"redisIp": "172.20.0.100"},
+     P + "redisIp: 172.20.0.100 is already used by postgresIp; fix: pulumi config set redisIp <a different address>"),
+    ({"postgresIp": "172.20.0.1"},
+     P + "postgresIp: 172.20.0.1 is already used by networkGateway; "
+         "fix: pulumi config set postgresIp <a different address>"),
+    ({"redisIp": "172.20.130.5"},
+     P + "redisIp: 172.20.130.5 is inside networkIpRange 172.20.128.0/17, where Docker hands out automatic "
+         "addresses; fix: pick an address outside 172.20.128.0/17 or shrink networkIpRange"),
+    ({"networkIpRange": "172.21.0.0/24"},
+     P + "networkIpRange: 172.21.0.0/24 is not inside networkSubnet 172.20.0.0/16; "
+         "fix: pulumi config set networkIpRange <a range inside 172.20.0.0/16>"),
+    ({"postgresIp": "not-an-ip"},
+     P + "postgresIp: 'not-an-ip' is not a valid IPv4 address; fix: pulumi config set postgresIp <a.b.c.d>"),
+    ({"postgresHostPort": "0"},
+     P + "postgresHostPort: 0 is outside 1-65535; fix: pulumi config set postgresHostPort <1-65535>"),
+    ({"redisHostPort": "65536"},
+     P + "redisHostPort: 65536 is outside 1-65535; fix: pulumi config set redisHostPort <1-65535>"),
+    ({"redisHostPort": "abc"},
+     P + "redisHostPort: 'abc' is not a whole number; fix: pulumi config set redisHostPort <1-65535>"),
+    ({"redisHostPort": "5432"},
+     P + "redisHostPort: 5432 equals postgresHostPort; fix: pulumi config set redisHostPort <a different port>"),
+    ({"postgresImage": ""},
+     P + "postgresImage: is empty; fix: pulumi config set postgresImage <repository:tag>"),
+    ({"redisImage": "Redis:7"},
+     P + "redisImage: 'Redis:7' is not a valid image reference; "
+         "fix: pulumi config set redisImage <repository:tag>, e.g. postgres:16-alpine"),
+    ({"postgresImage": "postgres:16 alpine"},
+     P + "postgresImage: 'postgres:16 alpine' is not a valid image reference; "
+         "fix: pulumi config set postgresImage <repository:tag>, e.g. postgres:16-alpine"),
+    ({"postgresPassword": ""},
+     P + "postgresPassword: is required but not set; fix: pulumi config set --secret postgresPassword <password>"),
+    ({"redisPassword": "short"},
+     P + "redisPassword: is 5 characters long, shorter than 16; "
+         "fix: pulumi config set --secret redisPassword <at least 16 characters>"),
+    ({"redisPassword": "has a space in it 12345"},
+     P + "redisPassword: contains whitespace, a quote or a backslash; "
+         "fix: pulumi config set --secret redisPassword <password without those characters>"),
+    ({"redisPassword": "p" * 16},
+     P + "redisPassword: equals postgresPassword; fix: pulumi config set --secret redisPassword <a different password>"),
+    ({"bindAddress": "localhost"},
+     P + "bindAddress: 'localhost' is not an IP address; fix: pulumi config set bindAddress 127.0.0.1"),
+    ({"postgresContainerName": "bad name"},
+     P + "postgresContainerName: 'bad name' is not a valid Docker object name; "
+         "fix: use letters, digits, '_', '.', '-', starting with a letter or digit"),
+    ({"redisVolumeName": "postgres_data"},
+     P + "redisVolumeName: 'postgres_data' equals postgresVolumeName; "
+         "fix: pulumi config set redisVolumeName <a different name>"),
+    ({"postgresUser": "Sin-Admin"},
+     P + "postgresUser: 'Sin-Admin' is not a plain lower-case SQL identifier; "
+         "fix: use a-z, 0-9 and '_', starting with a letter, at most 63 characters"),
+    ({"retainVolumes": "maybe"},
+     P + "retainVolumes: 'maybe' is not true or false; fix: pulumi config set retainVolumes true"),
+    ({"postgresMemoryMb": "16"},
+     P + "postgresMemoryMb: 16 is outside 64-1048576; fix: pulumi config set postgresMemoryMb <64-1048576>"),
+    ({"postgresPort": "5432"},
+     P + "postgresPort: is not a known setting; fix: pulumi config rm postgresPort (see README: Configuration)"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD, ids=[next(iter(o)) + "=" + str(next(iter(o.values())))[:20]
+                                                        for o, _ in BAD])
+def test_bad_configuration_is_refused_with_one_exact_message(overrides, message):
+    assert problems(overrides) == [message]
+
+
+def test_every_problem_is_reported_at_once():
+    found = problems({"postgresHostPort": "0", "redisPassword": "", "postgresImage": ""})
+    assert [p.split(":")[1] for p in found] == ["postgresHostPort", "postgresImage", "redisPassword"]
+
+
+def test_missing_password_on_a_new_stack_names_the_secret_command():
+    with pytest.raises(ConfigError) as caught:
+        parse({}, "dev")
+    assert str(caught.value).splitlines()[1:] == [
+        "  - sin-datastores:postgresPassword: is required but not set; "
+        "fix: pulumi config set --secret postgresPassword <password>",
+        "  - sin-datastores:redisPassword: is required but not set; "
+        "fix: pulumi config set --secret redisPassword <password>",
+    ]
+
+
+def test_password_stored_in_plain_text_is_refused():
+    assert problems({}, secret_keys={"redisPassword"}) == [
+        P + "postgresPassword: is stored in plain text in the stack configuration; "
+            "fix: pulumi config set --secret postgresPassword <password>"]
+
+
+def test_non_dev_stack_names_are_prefixed_unless_pinned():
+    cfg = parse({**GOOD, "postgresVolumeName": "pinned"}, "pr-42")
+    assert cfg.network.name == "pr-42-sin-network"
+    assert cfg.postgres.container_name == "pr-42-room-03-archiv-postgres"
+    assert cfg.redis.volume_name == "pr-42-redis_data"
+    assert cfg.postgres.volume_name == "pinned"
+
+
+# Property: any address the parser accepts is a usable host address of the subnet, outside the
+# automatic range, and distinct from the gateway and the other fixed address.
+subnets = st.builds(lambda a, n: ipaddress.IPv4Network((a, n), strict=False),
+                    st.integers(0, 2 ** 32 - 1).map(ipaddress.IPv4Address), st.integers(16, 28))
+
+
+@settings(max_examples=300, deadline=None)
+@given(subnet=subnets, data=st.data())
+def test_accepted_addresses_are_usable_and_distinct(subnet, data):
+    hosts = st.integers(0, subnet.num_addresses - 1).map(lambda i: subnet.network_address + i)
+    gateway, pg_ip, redis_ip = data.draw(hosts), data.draw(hosts), data.draw(hosts)
+    ip_range = data.draw(st.sampled_from(list(subnet.subnets(prefixlen_diff=1))))
+    raw = {**GOOD, "networkSubnet": str(subnet), "networkGateway": str(gateway),
+           "networkIpRange": str(ip_range), "postgresIp": str(pg_ip), "redisIp": str(redis_ip)}
+    try:
+        parse(raw, "prop")
+    except ConfigError as exc:
+        assert all(p.startswith(P) and "; fix: " in p for p in exc.problems)
+        return
+    special = {subnet.network_address, subnet.broadcast_address}
+    assert len({gateway, pg_ip, redis_ip}) == 3
+    assert not {gateway, pg_ip, redis_ip} & special
+    assert pg_ip not in ip_range and redis_ip not in ip_range
+
+
+@settings(max_examples=200, deadline=None)
+@given(octets=st.lists(st.integers(0, 255), min_size=4, max_size=4), prefix=st.integers(0, 40))
+def test_any_subnet_string_is_accepted_only_when_it_is_a_network_address(octets, prefix):
+    text = ".".join(map(str, octets)) + f"/{prefix}"
+    try:
+        expected_ok = str(ipaddress.IPv4Network(text, strict=True)) == text
+    except ValueError:
+        expected_ok = False
+    try:
+        parse({**GOOD, "networkSubnet": text}, "prop")
+        subnet_ok = True
+    except ConfigError as exc:
+        subnet_ok = not any(p.startswith(P + "networkSubnet:") for p in exc.problems)
+    assert subnet_ok == expected_ok

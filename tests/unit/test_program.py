@@ -1,0 +1,209 @@
+"""Declarations of the Pulumi program under mocks: no Docker, no engine, seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.unit.conftest import (PG_PASSWORD, REDIS_PASSWORD, RecordingMocks, is_secret, output_value,
+                                 run_program, unwrap)
+
+CONTAINER = "docker:index/container:Container"
+NETWORK = "docker:index/network:Network"
+VOLUME = "docker:index/volume:Volume"
+IMAGE = "docker:index/remoteImage:RemoteImage"
+
+
+def labels_of(resource) -> dict[str, str]:
+    return {entry["label"]: entry["value"] for entry in resource.inputs["labels"]}
+
+
+def test_declares_the_adr_resources_under_their_components(dev):
+    # Policy: one component per concern, each owning its Docker resources.
+    kinds = sorted((r.name, r.typ) for r in dev.resources.values())
+    assert kinds == sorted([
+        ("sin-network", "sin-datastores:index:SinNetwork"),
+        ("sin-network-network", NETWORK),
+        ("postgres", "sin-datastores:index:PostgresService"),
+        ("postgres-image", IMAGE), ("postgres-data", VOLUME), ("postgres-container", CONTAINER),
+        ("redis", "sin-datastores:index:RedisService"),
+        ("redis-image", IMAGE), ("redis-data", VOLUME), ("redis-container", CONTAINER),
+        ("post-deploy", "sin-datastores:index:PostDeploy"),
+        ("post-deploy-step", "pulumi-python:dynamic:Resource"),
+    ])
+
+
+def test_network_is_a_bridge_with_subnet_gateway_and_ip_range_away_from_fixed_ips(dev):
+    network = dev.resources["sin-network-network"]
+    assert network.inputs["name"] == "sin-network"
+    assert network.inputs["driver"] == "bridge"
+    assert network.inputs["ipamConfigs"] == [
+        {"subnet": "172.20.0.0/16", "gateway": "172.20.0.1", "ipRange": "172.20.128.0/17"}]
+
+
+@pytest.mark.parametrize("name, container_name, ip, alias, port", [
+    ("postgres", "room-03-archiv-postgres", "172.20.0.100", "postgres", 5432),
+    ("redis", "room-04-memory-redis", "172.20.0.200", "redis", 6379),
+])
+def test_containers_have_fixed_ip_alias_and_loopback_port(dev, name, container_name, ip, alias, port):
+    container = dev.resources[f"{name}-container"].inputs
+    assert container["name"] == container_name
+    assert container["networksAdvanced"] == [{"name": "sin-network", "ipv4Address": ip, "aliases": [alias]}]
+    assert container["ports"] == [{"internal": port, "external": port, "ip": "127.0.0.1"}], \
+        "published ports must bind to 127.0.0.1 by default"
+    assert container["image"] == f"sha256:{name}-image", "the container must follow the image id"
+
+
+@pytest.mark.parametrize("name", ["postgres", "redis"])
+def test_containers_are_hardened_and_wait_for_health(dev, name):
+    container = dev.resources[f"{name}-container"].inputs
+    assert container["restart"] == "unless-stopped"
+    assert container["wait"] is True
+    assert container["waitTimeout"] == 120
+    assert container["securityOpts"] == ["no-new-privileges:true"]
+    assert container["logDriver"] == "json-file"
+    assert container["logOpts"] == {"max-size": "10m", "max-file": "3"}
+    assert container["memory"] == {"postgres": 512, "redis": 256}[name]
+    health = container["healthcheck"]
+    assert health["tests"][0] == "CMD-SHELL"
+    assert health["retries"] * 2 >= 120, "retries x interval must cover the whole health wait"
+    assert labels_of(dev.resources[f"{name}-container"]) == {
+        "sin-datastores.project": "sin-datastores", "sin-datastores.stack": "dev", "sin-datastores.role": name}
+
+
+def test_postgres_healthcheck_runs_an_authenticated_query(dev):
+    test = dev.resources["postgres-container"].inputs["healthcheck"]["tests"][1]
+    assert "psql -h 127.0.0.1" in test and "SELECT 1" in test
+    assert "pg_isready" not in test
+
+
+def test_redis_healthcheck_authenticates_without_a_command_line_password(dev):
+    test = dev.resources["redis-container"].inputs["healthcheck"]["tests"][1]
+    assert "REDISCLI_AUTH=" in test and "ping" in test
+    assert " -a " not in test
+
+
+def test_postgres_password_comes_from_a_secret_file(dev):
+    container = dev.resources["postgres-container"].inputs
+    assert container["envs"] == ["POSTGRES_DB=sinsolver", "POSTGRES_USER=sinadmin",
+                                 "POSTGRES_PASSWORD_FILE=/run/secrets/postgres-password"]
+    assert is_secret(container["uploads"]), "the upload carrying the password must be a Pulumi secret"
+    assert unwrap(container["uploads"]) == [
+        {"file": "/run/secrets/postgres-password", "content": PG_PASSWORD, "permissions": "0400"}]
+
+
+def test_redis_config_file_has_aof_password_and_memory_cap(dev):
+    container = dev.resources["redis-container"].inputs
+    assert container["command"] == ["redis-server", "/usr/local/etc/redis/redis.conf"]
+    assert is_secret(container["uploads"])
+    [upload] = unwrap(container["uploads"])
+    lines = upload["content"].splitlines()
+    assert upload["file"] == "/usr/local/etc/redis/redis.conf"
+    assert {"appendonly yes", f"requirepass {REDIS_PASSWORD}", "maxmemory 192mb", "dir /data"} <= set(lines)
+
+
+@pytest.mark.parametrize("password", [PG_PASSWORD, REDIS_PASSWORD])
+def test_no_password_in_env_command_labels_or_healthcheck(dev, password):
+    for container in dev.of_type(CONTAINER):
+        visible = {k: container.inputs.get(k) for k in ("envs", "command", "labels", "healthcheck", "name")}
+        assert password not in json.dumps(visible), f"{container.name} exposes a password"
+
+
+def test_every_input_carrying_a_password_is_secret(dev):
+    for resource in dev.resources.values():
+        for key, value in resource.inputs.items():
+            text = json.dumps(unwrap(value), default=str)
+            if PG_PASSWORD in text or REDIS_PASSWORD in text:
+                assert is_secret(value), f"{resource.name}.{key} carries a password in plain text"
+
+
+def test_volumes_are_named_mounted_and_retained_by_default(dev):
+    assert dev.resources["postgres-data"].inputs["name"] == "postgres_data"
+    assert dev.resources["redis-data"].inputs["name"] == "redis_data"
+    assert dev.resources["postgres-container"].inputs["volumes"] == [
+        {"volumeName": "postgres_data", "containerPath": "/var/lib/postgresql/data"}]
+    assert dev.resources["redis-container"].inputs["volumes"] == [
+        {"volumeName": "redis_data", "containerPath": "/data"}]
+
+
+def test_images_are_kept_locally(dev):
+    assert dev.resources["postgres-image"].inputs == {"name": "postgres:16-alpine", "keepLocally": True}
+    assert dev.resources["redis-image"].inputs == {"name": "redis:7-alpine", "keepLocally": True}
+
+
+def test_post_deploy_step_gets_migration_checksums_containers_and_a_secret_target(dev):
+    step = dev.resources["post-deploy-step"].inputs
+    assert [m["file"] for m in step["migrations"]] == ["V001__adr006_schema.sql"]
+    assert len(step["migrations"][0]["sha256"]) == 64
+    assert step["container_ids"] == ["postgres-container-id", "redis-container-id"]
+    assert is_secret(step["target"])
+    target = unwrap(step["target"])
+    assert (target["postgres"]["host"], target["postgres"]["port"]) == ("127.0.0.1", 5432)
+    assert (target["redis"]["host"], target["redis"]["port"]) == ("127.0.0.1", 6379)
+
+
+def test_stack_outputs_are_the_contract_and_urls_are_secret(dev):
+    values = {name: output_value(out) for name, out in dev.exports.items()}
+    assert values["networkName"] == ("sin-network", False)
+    assert values["networkId"] == ("sin-network-network-id", False)
+    assert values["postgresContainerName"] == ("room-03-archiv-postgres", False)
+    assert values["postgresIp"] == ("172.20.0.100", False)
+    assert values["postgresHostPort"] == (5432, False)
+    assert values["redisContainerName"] == ("room-04-memory-redis", False)
+    assert values["redisIp"] == ("172.20.0.200", False)
+    assert values["redisHostPort"] == (6379, False)
+    assert values["postgresUrl"] == (f"postgresql://sinadmin:{PG_PASSWORD}@172.20.0.100:5432/sinsolver", True)
+    assert values["redisUrl"] == (f"redis://:{REDIS_PASSWORD}@172.20.0.200:6379/0", True)
+    assert values["clientSettings"][0]["postgres"] == {
+        "poolMax": 20, "idleTimeoutMillis": 30000, "connectionTimeoutMillis": 2000}
+    assert values["clientSettings"][0]["redis"]["retryMaxDelayMillis"] == 2000
+    for name, (value, secret) in values.items():
+        if not secret:
+            assert PG_PASSWORD not in json.dumps(value) and REDIS_PASSWORD not in json.dumps(value), name
+
+
+def test_non_dev_stack_prefixes_names_unless_pinned():
+    mocks = run_program({"networkSubnet": "172.30.0.0/16", "networkGateway": "172.30.0.1",
+                         "networkIpRange": "172.30.128.0/17", "postgresIp": "172.30.0.100",
+                         "redisIp": "172.30.0.200", "postgresHostPort": 15432, "redisHostPort": 16379,
+                         "redisContainerName": "pinned-redis"}, stack="ci-7")
+    assert mocks.resources["sin-network-network"].inputs["name"] == "ci-7-sin-network"
+    assert mocks.resources["postgres-container"].inputs["name"] == "ci-7-room-03-archiv-postgres"
+    assert mocks.resources["postgres-data"].inputs["name"] == "ci-7-postgres_data"
+    assert mocks.resources["redis-data"].inputs["name"] == "ci-7-redis_data"
+    assert mocks.resources["redis-container"].inputs["name"] == "pinned-redis"
+    assert mocks.resources["postgres-container"].inputs["ports"][0]["external"] == 15432
+    assert labels_of(mocks.resources["postgres-data"])["sin-datastores.stack"] == "ci-7"
+
+
+def test_bind_address_and_memory_limits_come_from_config():
+    mocks = run_program({"bindAddress": "0.0.0.0", "postgresMemoryMb": 1024, "redisMemoryMb": 128})
+    assert mocks.resources["postgres-container"].inputs["ports"][0]["ip"] == "0.0.0.0"
+    assert mocks.resources["postgres-container"].inputs["memory"] == 1024
+    [upload] = unwrap(mocks.resources["redis-container"].inputs["uploads"])
+    assert "maxmemory 96mb" in upload["content"].splitlines()
+    # The post-deploy step still connects through loopback when the bind is a wildcard.
+    assert unwrap(mocks.resources["post-deploy-step"].inputs["target"])["postgres"]["host"] == "127.0.0.1"
+
+
+def test_invalid_configuration_declares_nothing():
+    mocks = RecordingMocks()
+    with pytest.raises(Exception, match="postgresHostPort: 0 is outside 1-65535"):
+        run_program({"postgresHostPort": 0}, mocks=mocks)
+    assert mocks.resources == {}
+
+
+def test_containers_are_deleted_before_replacement_and_wait_for_their_dependencies(dev):
+    # A replacement needs the fixed IP and host port the old container holds.
+    for name in ("postgres-container", "redis-container"):
+        assert dev.options[name].delete_before_replace is True, name
+    assert {r._name for r in dev.options["post-deploy"].depends_on} == {"postgres", "redis"}
+    assert {r._name for r in dev.options["postgres"].depends_on} == {"sin-network"}
+
+
+def test_volumes_are_retained_on_delete_unless_released():
+    assert run_program().options["postgres-data"].retain_on_delete is True
+    released = run_program({"retainVolumes": "false"})
+    assert released.options["postgres-data"].retain_on_delete is False
+    assert released.options["redis-data"].retain_on_delete is False
