@@ -1,0 +1,165 @@
+"""Throwaway stacks on the real Pulumi engine and the local Docker Engine.
+
+Every stack lives in a temporary file backend with its own passphrase, gets a free
+subnet, free host ports and stack-prefixed names, and is destroyed and removed in
+`finally`, with a label-based sweep of Docker objects as the last resort.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pulumi import automation as auto
+
+from infra import stacks
+from tests.servers import free_port
+
+LABEL = "sin-datastores.stack"
+
+
+def docker(*args: str, check: bool = True) -> str:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def inspect(kind: str, name: str) -> dict:
+    return json.loads(docker(kind, "inspect", name))[0]
+
+
+def objects_of(stack: str) -> dict[str, list[str]]:
+    """Names of the containers, networks and volumes labelled as the stack's."""
+    selector = f"label={LABEL}={stack}"
+    return {
+        "containers": docker("ps", "-a", "--filter", selector, "--format", "{{.Names}}").split(),
+        "networks": docker("network", "ls", "--filter", selector, "--format", "{{.Name}}").split(),
+        "volumes": docker("volume", "ls", "--filter", selector, "--format", "{{.Name}}").split(),
+    }
+
+
+def sweep(stack: str) -> None:
+    """Remove whatever Docker objects of the stack are left."""
+    found = objects_of(stack)
+    if found["containers"]:
+        docker("rm", "-f", *found["containers"], check=False)
+    if found["networks"]:
+        docker("network", "rm", *found["networks"], check=False)
+    if found["volumes"]:
+        docker("volume", "rm", "-f", *found["volumes"], check=False)
+
+
+def used_subnets() -> list[ipaddress.IPv4Network]:
+    ids = docker("network", "ls", "-q").split()
+    nets = []
+    for net in json.loads(docker("network", "inspect", *ids)) if ids else []:
+        for conf in (net.get("IPAM") or {}).get("Config") or []:
+            if conf.get("Subnet") and ":" not in conf["Subnet"]:
+                nets.append(ipaddress.IPv4Network(conf["Subnet"]))
+    return nets
+
+
+def free_subnet() -> ipaddress.IPv4Network:
+    """A /24 in 172.29.0.0/16 that no Docker network on this host overlaps."""
+    taken = used_subnets()
+    candidates = list(ipaddress.IPv4Network("172.29.0.0/16").subnets(new_prefix=24))
+    random.shuffle(candidates)
+    for net in candidates:
+        if not any(net.overlaps(t) for t in taken):
+            return net
+    raise RuntimeError("no free /24 left in 172.29.0.0/16")
+
+
+def local_images() -> dict[str, str]:
+    images = {key: os.environ.get(env) for key, env in stacks.LOCAL_IMAGE_ENV.items()}
+    missing = [stacks.LOCAL_IMAGE_ENV[k] for k, v in images.items() if not v]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not set: run the tests through scripts/test, which builds the local "
+                    f"images (toolchain/images.sh)", pytrace=False)
+    return images
+
+
+@dataclass
+class TestStack:
+    """A throwaway stack and the config it was created with."""
+
+    stack: auto.Stack
+    name: str
+    config: dict[str, str]
+
+    def up(self, **kwargs) -> auto.UpResult:
+        return self.stack.up(color="never", **kwargs)
+
+    def destroy_and_remove(self) -> None:
+        try:
+            self.stack.destroy(color="never")
+        finally:
+            try:
+                self.stack.workspace.remove_stack(self.name)
+            finally:
+                sweep(self.name)
+
+
+def stack_config(retain_volumes: bool = False) -> dict[str, str]:
+    subnet = free_subnet()
+    hosts = list(subnet.hosts())
+    return {
+        "networkSubnet": str(subnet), "networkGateway": str(hosts[0]),
+        "networkIpRange": str(list(subnet.subnets(prefixlen_diff=1))[1]),
+        "postgresIp": str(hosts[99]), "redisIp": str(hosts[119]),
+        "postgresHostPort": str(free_port()), "redisHostPort": str(free_port()),
+        "retainVolumes": "true" if retain_volumes else "false",
+        "healthTimeoutSeconds": "90",
+        **local_images(),
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory) -> stacks.Settings:
+    if shutil.which("pulumi") is None:
+        pytest.fail("the pulumi CLI is not on PATH: run the tests through scripts/test", pytrace=False)
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.fail("no Docker daemon answers: run the tests through scripts/test", pytrace=False)
+    base = tmp_path_factory.mktemp("pulumi")
+    return stacks.Settings(backend_url=f"file://{base / 'state'}", passphrase_file=base / "passphrase")
+
+
+@pytest.fixture(scope="session")
+def make_stack(settings):
+    """Create throwaway stacks; every one is destroyed and removed at the end of the session."""
+    created: list[TestStack] = []
+
+    def make(retain_volumes: bool = False, **overrides: str) -> TestStack:
+        name = f"e2e-{uuid.uuid4().hex[:8]}"
+        stack = stacks.open_stack(name, settings, create=True)
+        test_stack = TestStack(stack, name, {**stack_config(retain_volumes), **overrides})
+        created.append(test_stack)
+        stacks.configure(stack, test_stack.config)
+        stacks.ensure_secrets(stack)
+        return test_stack
+
+    try:
+        yield make
+    finally:
+        errors = []
+        for test_stack in created:
+            try:
+                test_stack.destroy_and_remove()
+            except Exception as exc:  # keep cleaning the others; report at the end
+                errors.append(f"{test_stack.name}: {exc}")
+        for test_stack in created:
+            sweep(test_stack.name)
+        assert not errors, errors
+
+
+def state_files(settings: stacks.Settings) -> list[Path]:
+    return [p for p in Path(settings.backend_url[len("file://"):]).rglob("*") if p.is_file()]

@@ -1,0 +1,185 @@
+"""The whole life cycle of a stack: preview, up, no-op up, replacement, secrets, parallel
+stacks, destroy. Real Pulumi engine, real language host and docker provider, real Docker."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import psycopg
+import pytest
+import redis as redis_lib
+
+from infra import stacks
+from tests.e2e.conftest import docker, inspect, objects_of, state_files
+
+pytestmark = pytest.mark.e2e
+
+EXPECTED_CREATES = {
+    "pulumi:pulumi:Stack", "sin-datastores:index:SinNetwork", "docker:index/network:Network",
+    "sin-datastores:index:PostgresService", "sin-datastores:index:RedisService",
+    "docker:index/remoteImage:RemoteImage", "docker:index/volume:Volume", "docker:index/container:Container",
+    "sin-datastores:index:PostDeploy", "pulumi-python:dynamic:Resource",
+}
+
+
+def collect_ops(events: list) -> set[tuple[str, str]]:
+    ops = set()
+    for event in events:
+        if event.resource_pre_event:
+            meta = event.resource_pre_event.metadata
+            ops.add((meta.type, str(getattr(meta.op, "value", meta.op))))
+    return ops
+
+
+@pytest.fixture(scope="module")
+def deployed(make_stack):
+    """One stack, brought up once for the module (the up itself is asserted in a test)."""
+    test_stack = make_stack()
+    events: list = []
+    preview = test_stack.stack.preview(on_event=events.append, color="never")
+    objects_after_preview = objects_of(test_stack.name)
+    result = test_stack.up()
+    return test_stack, preview, events, objects_after_preview, result
+
+
+def secrets_of(test_stack) -> tuple[str, str]:
+    config = test_stack.stack.get_all_config()
+    return config["sin-datastores:postgresPassword"].value, config["sin-datastores:redisPassword"].value
+
+
+def test_preview_of_a_new_stack_lists_every_create_and_touches_nothing(deployed):
+    test_stack, preview, events, objects_after_preview, _ = deployed
+    ops = collect_ops(events)
+    assert {t for t, op in ops if op == "create"} == EXPECTED_CREATES
+    assert {op for _, op in ops} == {"create"}
+    assert preview.change_summary == {"create": 13}
+    assert objects_after_preview == {"containers": [], "networks": [], "volumes": []}
+
+
+def test_up_brings_both_services_up_healthy_at_fixed_ips_on_loopback_ports(deployed):
+    test_stack, _, _, _, result = deployed
+    config = test_stack.config
+    assert result.summary.result == "succeeded"
+    network = result.outputs["networkName"].value
+    assert network == f"{test_stack.name}-sin-network"
+    for role, ip_key, port_key, internal in (("postgres", "postgresIp", "postgresHostPort", "5432/tcp"),
+                                             ("redis", "redisIp", "redisHostPort", "6379/tcp")):
+        container = inspect("container", result.outputs[f"{role}ContainerName"].value)
+        assert container["State"]["Health"]["Status"] == "healthy", role
+        assert container["NetworkSettings"]["Networks"][network]["IPAMConfig"]["IPv4Address"] == config[ip_key]
+        assert container["NetworkSettings"]["Networks"][network]["IPAddress"] == config[ip_key]
+        assert container["HostConfig"]["PortBindings"] == {
+            internal: [{"HostIp": "127.0.0.1", "HostPort": config[port_key]}]}
+        assert container["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+        assert "no-new-privileges:true" in container["HostConfig"]["SecurityOpt"]
+
+
+def test_up_applied_the_schema_and_verified_both_services(deployed):
+    test_stack, _, _, _, result = deployed
+    assert result.outputs["migrationsApplied"].value == ["V001__adr006_schema.sql"]
+    assert result.outputs["verificationChecks"].value == 20
+    # Checked again, independently, through the published ports.
+    pg_password, redis_password = secrets_of(test_stack)
+    with psycopg.connect(host="127.0.0.1", port=int(test_stack.config["postgresHostPort"]), dbname="sinsolver",
+                         user="sinadmin", password=pg_password, connect_timeout=5) as conn:
+        tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
+        assert {"services", "configurations", "logs", "audit_trail", "sin_schema_history"} <= tables
+        assert conn.execute("SELECT count(*) FROM services WHERE status = 'active'").fetchone()[0] == 2
+        assert conn.execute("SHOW server_version_num").fetchone()[0].startswith("16")
+    client = redis_lib.Redis(port=int(test_stack.config["redisHostPort"]), password=redis_password)
+    assert client.ping() and client.info("persistence")["aof_enabled"] == 1
+    with pytest.raises(redis_lib.AuthenticationError):
+        redis_lib.Redis(port=int(test_stack.config["redisHostPort"])).ping()
+
+
+def test_second_up_changes_nothing(deployed):
+    test_stack, *_ = deployed
+    result = test_stack.up()
+    assert set(result.summary.resource_changes) == {"same"}, result.summary.resource_changes
+    test_stack.stack.preview(expect_no_changes=True, color="never")
+
+
+def test_secrets_appear_neither_in_docker_inspect_nor_in_the_state(deployed, settings):
+    test_stack, _, _, _, result = deployed
+    pg_password, redis_password = secrets_of(test_stack)
+    for role in ("postgres", "redis"):
+        text = docker("inspect", result.outputs[f"{role}ContainerName"].value)
+        assert pg_password not in text and redis_password not in text, role
+    exported = json.dumps(test_stack.stack.export_stack().deployment)
+    assert pg_password not in exported and redis_password not in exported
+    files = state_files(settings)
+    assert files, "the file backend holds the state"
+    for path in files:
+        text = path.read_bytes().decode("utf-8", "replace")
+        assert pg_password not in text and redis_password not in text, path
+
+
+def test_data_survives_replacement_of_both_containers(deployed):
+    test_stack, _, _, _, first = deployed
+    pg_password, redis_password = secrets_of(test_stack)
+    pg_port, redis_port = int(test_stack.config["postgresHostPort"]), int(test_stack.config["redisHostPort"])
+    with psycopg.connect(host="127.0.0.1", port=pg_port, dbname="sinsolver", user="sinadmin",
+                         password=pg_password, autocommit=True) as conn:
+        conn.execute("INSERT INTO logs (level, message) VALUES ('info', 'survives replacement')")
+    redis_lib.Redis(port=redis_port, password=redis_password).set("e2e:survivor", "still here")
+    ids_before = {r: inspect("container", first.outputs[f"{r}ContainerName"].value)["Id"] for r in ("postgres", "redis")}
+
+    # Memory limits force a new container for both services.
+    stacks.configure(test_stack.stack, {"postgresMemoryMb": "640", "redisMemoryMb": "320"})
+    result = test_stack.up()
+
+    assert result.summary.resource_changes.get("replace", 0) >= 2, result.summary.resource_changes
+    ids_after = {r: inspect("container", result.outputs[f"{r}ContainerName"].value)["Id"] for r in ("postgres", "redis")}
+    assert all(ids_before[r] != ids_after[r] for r in ids_before)
+    with psycopg.connect(host="127.0.0.1", port=pg_port, dbname="sinsolver", user="sinadmin",
+                         password=pg_password) as conn:
+        assert conn.execute("SELECT count(*) FROM logs WHERE message = 'survives replacement'").fetchone()[0] == 1
+    assert redis_lib.Redis(port=redis_port, password=redis_password).get("e2e:survivor") == b"still here"
+
+
+def test_two_more_stacks_run_at_the_same_time_without_colliding(deployed, make_stack):
+    first, *_ = deployed
+    others = [make_stack(), make_stack()]
+    results, errors = {}, []
+
+    def bring_up(test_stack):
+        try:
+            results[test_stack.name] = test_stack.up()
+        except Exception as exc:  # reported by the assertion below
+            errors.append(f"{test_stack.name}: {exc}")
+
+    threads = [threading.Thread(target=bring_up, args=(s,)) for s in others]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    names = set()
+    for test_stack in [first] + others:
+        found = objects_of(test_stack.name)
+        assert len(found["containers"]) == 2 and len(found["networks"]) == 1 and len(found["volumes"]) == 2
+        names.update(found["containers"] + found["networks"] + found["volumes"])
+        for container in found["containers"]:
+            assert inspect("container", container)["State"]["Health"]["Status"] == "healthy", container
+    assert len(names) == 15, "every stack's objects have names of their own"
+    for test_stack in others:
+        test_stack.destroy_and_remove()
+
+
+def test_destroy_removes_every_object_and_the_stack(deployed, settings):
+    test_stack, *_ = deployed
+    test_stack.destroy_and_remove()
+    assert objects_of(test_stack.name) == {"containers": [], "networks": [], "volumes": []}
+    with pytest.raises(stacks.StackError, match="does not exist"):
+        stacks.open_stack(test_stack.name, settings)
+
+
+def test_destroy_of_a_protected_stack_keeps_its_volumes(make_stack):
+    test_stack = make_stack(retain_volumes=True)
+    test_stack.up()
+    test_stack.stack.destroy(color="never")
+    left = objects_of(test_stack.name)
+    assert left["containers"] == [] and left["networks"] == []
+    assert sorted(left["volumes"]) == sorted([f"{test_stack.name}-postgres_data", f"{test_stack.name}-redis_data"])

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Everything this project needs on a fresh Debian machine, idempotently and cached:
+# the Python venv, the Pulumi CLI + Python language host + docker provider (built from Go
+# modules), a Docker Engine, the local PostgreSQL 16 / Redis 7 images, and the host
+# servers the integration tests start. A second run takes seconds.
+#
+# Logs go to stderr; stdout is shell to eval:  eval "$(toolchain/setup.sh)"
+# It exports PATH (toolchain first), SIN_LOCAL_POSTGRES_IMAGE, SIN_LOCAL_REDIS_IMAGE and
+# SIN_PG16_DIR. Steps can be skipped with SIN_SETUP_SKIP="images host" etc.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+log() { printf '[setup] %s\n' "$*" >&2; }
+skip() { case " ${SIN_SETUP_SKIP:-} " in *" $1 "*) return 0;; *) return 1;; esac; }
+last() { tail -n 1; }
+started=$(date +%s)
+
+# --- Python venv with the pinned requirements (re-created when requirements.txt changes)
+venv="$root/.venv"
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$root/requirements.txt" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "creating $venv from requirements.txt"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$root/requirements.txt" >&2
+  echo "$want" > "$stamp"
+else
+  log "venv up to date"
+fi
+
+# --- Pulumi CLI, Python language host and docker provider plugin
+pulumi_bin="$("$here/pulumi.sh" | last)"
+provider_bin="$("$here/docker-provider.sh" | last)"
+log "pulumi $("$pulumi_bin/pulumi" version) in $pulumi_bin; provider in $provider_bin"
+
+# --- Docker Engine and local images
+if ! skip docker; then
+  "$here/docker-engine.sh" >/dev/null
+  if ! skip images; then
+    images="$("$here/images.sh")"
+    pg_image="$(sed -n 's/^postgres_image=//p' <<<"$images")"
+    redis_image="$(sed -n 's/^redis_image=//p' <<<"$images")"
+    echo "export SIN_LOCAL_POSTGRES_IMAGE='$pg_image'"
+    echo "export SIN_LOCAL_REDIS_IMAGE='$redis_image'"
+  fi
+fi
+
+# --- Servers the integration tests start on loopback
+if ! skip host; then
+  echo "export SIN_PG16_DIR='$("$here/pg16.sh" | last)'"
+  "$here/host-services.sh" >/dev/null
+fi
+
+echo "export PATH='$pulumi_bin:$provider_bin:$venv/bin':\"\$PATH\""
+echo "export PULUMI_SKIP_UPDATE_CHECK=true PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true"
+log "ready in $(( $(date +%s) - started )) s"
