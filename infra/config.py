@@ -159,7 +159,8 @@ class _Reader:
         value = self.raw.get(key)
         if value is None:
             value = DEFAULTS[key]
-        if value is None and key in ADR_NAMES:
+        # Pulumi.yaml declares the names with an empty default: derive them from the stack.
+        if not value and key in ADR_NAMES:
             value = default_name(key, self.stack)
         if value is None:
             hint = " --secret" if key in SECRET_KEYS else ""

@@ -54,6 +54,8 @@ if [ "$(id -u)" = 0 ]; then
   chmod 03775 /var/run/postgresql || :
   find "$PGDATA" \! -user postgres -exec chown postgres:postgres '{}' + 2>/dev/null || :
   chown postgres:postgres /var/run/postgresql
+  # Read a root-only (0400) password file before dropping privileges, as the official image does.
+  from_env_or_file POSTGRES_PASSWORD
   exec setpriv --reuid=postgres --regid=postgres --init-groups \
     "${BASH_SOURCE[0]}" "$@"
 fi
