@@ -110,6 +110,8 @@ def declare_service(parent: pulumi.Resource, name: str, args: ServiceArgs, spec:
         wait_timeout=args.health_timeout_s,
         restart="unless-stopped",
         memory=args.memory_mb,
+        # Explicit, or Docker picks twice the limit and every `up` would show drift; equal means no swap.
+        memory_swap=args.memory_mb,
         log_driver="json-file",
         log_opts=LOG_OPTS,
         security_opts=SECURITY_OPTS,

@@ -95,11 +95,15 @@ class TestStack:
     stack: auto.Stack
     name: str
     config: dict[str, str]
+    removed: bool = False
 
     def up(self, **kwargs) -> auto.UpResult:
         return self.stack.up(color="never", **kwargs)
 
     def destroy_and_remove(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
         try:
             self.stack.destroy(color="never")
         finally:

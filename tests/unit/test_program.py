@@ -65,6 +65,7 @@ def test_containers_are_hardened_and_wait_for_health(dev, name):
     assert container["logDriver"] == "json-file"
     assert container["logOpts"] == {"max-size": "10m", "max-file": "3"}
     assert container["memory"] == {"postgres": 512, "redis": 256}[name]
+    assert container["memorySwap"] == container["memory"], "no swap, and no drift on the next up"
     health = container["healthcheck"]
     assert health["tests"][0] == "CMD-SHELL"
     assert health["retries"] * 2 >= 120, "retries x interval must cover the whole health wait"
