@@ -118,7 +118,8 @@ until daemon_answers "$client"; do
     log "last lines of $dockerd_log:"; tail -n 30 "$dockerd_log" >&2 || true
     die "dockerd did not answer within ${deadline_s}s"
   fi
-  if ! pgrep -x dockerd >/dev/null 2>&1; then
+  # Give setsid a moment to exec dockerd before reading its absence as a crash.
+  if [ $((SECONDS - start)) -ge 3 ] && ! pgrep -x dockerd >/dev/null 2>&1; then
     log "last lines of $dockerd_log:"; tail -n 30 "$dockerd_log" >&2 || true
     die "dockerd exited during start-up"
   fi
