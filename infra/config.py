@@ -189,7 +189,7 @@ class _Reader:
         value = self.text(key)
         if value and not _DOCKER_NAME.match(value):
             self.fail(key, f"'{value}' is not a valid Docker object name",
-                      f"use letters, digits, '_', '.', '-', starting with a letter or digit")
+                      "use letters, digits, '_', '.', '-', starting with a letter or digit")
         return value
 
     def image(self, key: str) -> str:

@@ -22,7 +22,7 @@ CLIENT_SETTINGS = {
     "postgres": {"poolMax": 20, "idleTimeoutMillis": 30_000, "connectionTimeoutMillis": 2_000},
     "redis": {"retryStepMillis": 50, "retryMaxDelayMillis": 2_000},
 }
-PG_CONNECT_TIMEOUT_S = CLIENT_SETTINGS["postgres"]["connectionTimeoutMillis"] // 1000
+CONNECT_TIMEOUT_S = CLIENT_SETTINGS["postgres"]["connectionTimeoutMillis"] // 1000
 REDIS_RETRY_STEP_S = CLIENT_SETTINGS["redis"]["retryStepMillis"] / 1000
 REDIS_RETRY_MAX_S = CLIENT_SETTINGS["redis"]["retryMaxDelayMillis"] / 1000
 
@@ -130,7 +130,7 @@ def connect_postgres(target: PostgresTarget, deadline_s: float = 30.0, password:
         return psycopg.connect(
             host=target.host, port=target.port, dbname=target.database, user=target.user,
             password=target.password if password is None else password,
-            connect_timeout=PG_CONNECT_TIMEOUT_S, application_name="sin-datastores",
+            connect_timeout=CONNECT_TIMEOUT_S, application_name="sin-datastores",
             autocommit=autocommit,
         )
 
@@ -148,7 +148,7 @@ def connect_redis(target: RedisTarget, deadline_s: float = 30.0, password: str |
         client = redis.Redis(
             host=target.host, port=target.port,
             password=target.password if password is None else (password or None),
-            socket_connect_timeout=PG_CONNECT_TIMEOUT_S, socket_timeout=socket_timeout_s,
+            socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=socket_timeout_s,
             decode_responses=True,
             retry=Retry(NoBackoff(), 0),  # _retry below owns retrying; redis-py's own would retry rejected passwords
         )

@@ -271,11 +271,13 @@ def verify(postgres: PostgresTarget, redis_target: RedisTarget, deadline_s: floa
         with connect_postgres(postgres, deadline_s) as conn:
             verify_postgres(postgres, conn, rec, migration_dir)
     except Exception as exc:
-        rec.run("postgres.reachable", postgres.describe(), lambda: (False, _reason(exc)))
+        reason = _reason(exc)
+        rec.run("postgres.reachable", postgres.describe(), lambda: (False, reason))
     try:
         client = connect_redis(redis_target, deadline_s)
     except Exception as exc:
-        rec.run("redis.reachable", redis_target.describe(), lambda: (False, _reason(exc)))
+        reason = _reason(exc)
+        rec.run("redis.reachable", redis_target.describe(), lambda: (False, reason))
     else:
         with client:
             verify_redis(redis_target, client, rec)

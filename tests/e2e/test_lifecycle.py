@@ -3,7 +3,6 @@ stacks, destroy. Real Pulumi engine, real language host and docker provider, rea
 
 from __future__ import annotations
 
-import json
 import threading
 
 import psycopg

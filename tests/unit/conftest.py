@@ -19,7 +19,6 @@ class Registered:
     typ: str
     name: str
     inputs: dict
-    parent_chain: str
 
 
 @dataclass
@@ -29,7 +28,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
     options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        self.resources[args.name] = Registered(args.typ, args.name, args.inputs, "")
+        self.resources[args.name] = Registered(args.typ, args.name, args.inputs)
         state = dict(args.inputs)
         if args.typ == "docker:index/remoteImage:RemoteImage":
             state["imageId"] = f"sha256:{args.name}"
