@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import timedelta
+from pathlib import Path
 from typing import Optional
 
 from pulumi import automation as auto
 
-from infra import migrations, stacks
+from infra import backup, migrations, previews, stacks, status, teststacks
 from infra.config import ConfigError
 from infra.connect import ConnectError
+from infra.dockercli import DockerError
 from infra.migrations import MigrationError
 from infra.postdeploy import default_actor
 from infra.verify import verify
@@ -39,10 +42,7 @@ def print_endpoints(outputs: dict[str, auto.OutputValue]) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack, create=True)
-    for key in stacks.ensure_secrets(stack):
-        say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{args.stack}.yaml")
-    config_file = stacks.overlay_config_file(stack, stacks.image_overrides(stack, args.images, say))
-    result = stack.up(on_output=print, config_file=config_file, color="never")
+    result = stacks.up(stack, args.images, say, on_output=print)
     changes = {k: v for k, v in (result.summary.resource_changes or {}).items() if k != "same"}
     say(f"update {result.summary.result}; changes: {changes or 'none'}")
     print_endpoints(result.outputs)
@@ -54,10 +54,17 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_preview(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack)
-    config_file = stacks.overlay_config_file(stack, stacks.image_overrides(stack, args.images, say))
-    result = stack.preview(on_output=print, diff=True, config_file=config_file, color="never")
+    events: list = []
+    with stacks.image_config(stack, args.images, say) as config_file:
+        result = stack.preview(on_output=print, on_event=events.append, diff=True, config_file=config_file,
+                               color="never")
     say(f"preview: {result.change_summary}")
-    return 0
+    for line in previews.pending_migrations(args.stack, stack.outputs()):
+        print(line)
+    risks = previews.risks(events)
+    if risks:
+        print(previews.banner(risks))
+    return 1 if risks and args.fail_on_risk else 0
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -101,6 +108,53 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    result = status.status(stacks.deployed_target(args.stack))
+    print(result.to_json() if args.json else result.table())
+    return 0 if result.healthy else 1
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    target = stacks.deployed_target(args.stack)
+    folder = backup.backup(target, args.to)
+    manifest = backup.load_manifest(folder)
+    files = ", ".join(f"{name} {meta['size']} B" for name, meta in sorted(manifest["files"].items()))
+    print(f"backup {folder}: {files}; {sum(manifest['postgres']['tables'].values())} rows, "
+          f"{sum(manifest['redis']['keys'].values())} Redis keys")
+    if not args.verify:
+        return 0
+    report = backup.verify_backup(target, folder)
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    target = stacks.deployed_target(args.stack)
+    outcome = backup.restore(target, args.source, say)
+    print(outcome.report.table())
+    say(f"restored {args.source} into stack {args.stack}; the previous database is kept as "
+        f"{outcome.previous_database} (DROP DATABASE it once you no longer need it)")
+    return 0
+
+
+def cmd_test_stack_create(args: argparse.Namespace) -> int:
+    stack = teststacks.create()
+    say(f"created test stack {stack.name}; remove it with `python -m infra down --stack {stack.name} --remove`")
+    result = stacks.up(stack, args.images, say, on_output=None)
+    print(json.dumps({"stack": stack.name, **{k: v.value for k, v in result.outputs.items() if not v.secret}},
+                     indent=2))
+    return 0
+
+
+def cmd_test_stack_sweep(args: argparse.Namespace) -> int:
+    swept = teststacks.sweep(timedelta(minutes=args.older_than_minutes), say=say)
+    print(f"removed {len(swept.stacks)} test stacks{': ' + ', '.join(swept.stacks) if swept.stacks else ''}; "
+          f"{len(swept.objects)} leftover Docker objects{': ' + ', '.join(swept.objects) if swept.objects else ''}")
+    for error in swept.errors:
+        say(f"error: {error}")
+    return 1 if swept.errors else 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m infra", description=__doc__.splitlines()[0])
     sub = root.add_subparsers(dest="command", required=True)
@@ -114,8 +168,10 @@ def parser() -> argparse.ArgumentParser:
     for name, handler, help_ in (("up", cmd_up, "create or update the stack, then print endpoints and report"),
                                  ("preview", cmd_preview, "show what `up` would change; touches nothing")):
         p = command(name, handler, help_)
-        p.add_argument("--images", choices=("auto", "config", "local"), default="auto",
-                       help="auto: local images for configured ones missing on this host (default)")
+        images_option(p)
+        if name == "preview":
+            p.add_argument("--fail-on-risk", action="store_true",
+                           help="exit 1 when a data volume or a database container would be replaced or deleted")
     command("down", cmd_down, "destroy the stack's resources").add_argument(
         "--remove", action="store_true", help="also remove the stack and its config file")
     command("plan", cmd_plan, "list pending migrations; applies nothing").add_argument("--json", action="store_true")
@@ -123,17 +179,39 @@ def parser() -> argparse.ArgumentParser:
     command("verify", cmd_verify, "verify both services").add_argument("--json", action="store_true")
     command("baseline", cmd_baseline, "mark migrations up to a version as applied").add_argument(
         "--version", type=int, required=True)
+    command("status", cmd_status, "containers, monitoring figures, pending migrations, audit; "
+            "exit 1 when unhealthy").add_argument("--json", action="store_true")
+    p = command("backup", cmd_backup, "back up PostgreSQL (pg_dump -Fc) and Redis (BGSAVE + AOF copy)")
+    p.add_argument("--to", type=Path, default=stacks.HOME / "backups",
+                   help="backup root; the backup lands in ROOT/STACK/<UTC time>/ (default %(default)s)")
+    p.add_argument("--verify", action="store_true", help="then restore it into scratch places and compare")
+    command("restore", cmd_restore, "replace the stack's data with a backup, all or nothing").add_argument(
+        "--from", dest="source", type=Path, required=True, help="a backup folder (ROOT/STACK/<UTC time>)")
+
+    test_stack = sub.add_parser("test-stack", help="throwaway test stacks").add_subparsers(
+        dest="action", required=True)
+    create = test_stack.add_parser("create", help="create and bring up a test stack with a free subnet and ports")
+    create.set_defaults(handler=cmd_test_stack_create)
+    images_option(create)
+    sweep = test_stack.add_parser("sweep", help="remove test stacks (and their Docker objects) older than a limit")
+    sweep.set_defaults(handler=cmd_test_stack_sweep)
+    sweep.add_argument("--older-than-minutes", type=float, default=120, help="age limit (default %(default)s)")
     return root
+
+
+def images_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", choices=("auto", "config", "local"), default="auto",
+                   help="auto: local images for configured ones missing on this host (default)")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (stacks.StackError, ConfigError) as exc:
+    except (stacks.StackError, ConfigError, backup.BackupError) as exc:
         say(f"error: {exc}")
         return 2
-    except (MigrationError, ConnectError) as exc:
+    except (MigrationError, ConnectError, backup.RestoreFailed, DockerError) as exc:
         say(f"error: {exc}")
         return 1
     except auto.CommandError as exc:

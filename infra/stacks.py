@@ -12,9 +12,10 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 from urllib.parse import unquote, urlsplit
 
 import yaml
@@ -74,6 +75,12 @@ def _require_cli() -> None:
 
 def workspace_options(settings: Settings) -> auto.LocalWorkspaceOptions:
     return auto.LocalWorkspaceOptions(work_dir=str(ROOT), env_vars=settings.env())
+
+
+def workspace(settings: Optional[Settings] = None) -> auto.LocalWorkspace:
+    """The project's workspace, to list or remove stacks."""
+    _require_cli()
+    return auto.LocalWorkspace(work_dir=str(ROOT), env_vars=(settings or Settings.default()).env())
 
 
 def open_stack(name: str, settings: Optional[Settings] = None, create: bool = False) -> auto.Stack:
@@ -148,6 +155,25 @@ def overlay_config_file(stack: auto.Stack, overrides: dict[str, str]) -> Optiona
     with handle:
         yaml.safe_dump(data, handle, sort_keys=True)
     return handle.name
+
+
+@contextmanager
+def image_config(stack: auto.Stack, images: str, say: Callable[[str], None]) -> Iterator[Optional[str]]:
+    """The ``--config-file`` for a command: the stack file plus :func:`image_overrides`, or None."""
+    config_file = overlay_config_file(stack, image_overrides(stack, images, say))
+    try:
+        yield config_file
+    finally:
+        if config_file:
+            os.unlink(config_file)
+
+
+def up(stack: auto.Stack, images: str, say: Callable[[str], None], **kwargs) -> auto.UpResult:
+    """``pulumi up`` with the image choice of :func:`image_overrides`; generates missing secrets."""
+    for key in ensure_secrets(stack):
+        say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
+    with image_config(stack, images, say) as config_file:
+        return stack.up(config_file=config_file, color="never", **kwargs)
 
 
 def target_from_outputs(name: str, outputs: dict[str, auto.OutputValue]) -> Target:

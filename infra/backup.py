@@ -1,0 +1,526 @@
+"""Back up, prove and restore a stack's data, without Pulumi (the ADR's backup strategy).
+
+A backup is a folder ``<root>/<stack>/<UTC time>/`` with
+  postgres.dump              ``pg_dump -Fc`` run inside the PostgreSQL container
+  redis-dump.rdb             the RDB snapshot written by ``BGSAVE``
+  redis-appendonlydir.tar    a copy of the AOF directory (kept for manual recovery)
+  manifest.json              sizes, sha256, server versions, row and key counts
+It is assembled in a hidden ``.partial-*`` folder and renamed into place only after the
+manifest is written, so a folder with a manifest is always complete.
+
+Row counts are taken in the snapshot pg_dump dumps (``--snapshot``), and key counts in
+the same ``MULTI`` as ``BGSAVE``, so both describe exactly what the files hold.
+
+Restore is all-or-nothing: everything is loaded and compared in scratch places first (a
+scratch database in the live server, a scratch Redis container from the live image); only
+then is the live data switched, PostgreSQL by renaming databases in one transaction (the
+previous database is kept, renamed), Redis by one ``MULTI``/``EXEC``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import psycopg
+import redis
+from psycopg import sql
+
+from infra import dockercli
+from infra.connect import PostgresTarget, RedisTarget, Target, connect_postgres, connect_redis
+from infra.verify import Check, Report
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+PG_DUMP = "postgres.dump"
+REDIS_RDB = "redis-dump.rdb"
+REDIS_AOF = "redis-appendonlydir.tar"
+FILES = (PG_DUMP, REDIS_RDB, REDIS_AOF)
+PG_SOCKET_DIR = "/var/run/postgresql"  # where the official image (and ours) puts the socket
+SCRATCH_LABEL = "sin-datastores.role=scratch"
+_FOLDER = re.compile(r"^\d{8}T\d{6}Z$")
+_REQUIRED = {"postgres": ("major", "tables", "schema_sha256"), "redis": ("major", "keys"), "files": FILES}
+
+# Objects the schema fingerprint covers: columns, constraints, indexes of non-system schemas.
+_SCHEMA_SQL = """
+SELECT 'column', table_schema || '.' || table_name || '.' || column_name,
+       data_type || ' null=' || is_nullable || ' default=' || coalesce(column_default, '')
+FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema')
+UNION ALL
+SELECT 'constraint', n.nspname || '.' || t.relname || '.' || c.conname, pg_get_constraintdef(c.oid)
+FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+UNION ALL
+SELECT 'index', schemaname || '.' || indexname, indexdef
+FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1, 2
+"""
+# pg_restore writes the dump as SQL, psql runs it in one transaction. The SET line is
+# dropped because client tools newer than the server (17 against 16, as in the local
+# image) emit a setting a 16 server rejects; with matching tools it is a no-op.
+_RESTORE_SCRIPT = ('set -eu; set -o pipefail; pg_restore --file=- '
+                   '| grep -v "^SET transaction_timeout = " '
+                   '| psql --quiet --no-psqlrc --set=ON_ERROR_STOP=1 --single-transaction '
+                   '--host="$1" --username="$2" --dbname="$3" >/dev/null')
+_TABLES_SQL = """
+SELECT schemaname, tablename FROM pg_tables
+WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2
+"""
+
+
+class BackupError(RuntimeError):
+    """The backup folder or the stack cannot be used as asked; nothing was changed."""
+
+
+class RestoreFailed(RuntimeError):
+    """A restore step failed; the live data was left as it was before."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a restore did."""
+
+    report: Report
+    previous_database: str
+
+
+# ------------------------------------------------------------------ manifest and files
+
+def file_digest(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def load_manifest(folder: Path) -> dict:
+    """The manifest of a complete, untampered backup; BackupError naming every problem otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BackupError(f"backup folder {folder} does not exist; list backups with `ls {folder.parent}`")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise BackupError(f"{folder} has no {MANIFEST}: the backup is incomplete (interrupted?); "
+                          f"use another backup or take a new one with `backup --stack NAME`")
+    try:
+        manifest = json.loads(path.read_text())
+        missing = [f"{section}.{key}" for section, keys in _REQUIRED.items() for key in keys
+                   if key not in manifest[section]]
+    except (ValueError, KeyError, TypeError) as exc:
+        missing = [f"unreadable ({type(exc).__name__}: {exc})"]
+    if missing:
+        raise BackupError(f"{path} is not a sin-datastores manifest: {', '.join(missing)}; nothing was restored")
+    files = manifest["files"]
+    if manifest.get("format") != FORMAT:
+        raise BackupError(f"{path} has format {manifest.get('format')!r}; this version reads format {FORMAT}")
+    problems = []
+    for name in FILES:
+        want, file = files.get(name), folder / name
+        if want is None:
+            problems.append(f"{name} is not listed in the manifest")
+        elif not file.is_file():
+            problems.append(f"{name} is missing")
+        elif (got := file_digest(file)) != {"size": want.get("size"), "sha256": want.get("sha256")}:
+            problems.append(f"{name} does not match the manifest (size {got['size']} vs {want.get('size')}, "
+                            f"sha256 {got['sha256'][:12]} vs {str(want.get('sha256'))[:12]})")
+    if problems:
+        raise BackupError(f"backup {folder} is incomplete or was modified: {'; '.join(problems)}; "
+                          f"nothing was restored")
+    return manifest
+
+
+def list_backups(root: Path, stack: str) -> list[Path]:
+    """Complete backups of a stack, oldest first."""
+    base = Path(root) / stack
+    return sorted(p for p in base.iterdir() if _FOLDER.match(p.name) and (p / MANIFEST).is_file()) \
+        if base.is_dir() else []
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+def _maintenance(target: PostgresTarget) -> PostgresTarget:
+    return replace(target, database="postgres")
+
+
+def table_counts(conn: psycopg.Connection) -> dict[str, int]:
+    counts = {}
+    for schema, table in conn.execute(_TABLES_SQL).fetchall():
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        counts[f"{schema}.{table}"] = conn.execute(query).fetchone()[0]
+    return counts
+
+
+def schema_digest(conn: psycopg.Connection) -> str:
+    rows = conn.execute(_SCHEMA_SQL).fetchall()
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def _pg_client(target: PostgresTarget, tool: str, *args: str) -> list[str]:
+    """A client tool inside the container, on its Unix socket (trusted there; no password)."""
+    return [tool, f"--host={PG_SOCKET_DIR}", f"--username={target.user}", *args]
+
+
+def _dump_postgres(target: PostgresTarget, dest: Path) -> dict:
+    conn = connect_postgres(target, autocommit=False)
+    try:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        info = {
+            "server_version": conn.execute("SHOW server_version").fetchone()[0],
+            "major": int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000,
+            "database": target.database,
+            "tables": table_counts(conn),
+            "schema_sha256": schema_digest(conn),
+        }
+        dockercli.exec_to_file(target.container_name, _pg_client(
+            target, "pg_dump", "--format=custom", f"--snapshot={snapshot}", f"--dbname={target.database}"), dest)
+        conn.rollback()
+    finally:
+        conn.close()
+    info["dump_tool"] = dockercli.docker("exec", target.container_name, "pg_dump", "--version").strip()
+    return info
+
+
+def _restore_into_scratch(target: PostgresTarget, dump: Path) -> str:
+    """pg_restore the dump into a new scratch database in one transaction; return its name."""
+    scratch = f"{target.database}_restore_{secrets.token_hex(4)}"
+    with connect_postgres(_maintenance(target)) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch)))
+    try:
+        dockercli.exec_from_file(target.container_name,
+                                 ["sh", "-c", _RESTORE_SCRIPT, "sh", PG_SOCKET_DIR, target.user, scratch], dump)
+    except dockercli.DockerError as exc:
+        _drop_database(target, scratch)
+        raise RestoreFailed(f"pg_restore into a scratch database failed; nothing live was touched: {exc}") from None
+    return scratch
+
+
+def _drop_database(target: PostgresTarget, name: str) -> None:
+    with connect_postgres(_maintenance(target)) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _compare_postgres(target: PostgresTarget, database: str, manifest: dict) -> list[Check]:
+    started = time.perf_counter()
+    with connect_postgres(replace(target, database=database)) as conn:
+        counts, schema = table_counts(conn), schema_digest(conn)
+    ms = (time.perf_counter() - started) * 1000
+    want = manifest["postgres"]
+    tables = want["tables"]
+    differing = [f"{t} {counts.get(t)} vs {tables.get(t)}"
+                 for t in sorted(set(counts) | set(tables)) if counts.get(t) != tables.get(t)]
+    return [
+        Check("postgres restored rows", not differing,
+              f"{sum(counts.values())} rows in {len(counts)} tables"
+              + (f"; differ: {', '.join(differing)}" if differing else ""),
+              f"{sum(tables.values())} rows in {len(tables)} tables", ms),
+        Check("postgres restored schema", schema == want["schema_sha256"], schema[:16],
+              want["schema_sha256"][:16], ms),
+    ]
+
+
+def _swap_databases(target: PostgresTarget, replacement: str, stamp: str) -> str:
+    """Make ``replacement`` the live database in one transaction; return the previous one's new name."""
+    live, previous = target.database, f"{target.database}_pre_restore_{stamp}"
+    ident = sql.Identifier
+    with connect_postgres(_maintenance(target)) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(live)))
+        try:
+            for attempt in range(5):
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = %s AND pid <> pg_backend_pid()", (live,))
+                try:
+                    with admin.transaction():
+                        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(live), ident(previous)))
+                        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(replacement), ident(live)))
+                    break
+                except psycopg.errors.ObjectInUse:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.2)
+        finally:
+            still_live = previous if _exists(admin, previous) else live
+            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(still_live)))
+    return previous
+
+
+def _exists(admin: psycopg.Connection, database: str) -> bool:
+    return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
+
+
+def _swap_back(target: PostgresTarget, previous: str) -> None:
+    """Undo :func:`_swap_databases` (the restored database is dropped)."""
+    restored = f"{target.database}_failed_restore_{secrets.token_hex(4)}"
+    with connect_postgres(_maintenance(target)) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE datname = %s AND pid <> pg_backend_pid()", (target.database,))
+        with admin.transaction():
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(target.database), sql.Identifier(restored)))
+            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(previous), sql.Identifier(target.database)))
+    _drop_database(target, restored)
+
+
+# ------------------------------------------------------------------ Redis
+
+def _keyspace(info: dict) -> dict[str, int]:
+    return {db: fields["keys"] for db, fields in info.items() if db.startswith("db")}
+
+
+def _bgsave(client: redis.Redis, deadline_s: float) -> dict[str, int]:
+    """BGSAVE and wait for it; return the key counts it saved (read in the same MULTI)."""
+    give_up = time.monotonic() + deadline_s
+    while True:
+        pipe = client.pipeline(transaction=True)
+        pipe.info("keyspace").info("persistence").bgsave()
+        try:
+            keyspace, before, _ = pipe.execute()
+            break
+        except redis.ResponseError as exc:  # a save or AOF rewrite already running: wait for it
+            if "in progress" not in str(exc) or time.monotonic() > give_up:
+                raise RestoreFailed(f"Redis refused BGSAVE: {exc}") from None
+            time.sleep(0.2)
+    # rdb_saves (Redis >= 7.0) counts saves; LASTSAVE has one-second resolution.
+    progress = "rdb_saves" if "rdb_saves" in before else "rdb_last_save_time"
+    while True:
+        now = client.info("persistence")
+        if not now["rdb_bgsave_in_progress"] and now[progress] > before[progress]:
+            break
+        if time.monotonic() > give_up:
+            raise RestoreFailed(f"Redis BGSAVE did not finish within {deadline_s:g} s")
+        time.sleep(0.05)
+    if now["rdb_last_bgsave_status"] != "ok":
+        raise RestoreFailed(f"Redis BGSAVE failed (rdb_last_bgsave_status={now['rdb_last_bgsave_status']}); "
+                            f"see the container's log")
+    return _keyspace(keyspace)
+
+
+def _extract_single(tar_path: Path, dest: Path) -> None:
+    with tarfile.open(tar_path) as archive:
+        member = next(m for m in archive.getmembers() if m.isfile())
+        with archive.extractfile(member) as source, open(dest, "wb") as out:
+            shutil.copyfileobj(source, out)
+
+
+def _dump_redis(target: RedisTarget, folder: Path) -> dict:
+    client = connect_redis(target)
+    try:
+        data_dir, rdb_name = client.config_get("dir")["dir"], client.config_get("dbfilename")["dbfilename"]
+        aof_dir = client.config_get("appenddirname").get("appenddirname", "appendonlydir")
+        version = client.info("server")["redis_version"]
+        keys = _bgsave(client, deadline_s=300)
+    finally:
+        client.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        rdb_tar = Path(tmp) / "rdb.tar"
+        dockercli.copy_out(target.container_name, f"{data_dir}/{rdb_name}", rdb_tar)
+        _extract_single(rdb_tar, folder / REDIS_RDB)
+    dockercli.copy_out(target.container_name, f"{data_dir}/{aof_dir}", folder / REDIS_AOF)
+    return {"version": version, "major": int(version.split(".")[0]), "keys": keys}
+
+
+class ScratchRedis:
+    """A stopped-on-exit Redis container from the live image, loaded from an RDB file."""
+
+    def __init__(self, live: RedisTarget, stack: str, rdb: Path):
+        self.live, self.stack, self.rdb = live, stack, rdb
+        self.name = f"sin-scratch-{stack}-redis-{secrets.token_hex(4)}"
+        self.password = secrets.token_urlsafe(24)
+
+    def __enter__(self) -> redis.Redis:
+        image = dockercli.inspect("container", self.live.container_name)["Image"]
+        dockercli.docker("create", "--name", self.name, "--label", SCRATCH_LABEL,
+                         "--label", f"{dockercli.STACK_LABEL}={self.stack}",
+                         "--publish", f"{self.live.host}::6379", image, "/usr/local/etc/redis/scratch.conf")
+        try:
+            conf = "\n".join(["port 6379", "bind * -::*", "dir /data", "dbfilename dump.rdb", "appendonly no",
+                              'save ""', f"requirepass {self.password}", ""]).encode()
+            with tempfile.TemporaryDirectory() as tmp:
+                archive = Path(tmp) / "in.tar"
+                with tarfile.open(archive, "w") as tar:
+                    _add(tar, "usr/local/etc/redis/scratch.conf", conf, 0o444)
+                    tar.add(self.rdb, arcname="data/dump.rdb")
+                dockercli.copy_in(self.name, archive, "/")
+            dockercli.docker("start", self.name)
+            port = int(dockercli.docker("port", self.name, "6379/tcp").split()[0].rsplit(":", 1)[1])
+            self.client = connect_redis(RedisTarget(self.live.host, port, self.password, self.name, "",
+                                                    self.live.major_version), deadline_s=60)
+            return self.client
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        if getattr(self, "client", None) is not None:
+            self.client.close()
+        dockercli.docker("rm", "-f", "-v", self.name, check=False)
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _compare_redis(client: redis.Redis, manifest: dict) -> Check:
+    started = time.perf_counter()
+    keys = _keyspace(client.info("keyspace"))
+    want = manifest["redis"]["keys"]
+    return Check("redis restored keys", keys == want, json.dumps(keys, sort_keys=True) or "{}",
+                 json.dumps(want, sort_keys=True), (time.perf_counter() - started) * 1000)
+
+
+def _dump_all(client: redis.Redis) -> Iterator[tuple[int, bytes, int, bytes]]:
+    """(db, key, pttl, DUMP payload) of every key, read from a binary-safe client."""
+    for db in sorted(int(name[2:]) for name in _keyspace(client.info("keyspace"))):
+        client.execute_command("SELECT", db)
+        for key in client.scan_iter(count=1000):
+            pipe = client.pipeline(transaction=False)
+            pipe.pttl(key).dump(key)
+            pttl, payload = pipe.execute()
+            if payload is not None:
+                yield db, key, max(pttl, 0), payload
+
+
+def _binary(client: redis.Redis) -> redis.Redis:
+    kwargs = client.connection_pool.connection_kwargs
+    return redis.Redis(host=kwargs["host"], port=kwargs["port"], password=kwargs["password"],
+                       socket_timeout=60, decode_responses=False)
+
+
+def _replace_redis(target: RedisTarget, entries: list[tuple[int, bytes, int, bytes]]) -> None:
+    """Replace all live keys with ``entries`` in one MULTI/EXEC: all or nothing."""
+    live = _binary(connect_redis(target))
+    try:
+        pipe = live.pipeline(transaction=True)
+        pipe.flushall()
+        current = None
+        for db, key, pttl, payload in entries:
+            if db != current:
+                pipe.execute_command("SELECT", db)
+                current = db
+            pipe.restore(key, pttl, payload, replace=True)
+        pipe.execute_command("SELECT", 0)
+        pipe.execute()
+    finally:
+        live.close()
+
+
+# ------------------------------------------------------------------ commands
+
+def _require_containers(target: Target) -> None:
+    for service in (target.postgres, target.redis):
+        state = (dockercli.inspect("container", service.container_name) or {}).get("State") or {}
+        if not state.get("Running"):
+            raise BackupError(f"container {service.container_name} of stack '{target.stack}' is "
+                              f"{state.get('Status', 'missing')}; bring the stack up with "
+                              f"`python -m infra up --stack {target.stack}`")
+
+
+def backup(target: Target, root: Path, now: Optional[datetime] = None) -> Path:
+    """Take a backup of both services into ``<root>/<stack>/<UTC time>/``; return the folder."""
+    _require_containers(target)
+    now = now or datetime.now(timezone.utc)
+    name = now.strftime("%Y%m%dT%H%M%SZ")
+    base = Path(root) / target.stack
+    final = base / name
+    if final.exists():
+        raise BackupError(f"{final} already exists; wait a second and run the backup again")
+    base.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".partial-{name}-", dir=base))
+    try:
+        manifest = {"format": FORMAT, "stack": target.stack, "created_at": now.isoformat(timespec="seconds")}
+        manifest["postgres"] = _dump_postgres(target.postgres, partial / PG_DUMP)
+        manifest["redis"] = _dump_redis(target.redis, partial)
+        manifest["files"] = {f: file_digest(partial / f) for f in FILES}
+        with open(partial / MANIFEST, "w") as handle:
+            json.dump(manifest, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(partial, 0o700)
+        partial.rename(final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final
+
+
+def verify_backup(target: Target, folder: Path) -> Report:
+    """Restore the backup into scratch places next to the live stack and compare with its manifest."""
+    manifest = load_manifest(folder)
+    _require_containers(target)
+    _check_versions(target, manifest)
+    scratch = _restore_into_scratch(target.postgres, Path(folder) / PG_DUMP)
+    try:
+        checks = _compare_postgres(target.postgres, scratch, manifest)
+    finally:
+        _drop_database(target.postgres, scratch)
+    with ScratchRedis(target.redis, target.stack, Path(folder) / REDIS_RDB) as client:
+        checks.append(_compare_redis(client, manifest))
+    return Report(checks)
+
+
+def restore(target: Target, folder: Path, say: Callable[[str], None] = lambda _: None) -> Outcome:
+    """Replace the stack's data with the backup's, all or nothing."""
+    manifest = load_manifest(folder)
+    _require_containers(target)
+    _check_versions(target, manifest)
+    scratch = _restore_into_scratch(target.postgres, Path(folder) / PG_DUMP)
+    try:
+        checks = _compare_postgres(target.postgres, scratch, manifest)
+        with ScratchRedis(target.redis, target.stack, Path(folder) / REDIS_RDB) as client:
+            checks.append(_compare_redis(client, manifest))
+            raw = _binary(client)
+            try:
+                entries = list(_dump_all(raw))
+            finally:
+                raw.close()
+        report = Report(checks)
+        if not report.ok:
+            raise RestoreFailed(f"the backup does not load as its manifest says; nothing live was touched\n"
+                                f"{report.table()}")
+    except BaseException:
+        _drop_database(target.postgres, scratch)
+        raise
+    say(f"backup loaded and checked in scratch places ({len(entries)} Redis keys); switching live data")
+    previous = _swap_databases(target.postgres, scratch, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+    try:
+        _replace_redis(target.redis, entries)
+    except BaseException as exc:
+        _swap_back(target.postgres, previous)
+        raise RestoreFailed(f"replacing the Redis data failed ({exc}); PostgreSQL was switched back, "
+                            f"nothing live changed") from None
+    return Outcome(report, previous)
+
+
+def _check_versions(target: Target, manifest: dict) -> None:
+    """Refuse a backup the live servers cannot take, before anything is touched."""
+    with connect_postgres(target.postgres) as conn:
+        pg_major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
+    client = connect_redis(target.redis)
+    try:
+        redis_major = int(client.info("server")["redis_version"].split(".")[0])
+    finally:
+        client.close()
+    backup_pg = manifest["postgres"]["major"]
+    if pg_major != backup_pg:
+        raise BackupError(f"the backup is of PostgreSQL {backup_pg} ({manifest['postgres'].get('server_version')}) "
+                          f"but stack '{target.stack}' runs PostgreSQL {pg_major}; restore it into a stack with "
+                          f"postgresImage of major {backup_pg}, or upgrade it with pg_upgrade first")
+    if redis_major < manifest["redis"]["major"]:
+        raise BackupError(f"the backup is of Redis {manifest['redis'].get('version')} but stack '{target.stack}' "
+                          f"runs Redis {redis_major}, which cannot read newer snapshots")

@@ -1,0 +1,113 @@
+"""The few Docker Engine operations the day-2 commands need, through the `docker` CLI.
+
+The CLI is what operators have and already point at their host (DOCKER_HOST, contexts);
+nothing here assumes the daemon is local. Secrets never go on a command line: data moves
+through stdin/stdout and `docker cp`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import subprocess
+from pathlib import Path
+from typing import IO, Optional, Sequence
+
+# Every Docker object a stack declares carries this label (see components/common.py).
+STACK_LABEL = "sin-datastores.stack"
+
+
+class DockerError(RuntimeError):
+    """A docker command failed; the message carries its stderr."""
+
+
+def docker(*args: str, stdin: Optional[IO[bytes]] = None, stdout: Optional[IO[bytes]] = None,
+           check: bool = True, timeout_s: Optional[float] = None) -> str:
+    """Run `docker ARGS`; return stdout as text unless it is streamed to ``stdout``."""
+    try:
+        proc = subprocess.run(["docker", *args], stdin=stdin, stdout=stdout or subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=timeout_s)
+    except FileNotFoundError:
+        raise DockerError("the docker CLI is not on PATH; install it (toolchain/docker-engine.sh does)") from None
+    if check and proc.returncode != 0:
+        raise DockerError(f"docker {' '.join(args[:3])} failed: {proc.stderr.decode(errors='replace').strip()}")
+    return "" if stdout is not None else proc.stdout.decode(errors="replace")
+
+
+def inspect(kind: str, name: str) -> Optional[dict]:
+    """`docker KIND inspect NAME`, or None when there is no such object."""
+    proc = subprocess.run(["docker", kind, "inspect", name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        if "No such" in proc.stderr or "not found" in proc.stderr:
+            return None
+        raise DockerError(f"docker {kind} inspect {name} failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)[0]
+
+
+def exec_to_file(container: str, argv: Sequence[str], path: Path) -> None:
+    """Run ``argv`` inside ``container`` and stream its stdout into ``path``."""
+    with open(path, "wb") as out:
+        docker("exec", container, *argv, stdout=out)
+
+
+def exec_from_file(container: str, argv: Sequence[str], path: Path) -> str:
+    """Run ``argv`` inside ``container`` with ``path`` on its stdin; return its stdout."""
+    with open(path, "rb") as source:
+        return docker("exec", "-i", container, *argv, stdin=source)
+
+
+def copy_out(container: str, source: str, tar_path: Path) -> None:
+    """`docker cp CONTAINER:SOURCE -`: the path as a tar archive (works on remote hosts)."""
+    with open(tar_path, "wb") as out:
+        docker("cp", f"{container}:{source}", "-", stdout=out)
+
+
+def copy_in(container: str, tar_path: Path, dest_dir: str) -> None:
+    """Extract a tar archive into ``dest_dir`` of a (possibly stopped) container."""
+    with open(tar_path, "rb") as source:
+        docker("cp", "-", f"{container}:{dest_dir}", stdin=source)
+
+
+def labelled_objects(label_value: Optional[str] = None) -> dict[str, dict[str, str]]:
+    """Containers, networks and volumes carrying the stack label: {kind: {name: stack}}."""
+    selector = f"label={STACK_LABEL}" + (f"={label_value}" if label_value else "")
+    label = '{{.Label "' + STACK_LABEL + '"}}'
+    commands = {
+        "containers": ("ps", "-a", "--filter", selector, "--format", "{{.Names}}\t" + label),
+        "networks": ("network", "ls", "--filter", selector, "--format", "{{.Name}}\t" + label),
+        "volumes": ("volume", "ls", "--filter", selector, "--format", "{{.Name}}\t" + label),
+    }
+    return {kind: dict(line.split("\t", 1) for line in docker(*cmd).splitlines() if "\t" in line)
+            for kind, cmd in commands.items()}
+
+
+def remove_objects(objects: dict[str, dict[str, str]]) -> None:
+    """Force-remove the given containers, then networks, then volumes."""
+    if objects.get("containers"):
+        docker("rm", "-f", *objects["containers"], check=False)
+    if objects.get("networks"):
+        docker("network", "rm", *objects["networks"], check=False)
+    if objects.get("volumes"):
+        docker("volume", "rm", "-f", *objects["volumes"], check=False)
+
+
+def used_subnets() -> list[ipaddress.IPv4Network]:
+    ids = docker("network", "ls", "-q").split()
+    nets = []
+    for net in json.loads(docker("network", "inspect", *ids)) if ids else []:
+        for conf in (net.get("IPAM") or {}).get("Config") or []:
+            if conf.get("Subnet") and ":" not in conf["Subnet"]:
+                nets.append(ipaddress.IPv4Network(conf["Subnet"]))
+    return nets
+
+
+def free_subnet(pool: str = "172.29.0.0/16", prefix: int = 24) -> ipaddress.IPv4Network:
+    """A random /24 of ``pool`` that no Docker network on this host overlaps."""
+    taken = used_subnets()
+    candidates = list(ipaddress.IPv4Network(pool).subnets(new_prefix=prefix))
+    random.shuffle(candidates)
+    for net in candidates:
+        if not any(net.overlaps(t) for t in taken):
+            return net
+    raise DockerError(f"no free /{prefix} left in {pool}; remove unused networks (`docker network prune`)")

@@ -1,0 +1,148 @@
+"""The state of a deployed stack, for people, cron jobs and probes; without Pulumi.
+
+Container state, health, uptime and restarts from Docker; the ADR's monitoring figures
+(connection count, table sizes, Redis memory and clients); pending migrations and the
+last audit entries. ``problems`` lists whatever is unhealthy; it is empty when all is well.
+Pending migrations are a warning, not a problem: they are normal during a rollout.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
+
+from infra import dockercli, migrations
+from infra.connect import ConnectError, Target, connect_postgres, connect_redis
+from infra.verify import TABLE_SIZES_SQL
+
+AUDIT_SQL = """
+SELECT to_char(timestamp, 'YYYY-MM-DD"T"HH24:MI:SS'), actor, action, resource_type, coalesce(resource_id, '')
+FROM audit_trail ORDER BY id DESC LIMIT %s
+"""
+
+
+@dataclass
+class Container:
+    name: str
+    state: str
+    health: str
+    uptime_s: Optional[int]
+    restarts: Optional[int]
+    image: str
+
+
+@dataclass
+class Status:
+    stack: str
+    containers: list[Container]
+    postgres: dict = field(default_factory=dict)
+    redis: dict = field(default_factory=dict)
+    pending_migrations: list[str] = field(default_factory=list)
+    audit: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> str:
+        return json.dumps({"healthy": self.healthy, **asdict(self)}, indent=2)
+
+    def table(self) -> str:
+        lines = [f"stack {self.stack}: {'healthy' if self.healthy else 'UNHEALTHY'}", ""]
+        rows = [("container", "state", "health", "uptime", "restarts", "image")] + [
+            (c.name, c.state, c.health, _duration(c.uptime_s), str(c.restarts if c.restarts is not None else "-"),
+             c.image) for c in self.containers]
+        lines += _columns(rows) + [""]
+        pg, rd = self.postgres, self.redis
+        if pg:
+            lines.append(f"postgres    {pg['version']}, {pg['connections']} connections")
+            lines += [f"  table {t['table']:<24} {t['size']}" for t in pg["tables"]]
+        if rd:
+            lines.append(f"redis       {rd['version']}, memory {rd['used_memory_human']} of "
+                         f"{rd['maxmemory_human']}, {rd['connected_clients']} clients, "
+                         f"aof {'on' if rd['aof_enabled'] else 'OFF'}, last bgsave {rd['last_bgsave_status']}")
+        lines.append(f"migrations  {len(self.pending_migrations)} pending"
+                     + (f": {', '.join(self.pending_migrations)}" if self.pending_migrations else ""))
+        if self.audit:
+            lines += ["", "last audit entries"] + _columns(
+                [("time", "actor", "action", "resource")]
+                + [(a["timestamp"], a["actor"], a["action"], f"{a['resource_type']} {a['resource_id']}".strip())
+                   for a in self.audit])
+        lines += [f"warning: {w}" for w in self.warnings] + [f"problem: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _columns(rows: list[tuple]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _duration(seconds: Optional[int]) -> str:
+    if seconds is None:
+        return "-"
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return (f"{days}d " if days else "") + f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def container(name: str, now: datetime) -> Container:
+    data = dockercli.inspect("container", name)
+    if data is None:
+        return Container(name, "missing", "-", None, None, "-")
+    state = data["State"]
+    uptime = None
+    if state.get("Running"):
+        started = datetime.fromisoformat(state["StartedAt"][:26].rstrip("Z") + "+00:00")
+        uptime = max(0, int((now - started).total_seconds()))
+    return Container(name, state["Status"], (state.get("Health") or {}).get("Status", "none"), uptime,
+                     data.get("RestartCount", 0), data["Config"]["Image"])
+
+
+def status(target: Target, audit_entries: int = 5, now: Optional[datetime] = None) -> Status:
+    now = now or datetime.now(timezone.utc)
+    result = Status(target.stack, [container(s.container_name, now) for s in (target.postgres, target.redis)])
+    for c in result.containers:
+        if c.state != "running":
+            result.problems.append(f"container {c.name} is {c.state}; `python -m infra up --stack {target.stack}` "
+                                   f"recreates or restarts it")
+        elif c.health != "healthy":
+            result.problems.append(f"container {c.name} is {c.health}; see `docker logs {c.name}`")
+    try:
+        with connect_postgres(target.postgres, deadline_s=5) as conn:
+            result.postgres = {
+                "version": conn.execute("SHOW server_version").fetchone()[0],
+                "connections": conn.execute("SELECT count(*) FROM pg_stat_activity").fetchone()[0],
+                "tables": [{"table": f"{s}.{t}", "size": size} for s, t, size in conn.execute(TABLE_SIZES_SQL)],
+            }
+            plan = migrations.plan(target.postgres, deadline_s=5)
+            result.pending_migrations = [m.name for m in plan.pending]
+            if plan.applied:
+                result.audit = [dict(zip(("timestamp", "actor", "action", "resource_type", "resource_id"), row))
+                                for row in conn.execute(AUDIT_SQL, (audit_entries,))]
+    except (ConnectError, migrations.MigrationError) as exc:
+        result.problems.append(f"postgres: {exc}")
+    if result.pending_migrations:
+        result.warnings.append(f"{len(result.pending_migrations)} migrations pending; "
+                               f"apply them with `python -m infra migrate --stack {target.stack}`")
+    try:
+        client = connect_redis(target.redis, deadline_s=5)
+        try:
+            info = client.info()
+        finally:
+            client.close()
+        result.redis = {key: info.get(key) for key in (
+            "redis_version", "used_memory_human", "maxmemory_human", "connected_clients",
+            "aof_enabled", "rdb_last_bgsave_status")}
+        result.redis["version"] = result.redis.pop("redis_version")
+        result.redis["last_bgsave_status"] = result.redis.pop("rdb_last_bgsave_status")
+        if not info.get("aof_enabled"):
+            result.problems.append("redis: AOF is off; the ADR requires appendonly yes")
+        if info.get("aof_last_write_status", "ok") != "ok" or result.redis["last_bgsave_status"] != "ok":
+            result.problems.append("redis: the last persistence write failed; see the container's log")
+    except ConnectError as exc:
+        result.problems.append(f"redis: {exc}")
+    return result
