@@ -63,7 +63,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         print(line)
     risks = previews.risks(events)
     if risks:
-        print(previews.banner(risks))
+        print(previews.banner(risks, args.stack))
     return 1 if risks and args.fail_on_risk else 0
 
 

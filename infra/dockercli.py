@@ -39,7 +39,7 @@ def inspect(kind: str, name: str) -> Optional[dict]:
     """`docker KIND inspect NAME`, or None when there is no such object."""
     proc = subprocess.run(["docker", kind, "inspect", name], capture_output=True, text=True)
     if proc.returncode != 0:
-        if "No such" in proc.stderr or "not found" in proc.stderr:
+        if "no such" in proc.stderr.lower() or "not found" in proc.stderr.lower():
             return None
         raise DockerError(f"docker {kind} inspect {name} failed: {proc.stderr.strip()}")
     return json.loads(proc.stdout)[0]

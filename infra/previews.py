@@ -21,34 +21,39 @@ class Risk:
     op: str
     because: tuple[str, ...]
 
-    def line(self) -> str:
-        why = f" (because of {', '.join(self.because)})" if self.because else ""
+    def line(self, stack: str) -> str:
+        why = f" (because {', '.join(self.because)} changed)" if self.because else ""
         if self.kind == "data volume":
-            effect = "ITS DATA IS LOST unless you back it up first (`python -m infra backup --stack ...`)"
+            effect = (f"DATA LOSS: the service would start on a new, empty volume; back up first with "
+                      f"`python -m infra backup --stack {stack}`")
         else:
-            effect = "the service is down while it is recreated; its data stays on the volume"
+            effect = "downtime while it is recreated; its data stays on its volume"
         return f"  {self.op.upper()} {self.kind} {self.name}{why}: {effect}"
 
 
 def risks(events: list[auto.EngineEvent]) -> list[Risk]:
-    """Replace or delete steps on volumes and containers, one per resource."""
+    """Replace or delete steps on volumes and containers, one per resource (the replace
+    step wins over its delete half, which carries no reason)."""
     found: dict[str, Risk] = {}
     for event in events:
         pre = event.resource_pre_event
-        if not pre:
+        if not pre or pre.metadata.type not in DATA_TYPES:
             continue
         meta = pre.metadata
         op = str(getattr(meta.op, "value", meta.op))
-        if meta.type in DATA_TYPES and op in RISKY_OPS and meta.urn not in found:
-            found[meta.urn] = Risk(DATA_TYPES[meta.type], meta.urn.rsplit("::", 1)[-1], op,
-                                   tuple(meta.keys or meta.diffs or ()))
+        if op not in RISKY_OPS or (meta.urn in found and op != "replace"):
+            continue
+        state = meta.old or meta.new
+        name = ((state.outputs or {}).get("name") or (state.inputs or {}).get("name")) if state else None
+        found[meta.urn] = Risk(DATA_TYPES[meta.type], name or meta.urn.rsplit("::", 1)[-1], op,
+                               tuple(meta.keys or ()))
     return list(found.values())
 
 
-def banner(found: list[Risk]) -> str:
+def banner(found: list[Risk], stack: str) -> str:
     rule = "!" * 78
     return "\n".join([rule, f"!! WARNING: this change would replace or delete {len(found)} data resource(s)",
-                      *[r.line() for r in found], rule])
+                      *[r.line(stack) for r in found], rule])
 
 
 def pending_migrations(name: str, outputs: dict[str, auto.OutputValue]) -> list[str]:

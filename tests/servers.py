@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,18 +20,14 @@ from pathlib import Path
 import psycopg
 import redis as redis_lib
 
+from infra.teststacks import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_USER = os.environ.get("SIN_PG_USER", "sinpg")
 
 
 class MissingServer(RuntimeError):
     """A server binary the tests need is not installed."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pg16_dir() -> Path:

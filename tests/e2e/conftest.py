@@ -7,10 +7,8 @@ subnet, free host ports and stack-prefixed names, and is destroyed and removed i
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import random
 import shutil
 import subprocess
 import uuid
@@ -20,17 +18,11 @@ from pathlib import Path
 import pytest
 from pulumi import automation as auto
 
-from infra import stacks
-from tests.servers import free_port
-
-LABEL = "sin-datastores.stack"
+from infra import dockercli, stacks, teststacks
 
 
-def docker(*args: str, check: bool = True) -> str:
-    proc = subprocess.run(["docker", *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+def docker(*args: str) -> str:
+    return dockercli.docker(*args)
 
 
 def inspect(kind: str, name: str) -> dict:
@@ -39,44 +31,12 @@ def inspect(kind: str, name: str) -> dict:
 
 def objects_of(stack: str) -> dict[str, list[str]]:
     """Names of the containers, networks and volumes labelled as the stack's."""
-    selector = f"label={LABEL}={stack}"
-    return {
-        "containers": docker("ps", "-a", "--filter", selector, "--format", "{{.Names}}").split(),
-        "networks": docker("network", "ls", "--filter", selector, "--format", "{{.Name}}").split(),
-        "volumes": docker("volume", "ls", "--filter", selector, "--format", "{{.Name}}").split(),
-    }
+    return {kind: sorted(names) for kind, names in dockercli.labelled_objects(stack).items()}
 
 
 def sweep(stack: str) -> None:
     """Remove whatever Docker objects of the stack are left."""
-    found = objects_of(stack)
-    if found["containers"]:
-        docker("rm", "-f", *found["containers"], check=False)
-    if found["networks"]:
-        docker("network", "rm", *found["networks"], check=False)
-    if found["volumes"]:
-        docker("volume", "rm", "-f", *found["volumes"], check=False)
-
-
-def used_subnets() -> list[ipaddress.IPv4Network]:
-    ids = docker("network", "ls", "-q").split()
-    nets = []
-    for net in json.loads(docker("network", "inspect", *ids)) if ids else []:
-        for conf in (net.get("IPAM") or {}).get("Config") or []:
-            if conf.get("Subnet") and ":" not in conf["Subnet"]:
-                nets.append(ipaddress.IPv4Network(conf["Subnet"]))
-    return nets
-
-
-def free_subnet() -> ipaddress.IPv4Network:
-    """A /24 in 172.29.0.0/16 that no Docker network on this host overlaps."""
-    taken = used_subnets()
-    candidates = list(ipaddress.IPv4Network("172.29.0.0/16").subnets(new_prefix=24))
-    random.shuffle(candidates)
-    for net in candidates:
-        if not any(net.overlaps(t) for t in taken):
-            return net
-    raise RuntimeError("no free /24 left in 172.29.0.0/16")
+    dockercli.remove_objects(dockercli.labelled_objects(stack))
 
 
 def local_images() -> dict[str, str]:
@@ -114,17 +74,7 @@ class TestStack:
 
 
 def stack_config(retain_volumes: bool = False) -> dict[str, str]:
-    subnet = free_subnet()
-    hosts = list(subnet.hosts())
-    return {
-        "networkSubnet": str(subnet), "networkGateway": str(hosts[0]),
-        "networkIpRange": str(list(subnet.subnets(prefixlen_diff=1))[1]),
-        "postgresIp": str(hosts[99]), "redisIp": str(hosts[119]),
-        "postgresHostPort": str(free_port()), "redisHostPort": str(free_port()),
-        "retainVolumes": "true" if retain_volumes else "false",
-        "healthTimeoutSeconds": "90",
-        **local_images(),
-    }
+    return {**teststacks.isolated_config(retain_volumes), "healthTimeoutSeconds": "90", **local_images()}
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 from infra import migrations
 from infra.connect import connect_postgres
 from infra.migrations import MigrationError
-from tests.servers import free_port
+from infra.teststacks import free_port
 
 ADR_TABLES = {"services", "configurations", "logs", "audit_trail"}
 
