@@ -29,6 +29,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +51,8 @@ REDIS_AOF = "redis-appendonlydir.tar"
 FILES = (PG_DUMP, REDIS_RDB, REDIS_AOF)
 PG_SOCKET_DIR = "/var/run/postgresql"  # where the official image (and ours) puts the socket
 SCRATCH_LABEL = "sin-datastores.role=scratch"
+# Advisory lock key of restores and verifications ("sinrstr"), distinct from the migrations' key.
+LOCK_KEY = 0x73696E72737472
 _FOLDER = re.compile(r"^\d{8}T\d{6}Z$")
 _REQUIRED = {"postgres": ("major", "tables", "schema_sha256"), "redis": ("major", "keys"), "files": FILES}
 
@@ -422,6 +425,33 @@ def _replace_redis(target: RedisTarget, entries: list[tuple[int, bytes, int, byt
 
 # ------------------------------------------------------------------ commands
 
+@contextmanager
+def _exclusive(target: Target) -> Iterator[None]:
+    """One restore or verification per stack at a time; clears what a crashed one left."""
+    holder = connect_postgres(_maintenance(target.postgres))
+    try:
+        if not holder.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()[0]:
+            raise BackupError(f"another restore or backup verification is running on stack '{target.stack}'; "
+                              f"wait for it to finish")
+        stale = [row[0] for row in holder.execute(
+            "SELECT datname FROM pg_database WHERE datname ~ %s",
+            (f"^{re.escape(target.postgres.database)}_restore_[0-9a-f]{{8}}$",))]
+        for name in stale:
+            _drop_database(target.postgres, name)
+        leftovers = _scratch_containers(target.stack)
+        if leftovers:
+            dockercli.docker("rm", "-f", "-v", *leftovers, check=False)
+        yield
+    finally:
+        holder.close()
+
+
+def _scratch_containers(stack: str) -> list[str]:
+    return dockercli.docker("ps", "-aq", "--filter", f"label={SCRATCH_LABEL}",
+                            "--filter", f"label={dockercli.STACK_LABEL}={stack}").split()
+
+
+
 def _require_containers(target: Target) -> None:
     for service in (target.postgres, target.redis):
         state = (dockercli.inspect("container", service.container_name) or {}).get("State") or {}
@@ -464,13 +494,14 @@ def verify_backup(target: Target, folder: Path) -> Report:
     manifest = load_manifest(folder)
     _require_containers(target)
     _check_versions(target, manifest)
-    scratch = _restore_into_scratch(target.postgres, Path(folder) / PG_DUMP)
-    try:
-        checks = _compare_postgres(target.postgres, scratch, manifest)
-    finally:
-        _drop_database(target.postgres, scratch)
-    with ScratchRedis(target.redis, target.stack, Path(folder) / REDIS_RDB) as client:
-        checks.append(_compare_redis(client, manifest))
+    with _exclusive(target):
+        scratch = _restore_into_scratch(target.postgres, Path(folder) / PG_DUMP)
+        try:
+            checks = _compare_postgres(target.postgres, scratch, manifest)
+        finally:
+            _drop_database(target.postgres, scratch)
+        with ScratchRedis(target.redis, target.stack, Path(folder) / REDIS_RDB) as client:
+            checks.append(_compare_redis(client, manifest))
     return Report(checks)
 
 
@@ -479,32 +510,33 @@ def restore(target: Target, folder: Path, say: Callable[[str], None] = lambda _:
     manifest = load_manifest(folder)
     _require_containers(target)
     _check_versions(target, manifest)
-    scratch = _restore_into_scratch(target.postgres, Path(folder) / PG_DUMP)
-    try:
-        checks = _compare_postgres(target.postgres, scratch, manifest)
-        with ScratchRedis(target.redis, target.stack, Path(folder) / REDIS_RDB) as client:
-            checks.append(_compare_redis(client, manifest))
-            raw = _binary(client)
-            try:
-                entries = list(_dump_all(raw))
-            finally:
-                raw.close()
-        report = Report(checks)
-        if not report.ok:
-            raise RestoreFailed(f"the backup does not load as its manifest says; nothing live was touched\n"
-                                f"{report.table()}")
-    except BaseException:
-        _drop_database(target.postgres, scratch)
-        raise
-    say(f"backup loaded and checked in scratch places ({len(entries)} Redis keys); switching live data")
-    previous = _swap_databases(target.postgres, scratch, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
-    try:
-        _replace_redis(target.redis, entries)
-    except BaseException as exc:
-        _swap_back(target.postgres, previous)
-        raise RestoreFailed(f"replacing the Redis data failed ({exc}); PostgreSQL was switched back, "
-                            f"nothing live changed") from None
-    return Outcome(report, previous)
+    with _exclusive(target):
+        scratch = _restore_into_scratch(target.postgres, Path(folder) / PG_DUMP)
+        try:
+            checks = _compare_postgres(target.postgres, scratch, manifest)
+            with ScratchRedis(target.redis, target.stack, Path(folder) / REDIS_RDB) as client:
+                checks.append(_compare_redis(client, manifest))
+                raw = _binary(client)
+                try:
+                    entries = list(_dump_all(raw))
+                finally:
+                    raw.close()
+            report = Report(checks)
+            if not report.ok:
+                raise RestoreFailed(f"the backup does not load as its manifest says; nothing live was touched\n"
+                                    f"{report.table()}")
+        except BaseException:
+            _drop_database(target.postgres, scratch)
+            raise
+        say(f"backup loaded and checked in scratch places ({len(entries)} Redis keys); switching live data")
+        previous = _swap_databases(target.postgres, scratch, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+        try:
+            _replace_redis(target.redis, entries)
+        except BaseException as exc:
+            _swap_back(target.postgres, previous)
+            raise RestoreFailed(f"replacing the Redis data failed ({exc}); PostgreSQL was switched back, "
+                                f"nothing live changed") from None
+        return Outcome(report, previous)
 
 
 def _check_versions(target: Target, manifest: dict) -> None:

@@ -102,9 +102,10 @@ def used_subnets() -> list[ipaddress.IPv4Network]:
     return nets
 
 
-def free_subnet(pool: str = "172.29.0.0/16", prefix: int = 24) -> ipaddress.IPv4Network:
-    """A random /24 of ``pool`` that no Docker network on this host overlaps."""
-    taken = used_subnets()
+def free_subnet(pool: str = "172.29.0.0/16", prefix: int = 24,
+                exclude: Sequence[ipaddress.IPv4Network] = ()) -> ipaddress.IPv4Network:
+    """A random /24 of ``pool`` that no Docker network on this host (nor ``exclude``) overlaps."""
+    taken = used_subnets() + list(exclude)
     candidates = list(ipaddress.IPv4Network(pool).subnets(new_prefix=prefix))
     random.shuffle(candidates)
     for net in candidates:

@@ -99,7 +99,13 @@ def container(name: str, now: datetime) -> Container:
         started = datetime.fromisoformat(state["StartedAt"][:26].rstrip("Z") + "+00:00")
         uptime = max(0, int((now - started).total_seconds()))
     return Container(name, state["Status"], (state.get("Health") or {}).get("Status", "none"), uptime,
-                     data.get("RestartCount", 0), data["Config"]["Image"])
+                     data.get("RestartCount", 0), _image_name(data["Image"]))
+
+
+def _image_name(image_id: str) -> str:
+    """The image's first tag (containers are created from an image id), else the short id."""
+    tags = ((dockercli.inspect("image", image_id) or {}).get("RepoTags") or [])
+    return tags[0] if tags else image_id.removeprefix("sha256:")[:12]
 
 
 def status(target: Target, audit_entries: int = 5, now: Optional[datetime] = None) -> Status:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 import socket
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional
@@ -43,18 +44,31 @@ def created_at(name: str) -> Optional[datetime]:
     return datetime.strptime(match.group(1), "%Y%m%dt%H%M%S").replace(tzinfo=timezone.utc) if match else None
 
 
+# What this process has handed out but Docker may not show yet (stacks configured, not up).
+_handed_out: dict[str, set] = {"subnets": set(), "ports": set()}
+_handed_out_lock = threading.Lock()
+
+
 def isolated_config(retain_volumes: bool = False) -> dict[str, str]:
     """Config that keeps a stack clear of every other on this host: its own /24 and ports.
 
     Names need nothing here: every stack but dev gets them prefixed with its own name.
     """
-    subnet = dockercli.free_subnet(SUBNET_POOL)
+    with _handed_out_lock:
+        subnet = dockercli.free_subnet(SUBNET_POOL, exclude=list(_handed_out["subnets"]))
+        ports = []
+        while len(ports) < 2:
+            port = free_port()
+            if port not in _handed_out["ports"] and port not in ports:
+                ports.append(port)
+        _handed_out["subnets"].add(subnet)
+        _handed_out["ports"].update(ports)
     hosts = list(subnet.hosts())
     return {
         "networkSubnet": str(subnet), "networkGateway": str(hosts[0]),
         "networkIpRange": str(list(subnet.subnets(prefixlen_diff=1))[1]),
         "postgresIp": str(hosts[99]), "redisIp": str(hosts[119]),
-        "postgresHostPort": str(free_port()), "redisHostPort": str(free_port()),
+        "postgresHostPort": str(ports[0]), "redisHostPort": str(ports[1]),
         "retainVolumes": "true" if retain_volumes else "false",
     }
 

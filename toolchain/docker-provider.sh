@@ -16,7 +16,7 @@
 #   $SIN_CACHE/docker-provider/<version>-<inputs hash>/bin/pulumi-resource-docker
 #   $SIN_CACHE/docker-provider/<version>-<inputs hash>/schema.json     (what the binary serves)
 #   $SIN_CACHE/docker-provider/<version>-<inputs hash>/.complete       (marker, written last)
-# The inputs hash covers the Go sources and go.mod/go.sum under docker-provider/, this
+# The inputs hash covers the Go sources, go.mod/go.sum and patches/ under docker-provider/, this
 # script, the Go version and the build flags. Cold build (empty Go build cache): ~4.5 min on
 # 2 idle cores, ~8 min next to another Go build; plus module downloads from the Go proxy
 # the first time on a machine. A warm build cache makes a rebuild take ~30 s.
@@ -58,7 +58,7 @@ ldflags="-s -w -X ${mod_path}/version.Version=${version}"
 # (generated *.json are outputs and are left out), this script, flags and the Go version.
 inputs_hash="$(
     {
-        (cd "$src" && find . -type f \( -name '*.go' -o -name go.mod -o -name go.sum \) -print0 \
+        (cd "$src" && find . -type f \( -name '*.go' -o -name go.mod -o -name go.sum -o -name '*.patch' \) -print0 \
             | LC_ALL=C sort -z | xargs -0 sha256sum)
         sha256sum < "${BASH_SOURCE[0]}"
         echo "version=$version tags=$build_tags ldflags=$ldflags"
@@ -95,6 +95,23 @@ rm -f "$tmp/src/cmd/pulumi-resource-docker/schema-embed.json" \
       "$tmp/src/cmd/pulumi-resource-docker/bridge-metadata.json"
 
 export CGO_ENABLED=0
+
+# Upstream with our patches applied (patches/*.patch; each one says why), used as a local
+# replacement of the pinned module, so the pin and go.sum stay what they are.
+upstream_mod=github.com/terraform-providers/terraform-provider-docker
+if compgen -G "$src/patches/*.patch" >/dev/null; then
+    (cd "$tmp/src" && "$go_bin" mod download "$upstream_mod")
+    upstream_dir="$(cd "$tmp/src" && "$go_bin" list -mod=readonly -m \
+        -f '{{if .Replace}}{{.Replace.Dir}}{{else}}{{.Dir}}{{end}}' "$upstream_mod")"
+    [ -d "$upstream_dir" ] || die "could not find the source of $upstream_mod"
+    cp -a "$upstream_dir" "$tmp/upstream"
+    chmod -R u+w "$tmp/upstream"
+    for patch_file in "$src"/patches/*.patch; do
+        log "applying $(basename "$patch_file")"
+        (cd "$tmp/upstream" && git apply -p1 "$patch_file") || die "$patch_file does not apply"
+    done
+    (cd "$tmp/src" && "$go_bin" mod edit -replace "$upstream_mod=../upstream")
+fi
 # -mod=readonly: the committed go.sum must already cover the build (no silent re-resolution).
 build() { (cd "$tmp/src" && "$go_bin" build -mod=readonly -trimpath -buildvcs=false \
     -tags "$build_tags" -ldflags "$ldflags" "$@"); }

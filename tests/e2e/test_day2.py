@@ -4,8 +4,10 @@ test-stack creation and the sweeper."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +20,7 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from infra import dockercli, stacks, teststacks
+from infra import backup, dockercli, stacks, teststacks
 from infra.connect import connect_postgres
 from tests.e2e.conftest import docker, inspect, local_images, objects_of
 
@@ -271,3 +273,28 @@ def test_the_sweeper_removes_old_test_stacks_and_leftovers_and_nothing_else(live
         dockercli.remove_objects(dockercli.labelled_objects(old.name))
         if old.name in {s.name for s in stacks.workspace(settings).list_stacks()}:
             stacks.workspace(settings).remove_stack(old.name, force=True)
+
+
+def test_one_restore_at_a_time_and_a_crashed_ones_leftovers_are_cleared(live, settings, tmp_path):
+    made = cli(settings, "backup", "--stack", live.name, "--to", str(tmp_path))
+    assert made.returncode == 0, made.stderr
+    [folder] = (tmp_path / live.name).iterdir()
+    target = target_of(live)
+    maintenance = dataclasses.replace(target.postgres, database="postgres")
+    with connect_postgres(maintenance) as conn:
+        conn.execute("CREATE DATABASE sinsolver_restore_deadbeef")
+    stale = f"sin-scratch-{live.name}-redis-deadbeef"
+    docker("create", "--name", stale, "--label", backup.SCRATCH_LABEL, "--label",
+           f"{dockercli.STACK_LABEL}={live.name}", local_images()["redisImage"])
+
+    with connect_postgres(maintenance) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (backup.LOCK_KEY,))
+        busy = cli(settings, "restore", "--stack", live.name, "--from", str(folder))
+    assert busy.returncode == 2 and "another restore or backup verification is running" in busy.stderr
+
+    verified = cli(settings, "backup", "--stack", live.name, "--to", str(tmp_path / "again"), "--verify")
+    assert verified.returncode == 0, verified.stderr
+    with connect_postgres(maintenance) as conn:
+        names = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+    assert not [n for n in names if re.fullmatch(r"sinsolver_restore_[0-9a-f]{8}", n)], names
+    assert dockercli.inspect("container", stale) is None

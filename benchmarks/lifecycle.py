@@ -1,0 +1,217 @@
+"""Benchmark of a stack's life cycle against the same work done with plain `docker` commands.
+
+Same two services, same host, same run, images already present, nothing of the stack on
+the Docker host before a cold bring-up. Prints medians over ROUNDS (env SIN_BENCH_ROUNDS):
+  cold up     `up` of a new stack until verified (migrate + 20 checks)
+              vs network create, volume create x2, create + copy secret/config + start with
+              the same healthchecks, wait healthy, `psql -f` the schema
+  no-op up    `up` with nothing to change      vs `docker inspect` of the five objects
+  preview     `preview` with nothing to change vs the same inspect
+  destroy     `destroy`                        vs `docker rm -f`, network rm, volume rm
+and the wall time of 4 stacks brought up in parallel against one stack's cold up.
+Targets (issue 5): cold up <= 1.5x plain docker, no-op up and preview < 5 s, 4 parallel
+stacks <= 2x one stack. Run: scripts/bench lifecycle
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import statistics
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from infra import dockercli, migrations, stacks, teststacks
+from infra.components import postgres, redis
+
+ROUNDS = int(os.environ.get("SIN_BENCH_ROUNDS", "3"))
+PARALLEL = 4
+HEALTH_TIMEOUT_S = 90
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def images() -> dict[str, str]:
+    found = {key: os.environ.get(env) for key, env in stacks.LOCAL_IMAGE_ENV.items()}
+    if not all(found.values()):
+        raise SystemExit("SIN_LOCAL_POSTGRES_IMAGE / SIN_LOCAL_REDIS_IMAGE unset: run through scripts/bench")
+    return found
+
+
+class PulumiStack:
+    """A throwaway stack in a private file backend."""
+
+    def __init__(self, settings: stacks.Settings):
+        self.stack = teststacks.create(settings, healthTimeoutSeconds=str(HEALTH_TIMEOUT_S), **images())
+
+    def up(self) -> None:
+        result = self.stack.up(color="never")
+        assert result.outputs["verificationChecks"].value == 20, "up must end verified"
+
+    def noop_up(self) -> None:
+        result = self.stack.up(color="never")
+        assert set(result.summary.resource_changes) == {"same"}, result.summary.resource_changes
+
+    def preview(self) -> None:
+        self.stack.preview(color="never", expect_no_changes=True)
+
+    def destroy(self) -> None:
+        self.stack.destroy(color="never")
+
+    def remove(self) -> None:
+        self.stack.workspace.remove_stack(self.stack.name, force=True)
+        dockercli.remove_objects(dockercli.labelled_objects(self.stack.name))
+
+
+class PlainDocker:
+    """The same two services with docker CLI commands, as a shell script would do it."""
+
+    def __init__(self):
+        self.prefix = f"bench-plain-{secrets.token_hex(3)}"
+        self.config = teststacks.isolated_config()
+        self.password = secrets.token_urlsafe(24)
+
+    def names(self) -> dict[str, str]:
+        p = self.prefix
+        return {"network": f"{p}-net", "pg_volume": f"{p}-pg", "redis_volume": f"{p}-redis",
+                "pg": f"{p}-postgres", "redis": f"{p}-redis"}
+
+    def _health(self, command: str) -> list[str]:
+        return ["--health-cmd", command, "--health-interval", "2s", "--health-timeout", "5s",
+                "--health-start-period", "5s", "--health-retries", str(HEALTH_TIMEOUT_S // 2)]
+
+    def _copy(self, container: str, path: str, content: str, mode: int) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(tmp) / "in.tar"
+            with tarfile.open(archive, "w") as tar:
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.size, info.mode = len(content.encode()), mode
+                tar.addfile(info, io.BytesIO(content.encode()))
+            dockercli.copy_in(container, archive, "/")
+
+    def up(self) -> None:
+        n, c, image = self.names(), self.config, images()
+        dockercli.docker("network", "create", "--subnet", c["networkSubnet"], "--gateway", c["networkGateway"],
+                         "--ip-range", c["networkIpRange"], n["network"])
+        dockercli.docker("volume", "create", n["pg_volume"])
+        dockercli.docker("volume", "create", n["redis_volume"])
+        common = ["--network", n["network"], "--restart", "unless-stopped", "--security-opt", "no-new-privileges:true"]
+        dockercli.docker("create", "--name", n["pg"], *common, "--memory", "512m", "--memory-swap", "512m",
+                         "--ip", c["postgresIp"],
+                         "-p", f"127.0.0.1:{c['postgresHostPort']}:5432", "-v", f"{n['pg_volume']}:{postgres.DATA_PATH}",
+                         "-e", "POSTGRES_DB=sinsolver", "-e", "POSTGRES_USER=sinadmin",
+                         "-e", f"POSTGRES_PASSWORD_FILE={postgres.PASSWORD_FILE}",
+                         *self._health(postgres.HEALTHCHECK), image["postgresImage"])
+        self._copy(n["pg"], postgres.PASSWORD_FILE, self.password, 0o400)
+        dockercli.docker("create", "--name", n["redis"], *common, "--memory", "256m", "--memory-swap", "256m",
+                         "--ip", c["redisIp"],
+                         "-p", f"127.0.0.1:{c['redisHostPort']}:6379", "-v", f"{n['redis_volume']}:{redis.DATA_PATH}",
+                         *self._health(redis.HEALTHCHECK), image["redisImage"], redis.CONFIG_FILE)
+        self._copy(n["redis"], redis.CONFIG_FILE, redis.render_config(self.password, 256), 0o444)
+        dockercli.docker("start", n["pg"], n["redis"])
+        give_up = time.monotonic() + HEALTH_TIMEOUT_S
+        while any(dockercli.inspect("container", n[k])["State"]["Health"]["Status"] != "healthy"
+                  for k in ("pg", "redis")):
+            if time.monotonic() > give_up:
+                raise SystemExit("plain docker: containers did not become healthy")
+            time.sleep(0.2)
+        schema = migrations.DEFAULT_DIR / "V001__adr006_schema.sql"
+        dockercli.exec_from_file(n["pg"], ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "sinadmin",
+                                           "-d", "sinsolver"], schema)
+
+    def inspect_all(self) -> None:
+        n = self.names()
+        dockercli.docker("network", "inspect", n["network"])
+        dockercli.docker("volume", "inspect", n["pg_volume"], n["redis_volume"])
+        dockercli.docker("container", "inspect", n["pg"], n["redis"])
+
+    def destroy(self) -> None:
+        n = self.names()
+        dockercli.docker("rm", "-f", n["pg"], n["redis"])
+        dockercli.docker("network", "rm", n["network"])
+        dockercli.docker("volume", "rm", n["pg_volume"], n["redis_volume"])
+
+
+def parallel_up(settings: stacks.Settings) -> float:
+    """Wall time of PARALLEL stacks brought up at once (each to verified)."""
+    group = [PulumiStack(settings) for _ in range(PARALLEL)]
+    errors: list[str] = []
+
+    def run(s: PulumiStack) -> None:
+        try:
+            s.up()
+        except Exception as exc:  # reported after the join
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in group]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    for s in group:
+        s.destroy()
+        s.remove()
+    if errors:
+        raise SystemExit(f"parallel up failed: {errors}")
+    return wall
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="sin-bench-") as tmp:
+        settings = stacks.Settings(f"file://{tmp}/state", Path(tmp) / "passphrase")
+        figures: dict[str, list[float]] = {k: [] for k in (
+            "cold up", "no-op up", "preview", "destroy", "plain up", "plain inspect", "plain destroy")}
+        for _ in range(ROUNDS):
+            stack = PulumiStack(settings)
+            try:
+                figures["cold up"].append(timed(stack.up))
+                figures["no-op up"].append(timed(stack.noop_up))
+                figures["preview"].append(timed(stack.preview))
+                figures["destroy"].append(timed(stack.destroy))
+            finally:
+                stack.remove()
+            plain = PlainDocker()
+            try:
+                figures["plain up"].append(timed(plain.up))
+                figures["plain inspect"].append(timed(plain.inspect_all))
+                figures["plain destroy"].append(timed(plain.destroy))
+            except BaseException:
+                dockercli.docker("rm", "-f", plain.names()["pg"], plain.names()["redis"], check=False)
+                dockercli.docker("network", "rm", plain.names()["network"], check=False)
+                dockercli.docker("volume", "rm", plain.names()["pg_volume"], plain.names()["redis_volume"],
+                                 check=False)
+                raise
+        wall = parallel_up(settings)
+
+    med = {k: statistics.median(v) for k, v in figures.items()}
+    row = "{:<12} {:>10} {:>14} {:>7}   {}"
+    print(row.format("operation", "pulumi s", "plain docker s", "ratio", f"(medians of {ROUNDS} rounds)"))
+    for name, plain_key, target in (("cold up", "plain up", "ratio <= 1.5"),
+                                    ("no-op up", "plain inspect", "< 5 s"),
+                                    ("preview", "plain inspect", "< 5 s"),
+                                    ("destroy", "plain destroy", None)):
+        ratio = med[name] / med[plain_key]
+        if target == "ratio <= 1.5":
+            verdict = f"target {target}: {'met' if ratio <= 1.5 else 'MISSED'}"
+        elif target:
+            verdict = f"target {target}: {'met' if med[name] < 5 else 'MISSED'}"
+        else:
+            verdict = ""
+        print(row.format(name, f"{med[name]:.2f}", f"{med[plain_key]:.2f}", f"{ratio:.2f}x", verdict))
+    ratio = wall / med["cold up"]
+    print(f"{PARALLEL} stacks in parallel: {wall:.2f} s wall vs {med['cold up']:.2f} s for one "
+          f"({ratio:.2f}x; target <= 2x: {'met' if ratio <= 2 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
