@@ -210,7 +210,7 @@ def test_the_pr_workflow_preview_flags_pending_migrations_and_data_replacement(l
     try:
         result = subprocess.run(["bash", "-e", "-c", step["run"]], cwd=ROOT, capture_output=True, text=True,
                                 timeout=600, env={**os.environ, **settings.env(), "STACK": live.name, "IMAGES": "local",
-                                                  "GITHUB_STEP_SUMMARY": str(summary)})
+                                                  "GITHUB_STEP_SUMMARY": str(summary), "RUNNER_TEMP": str(tmp_path)})
         strict = cli(settings, "preview", "--stack", live.name, "--images", "local", "--fail-on-risk")
     finally:
         live.stack.remove_config("postgresVolumeName")
