@@ -53,7 +53,6 @@ PG_SOCKET_DIR = "/var/run/postgresql"  # where the official image (and ours) put
 SCRATCH_LABEL = "sin-datastores.role=scratch"
 # Advisory lock key of restores and verifications ("sinrstr"), distinct from the migrations' key.
 LOCK_KEY = 0x73696E72737472
-_FOLDER = re.compile(r"^\d{8}T\d{6}Z$")
 _REQUIRED = {"postgres": ("major", "tables", "schema_sha256"), "redis": ("major", "keys"), "files": FILES}
 
 # Objects the schema fingerprint covers: columns, constraints, indexes of non-system schemas.
@@ -87,8 +86,8 @@ class BackupError(RuntimeError):
     """The backup folder or the stack cannot be used as asked; nothing was changed."""
 
 
-class RestoreFailed(RuntimeError):
-    """A restore step failed; the live data was left as it was before."""
+class BackupFailed(RuntimeError):
+    """A backup, verification or restore step failed; the live data was left as it was."""
 
 
 @dataclass(frozen=True)
@@ -143,13 +142,6 @@ def load_manifest(folder: Path) -> dict:
         raise BackupError(f"backup {folder} is incomplete or was modified: {'; '.join(problems)}; "
                           f"nothing was restored")
     return manifest
-
-
-def list_backups(root: Path, stack: str) -> list[Path]:
-    """Complete backups of a stack, oldest first."""
-    base = Path(root) / stack
-    return sorted(p for p in base.iterdir() if _FOLDER.match(p.name) and (p / MANIFEST).is_file()) \
-        if base.is_dir() else []
 
 
 # ------------------------------------------------------------------ PostgreSQL
@@ -207,7 +199,7 @@ def _restore_into_scratch(target: PostgresTarget, dump: Path) -> str:
                                  ["sh", "-c", _RESTORE_SCRIPT, "sh", PG_SOCKET_DIR, target.user, scratch], dump)
     except dockercli.DockerError as exc:
         _drop_database(target, scratch)
-        raise RestoreFailed(f"pg_restore into a scratch database failed; nothing live was touched: {exc}") from None
+        raise BackupFailed(f"pg_restore into a scratch database failed; nothing live was touched: {exc}") from None
     return scratch
 
 
@@ -243,8 +235,7 @@ def _swap_databases(target: PostgresTarget, replacement: str, stamp: str) -> str
         admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(live)))
         try:
             for attempt in range(5):
-                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                              "WHERE datname = %s AND pid <> pg_backend_pid()", (live,))
+                _disconnect_all(admin, live)
                 try:
                     with admin.transaction():
                         admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(live), ident(previous)))
@@ -260,6 +251,11 @@ def _swap_databases(target: PostgresTarget, replacement: str, stamp: str) -> str
     return previous
 
 
+def _disconnect_all(admin: psycopg.Connection, database: str) -> None:
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
+
+
 def _exists(admin: psycopg.Connection, database: str) -> bool:
     return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
 
@@ -268,8 +264,7 @@ def _swap_back(target: PostgresTarget, previous: str) -> None:
     """Undo :func:`_swap_databases` (the restored database is dropped)."""
     restored = f"{target.database}_failed_restore_{secrets.token_hex(4)}"
     with connect_postgres(_maintenance(target)) as admin:
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                      "WHERE datname = %s AND pid <> pg_backend_pid()", (target.database,))
+        _disconnect_all(admin, target.database)
         with admin.transaction():
             admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                 sql.Identifier(target.database), sql.Identifier(restored)))
@@ -295,7 +290,7 @@ def _bgsave(client: redis.Redis, deadline_s: float) -> dict[str, int]:
             break
         except redis.ResponseError as exc:  # a save or AOF rewrite already running: wait for it
             if "in progress" not in str(exc) or time.monotonic() > give_up:
-                raise RestoreFailed(f"Redis refused BGSAVE: {exc}") from None
+                raise BackupFailed(f"Redis refused BGSAVE: {exc}") from None
             time.sleep(0.2)
     # rdb_saves (Redis >= 7.0) counts saves; LASTSAVE has one-second resolution.
     progress = "rdb_saves" if "rdb_saves" in before else "rdb_last_save_time"
@@ -304,10 +299,10 @@ def _bgsave(client: redis.Redis, deadline_s: float) -> dict[str, int]:
         if not now["rdb_bgsave_in_progress"] and now[progress] > before[progress]:
             break
         if time.monotonic() > give_up:
-            raise RestoreFailed(f"Redis BGSAVE did not finish within {deadline_s:g} s")
+            raise BackupFailed(f"Redis BGSAVE did not finish within {deadline_s:g} s")
         time.sleep(0.05)
     if now["rdb_last_bgsave_status"] != "ok":
-        raise RestoreFailed(f"Redis BGSAVE failed (rdb_last_bgsave_status={now['rdb_last_bgsave_status']}); "
+        raise BackupFailed(f"Redis BGSAVE failed (rdb_last_bgsave_status={now['rdb_last_bgsave_status']}); "
                             f"see the container's log")
     return _keyspace(keyspace)
 
@@ -491,52 +486,67 @@ def backup(target: Target, root: Path, now: Optional[datetime] = None) -> Path:
 
 def verify_backup(target: Target, folder: Path) -> Report:
     """Restore the backup into scratch places next to the live stack and compare with its manifest."""
-    manifest = load_manifest(folder)
-    _require_containers(target)
-    _check_versions(target, manifest)
+    manifest = _usable_manifest(target, folder)
     with _exclusive(target):
-        scratch = _restore_into_scratch(target.postgres, Path(folder) / PG_DUMP)
-        try:
-            checks = _compare_postgres(target.postgres, scratch, manifest)
-        finally:
-            _drop_database(target.postgres, scratch)
-        with ScratchRedis(target.redis, target.stack, Path(folder) / REDIS_RDB) as client:
-            checks.append(_compare_redis(client, manifest))
-    return Report(checks)
+        loaded = _load_in_scratch(target, Path(folder), manifest, read_keys=False)
+        _drop_database(target.postgres, loaded.database)
+    return loaded.report
 
 
 def restore(target: Target, folder: Path, say: Callable[[str], None] = lambda _: None) -> Outcome:
     """Replace the stack's data with the backup's, all or nothing."""
+    manifest = _usable_manifest(target, folder)
+    with _exclusive(target):
+        loaded = _load_in_scratch(target, Path(folder), manifest, read_keys=True)
+        if not loaded.report.ok:
+            _drop_database(target.postgres, loaded.database)
+            raise BackupFailed(f"the backup does not load as its manifest says; nothing live was touched\n"
+                               f"{loaded.report.table()}")
+        say(f"backup loaded and checked in scratch places ({len(loaded.entries)} Redis keys); switching live data")
+        previous = _swap_databases(target.postgres, loaded.database,
+                                   datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
+        try:
+            _replace_redis(target.redis, loaded.entries)
+        except BaseException as exc:
+            _swap_back(target.postgres, previous)
+            raise BackupFailed(f"replacing the Redis data failed ({exc}); PostgreSQL was switched back, "
+                               f"nothing live changed") from None
+        return Outcome(loaded.report, previous)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    report: Report
+    database: str
+    """The scratch database holding the dump; the caller drops or promotes it."""
+    entries: list[tuple[int, bytes, int, bytes]]
+
+
+def _usable_manifest(target: Target, folder: Path) -> dict:
+    """Everything that can refuse a backup, checked before anything is touched."""
     manifest = load_manifest(folder)
     _require_containers(target)
     _check_versions(target, manifest)
-    with _exclusive(target):
-        scratch = _restore_into_scratch(target.postgres, Path(folder) / PG_DUMP)
-        try:
-            checks = _compare_postgres(target.postgres, scratch, manifest)
-            with ScratchRedis(target.redis, target.stack, Path(folder) / REDIS_RDB) as client:
-                checks.append(_compare_redis(client, manifest))
+    return manifest
+
+
+def _load_in_scratch(target: Target, folder: Path, manifest: dict, read_keys: bool) -> _Loaded:
+    scratch = _restore_into_scratch(target.postgres, folder / PG_DUMP)
+    try:
+        checks = _compare_postgres(target.postgres, scratch, manifest)
+        entries = []
+        with ScratchRedis(target.redis, target.stack, folder / REDIS_RDB) as client:
+            checks.append(_compare_redis(client, manifest))
+            if read_keys:
                 raw = _binary(client)
                 try:
                     entries = list(_dump_all(raw))
                 finally:
                     raw.close()
-            report = Report(checks)
-            if not report.ok:
-                raise RestoreFailed(f"the backup does not load as its manifest says; nothing live was touched\n"
-                                    f"{report.table()}")
-        except BaseException:
-            _drop_database(target.postgres, scratch)
-            raise
-        say(f"backup loaded and checked in scratch places ({len(entries)} Redis keys); switching live data")
-        previous = _swap_databases(target.postgres, scratch, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
-        try:
-            _replace_redis(target.redis, entries)
-        except BaseException as exc:
-            _swap_back(target.postgres, previous)
-            raise RestoreFailed(f"replacing the Redis data failed ({exc}); PostgreSQL was switched back, "
-                                f"nothing live changed") from None
-        return Outcome(report, previous)
+    except BaseException:
+        _drop_database(target.postgres, scratch)
+        raise
+    return _Loaded(Report(checks), scratch, entries)
 
 
 def _check_versions(target: Target, manifest: dict) -> None:

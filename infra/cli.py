@@ -211,7 +211,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (stacks.StackError, ConfigError, backup.BackupError) as exc:
         say(f"error: {exc}")
         return 2
-    except (MigrationError, ConnectError, backup.RestoreFailed, DockerError) as exc:
+    except (MigrationError, ConnectError, backup.BackupFailed, DockerError) as exc:
         say(f"error: {exc}")
         return 1
     except auto.CommandError as exc:
