@@ -168,12 +168,12 @@ def test_bad_input_is_refused_with_a_clear_message_and_changes_nothing(live, mak
     with connect_postgres(target.postgres) as conn:
         databases = conn.execute("SELECT datname FROM pg_database ORDER BY 1").fetchall()
 
-    cases = [
-        (("status", "--stack", "no-such-stack"), "stack 'no-such-stack' does not exist"),
-        (("backup", "--stack", "no-such-stack"), "stack 'no-such-stack' does not exist"),
-        (("backup", "--stack", not_up.name), f"stack '{not_up.name}' is not up"),
-        (("status", "--stack", not_up.name), f"stack '{not_up.name}' is not up"),
-        (("restore", "--stack", not_up.name, "--from", str(folder)), f"stack '{not_up.name}' is not up"),
+    every_command = [("status",), ("backup",), ("restore", "--from", str(folder)), ("verify",), ("plan",),
+                     ("migrate",), ("preview",), ("down",)]
+    cases = [((*cmd, "--stack", "no-such-stack"), "stack 'no-such-stack' does not exist") for cmd in every_command]
+    cases += [((*cmd, "--stack", not_up.name), f"stack '{not_up.name}' is not up")
+              for cmd in every_command if cmd[0] not in ("preview", "down")]  # both work on a stack not up
+    cases += [
         (("restore", "--stack", live.name, "--from", str(tmp_path / "missing")), "does not exist"),
         (("restore", "--stack", live.name, "--from", variant("incomplete", lambda p: (p / "manifest.json").unlink())),
          "has no manifest.json: the backup is incomplete"),
