@@ -167,5 +167,5 @@ def test_the_pr_workflow_runs_the_unit_tests_and_the_local_preview_command_for_d
     assert any(r.startswith("SIN_SETUP_SKIP=") and "scripts/test tests/unit" in r for r in runs)
     preview = next(s for s in job["steps"] if s.get("name") == "Preview")
     assert 'scripts/preview "$STACK"' in preview["run"] and "pipefail" in preview["run"]
-    assert set(preview["env"]) == {"PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "DOCKER_HOST"}
+    assert set(preview["env"]) == {"PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "DOCKER_HOST", "SIN_SETUP_SKIP"}
 
