@@ -298,3 +298,42 @@ def test_one_restore_at_a_time_and_a_crashed_ones_leftovers_are_cleared(live, se
         names = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
     assert not [n for n in names if re.fullmatch(r"sinsolver_restore_[0-9a-f]{8}", n)], names
     assert dockercli.inspect("container", stale) is None
+
+
+def test_restore_is_all_or_nothing(live, settings, tmp_path, monkeypatch):
+    target = target_of(live)
+    made = cli(settings, "backup", "--stack", live.name, "--to", str(tmp_path))
+    assert made.returncode == 0, made.stderr
+    [folder] = (tmp_path / live.name).iterdir()
+    redis_lib.Redis(host=target.redis.host, port=target.redis.port, password=target.redis.password).set(
+        "written:after-backup", "must survive a failed restore")
+    with connect_postgres(target.postgres) as conn:
+        conn.execute("INSERT INTO logs (level, message) VALUES ('info', 'written after the backup')")
+    before = read_data(target)
+
+    def databases() -> list:
+        with connect_postgres(dataclasses.replace(target.postgres, database="postgres")) as conn:
+            return conn.execute("SELECT datname FROM pg_database ORDER BY 1").fetchall()
+
+    names = databases()
+
+    # The files are intact but the manifest claims other row counts: refused after the scratch load.
+    lying = tmp_path / "lying"
+    shutil.copytree(folder, lying)
+    manifest = json.loads((lying / "manifest.json").read_text())
+    manifest["postgres"]["tables"]["public.services"] += 1
+    (lying / "manifest.json").write_text(json.dumps(manifest))
+    refused = cli(settings, "restore", "--stack", live.name, "--from", str(lying))
+    assert refused.returncode == 1 and "does not load as its manifest says" in refused.stderr
+    assert "public.services" in refused.stderr
+    assert read_data(target) == before and databases() == names
+
+    # The Redis switch fails after PostgreSQL was switched: PostgreSQL is switched back.
+    def broken(*_):
+        raise redis_lib.ResponseError("simulated failure during EXEC")
+
+    monkeypatch.setattr(backup, "_replace_redis", broken)
+    with pytest.raises(backup.BackupFailed, match="PostgreSQL was switched back, nothing live changed"):
+        backup.restore(target, folder)
+    assert read_data(target) == before
+    assert [n for n in databases() if n not in names] == [], "no scratch or renamed database is left"
