@@ -1,8 +1,9 @@
 """Command line: `python -m infra <command> --stack NAME`.
 
-up/preview/down drive the stack through the Automation API; plan/migrate/verify/baseline
-run the plain post-deploy functions against a deployed stack, reading its outputs.
-Exit codes: 0 success, 1 a check or command failed, 2 bad usage or input.
+up/preview/down and test-stack drive stacks through the Automation API; plan/migrate/
+verify/baseline/status/backup/restore run plain functions against a deployed stack,
+reading its outputs. Exit codes: 0 success, 1 a check or command failed (or the stack is
+unhealthy), 2 bad usage or input; bad input changes nothing.
 """
 
 from __future__ import annotations
