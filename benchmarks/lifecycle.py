@@ -15,11 +15,9 @@ stacks <= 2x one stack. Run: scripts/bench lifecycle
 
 from __future__ import annotations
 
-import io
 import os
 import secrets
 import statistics
-import tarfile
 import tempfile
 import threading
 import time
@@ -27,6 +25,8 @@ from pathlib import Path
 
 from infra import dockercli, migrations, stacks, teststacks
 from infra.components import postgres, redis
+from infra.components.common import healthcheck
+from infra.config import DEFAULTS
 
 ROUNDS = int(os.environ.get("SIN_BENCH_ROUNDS", "3"))
 PARALLEL = 4
@@ -39,18 +39,13 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def images() -> dict[str, str]:
-    found = {key: os.environ.get(env) for key, env in stacks.LOCAL_IMAGE_ENV.items()}
-    if not all(found.values()):
-        raise SystemExit("SIN_LOCAL_POSTGRES_IMAGE / SIN_LOCAL_REDIS_IMAGE unset: run through scripts/bench")
-    return found
-
-
 class PulumiStack:
     """A throwaway stack in a private file backend."""
 
     def __init__(self, settings: stacks.Settings):
-        self.stack = teststacks.create(settings, healthTimeoutSeconds=str(HEALTH_TIMEOUT_S), **images())
+        self.stack = teststacks.create(settings, config={**teststacks.isolated_config(),
+                                                         "healthTimeoutSeconds": str(HEALTH_TIMEOUT_S),
+                                                         **stacks.local_images()})
 
     def up(self) -> None:
         result = self.stack.up(color="never")
@@ -85,37 +80,30 @@ class PlainDocker:
                 "pg": f"{p}-postgres", "redis": f"{p}-redis"}
 
     def _health(self, command: str) -> list[str]:
-        return ["--health-cmd", command, "--health-interval", "2s", "--health-timeout", "5s",
-                "--health-start-period", "5s", "--health-retries", str(HEALTH_TIMEOUT_S // 2)]
-
-    def _copy(self, container: str, path: str, content: str, mode: int) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            archive = Path(tmp) / "in.tar"
-            with tarfile.open(archive, "w") as tar:
-                info = tarfile.TarInfo(path.lstrip("/"))
-                info.size, info.mode = len(content.encode()), mode
-                tar.addfile(info, io.BytesIO(content.encode()))
-            dockercli.copy_in(container, archive, "/")
+        """The healthcheck the components declare, as `docker create` flags."""
+        check = healthcheck(command, HEALTH_TIMEOUT_S)
+        return ["--health-cmd", command, "--health-interval", check.interval, "--health-timeout", check.timeout,
+                "--health-start-period", check.start_period, "--health-retries", str(check.retries)]
 
     def up(self) -> None:
-        n, c, image = self.names(), self.config, images()
+        n, c, image = self.names(), self.config, stacks.local_images()
         dockercli.docker("network", "create", "--subnet", c["networkSubnet"], "--gateway", c["networkGateway"],
                          "--ip-range", c["networkIpRange"], n["network"])
         dockercli.docker("volume", "create", n["pg_volume"])
         dockercli.docker("volume", "create", n["redis_volume"])
         common = ["--network", n["network"], "--restart", "unless-stopped", "--security-opt", "no-new-privileges:true"]
-        dockercli.docker("create", "--name", n["pg"], *common, "--memory", "512m", "--memory-swap", "512m",
+        dockercli.docker("create", "--name", n["pg"], *common, *memory(DEFAULTS["postgresMemoryMb"]),
                          "--ip", c["postgresIp"],
                          "-p", f"127.0.0.1:{c['postgresHostPort']}:5432", "-v", f"{n['pg_volume']}:{postgres.DATA_PATH}",
                          "-e", "POSTGRES_DB=sinsolver", "-e", "POSTGRES_USER=sinadmin",
                          "-e", f"POSTGRES_PASSWORD_FILE={postgres.PASSWORD_FILE}",
                          *self._health(postgres.HEALTHCHECK), image["postgresImage"])
-        self._copy(n["pg"], postgres.PASSWORD_FILE, self.password, 0o400)
-        dockercli.docker("create", "--name", n["redis"], *common, "--memory", "256m", "--memory-swap", "256m",
+        dockercli.put_files(n["pg"], {postgres.PASSWORD_FILE: (self.password.encode(), 0o400)})
+        dockercli.docker("create", "--name", n["redis"], *common, *memory(DEFAULTS["redisMemoryMb"]),
                          "--ip", c["redisIp"],
                          "-p", f"127.0.0.1:{c['redisHostPort']}:6379", "-v", f"{n['redis_volume']}:{redis.DATA_PATH}",
                          *self._health(redis.HEALTHCHECK), image["redisImage"], redis.CONFIG_FILE)
-        self._copy(n["redis"], redis.CONFIG_FILE, redis.render_config(self.password, 256), 0o444)
+        dockercli.put_files(n["redis"], {redis.CONFIG_FILE: (redis.render_config(self.password, int(DEFAULTS["redisMemoryMb"])).encode(), 0o444)})
         dockercli.docker("start", n["pg"], n["redis"])
         give_up = time.monotonic() + HEALTH_TIMEOUT_S
         while any(dockercli.inspect("container", n[k])["State"]["Health"]["Status"] != "healthy"
@@ -133,11 +121,16 @@ class PlainDocker:
         dockercli.docker("volume", "inspect", n["pg_volume"], n["redis_volume"])
         dockercli.docker("container", "inspect", n["pg"], n["redis"])
 
-    def destroy(self) -> None:
+    def destroy(self, check: bool = True) -> None:
         n = self.names()
-        dockercli.docker("rm", "-f", n["pg"], n["redis"])
-        dockercli.docker("network", "rm", n["network"])
-        dockercli.docker("volume", "rm", n["pg_volume"], n["redis_volume"])
+        dockercli.docker("rm", "-f", n["pg"], n["redis"], check=check)
+        dockercli.docker("network", "rm", n["network"], check=check)
+        dockercli.docker("volume", "rm", n["pg_volume"], n["redis_volume"], check=check)
+
+
+def memory(mb: str) -> list[str]:
+    """The stack's memory limit without swap, as `docker create` flags."""
+    return ["--memory", f"{mb}m", "--memory-swap", f"{mb}m"]
 
 
 def parallel_up(settings: stacks.Settings) -> float:
@@ -186,10 +179,7 @@ def main() -> None:
                 figures["plain inspect"].append(timed(plain.inspect_all))
                 figures["plain destroy"].append(timed(plain.destroy))
             except BaseException:
-                dockercli.docker("rm", "-f", plain.names()["pg"], plain.names()["redis"], check=False)
-                dockercli.docker("network", "rm", plain.names()["network"], check=False)
-                dockercli.docker("volume", "rm", plain.names()["pg_volume"], plain.names()["redis_volume"],
-                                 check=False)
+                plain.destroy(check=False)
                 raise
         wall = parallel_up(settings)
 

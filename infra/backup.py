@@ -20,7 +20,6 @@ previous database is kept, renamed), Redis by one ``MULTI``/``EXEC``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -230,47 +229,44 @@ def _compare_postgres(target: PostgresTarget, database: str, manifest: dict) -> 
 def _swap_databases(target: PostgresTarget, replacement: str, stamp: str) -> str:
     """Make ``replacement`` the live database in one transaction; return the previous one's new name."""
     live, previous = target.database, f"{target.database}_pre_restore_{stamp}"
-    ident = sql.Identifier
     with connect_postgres(_maintenance(target)) as admin:
-        admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident(live)))
+        admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(live)))
         try:
             for attempt in range(5):
-                _disconnect_all(admin, live)
                 try:
-                    with admin.transaction():
-                        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(live), ident(previous)))
-                        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident(replacement), ident(live)))
+                    _switch(admin, live, previous, replacement)
                     break
-                except psycopg.errors.ObjectInUse:
+                except psycopg.errors.ObjectInUse:  # a client reconnected in between
                     if attempt == 4:
                         raise
                     time.sleep(0.2)
         finally:
             still_live = previous if _exists(admin, previous) else live
-            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident(still_live)))
+            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(
+                sql.Identifier(still_live)))
     return previous
-
-
-def _disconnect_all(admin: psycopg.Connection, database: str) -> None:
-    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                  "WHERE datname = %s AND pid <> pg_backend_pid()", (database,))
-
-
-def _exists(admin: psycopg.Connection, database: str) -> bool:
-    return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
 
 
 def _swap_back(target: PostgresTarget, previous: str) -> None:
     """Undo :func:`_swap_databases` (the restored database is dropped)."""
     restored = f"{target.database}_failed_restore_{secrets.token_hex(4)}"
     with connect_postgres(_maintenance(target)) as admin:
-        _disconnect_all(admin, target.database)
-        with admin.transaction():
-            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                sql.Identifier(target.database), sql.Identifier(restored)))
-            admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                sql.Identifier(previous), sql.Identifier(target.database)))
+        _switch(admin, target.database, restored, previous)
     _drop_database(target, restored)
+
+
+def _switch(admin: psycopg.Connection, live: str, aside: str, incoming: str) -> None:
+    """Disconnect ``live``'s clients, then rename it to ``aside`` and ``incoming`` to ``live``, atomically."""
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE datname = %s AND pid <> pg_backend_pid()", (live,))
+    with admin.transaction():
+        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(live), sql.Identifier(aside)))
+        admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(incoming),
+                                                                      sql.Identifier(live)))
+
+
+def _exists(admin: psycopg.Connection, database: str) -> bool:
+    return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
 
 
 # ------------------------------------------------------------------ Redis
@@ -332,7 +328,8 @@ def _dump_redis(target: RedisTarget, folder: Path) -> dict:
 
 
 class ScratchRedis:
-    """A stopped-on-exit Redis container from the live image, loaded from an RDB file."""
+    """A Redis container from the live image, loaded from an RDB file, removed on exit;
+    yields a binary-safe client."""
 
     def __init__(self, live: RedisTarget, stack: str, rdb: Path):
         self.live, self.stack, self.rdb = live, stack, rdb
@@ -347,16 +344,12 @@ class ScratchRedis:
         try:
             conf = "\n".join(["port 6379", "bind * -::*", "dir /data", "dbfilename dump.rdb", "appendonly no",
                               'save ""', f"requirepass {self.password}", ""]).encode()
-            with tempfile.TemporaryDirectory() as tmp:
-                archive = Path(tmp) / "in.tar"
-                with tarfile.open(archive, "w") as tar:
-                    _add(tar, "usr/local/etc/redis/scratch.conf", conf, 0o444)
-                    tar.add(self.rdb, arcname="data/dump.rdb")
-                dockercli.copy_in(self.name, archive, "/")
+            dockercli.put_files(self.name, {"/usr/local/etc/redis/scratch.conf": (conf, 0o444),
+                                            "/data/dump.rdb": (self.rdb, 0o600)})
             dockercli.docker("start", self.name)
             port = int(dockercli.docker("port", self.name, "6379/tcp").split()[0].rsplit(":", 1)[1])
             self.client = connect_redis(RedisTarget(self.live.host, port, self.password, self.name, "",
-                                                    self.live.major_version), deadline_s=60)
+                                                    self.live.major_version), deadline_s=60, decode=False)
             return self.client
         except BaseException:
             self.__exit__()
@@ -368,12 +361,6 @@ class ScratchRedis:
         dockercli.docker("rm", "-f", "-v", self.name, check=False)
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes, mode: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _compare_redis(client: redis.Redis, manifest: dict) -> Check:
     started = time.perf_counter()
     keys = _keyspace(client.info("keyspace"))
@@ -383,7 +370,7 @@ def _compare_redis(client: redis.Redis, manifest: dict) -> Check:
 
 
 def _dump_all(client: redis.Redis) -> Iterator[tuple[int, bytes, int, bytes]]:
-    """(db, key, pttl, DUMP payload) of every key, read from a binary-safe client."""
+    """(db, key, pttl, DUMP payload) of every key; ``client`` must be binary-safe."""
     for db in sorted(int(name[2:]) for name in _keyspace(client.info("keyspace"))):
         client.execute_command("SELECT", db)
         for key in client.scan_iter(count=1000):
@@ -394,15 +381,9 @@ def _dump_all(client: redis.Redis) -> Iterator[tuple[int, bytes, int, bytes]]:
                 yield db, key, max(pttl, 0), payload
 
 
-def _binary(client: redis.Redis) -> redis.Redis:
-    kwargs = client.connection_pool.connection_kwargs
-    return redis.Redis(host=kwargs["host"], port=kwargs["port"], password=kwargs["password"],
-                       socket_timeout=60, decode_responses=False)
-
-
 def _replace_redis(target: RedisTarget, entries: list[tuple[int, bytes, int, bytes]]) -> None:
     """Replace all live keys with ``entries`` in one MULTI/EXEC: all or nothing."""
-    live = _binary(connect_redis(target))
+    live = connect_redis(target, decode=False)
     try:
         pipe = live.pipeline(transaction=True)
         pipe.flushall()
@@ -456,8 +437,8 @@ def _require_containers(target: Target) -> None:
                               f"`python -m infra up --stack {target.stack}`")
 
 
-def backup(target: Target, root: Path, now: Optional[datetime] = None) -> Path:
-    """Take a backup of both services into ``<root>/<stack>/<UTC time>/``; return the folder."""
+def backup(target: Target, root: Path, now: Optional[datetime] = None) -> tuple[Path, dict]:
+    """Take a backup of both services into ``<root>/<stack>/<UTC time>/``; return the folder and its manifest."""
     _require_containers(target)
     now = now or datetime.now(timezone.utc)
     name = now.strftime("%Y%m%dT%H%M%SZ")
@@ -481,7 +462,7 @@ def backup(target: Target, root: Path, now: Optional[datetime] = None) -> Path:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    return final
+    return final, manifest
 
 
 def verify_backup(target: Target, folder: Path) -> Report:
@@ -538,11 +519,7 @@ def _load_in_scratch(target: Target, folder: Path, manifest: dict, read_keys: bo
         with ScratchRedis(target.redis, target.stack, folder / REDIS_RDB) as client:
             checks.append(_compare_redis(client, manifest))
             if read_keys:
-                raw = _binary(client)
-                try:
-                    entries = list(_dump_all(raw))
-                finally:
-                    raw.close()
+                entries = list(_dump_all(client))
     except BaseException:
         _drop_database(target.postgres, scratch)
         raise

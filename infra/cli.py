@@ -43,6 +43,8 @@ def print_endpoints(outputs: dict[str, auto.OutputValue]) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack, create=True)
+    for key in stacks.ensure_secrets(stack):
+        say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{args.stack}.yaml")
     result = stacks.up(stack, args.images, say, on_output=print)
     changes = {k: v for k, v in (result.summary.resource_changes or {}).items() if k != "same"}
     say(f"update {result.summary.result}; changes: {changes or 'none'}")
@@ -117,8 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     target = stacks.deployed_target(args.stack)
-    folder = backup.backup(target, args.to)
-    manifest = backup.load_manifest(folder)
+    folder, manifest = backup.backup(target, args.to)
     files = ", ".join(f"{name} {meta['size']} B" for name, meta in sorted(manifest["files"].items()))
     print(f"backup {folder}: {files}; {sum(manifest['postgres']['tables'].values())} rows, "
           f"{sum(manifest['redis']['keys'].values())} Redis keys")

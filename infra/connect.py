@@ -141,15 +141,16 @@ def connect_postgres(target: PostgresTarget, deadline_s: float = 30.0, password:
 
 
 def connect_redis(target: RedisTarget, deadline_s: float = 30.0, password: str | None = None,
-                  socket_timeout_s: float = 10.0) -> redis.Redis:
-    """Open an authenticated client and PING it, retrying while the server starts or loads."""
+                  socket_timeout_s: float = 10.0, decode: bool = True) -> redis.Redis:
+    """Open an authenticated client and PING it, retrying while the server starts or loads.
+    ``decode=False`` gives a binary-safe client (values as bytes, e.g. for DUMP/RESTORE)."""
 
     def attempt() -> redis.Redis:
         client = redis.Redis(
             host=target.host, port=target.port,
             password=target.password if password is None else (password or None),
             socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=socket_timeout_s,
-            decode_responses=True,
+            decode_responses=decode,
             retry=Retry(NoBackoff(), 0),  # _retry below owns retrying; redis-py's own would retry rejected passwords
         )
         try:

@@ -7,12 +7,16 @@ through stdin/stdout and `docker cp`.
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import random
 import subprocess
+import tarfile
+import tempfile
+import time
 from pathlib import Path
-from typing import IO, Optional, Sequence
+from typing import IO, Mapping, Optional, Sequence, Union
 
 # Every Docker object a stack declares carries this label (see components/common.py).
 STACK_LABEL = "sin-datastores.stack"
@@ -67,6 +71,23 @@ def copy_in(container: str, tar_path: Path, dest_dir: str) -> None:
     """Extract a tar archive into ``dest_dir`` of a (possibly stopped) container."""
     with open(tar_path, "rb") as source:
         docker("cp", "-", f"{container}:{dest_dir}", stdin=source)
+
+
+def put_files(container: str, files: Mapping[str, tuple[Union[bytes, Path], int]]) -> None:
+    """Write files into a (possibly stopped) container: {absolute path: (content or local file, mode)}.
+
+    Goes through `docker cp` from a tar stream, so content never appears on a command line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "files.tar"
+        with tarfile.open(archive, "w") as tar:
+            for path, (content, mode) in files.items():
+                data = content if isinstance(content, bytes) else None
+                info = tarfile.TarInfo(path.lstrip("/"))
+                info.size = len(data) if data is not None else content.stat().st_size
+                info.mode, info.mtime = mode, int(time.time())
+                with (io.BytesIO(data) if data is not None else open(content, "rb")) as source:
+                    tar.addfile(info, source)
+        copy_in(container, archive, "/")
 
 
 def labelled_objects(label_value: Optional[str] = None) -> dict[str, dict[str, str]]:

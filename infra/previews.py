@@ -58,10 +58,10 @@ def banner(found: list[Risk], stack: str) -> str:
 
 def pending_migrations(name: str, outputs: dict[str, auto.OutputValue]) -> list[str]:
     """The migrations the next `up` would apply, as report lines."""
-    files = migrations.load()
     try:
         target = stacks.target_from_outputs(name, outputs)
     except stacks.StackError:
+        files = migrations.load()
         return [f"migrations: stack not deployed yet; all {len(files)} would be applied: "
                 f"{', '.join(m.name for m in files)}"]
     try:

@@ -117,6 +117,16 @@ def image_present(image: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
 
 
+def local_images() -> dict[str, str]:
+    """The images toolchain/images.sh built, by config key (it exports them; scripts/* eval it)."""
+    images = {key: os.environ.get(env, "") for key, env in LOCAL_IMAGE_ENV.items()}
+    missing = [LOCAL_IMAGE_ENV[key] for key, image in images.items() if not image]
+    if missing:
+        raise StackError(f"{', '.join(missing)} not set: run toolchain/images.sh through toolchain/setup.sh "
+                         f"(scripts/up, scripts/test and scripts/bench do)")
+    return images
+
+
 def image_overrides(stack: auto.Stack, mode: str, say: Callable[[str], None]) -> dict[str, str]:
     """Images to use instead of the configured ones, without touching the stack file.
 
@@ -169,9 +179,7 @@ def image_config(stack: auto.Stack, images: str, say: Callable[[str], None]) -> 
 
 
 def up(stack: auto.Stack, images: str, say: Callable[[str], None], **kwargs) -> auto.UpResult:
-    """``pulumi up`` with the image choice of :func:`image_overrides`; generates missing secrets."""
-    for key in ensure_secrets(stack):
-        say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
+    """``pulumi up`` with the image choice of :func:`image_overrides`."""
     with image_config(stack, images, say) as config_file:
         return stack.up(config_file=config_file, color="never", **kwargs)
 

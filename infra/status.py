@@ -140,11 +140,10 @@ def status(target: Target, audit_entries: int = 5, now: Optional[datetime] = Non
             info = client.info()
         finally:
             client.close()
-        result.redis = {key: info.get(key) for key in (
-            "redis_version", "used_memory_human", "maxmemory_human", "connected_clients",
-            "aof_enabled", "rdb_last_bgsave_status")}
-        result.redis["version"] = result.redis.pop("redis_version")
-        result.redis["last_bgsave_status"] = result.redis.pop("rdb_last_bgsave_status")
+        result.redis = {"version": info.get("redis_version"), "used_memory_human": info.get("used_memory_human"),
+                        "maxmemory_human": info.get("maxmemory_human"),
+                        "connected_clients": info.get("connected_clients"), "aof_enabled": info.get("aof_enabled"),
+                        "last_bgsave_status": info.get("rdb_last_bgsave_status")}
         if not info.get("aof_enabled"):
             result.problems.append("redis: AOF is off; the ADR requires appendonly yes")
         if info.get("aof_last_write_status", "ok") != "ok" or result.redis["last_bgsave_status"] != "ok":

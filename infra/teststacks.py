@@ -74,11 +74,11 @@ def isolated_config(retain_volumes: bool = False) -> dict[str, str]:
 
 
 def create(settings: Optional[stacks.Settings] = None, name: Optional[str] = None,
-           **config: str) -> auto.Stack:
-    """Create and configure (not deploy) a new test stack."""
-    name = name or new_name()
-    stack = stacks.open_stack(name, settings, create=True)
-    stacks.configure(stack, {**isolated_config(), **config})
+           config: Optional[dict[str, str]] = None) -> auto.Stack:
+    """Create and configure (not deploy) a new stack: ``config`` (default: :func:`isolated_config`)
+    and generated secrets."""
+    stack = stacks.open_stack(name or new_name(), settings, create=True)
+    stacks.configure(stack, isolated_config() if config is None else config)
     stacks.ensure_secrets(stack)
     return stack
 
@@ -115,7 +115,7 @@ def sweep(max_age: timedelta, settings: Optional[stacks.Settings] = None,
                 workspace.remove_stack(summary.name, force=True)
             removed.append(summary.name)
         except Exception as exc:  # keep sweeping; the label sweep below catches what is left
-            errors.append(f"{summary.name}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}")
+            errors.append(f"{summary.name}: {(str(exc).strip().splitlines() or [type(exc).__name__])[-1]}")
     leftovers = {kind: {n: s for n, s in objs.items() if old(s)}
                  for kind, objs in dockercli.labelled_objects().items()}
     dockercli.remove_objects(leftovers)

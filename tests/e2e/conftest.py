@@ -8,7 +8,6 @@ subnet, free host ports and stack-prefixed names, and is destroyed and removed i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import uuid
@@ -40,12 +39,10 @@ def sweep(stack: str) -> None:
 
 
 def local_images() -> dict[str, str]:
-    images = {key: os.environ.get(env) for key, env in stacks.LOCAL_IMAGE_ENV.items()}
-    missing = [stacks.LOCAL_IMAGE_ENV[k] for k, v in images.items() if not v]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not set: run the tests through scripts/test, which builds the local "
-                    f"images (toolchain/images.sh)", pytrace=False)
-    return images
+    try:
+        return stacks.local_images()
+    except stacks.StackError as exc:
+        pytest.fail(f"{exc}; run the tests through scripts/test", pytrace=False)
 
 
 @dataclass
@@ -94,11 +91,9 @@ def make_stack(settings):
 
     def make(retain_volumes: bool = False, **overrides: str) -> TestStack:
         name = f"e2e-{uuid.uuid4().hex[:8]}"
-        stack = stacks.open_stack(name, settings, create=True)
-        test_stack = TestStack(stack, name, {**stack_config(retain_volumes), **overrides})
+        config = {**stack_config(retain_volumes), **overrides}
+        test_stack = TestStack(teststacks.create(settings, name, config), name, config)
         created.append(test_stack)
-        stacks.configure(stack, test_stack.config)
-        stacks.ensure_secrets(stack)
         return test_stack
 
     try:

@@ -22,7 +22,7 @@ import yaml
 
 from infra import backup, dockercli, stacks, teststacks
 from infra.connect import connect_postgres
-from tests.e2e.conftest import docker, inspect, local_images, objects_of
+from tests.e2e.conftest import docker, inspect, local_images, objects_of, stack_config
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -250,8 +250,8 @@ def test_test_stack_create_picks_free_subnet_ports_and_prefixed_names(settings):
 
 
 def test_the_sweeper_removes_old_test_stacks_and_leftovers_and_nothing_else(live, settings):
-    old = teststacks.create(settings, name=teststacks.new_name(datetime(2001, 1, 1, tzinfo=timezone.utc)),
-                            healthTimeoutSeconds="90", **local_images())
+    old = teststacks.create(settings, teststacks.new_name(datetime(2001, 1, 1, tzinfo=timezone.utc)),
+                            stack_config())
     old.up(color="never")
     orphan_owner = teststacks.new_name(datetime(2001, 1, 2, tzinfo=timezone.utc))
     orphan = f"orphan-{uuid.uuid4().hex[:8]}"
