@@ -15,8 +15,8 @@ import statistics
 import subprocess
 import time
 
-from infra import migrations, postdeploy
-from infra.connect import PostgresTarget, RedisTarget, Target
+from infra import migration_files, migrations, postdeploy
+from infra.targets import PostgresTarget, RedisTarget, Target
 from tests.servers import PostgresServer, RedisServer
 
 ROUNDS = 7
@@ -31,7 +31,7 @@ def timed(fn) -> float:
 def psql_schema(server: PostgresServer, database: str) -> None:
     subprocess.run([shutil.which("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
                     "-p", str(server.port), "-U", server.user, "-d", database,
-                    "-f", str(migrations.DEFAULT_DIR / "V001__adr006_schema.sql")],
+                    "-f", str(migration_files.DEFAULT_DIR / "V001__adr006_schema.sql")],
                    check=True, env={**os.environ, "PGPASSWORD": server.password}, capture_output=True)
 
 

@@ -39,7 +39,8 @@ import redis
 from psycopg import sql
 
 from infra import dockercli
-from infra.connect import PostgresTarget, RedisTarget, Target, connect_postgres, connect_redis
+from infra.connect import connect_postgres, connect_redis
+from infra.targets import PostgresTarget, RedisTarget, Target
 from infra.verify import Check, Report
 
 FORMAT = 1

@@ -17,12 +17,12 @@ from typing import Optional
 
 from pulumi import automation as auto
 
-from infra import backup, migrations, previews, stacks, status, teststacks
+from infra import backup, migration_files, migrations, previews, stacks, status, teststacks
 from infra.config import ConfigError
 from infra.connect import ConnectError
 from infra.dockercli import DockerError
-from infra.migrations import MigrationError
-from infra.postdeploy import default_actor
+from infra.migration_files import MigrationError
+from infra.registry import default_actor
 from infra.verify import verify
 
 
@@ -82,7 +82,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     plan = migrations.plan(stacks.deployed_target(args.stack).postgres)
     if args.json:
-        print(json.dumps({"applied": [r.version for r in plan.applied], "pending": migrations.fingerprint(plan.pending)}))
+        print(json.dumps({"applied": [r.version for r in plan.applied], "pending": migration_files.fingerprint(plan.pending)}))
     else:
         print(f"{len(plan.applied)} applied, {len(plan.pending)} pending")
         for m in plan.pending:

@@ -1,15 +1,12 @@
-"""Where the two services are and how to reach them, without Pulumi.
+"""Reach the two services of a :class:`infra.targets.Target`, without Pulumi.
 
-A :class:`Target` is what the post-deploy step needs: built from the stack configuration
-inside ``pulumi up`` and from the stack outputs on the command line. Connecting retries
-with backoff until a deadline, never retries a rejected password, and always has a
-connect timeout.
+Connecting retries with backoff until a deadline, never retries a rejected password, and
+always has a connect timeout.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 from typing import Callable, TypeVar
 
 import psycopg
@@ -17,11 +14,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-# The client settings the ADR gives its applications (node-postgres pool, ioredis).
-CLIENT_SETTINGS = {
-    "postgres": {"poolMax": 20, "idleTimeoutMillis": 30_000, "connectionTimeoutMillis": 2_000},
-    "redis": {"retryStepMillis": 50, "retryMaxDelayMillis": 2_000},
-}
+from infra.targets import CLIENT_SETTINGS, PostgresTarget, RedisTarget
+
 CONNECT_TIMEOUT_S = CLIENT_SETTINGS["postgres"]["connectionTimeoutMillis"] // 1000
 REDIS_RETRY_STEP_S = CLIENT_SETTINGS["redis"]["retryStepMillis"] / 1000
 REDIS_RETRY_MAX_S = CLIENT_SETTINGS["redis"]["retryMaxDelayMillis"] / 1000
@@ -36,58 +30,6 @@ class ConnectError(RuntimeError):
 
 class AuthRejected(ConnectError):
     """The service rejected the credentials; retrying cannot help."""
-
-
-@dataclass(frozen=True)
-class PostgresTarget:
-    """How this host reaches PostgreSQL, and where it sits on the stack's network."""
-
-    host: str
-    port: int
-    database: str
-    user: str
-    password: str = field(repr=False)
-    container_name: str
-    container_ip: str
-    major_version: int
-
-    def describe(self) -> str:
-        return f"PostgreSQL {self.user}@{self.host}:{self.port}/{self.database}"
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    """How this host reaches Redis, and where it sits on the stack's network."""
-
-    host: str
-    port: int
-    password: str = field(repr=False)
-    container_name: str
-    container_ip: str
-    major_version: int
-
-    def describe(self) -> str:
-        return f"Redis {self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Target:
-    """Both services of one stack."""
-
-    stack: str
-    postgres: PostgresTarget
-    redis: RedisTarget
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Target":
-        """The inverse of :meth:`to_dict`; numbers may arrive as floats through Pulumi's wire format."""
-        def service(fields: dict) -> dict:
-            return {k: int(v) if k in ("port", "major_version") else v for k, v in fields.items()}
-
-        return cls(data["stack"], PostgresTarget(**service(data["postgres"])), RedisTarget(**service(data["redis"])))
 
 
 def backoff_delays(step: float = REDIS_RETRY_STEP_S, cap: float = REDIS_RETRY_MAX_S):

@@ -5,13 +5,12 @@ Runs from ``pulumi up`` (through a thin adapter), from the command line and from
 
 from __future__ import annotations
 
-import getpass
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import migrations, registry
-from infra.connect import Target, connect_postgres
+from infra import migration_files, migrations, registry
+from infra.connect import connect_postgres
+from infra.targets import Target
 from infra.verify import Report, VerificationFailed, verify
 
 
@@ -28,18 +27,13 @@ class Result:
                 "checks": len(self.report.checks), "failed": [c.name for c in self.report.failed]}
 
 
-def default_actor() -> str:
-    """Who runs the step, for the history and the audit trail."""
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
-def run(target: Target, actor: str | None = None, migration_dir: Path = migrations.DEFAULT_DIR,
+def run(target: Target, actor: str | None = None, migration_dir: Path = migration_files.DEFAULT_DIR,
         deadline_s: float = 60.0) -> Result:
     """Apply pending migrations, verify both services, then record the deployment.
 
-    Raises :class:`infra.migrations.MigrationError` or :class:`VerificationFailed`.
+    Raises :class:`infra.migration_files.MigrationError` or :class:`VerificationFailed`.
     """
-    actor = actor or default_actor()
+    actor = actor or registry.default_actor()
     outcome = migrations.migrate(target.postgres, actor, migration_dir, deadline_s=deadline_s)
     report = verify(target.postgres, target.redis, deadline_s=deadline_s, migration_dir=migration_dir)
     if not report.ok:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pulumi import automation as auto
 
-from infra import migrations, stacks
+from infra import migration_files, migrations, stacks
 from infra.connect import ConnectError
 
 DATA_TYPES = {"docker:index/volume:Volume": "data volume", "docker:index/container:Container": "database container"}
@@ -61,14 +61,14 @@ def pending_migrations(name: str, outputs: dict[str, auto.OutputValue]) -> list[
     try:
         target = stacks.target_from_outputs(name, outputs)
     except stacks.StackError:
-        files = migrations.load()
+        files = migration_files.load()
         return [f"migrations: stack not deployed yet; all {len(files)} would be applied: "
                 f"{', '.join(m.name for m in files)}"]
     try:
         plan = migrations.plan(target.postgres, deadline_s=5)
     except ConnectError as exc:
         return [f"migrations: cannot tell which are pending, the database does not answer ({exc})"]
-    except migrations.MigrationError as exc:
+    except migration_files.MigrationError as exc:
         return [f"migrations: `up` would FAIL: {exc}"]
     if not plan.pending:
         return [f"migrations: none pending ({len(plan.applied)} applied)"]

@@ -7,14 +7,14 @@ from urllib.parse import quote
 import pulumi
 
 from infra import config as stack_config
-from infra import migrations
+from infra import migration_files
 from infra.components.common import labels
 from infra.components.network import NetworkArgs, SinNetwork
 from infra.components.postdeploy import PostDeploy, PostDeployArgs
 from infra.components.postgres import PostgresArgs, PostgresService
 from infra.components.redis import RedisArgs, RedisService
-from infra.connect import CLIENT_SETTINGS, PostgresTarget, RedisTarget, Target
-from infra.postdeploy import default_actor
+from infra.targets import CLIENT_SETTINGS, PostgresTarget, RedisTarget, Target
+from infra.registry import default_actor
 
 
 def target_for(cfg: stack_config.StackConfig) -> Target:
@@ -60,7 +60,7 @@ def program() -> None:
         **common), after_network)
     step = PostDeploy("post-deploy", PostDeployArgs(
         target=target_for(cfg).to_dict(),
-        migrations=migrations.fingerprint(migrations.load()),
+        migrations=migration_files.fingerprint(migration_files.load()),
         container_ids=pulumi.Output.all(postgres.container_id, redis.container_id),
         actor=default_actor(),
     ), pulumi.ResourceOptions(depends_on=[postgres, redis]))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import getpass
 import json
+import socket
+from typing import TYPE_CHECKING
 
-import psycopg
+from infra.targets import Target
 
-from infra.connect import Target
+if TYPE_CHECKING:  # the Pulumi program imports this module for default_actor only
+    import psycopg
 
 UPSERT_SERVICE = """
 INSERT INTO services (name, category, container_name, ip_address, port, status)
@@ -16,6 +20,11 @@ ON CONFLICT (name) DO UPDATE SET
     ip_address = EXCLUDED.ip_address, port = EXCLUDED.port, status = 'active',
     updated_at = CURRENT_TIMESTAMP
 """
+
+
+def default_actor() -> str:
+    """Who runs the deployment, as recorded in the migration history and the audit trail."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def services(target: Target) -> list[dict]:

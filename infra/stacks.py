@@ -22,7 +22,7 @@ import yaml
 from pulumi import automation as auto
 
 from infra.config import DEFAULTS, PROJECT
-from infra.connect import PostgresTarget, RedisTarget, Target
+from infra.targets import PostgresTarget, RedisTarget, Target
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("SIN_DATASTORES_HOME", Path.home() / ".sin-datastores"))

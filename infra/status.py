@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Optional
 
-from infra import dockercli, migrations
-from infra.connect import ConnectError, Target, connect_postgres, connect_redis
+from infra import dockercli, migration_files, migrations
+from infra.connect import ConnectError, connect_postgres, connect_redis
+from infra.targets import Target
 from infra.verify import TABLE_SIZES_SQL
 
 AUDIT_SQL = """
@@ -129,7 +130,7 @@ def status(target: Target, audit_entries: int = 5, now: Optional[datetime] = Non
             if plan.applied:
                 result.audit = [dict(zip(("timestamp", "actor", "action", "resource_type", "resource_id"), row))
                                 for row in conn.execute(AUDIT_SQL, (audit_entries,))]
-    except (ConnectError, migrations.MigrationError) as exc:
+    except (ConnectError, migration_files.MigrationError) as exc:
         result.problems.append(f"postgres: {exc}")
     if result.pending_migrations:
         result.warnings.append(f"{len(result.pending_migrations)} migrations pending; "

@@ -17,8 +17,9 @@ from typing import Callable
 import psycopg
 import redis
 
-from infra import migrations
-from infra.connect import AuthRejected, PostgresTarget, RedisTarget, connect_postgres, connect_redis
+from infra import migration_files, migrations
+from infra.connect import AuthRejected, connect_postgres, connect_redis
+from infra.targets import PostgresTarget, RedisTarget
 
 # The ADR's schema: tables with their columns, and the four indexes.
 EXPECTED_TABLES = {
@@ -105,7 +106,7 @@ class _Recorder:
 
 
 def verify_postgres(target: PostgresTarget, conn: psycopg.Connection, rec: _Recorder,
-                    migration_dir: Path = migrations.DEFAULT_DIR) -> None:
+                    migration_dir: Path = migration_files.DEFAULT_DIR) -> None:
     """Authentication, version, migrations, schema, indexes, connections, table sizes."""
 
     def select_one():
@@ -124,7 +125,7 @@ def verify_postgres(target: PostgresTarget, conn: psycopg.Connection, rec: _Reco
         return number // 10000 == target.major_version, str(number // 10000)
 
     def migrations_applied():
-        files = migrations.load(migration_dir)
+        files = migration_files.load(migration_dir)
         history = {row.version: row for row in migrations.read_history(conn)}
         problems = [f"{m.name} not applied" for m in files if m.version not in history]
         problems += [f"{m.name} checksum differs" for m in files
@@ -264,7 +265,7 @@ def verify_redis(target: RedisTarget, client: redis.Redis, rec: _Recorder) -> No
 
 
 def verify(postgres: PostgresTarget, redis_target: RedisTarget, deadline_s: float = 30.0,
-           migration_dir: Path = migrations.DEFAULT_DIR) -> Report:
+           migration_dir: Path = migration_files.DEFAULT_DIR) -> Report:
     """Run every check against both services; a service that cannot be reached fails its checks."""
     rec = _Recorder()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -23,15 +24,26 @@ def container_labels(values: Mapping[str, str]) -> list[docker.ContainerLabelArg
     return [docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(values.items())]
 
 
+# Docker runs the first check one interval after the start (API 1.41 has no start_interval)
+# and the next one a whole interval after a failure. So one check tries again every 0.1 s
+# for up to CHECK_WINDOW_S: a service that becomes ready between two checks is healthy at
+# once instead of an interval later, and a healthy one still answers the first try.
+CHECK_INTERVAL_S = 2
+CHECK_STEP_S = 0.1
+CHECK_WINDOW_S = 1.5
+
+
 def healthcheck(shell_command: str, timeout_s: int) -> docker.ContainerHealthcheckArgs:
     """A frequent check with enough retries to cover the whole health wait."""
-    interval_s = 2
+    attempts = round(CHECK_WINDOW_S / CHECK_STEP_S)
+    patient = (f"n=0; until {shell_command}; do n=$((n+1)); [ $n -ge {attempts} ] && exit 1; "
+               f"sleep {CHECK_STEP_S}; done")
     return docker.ContainerHealthcheckArgs(
-        tests=["CMD-SHELL", shell_command],
-        interval=f"{interval_s}s",
+        tests=["CMD-SHELL", patient],
+        interval=f"{CHECK_INTERVAL_S}s",
         timeout="5s",
         start_period="5s",
-        retries=max(3, timeout_s // interval_s),
+        retries=max(3, math.ceil(timeout_s / (CHECK_INTERVAL_S + CHECK_WINDOW_S))),
     )
 
 

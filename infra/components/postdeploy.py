@@ -23,7 +23,7 @@ class _PostDeployProvider(dynamic.ResourceProvider):
 
     def _run(self, props: dict[str, Any]) -> dict[str, Any]:
         from infra import postdeploy
-        from infra.connect import Target
+        from infra.targets import Target
 
         result = postdeploy.run(Target.from_dict(props["target"]), actor=props["actor"])
         return {**{k: props[k] for k in TRIGGERS}, "actor": props["actor"], **result.summary()}
@@ -49,7 +49,7 @@ class PostDeployArgs:
     target: pulumi.Input[dict]
     """:meth:`infra.connect.Target.to_dict` of the stack; carries both passwords."""
     migrations: list[dict]
-    """:func:`infra.migrations.fingerprint` of the migration files."""
+    """:func:`infra.migration_files.fingerprint` of the migration files."""
     container_ids: pulumi.Input[list[str]]
     """Both containers' ids: a replaced container is verified again."""
     actor: str

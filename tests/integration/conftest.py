@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from infra import migrations
-from infra.connect import PostgresTarget, RedisTarget, Target
+from infra import migration_files
+from infra.targets import PostgresTarget, RedisTarget, Target
 from tests.servers import PostgresServer, RedisServer
 
 
@@ -63,5 +63,5 @@ def target(pg_target, redis_target) -> Target:
 def migration_dir(tmp_path) -> Path:
     """A private copy of sql/ that a test may add files to or change."""
     directory = tmp_path / "sql"
-    shutil.copytree(migrations.DEFAULT_DIR, directory)
+    shutil.copytree(migration_files.DEFAULT_DIR, directory)
     return directory

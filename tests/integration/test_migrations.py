@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from infra import migrations
+from infra import migration_files, migrations
 from infra.connect import connect_postgres
-from infra.migrations import MigrationError
+from infra.migration_files import MigrationError
 from infra.teststacks import free_port
 
 ADR_TABLES = {"services", "configurations", "logs", "audit_trail"}
@@ -35,7 +35,7 @@ def test_fresh_database_gets_the_adr_schema_and_a_history_row(pg_target, migrati
     assert [m.name for m, _ in outcome.applied] == ["V001__adr006_schema.sql"]
     assert tables(pg_target) == ADR_TABLES | {"sin_schema_history"}
     [row] = history(pg_target)
-    file = migrations.load(migration_dir)[0]
+    file = migration_files.load(migration_dir)[0]
     assert row == (1, "V001__adr006_schema.sql", file.checksum, "tester", True, True)
 
 

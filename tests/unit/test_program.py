@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
+
+from infra.components.common import CHECK_INTERVAL_S, CHECK_WINDOW_S, healthcheck
 
 from tests.unit.conftest import (PG_PASSWORD, REDIS_PASSWORD, RecordingMocks, is_secret, output_value,
                                  run_program, unwrap)
@@ -68,7 +74,7 @@ def test_containers_are_hardened_and_wait_for_health(dev, name):
     assert container["memorySwap"] == container["memory"], "no swap, and no drift on the next up"
     health = container["healthcheck"]
     assert health["tests"][0] == "CMD-SHELL"
-    assert health["retries"] * 2 >= 120, "retries x interval must cover the whole health wait"
+    assert health["retries"] * (CHECK_INTERVAL_S + CHECK_WINDOW_S) >= 120, "failing checks must span the health wait"
     assert labels_of(dev.resources[f"{name}-container"]) == {
         "sin-datastores.project": "sin-datastores", "sin-datastores.stack": "dev", "sin-datastores.role": name}
 
@@ -83,6 +89,40 @@ def test_redis_healthcheck_authenticates_without_a_command_line_password(dev):
     test = dev.resources["redis-container"].inputs["healthcheck"]["tests"][1]
     assert "REDISCLI_AUTH=" in test and "ping" in test
     assert " -a " not in test
+
+
+def run_check(command: str, tmp_path) -> tuple[int, float]:
+    """Run a healthcheck's shell line as Docker's CMD-SHELL does; (exit code, seconds)."""
+    started = time.monotonic()
+    code = subprocess.run(["/bin/sh", "-c", healthcheck(command, 120).tests[1]], cwd=tmp_path).returncode
+    return code, time.monotonic() - started
+
+
+def test_a_check_waits_briefly_for_a_service_that_is_almost_ready(tmp_path):
+    toucher = subprocess.Popen(["/bin/sh", "-c", "sleep 0.4; touch ready"], cwd=tmp_path)
+    code, took = run_check("test -e ready", tmp_path)
+    toucher.wait()
+    assert code == 0 and 0.3 < took < CHECK_WINDOW_S
+
+
+def test_a_check_fails_once_its_window_has_passed(tmp_path):
+    code, took = run_check("test -e never", tmp_path)
+    assert code == 1 and CHECK_WINDOW_S - 0.2 < took < CHECK_WINDOW_S + 1
+
+
+def test_a_healthy_service_answers_the_first_try(tmp_path):
+    (tmp_path / "ready").touch()
+    code, took = run_check("test -e ready", tmp_path)
+    assert code == 0 and took < 0.1
+
+
+def test_the_program_loads_no_database_client():
+    """Every `up` and `preview` starts the program; only the post-deploy step needs the clients."""
+    loaded = subprocess.run([sys.executable, "-c", "import sys, infra.program; "
+                             "print(sorted(m for m in ('psycopg', 'redis') if m in sys.modules))"],
+                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"
 
 
 def test_postgres_password_comes_from_a_secret_file(dev):
