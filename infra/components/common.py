@@ -26,8 +26,8 @@ def container_labels(values: Mapping[str, str]) -> list[docker.ContainerLabelArg
 
 # Docker runs the first check one interval after the start (API 1.41 has no start_interval)
 # and the next one a whole interval after a failure. So one check tries again every 0.1 s
-# for up to CHECK_WINDOW_S: a service that becomes ready between two checks is healthy at
-# once instead of an interval later, and a healthy one still answers the first try.
+# for up to CHECK_WINDOW_S: a service that becomes ready within that window is healthy at
+# once instead of one interval later, and a healthy one still answers the first try.
 CHECK_INTERVAL_S = 2
 CHECK_STEP_S = 0.1
 CHECK_WINDOW_S = 1.5
