@@ -116,12 +116,6 @@ class PlainDocker:
         return {"network": f"{p}-net", "pg_volume": f"{p}-pg", "redis_volume": f"{p}-redis",
                 "pg": f"{p}-postgres", "redis": f"{p}-redis"}
 
-    def _health(self, command: str) -> list[str]:
-        """The healthcheck the components declare, as `docker create` flags."""
-        check = healthcheck(command, HEALTH_TIMEOUT_S)
-        return ["--health-cmd", check.tests[1], "--health-interval", check.interval, "--health-timeout", check.timeout,
-                "--health-start-period", check.start_period, "--health-retries", str(check.retries)]
-
     def up(self) -> None:
         n, c, image = self.names(), self.config, stacks.local_images()
         dockercli.docker("network", "create", "--subnet", c["networkSubnet"], "--gateway", c["networkGateway"],
@@ -134,12 +128,12 @@ class PlainDocker:
                          "-p", f"127.0.0.1:{c['postgresHostPort']}:5432", "-v", f"{n['pg_volume']}:{postgres.DATA_PATH}",
                          "-e", "POSTGRES_DB=sinsolver", "-e", "POSTGRES_USER=sinadmin",
                          "-e", f"POSTGRES_PASSWORD_FILE={postgres.PASSWORD_FILE}",
-                         *self._health(postgres.HEALTHCHECK), image["postgresImage"])
+                         *health_flags(postgres.HEALTHCHECK), image["postgresImage"])
         dockercli.put_files(n["pg"], {postgres.PASSWORD_FILE: (self.password.encode(), 0o400)})
         dockercli.docker("create", "--name", n["redis"], *common, *memory(DEFAULTS["redisMemoryMb"]),
                          "--ip", c["redisIp"],
                          "-p", f"127.0.0.1:{c['redisHostPort']}:6379", "-v", f"{n['redis_volume']}:{redis.DATA_PATH}",
-                         *self._health(redis.HEALTHCHECK), image["redisImage"], redis.CONFIG_FILE)
+                         *health_flags(redis.HEALTHCHECK), image["redisImage"], redis.CONFIG_FILE)
         dockercli.put_files(n["redis"], {redis.CONFIG_FILE: (redis.render_config(self.password, int(DEFAULTS["redisMemoryMb"])).encode(), 0o444)})
         dockercli.docker("start", n["pg"], n["redis"])
         give_up = time.monotonic() + HEALTH_TIMEOUT_S
@@ -163,6 +157,13 @@ class PlainDocker:
         dockercli.docker("rm", "-f", n["pg"], n["redis"], check=check)
         dockercli.docker("network", "rm", n["network"], check=check)
         dockercli.docker("volume", "rm", n["pg_volume"], n["redis_volume"], check=check)
+
+
+def health_flags(command: str) -> list[str]:
+    """The healthcheck the components declare for ``command``, as `docker create` flags."""
+    check = healthcheck(command, HEALTH_TIMEOUT_S)
+    return ["--health-cmd", check.tests[1], "--health-interval", check.interval, "--health-timeout", check.timeout,
+            "--health-start-period", check.start_period, "--health-retries", str(check.retries)]
 
 
 def memory(mb: str) -> list[str]:
