@@ -63,6 +63,11 @@ def timed_with_cpu(fn, cpu: list[float]) -> float:
     return wall
 
 
+def assert_verified(outputs: dict) -> None:
+    checks = outputs["verificationChecks"].value
+    assert checks == 20, f"up must end verified, got {checks} checks"
+
+
 class PulumiStack:
     """A throwaway stack in a private file backend, driven by the `pulumi` command."""
 
@@ -82,8 +87,7 @@ class PulumiStack:
         self.pulumi("up", "--yes", "--skip-preview")
 
     def check_verified(self) -> None:
-        checks = self.stack.outputs()["verificationChecks"].value
-        assert checks == 20, f"up must end verified, got {checks} checks"
+        assert_verified(self.stack.outputs())
 
     def noop_up(self) -> None:
         self.pulumi("up", "--yes", "--skip-preview", "--expect-no-changes")
@@ -95,8 +99,7 @@ class PulumiStack:
         self.pulumi("destroy", "--yes", "--skip-preview")
 
     def automation_up(self) -> None:
-        result = self.stack.up(color="never")
-        assert result.outputs["verificationChecks"].value == 20, "up must end verified"
+        assert_verified(self.stack.up(color="never").outputs)
 
     def remove(self) -> None:
         self.stack.workspace.remove_stack(self.stack.name, force=True)

@@ -1,10 +1,11 @@
 """Versioned SQL migrations: plan, apply, baseline (the files: :mod:`infra.migration_files`).
 
 Each applied file is recorded in ``sin_schema_history`` with the sha256 of its content,
-who applied it, when, how long it took and whether it succeeded. A run takes a session-level advisory lock on
-its own connection (waited for with a deadline), refuses to start when an applied file
-was changed, deleted or a new one sorts before it, and applies each pending file in its
-own transaction together with its history row, unless the file asks to run outside one.
+who applied it, when, how long it took and whether it succeeded. A run takes a
+session-level advisory lock on its own connection (waited for with a deadline), refuses
+to start when an applied file was changed, deleted or a new one sorts before it, and
+applies each pending file in its own transaction together with its history row, unless
+the file asks to run outside one.
 """
 
 from __future__ import annotations
