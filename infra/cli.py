@@ -42,10 +42,8 @@ def print_endpoints(outputs: dict[str, auto.OutputValue]) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    stack = stacks.open_stack(args.stack, create=True)
-    for key in stacks.ensure_secrets(stack):
-        say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{args.stack}.yaml")
-    result = stacks.up(stack, args.images, say, on_output=print)
+    with stacks.new_or_existing(args.stack) as stack:
+        result = stacks.up(stack, args.images, say, generate_passwords=True, on_output=print)
     changes = {k: v for k, v in (result.summary.resource_changes or {}).items() if k != "same"}
     say(f"update {result.summary.result}; changes: {changes or 'none'}")
     print_endpoints(result.outputs)
@@ -58,7 +56,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack)
     events: list = []
-    with stacks.image_config(stack, args.images, say) as config_file:
+    with stacks.prepared_config(stack, args.images, say) as config_file:
         result = stack.preview(on_output=print, on_event=events.append, diff=True, config_file=config_file,
                                color="never")
     say(f"preview: {result.change_summary}")
@@ -74,8 +72,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack)
     stack.destroy(on_output=print, color="never")
     if args.remove:
-        stack.workspace.remove_stack(args.stack)
-        say(f"stack {args.stack} removed")
+        stacks.remove_stack(stack)
+        say(f"stack {args.stack} removed; Pulumi.{args.stack}.yaml is kept, with its encrypted passwords, so "
+            f"`up` brings the stack back onto any retained volumes")
     return 0
 
 
@@ -175,7 +174,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--fail-on-risk", action="store_true",
                            help="exit 1 when a data volume or a database container would be replaced or deleted")
     command("down", cmd_down, "destroy the stack's resources").add_argument(
-        "--remove", action="store_true", help="also remove the stack and its config file")
+        "--remove", action="store_true", help="also remove the stack from the backend (its config file stays)")
     command("plan", cmd_plan, "list pending migrations; applies nothing").add_argument("--json", action="store_true")
     command("migrate", cmd_migrate, "apply pending migrations")
     command("verify", cmd_verify, "verify both services").add_argument("--json", action="store_true")

@@ -358,4 +358,8 @@ def from_pulumi() -> StackConfig:
     everything = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     raw = {key[len(prefix):]: str(value) for key, value in everything.items() if key.startswith(prefix)}
     secret = {key for key in raw if runtime_config.is_config_secret(prefix + key)}
-    return parse(raw, pulumi.get_stack(), project, secret_keys=secret)
+    try:
+        return parse(raw, pulumi.get_stack(), project, secret_keys=secret)
+    except ConfigError as exc:
+        # RunError: the engine shows the message once, without a Python traceback.
+        raise pulumi.RunError(str(exc)) from None

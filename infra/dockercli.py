@@ -27,11 +27,13 @@ class DockerError(RuntimeError):
 
 
 def docker(*args: str, stdin: Optional[IO[bytes]] = None, stdout: Optional[IO[bytes]] = None,
-           check: bool = True, timeout_s: Optional[float] = None) -> str:
-    """Run `docker ARGS`; return stdout as text unless it is streamed to ``stdout``."""
+           check: bool = True, timeout_s: Optional[float] = None, input_text: Optional[str] = None) -> str:
+    """Run `docker ARGS`; return stdout as text unless it is streamed to ``stdout``.
+    ``input_text`` goes to its stdin (the way secrets travel: never in ARGS)."""
     try:
         proc = subprocess.run(["docker", *args], stdin=stdin, stdout=stdout or subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=timeout_s)
+                              stderr=subprocess.PIPE, timeout=timeout_s,
+                              input=input_text.encode() if input_text is not None else None)
     except FileNotFoundError:
         raise DockerError("the docker CLI is not on PATH; install it (toolchain/docker-engine.sh does)") from None
     if check and proc.returncode != 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import migration_files, migrations, registry
+from infra import credentials, migration_files, migrations, registry
 from infra.connect import connect_postgres
 from infra.targets import Target
 from infra.verify import Report, VerificationFailed, verify
@@ -29,11 +29,14 @@ class Result:
 
 def run(target: Target, actor: str | None = None, migration_dir: Path = migration_files.DEFAULT_DIR,
         deadline_s: float = 60.0) -> Result:
-    """Apply pending migrations, verify both services, then record the deployment.
+    """Bring the stored PostgreSQL password in line with the configuration, apply pending
+    migrations, verify both services, then record the deployment.
 
-    Raises :class:`infra.migration_files.MigrationError` or :class:`VerificationFailed`.
+    Raises :class:`infra.credentials.CredentialsMismatch`,
+    :class:`infra.migration_files.MigrationError` or :class:`VerificationFailed`.
     """
     actor = actor or registry.default_actor()
+    reconciled = credentials.reconcile_postgres(target.postgres, deadline_s)
     outcome = migrations.migrate(target.postgres, actor, migration_dir, deadline_s=deadline_s)
     report = verify(target.postgres, target.redis, deadline_s=deadline_s, migration_dir=migration_dir)
     if not report.ok:
@@ -42,6 +45,7 @@ def run(target: Target, actor: str | None = None, migration_dir: Path = migratio
     with connect_postgres(target.postgres, deadline_s) as conn:
         registry.register(conn, target, actor, {
             "migrations_applied": result.applied,
+            "postgres_password_set_from_config": reconciled,
             "checks_passed": len(report.checks),
             "postgres": {"container": target.postgres.container_name, "ip": target.postgres.container_ip},
             "redis": {"container": target.redis.container_name, "ip": target.redis.container_ip},

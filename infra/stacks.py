@@ -15,13 +15,13 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 from urllib.parse import unquote, urlsplit
 
 import yaml
 from pulumi import automation as auto
 
-from infra.config import DEFAULTS, PROJECT
+from infra.config import DEFAULTS, PROJECT, SECRET_KEYS, StackConfig, parse
 from infra.targets import PostgresTarget, RedisTarget, Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,15 +97,71 @@ def open_stack(name: str, settings: Optional[Settings] = None, create: bool = Fa
                          f"create it with `python -m infra up --stack {name}`") from None
 
 
-def ensure_secrets(stack: auto.Stack) -> list[str]:
-    """Generate and store (encrypted) any password the stack does not have yet."""
-    config = stack.get_all_config()
-    generated = []
-    for key in ("postgresPassword", "redisPassword"):
-        if f"{PROJECT}:{key}" not in config:
-            stack.set_config(key, auto.ConfigValue(secrets.token_urlsafe(32), secret=True))
-            generated.append(key)
-    return generated
+def config_file(name: str) -> Path:
+    """The stack's configuration file, Pulumi.<stack>.yaml (committed for dev)."""
+    return ROOT / f"Pulumi.{name}.yaml"
+
+
+@contextmanager
+def new_or_existing(name: str, settings: Optional[Settings] = None) -> Iterator[auto.Stack]:
+    """Open the stack, creating it if needed; if the block fails on a stack created here, the
+    stack is removed again and its config file left as it was before."""
+    path = config_file(name)
+    before = path.read_bytes() if path.exists() else None
+    try:
+        stack = open_stack(name, settings)
+        created = False
+    except StackError:
+        stack, created = open_stack(name, settings, create=True), True
+    try:
+        yield stack
+    except BaseException:
+        if created:
+            stack.workspace.remove_stack(name)
+            _put_back(path, before)
+        raise
+
+
+def remove_stack(stack: auto.Stack) -> None:
+    """Remove the stack from the backend but keep its config file: `pulumi stack rm` deletes
+    Pulumi.<stack>.yaml, which for dev is a committed file, and which holds the encrypted
+    passwords a retained volume still needs (a later `up` re-creates the stack from it)."""
+    path = config_file(stack.name)
+    kept = path.read_bytes() if path.exists() else None
+    stack.workspace.remove_stack(stack.name)
+    _put_back(path, kept)
+
+
+def _put_back(path: Path, content: Optional[bytes]) -> None:
+    if content is None:
+        path.unlink(missing_ok=True)
+    elif not path.exists() or path.read_bytes() != content:
+        path.write_bytes(content)
+
+
+def set_secret(stack: auto.Stack, key: str, value: str) -> None:
+    """Store ``value`` encrypted under ``key``; it goes to the CLI on stdin, never on a command line
+    (the Automation API's ``set_config`` puts the value into the CLI's argv, visible to `ps`)."""
+    workspace = stack.workspace
+    env = {**os.environ, **workspace.env_vars}
+    if workspace.pulumi_home:
+        env["PULUMI_HOME"] = workspace.pulumi_home
+    proc = subprocess.run(["pulumi", "config", "set", "--secret", "--stack", stack.name, "--non-interactive", key],
+                          input=value, text=True, capture_output=True, cwd=workspace.work_dir, env=env)
+    if proc.returncode != 0:
+        raise StackError(f"storing {key} in stack '{stack.name}' failed: {proc.stderr.strip()}")
+
+
+def missing_passwords(config: dict[str, auto.ConfigValue]) -> list[str]:
+    return [key for key in SECRET_KEYS if f"{PROJECT}:{key}" not in config]
+
+
+def ensure_secrets(stack: auto.Stack, config: Optional[dict[str, auto.ConfigValue]] = None) -> list[str]:
+    """Generate and store (encrypted) any password the stack does not have yet; return their keys."""
+    missing = missing_passwords(stack.get_all_config() if config is None else config)
+    for key in missing:
+        set_secret(stack, key, secrets.token_urlsafe(32))
+    return missing
 
 
 def configure(stack: auto.Stack, values: dict[str, str]) -> None:
@@ -127,16 +183,16 @@ def local_images() -> dict[str, str]:
     return images
 
 
-def image_overrides(stack: auto.Stack, mode: str, say: Callable[[str], None]) -> dict[str, str]:
-    """Images to use instead of the configured ones, without touching the stack file.
+def image_overrides(config: dict[str, auto.ConfigValue], mode: str, say: Callable[[str], None]) -> dict[str, str]:
+    """Images to use instead of the configured ones (``config``: the stack's values), without
+    touching the stack file.
 
-    ``config`` keeps the configured images (Docker pulls them if missing); ``local`` uses
+    ``config`` mode keeps the configured images (Docker pulls them if missing); ``local`` uses
     the images toolchain/images.sh built; ``auto`` uses a local image only for a configured
     one that is not on this Docker host. No registry is contacted to decide.
     """
     if mode == "config":
         return {}
-    config = stack.get_all_config()
     overrides = {}
     for key in IMAGE_KEYS:
         configured = config.get(f"{PROJECT}:{key}")
@@ -153,11 +209,24 @@ def image_overrides(stack: auto.Stack, mode: str, say: Callable[[str], None]) ->
     return overrides
 
 
+def validate(name: str, config: dict[str, auto.ConfigValue], overrides: Optional[dict[str, str]] = None,
+             passwords_pending: Sequence[str] = ()) -> StackConfig:
+    """The configuration exactly as the program will parse it; :class:`infra.config.ConfigError`
+    lists every problem. ``passwords_pending`` are about to be generated, so not missing."""
+    prefix = f"{PROJECT}:"
+    raw = {key[len(prefix):]: value.value for key, value in config.items() if key.startswith(prefix)}
+    secret = {key[len(prefix):] for key, value in config.items() if key.startswith(prefix) and value.secret}
+    raw.update(overrides or {})
+    for key in passwords_pending:
+        raw[key], secret = secrets.token_urlsafe(32), secret | {key}
+    return parse(raw, name, PROJECT, secret_keys=secret)
+
+
 def overlay_config_file(stack: auto.Stack, overrides: dict[str, str]) -> Optional[str]:
     """A temporary copy of the stack's config file with ``overrides`` applied, or None."""
     if not overrides:
         return None
-    source = ROOT / f"Pulumi.{stack.name}.yaml"
+    source = config_file(stack.name)
     data = yaml.safe_load(source.read_text()) if source.exists() else {}
     data = data or {}
     data.setdefault("config", {}).update({f"{PROJECT}:{k}": v for k, v in overrides.items()})
@@ -168,20 +237,31 @@ def overlay_config_file(stack: auto.Stack, overrides: dict[str, str]) -> Optiona
 
 
 @contextmanager
-def image_config(stack: auto.Stack, images: str, say: Callable[[str], None]) -> Iterator[Optional[str]]:
-    """The ``--config-file`` for a command: the stack file plus :func:`image_overrides`, or None."""
-    config_file = overlay_config_file(stack, image_overrides(stack, images, say))
+def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
+                    generate_passwords: bool = False) -> Iterator[Optional[str]]:
+    """Check the configuration before the engine starts, then yield the ``--config-file`` for the
+    command (the stack file plus :func:`image_overrides`, or None).
+
+    Raises :class:`infra.config.ConfigError` with nothing changed. With ``generate_passwords``,
+    passwords the stack does not have yet are generated (after the check) and stored encrypted."""
+    config = stack.get_all_config()
+    overrides = image_overrides(config, images, say)
+    validate(stack.name, config, overrides, missing_passwords(config) if generate_passwords else ())
+    for key in ensure_secrets(stack, config) if generate_passwords else ():
+        say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
+    overlay = overlay_config_file(stack, overrides)
     try:
-        yield config_file
+        yield overlay
     finally:
-        if config_file:
-            os.unlink(config_file)
+        if overlay:
+            os.unlink(overlay)
 
 
-def up(stack: auto.Stack, images: str, say: Callable[[str], None], **kwargs) -> auto.UpResult:
-    """``pulumi up`` with the image choice of :func:`image_overrides`."""
-    with image_config(stack, images, say) as config_file:
-        return stack.up(config_file=config_file, color="never", **kwargs)
+def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_passwords: bool = False,
+       **kwargs) -> auto.UpResult:
+    """``pulumi up`` after :func:`prepared_config`."""
+    with prepared_config(stack, images, say, generate_passwords) as overlay:
+        return stack.up(config_file=overlay, color="never", **kwargs)
 
 
 def target_from_outputs(name: str, outputs: dict[str, auto.OutputValue]) -> Target:

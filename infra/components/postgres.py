@@ -12,13 +12,12 @@ from infra.components.common import ServiceArgs, ServiceSpec, declare_service, h
 
 PASSWORD_FILE = "/run/secrets/postgres-password"
 DATA_PATH = "/var/lib/postgresql/data"
-# An authenticated query over TCP: pg_isready never authenticates and reports ready during
-# init, while the init server listens on the socket only. The password is read from the file
-# at check time, so it never appears in the container's configuration.
-HEALTHCHECK = (
-    f'PGPASSWORD="$(cat {PASSWORD_FILE})" psql -h 127.0.0.1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" '
-    "-tAc 'SELECT 1' | grep -qx 1"
-)
+# Ready = the server accepts TCP connections. The init server listens on the socket only, so
+# this is false during init. It does not depend on the password: when a re-attached volume or
+# a rotation leaves the data with another password, the container still becomes healthy at
+# once and the post-deploy step sets the configured password (infra/credentials.py) instead
+# of `up` waiting out the health timeout. Authentication is what the verification checks.
+HEALTHCHECK = 'pg_isready -q -h 127.0.0.1 -p 5432 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
 
 
 @dataclass
