@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from pulumi import automation as auto
 
-from infra.config import DEFAULTS, PROJECT, SECRET_KEYS, StackConfig, parse
+from infra.config import DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig, parse
 from infra.targets import PostgresTarget, RedisTarget, Target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,8 +104,9 @@ def config_file(name: str) -> Path:
 
 @contextmanager
 def new_or_existing(name: str, settings: Optional[Settings] = None) -> Iterator[auto.Stack]:
-    """Open the stack, creating it if needed; if the block fails on a stack created here, the
-    stack is removed again and its config file left as it was before."""
+    """Open the stack, creating it if needed; if the block refuses the configuration of a stack
+    created here (before the engine ran), the stack is removed again and its config file left as
+    it was before."""
     path = config_file(name)
     before = path.read_bytes() if path.exists() else None
     try:
@@ -115,7 +116,7 @@ def new_or_existing(name: str, settings: Optional[Settings] = None) -> Iterator[
         stack, created = open_stack(name, settings, create=True), True
     try:
         yield stack
-    except BaseException:
+    except (ConfigError, StackError):
         if created:
             stack.workspace.remove_stack(name)
             _put_back(path, before)
