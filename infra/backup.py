@@ -40,7 +40,7 @@ from psycopg import sql
 
 from infra import dockercli
 from infra.connect import connect_postgres, connect_redis
-from infra.targets import PostgresTarget, RedisTarget, Target
+from infra.targets import POSTGRES_SOCKET_DIR, PostgresTarget, RedisTarget, Target
 from infra.verify import Check, Report
 
 FORMAT = 1
@@ -49,7 +49,6 @@ PG_DUMP = "postgres.dump"
 REDIS_RDB = "redis-dump.rdb"
 REDIS_AOF = "redis-appendonlydir.tar"
 FILES = (PG_DUMP, REDIS_RDB, REDIS_AOF)
-PG_SOCKET_DIR = "/var/run/postgresql"  # where the official image (and ours) puts the socket
 SCRATCH_LABEL = "sin-datastores.role=scratch"
 # Advisory lock key of restores and verifications ("sinrstr"), distinct from the migrations' key.
 LOCK_KEY = 0x73696E72737472
@@ -165,7 +164,7 @@ def schema_digest(conn: psycopg.Connection) -> str:
 
 def _pg_client(target: PostgresTarget, tool: str, *args: str) -> list[str]:
     """A client tool inside the container, on its Unix socket (trusted there; no password)."""
-    return [tool, f"--host={PG_SOCKET_DIR}", f"--username={target.user}", *args]
+    return [tool, f"--host={POSTGRES_SOCKET_DIR}", f"--username={target.user}", *args]
 
 
 def _dump_postgres(target: PostgresTarget, dest: Path) -> dict:
@@ -196,7 +195,7 @@ def _restore_into_scratch(target: PostgresTarget, dump: Path) -> str:
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch)))
     try:
         dockercli.exec_from_file(target.container_name,
-                                 ["sh", "-c", _RESTORE_SCRIPT, "sh", PG_SOCKET_DIR, target.user, scratch], dump)
+                                 ["sh", "-c", _RESTORE_SCRIPT, "sh", POSTGRES_SOCKET_DIR, target.user, scratch], dump)
     except dockercli.DockerError as exc:
         _drop_database(target, scratch)
         raise BackupFailed(f"pg_restore into a scratch database failed; nothing live was touched: {exc}") from None

@@ -19,12 +19,10 @@ from typing import Optional
 
 from infra import dockercli
 from infra.connect import AuthRejected, ConnectError, connect_postgres
-from infra.targets import PostgresTarget
+from infra.targets import POSTGRES_DATA_PATH, POSTGRES_SOCKET_DIR, PostgresTarget
 
-# PostgreSQL's own default (scram_iterations) and where its official image keeps data and socket.
+# PostgreSQL's own default (scram_iterations).
 SCRAM_ITERATIONS = 4096
-DATA_PATH = "/var/lib/postgresql/data"
-SOCKET_DIR = "/var/run/postgresql"
 # A database every cluster has, to connect to whatever the configured database is.
 MAINTENANCE_DB = "template1"
 
@@ -49,7 +47,7 @@ def scram_verifier(password: str, salt: Optional[bytes] = None, iterations: int 
 def data_volume(container: str) -> str:
     """The volume mounted at the PostgreSQL data path of ``container``, for messages."""
     for mount in (dockercli.inspect("container", container) or {}).get("Mounts") or []:
-        if mount.get("Destination") == DATA_PATH:
+        if mount.get("Destination") == POSTGRES_DATA_PATH:
             return mount.get("Name") or mount.get("Source") or "?"
     return "?"
 
@@ -57,7 +55,7 @@ def data_volume(container: str) -> str:
 def _socket_psql(target: PostgresTarget, script: str) -> str:
     """Run a psql script inside the container on its Unix socket; the script goes in on stdin."""
     argv = ["exec", "-i", target.container_name, "psql", "-X", "-q", "-tA", "-v", "ON_ERROR_STOP=1",
-            f"--host={SOCKET_DIR}", f"--username={target.user}", f"--dbname={MAINTENANCE_DB}"]
+            f"--host={POSTGRES_SOCKET_DIR}", f"--username={target.user}", f"--dbname={MAINTENANCE_DB}"]
     return dockercli.docker(*argv, input_text=script)
 
 

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# Where the official postgres image (and ours) keeps its data and its Unix socket.
+POSTGRES_DATA_PATH = "/var/lib/postgresql/data"
+POSTGRES_SOCKET_DIR = "/var/run/postgresql"
+
 # The client settings the ADR gives its applications (node-postgres pool, ioredis).
 CLIENT_SETTINGS = {
     "postgres": {"poolMax": 20, "idleTimeoutMillis": 30_000, "connectionTimeoutMillis": 2_000},

@@ -9,9 +9,10 @@ import pulumi
 import pulumi_docker as docker
 
 from infra.components.common import ServiceArgs, ServiceSpec, declare_service, healthcheck
+from infra.targets import POSTGRES_DATA_PATH
 
 PASSWORD_FILE = "/run/secrets/postgres-password"
-DATA_PATH = "/var/lib/postgresql/data"
+DATA_PATH = POSTGRES_DATA_PATH
 # Ready = the server accepts TCP connections. The init server listens on the socket only, so
 # this is false during init. It does not depend on the password: when a re-attached volume or
 # a rotation leaves the data with another password, the container still becomes healthy at
