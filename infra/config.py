@@ -12,6 +12,9 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
+from urllib.parse import urlsplit
+
+from infra.targets import DockerHost
 
 PROJECT = "sin-datastores"
 DEV_STACK = "dev"
@@ -28,6 +31,9 @@ ADR_NAMES = {
 
 # Every key with its default (None: required, or derived from the stack name).
 DEFAULTS: dict[str, Optional[str]] = {
+    "dockerHost": "",
+    "dockerSshKeyFile": "",
+    "dockerSshKnownHostsFile": "",
     "networkName": None,
     "networkSubnet": "172.20.0.0/16",
     "networkGateway": "172.20.0.1",
@@ -125,6 +131,7 @@ class StackConfig:
 
     project: str
     stack: str
+    docker: DockerHost
     bind_address: str
     retain_volumes: bool
     health_timeout_seconds: int
@@ -228,6 +235,21 @@ class _Reader:
             self.fail(key, f"'{value}' is not a valid IPv4 CIDR ({exc})",
                       f"pulumi config set {key} <a.b.c.d/n>, e.g. 172.20.0.0/16")
             return None
+
+    def docker_host(self) -> DockerHost:
+        url = self.text("dockerHost")
+        key_file, known_hosts = self.text("dockerSshKeyFile"), self.text("dockerSshKnownHostsFile")
+        parts = urlsplit(url)
+        if url and parts.scheme not in ("unix", "tcp", "ssh"):
+            self.fail("dockerHost", f"'{url}' is not a unix://, tcp:// or ssh:// address",
+                      "pulumi config set dockerHost ssh://<user>@<host>[:port] (or leave it unset for DOCKER_HOST)")
+        elif parts.scheme == "ssh" and not parts.hostname:
+            self.fail("dockerHost", f"'{url}' names no host", "pulumi config set dockerHost ssh://<user>@<host>[:port]")
+        for key, value in (("dockerSshKeyFile", key_file), ("dockerSshKnownHostsFile", known_hosts)):
+            if value and parts.scheme != "ssh":
+                self.fail(key, "is set but dockerHost is not an ssh:// address",
+                          f"pulumi config rm {key}, or set dockerHost to ssh://<user>@<host>")
+        return DockerHost(url, key_file, known_hosts)
 
     def address(self, key: str) -> Optional[ipaddress.IPv4Address]:
         value = self.text(key)
@@ -336,6 +358,7 @@ def parse(raw: Mapping[str, str], stack: str, project: str = PROJECT,
     config = StackConfig(
         project=project,
         stack=stack,
+        docker=r.docker_host(),
         bind_address=bind,
         retain_volumes=r.boolean("retainVolumes"),
         health_timeout_seconds=r.integer("healthTimeoutSeconds", 5, 3600),

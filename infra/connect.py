@@ -64,9 +64,17 @@ def _first_line(exc: Exception) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _require_reachable(target: PostgresTarget | RedisTarget) -> None:
+    """Never connect to this machine's loopback for a service published on a remote host."""
+    if target.tunnel_required:
+        raise ConnectError(f"{target.describe()} is published on the stack's remote Docker host and is reached only "
+                           f"through its SSH tunnel (infra.dockerhost.reach); nothing was contacted")
+
+
 def connect_postgres(target: PostgresTarget, deadline_s: float = 30.0, password: str | None = None,
                      autocommit: bool = True) -> psycopg.Connection:
     """Open an authenticated connection, retrying while the server starts."""
+    _require_reachable(target)
 
     def attempt() -> psycopg.Connection:
         return psycopg.connect(
@@ -86,6 +94,7 @@ def connect_redis(target: RedisTarget, deadline_s: float = 30.0, password: str |
                   socket_timeout_s: float = 10.0, decode: bool = True) -> redis.Redis:
     """Open an authenticated client and PING it, retrying while the server starts or loads.
     ``decode=False`` gives a binary-safe client (values as bytes, e.g. for DUMP/RESTORE)."""
+    _require_reachable(target)
 
     def attempt() -> redis.Redis:
         client = redis.Redis(

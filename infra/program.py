@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pulumi
+import pulumi_docker as docker
 
 from infra import config as stack_config
 from infra import migration_files
@@ -18,15 +19,24 @@ from infra.registry import default_actor
 
 
 def target_for(cfg: stack_config.StackConfig) -> Target:
-    """How the post-deploy step reaches this stack's services: through the published ports."""
-    pg, rd = cfg.postgres, cfg.redis
+    """How the post-deploy step reaches this stack's services: through the ports published on the
+    Docker host (on a remote host, through an SSH tunnel: infra.dockerhost.reach)."""
+    pg, rd, remote = cfg.postgres, cfg.redis, cfg.docker.is_ssh
     return Target(
         stack=cfg.stack,
         postgres=PostgresTarget(cfg.host_address, pg.host_port, pg.database, pg.user, pg.password,
-                                pg.container_name, pg.ip, pg.major_version),
+                                pg.container_name, pg.ip, pg.major_version, tunnel_required=remote),
         redis=RedisTarget(cfg.host_address, rd.host_port, rd.password, rd.container_name, rd.ip,
-                          rd.major_version),
+                          rd.major_version, tunnel_required=remote),
+        docker=cfg.docker,
     )
+
+
+def docker_provider(cfg: stack_config.StackConfig) -> docker.Provider:
+    """The stack's Docker host, named in its configuration, so `preview` in a pull request and `up`
+    talk to the same engine (unset: DOCKER_HOST, then the local socket)."""
+    return docker.Provider("docker-host", host=cfg.docker.url or None,
+                           ssh_opts=cfg.docker.ssh_options() if cfg.docker.is_ssh else None)
 
 
 def postgres_url(user: str, password: str, host: str, port: int, database: str) -> str:
@@ -40,13 +50,14 @@ def redis_url(password: str, host: str, port: int) -> str:
 def program() -> None:
     """Declare network, PostgreSQL, Redis and the post-deploy step; export the contract."""
     cfg = stack_config.from_pulumi()
+    on_host = pulumi.ResourceOptions(providers=[docker_provider(cfg)])
     common = dict(bind_address=cfg.bind_address, retain_volume=cfg.retain_volumes,
                   health_timeout_s=cfg.health_timeout_seconds)
 
     network = SinNetwork("sin-network", NetworkArgs(
         name=cfg.network.name, subnet=cfg.network.subnet, gateway=cfg.network.gateway,
-        ip_range=cfg.network.ip_range, labels=labels(cfg.project, cfg.stack, "network")))
-    after_network = pulumi.ResourceOptions(depends_on=[network])
+        ip_range=cfg.network.ip_range, labels=labels(cfg.project, cfg.stack, "network")), on_host)
+    after_network = pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=[network]))
     pg, rd = cfg.postgres, cfg.redis
     postgres = PostgresService("postgres", PostgresArgs(
         image=pg.image, container_name=pg.container_name, volume_name=pg.volume_name,

@@ -7,17 +7,64 @@ imports this module, :mod:`infra.connect` does the connecting.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
+from urllib.parse import urlsplit
 
 # Where the official postgres image (and ours) keeps its data and its Unix socket.
 POSTGRES_DATA_PATH = "/var/lib/postgresql/data"
 POSTGRES_SOCKET_DIR = "/var/run/postgresql"
+
+# SSH to a remote Docker host: how long connecting may take, and the engine's default socket there.
+SSH_CONNECT_TIMEOUT_S = 5
+DEFAULT_REMOTE_SOCKET = "/var/run/docker.sock"
 
 # The client settings the ADR gives its applications (node-postgres pool, ioredis).
 CLIENT_SETTINGS = {
     "postgres": {"poolMax": 20, "idleTimeoutMillis": 30_000, "connectionTimeoutMillis": 2_000},
     "redis": {"retryStepMillis": 50, "retryMaxDelayMillis": 2_000},
 }
+
+
+@dataclass(frozen=True)
+class DockerHost:
+    """Where a stack's Docker Engine is (``url``: empty for DOCKER_HOST or the local socket)."""
+
+    url: str = ""
+    ssh_key_file: str = ""
+    ssh_known_hosts_file: str = ""
+
+    @property
+    def is_ssh(self) -> bool:
+        return self.url.startswith("ssh://")
+
+    def describe(self) -> str:
+        if self.is_ssh:
+            parts = urlsplit(self.url)
+            return f"ssh://{parts.username + '@' if parts.username else ''}{parts.hostname}" \
+                   f"{':' + str(parts.port) if parts.port else ''}"
+        return self.url or os.environ.get("DOCKER_HOST") or "the local Docker Engine"
+
+    def ssh_options(self) -> list[str]:
+        """Options for every ssh this project runs against the host: no prompts, a bounded
+        connect, host keys checked (never added on the fly)."""
+        options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT_S}",
+                   "-o", "StrictHostKeyChecking=yes", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
+        if self.ssh_key_file:
+            options += ["-o", "IdentitiesOnly=yes", "-i", self.ssh_key_file]
+        if self.ssh_known_hosts_file:
+            options += ["-o", f"UserKnownHostsFile={self.ssh_known_hosts_file}"]
+        port = urlsplit(self.url).port if self.is_ssh else None
+        if port:
+            options += ["-p", str(port)]
+        return options
+
+    def ssh_destination(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.username + '@' if parts.username else ''}{parts.hostname}"
+
+    def remote_socket(self) -> str:
+        return urlsplit(self.url).path or DEFAULT_REMOTE_SOCKET
 
 
 @dataclass(frozen=True)
@@ -32,6 +79,8 @@ class PostgresTarget:
     container_name: str
     container_ip: str
     major_version: int
+    tunnel_required: bool = False
+    """The port is published on a remote Docker host: only :func:`infra.dockerhost.reach` makes it reachable."""
 
     def describe(self) -> str:
         return f"PostgreSQL {self.user}@{self.host}:{self.port}/{self.database}"
@@ -47,6 +96,8 @@ class RedisTarget:
     container_name: str
     container_ip: str
     major_version: int
+    tunnel_required: bool = False
+    """The port is published on a remote Docker host: only :func:`infra.dockerhost.reach` makes it reachable."""
 
     def describe(self) -> str:
         return f"Redis {self.host}:{self.port}"
@@ -59,6 +110,7 @@ class Target:
     stack: str
     postgres: PostgresTarget
     redis: RedisTarget
+    docker: DockerHost = field(default_factory=DockerHost)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,4 +121,5 @@ class Target:
         def service(fields: dict) -> dict:
             return {k: int(v) if k in ("port", "major_version") else v for k, v in fields.items()}
 
-        return cls(data["stack"], PostgresTarget(**service(data["postgres"])), RedisTarget(**service(data["redis"])))
+        return cls(data["stack"], PostgresTarget(**service(data["postgres"])), RedisTarget(**service(data["redis"])),
+                   DockerHost(**data.get("docker", {})))

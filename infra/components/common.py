@@ -128,7 +128,10 @@ def declare_service(parent: pulumi.Resource, name: str, args: ServiceArgs, spec:
         log_opts=LOG_OPTS,
         security_opts=SECURITY_OPTS,
         labels=container_labels(args.labels),
-        # The replacement needs the fixed IP and host port that the old container holds.
-        opts=pulumi.ResourceOptions(parent=parent, delete_before_replace=True, depends_on=[image, volume]),
+        # The replacement needs the fixed IP and host port that the old container holds. The
+        # provider reports a changed healthcheck as an in-place update it never applies to the
+        # running container, so a new healthcheck means a new container.
+        opts=pulumi.ResourceOptions(parent=parent, delete_before_replace=True, depends_on=[image, volume],
+                                    replace_on_changes=["healthcheck"]),
     )
     return ServiceResources(image, volume, container)

@@ -13,7 +13,7 @@ import redis as redis_lib
 from pulumi import automation as auto
 
 from infra import stacks, teststacks
-from tests.e2e.conftest import local_images, sweep
+from tests.e2e.conftest import inspect, local_images, sweep
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,6 +68,8 @@ def test_a_stack_of_the_previous_release_upgrades_without_touching_its_volumes_o
         result = stack.up(color="never", on_event=events.append)
         assert set(volume_steps(events).values()) == {"same"}, volume_steps(events)
         assert result.outputs["verificationChecks"].value == 20
+        healthcheck = inspect("container", result.outputs["postgresContainerName"].value)["Config"]["Healthcheck"]
+        assert "pg_isready" in healthcheck["Test"][1], "the running container has this release's healthcheck"
 
         with psycopg.connect(host="127.0.0.1", port=pg_port, dbname="sinsolver", user="sinadmin",
                              password=pw["sin-datastores:postgresPassword"]) as conn:

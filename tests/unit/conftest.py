@@ -19,6 +19,8 @@ class Registered:
     typ: str
     name: str
     inputs: dict
+    provider: str = ""
+    """The provider reference (``<urn>::<id>``) the resource is bound to; empty for the default."""
 
 
 @dataclass
@@ -28,7 +30,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
     options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        self.resources[args.name] = Registered(args.typ, args.name, args.inputs)
+        self.resources[args.name] = Registered(args.typ, args.name, args.inputs, args.provider or "")
         state = dict(args.inputs)
         if args.typ == "docker:index/remoteImage:RemoteImage":
             state["imageId"] = f"sha256:{args.name}"

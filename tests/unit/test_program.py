@@ -29,6 +29,7 @@ def test_declares_the_adr_resources_under_their_components(dev):
     # Policy: one component per concern, each owning its Docker resources.
     kinds = sorted((r.name, r.typ) for r in dev.resources.values())
     assert kinds == sorted([
+        ("docker-host", "pulumi:providers:docker"),
         ("sin-network", "sin-datastores:index:SinNetwork"),
         ("sin-network-network", NETWORK),
         ("postgres", "sin-datastores:index:PostgresService"),
@@ -38,6 +39,27 @@ def test_declares_the_adr_resources_under_their_components(dev):
         ("post-deploy", "sin-datastores:index:PostDeploy"),
         ("post-deploy-step", "pulumi-python:dynamic:Resource"),
     ])
+
+
+def test_every_docker_resource_goes_to_the_stack_s_docker_host_provider(dev):
+    # Policy: preview and up talk to the engine the stack names, never an implicit default one.
+    docker_resources = [r for r in dev.resources.values() if r.typ.startswith("docker:index/")]
+    assert len(docker_resources) == 7
+    for resource in docker_resources:
+        assert "pulumi:providers:docker::docker-host::" in resource.provider, (resource.name, resource.provider)
+    host = dev.resources["docker-host"].inputs
+    assert "sshOpts" not in host
+
+
+def test_an_ssh_docker_host_gives_the_provider_its_host_and_ssh_options():
+    mocks = run_program({"dockerHost": "ssh://deploy@db-1:2222", "dockerSshKeyFile": "/keys/deploy",
+                         "dockerSshKnownHostsFile": "/keys/known_hosts"})
+    provider = mocks.resources["docker-host"].inputs
+    assert provider["host"] == "ssh://deploy@db-1:2222"
+    opts = json.loads(provider["sshOpts"])  # provider config travels as JSON text
+    for pair in (["-i", "/keys/deploy"], ["-o", "UserKnownHostsFile=/keys/known_hosts"],
+                 ["-o", "StrictHostKeyChecking=yes"], ["-o", "BatchMode=yes"], ["-p", "2222"]):
+        assert any(opts[i:i + 2] == pair for i in range(len(opts))), (pair, opts)
 
 
 def test_network_is_a_bridge_with_subnet_gateway_and_ip_range_away_from_fixed_ips(dev):
@@ -239,8 +261,10 @@ def test_invalid_configuration_declares_nothing():
 
 def test_containers_are_deleted_before_replacement_and_wait_for_their_dependencies(dev):
     # A replacement needs the fixed IP and host port the old container holds.
+    # A new healthcheck needs a new container: the provider would report an update it never applies.
     for name in ("postgres-container", "redis-container"):
         assert dev.options[name].delete_before_replace is True, name
+        assert dev.options[name].replace_on_changes == ["healthcheck"], name
     assert {r._name for r in dev.options["post-deploy"].depends_on} == {"postgres", "redis"}
     assert {r._name for r in dev.options["postgres"].depends_on} == {"sin-network"}
 
