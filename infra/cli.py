@@ -17,7 +17,7 @@ from typing import Optional
 
 from pulumi import automation as auto
 
-from infra import backup, migration_files, migrations, previews, stacks, status, teststacks
+from infra import backup, dockerhost, migration_files, migrations, previews, stacks, status, teststacks
 from infra.config import ConfigError
 from infra.connect import ConnectError
 from infra.dockercli import DockerError
@@ -47,8 +47,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (result.summary.resource_changes or {}).items() if k != "same"}
     say(f"update {result.summary.result}; changes: {changes or 'none'}")
     print_endpoints(result.outputs)
-    target = stacks.target_from_outputs(args.stack, result.outputs)
-    report = verify(target.postgres, target.redis)
+    with dockerhost.reach(stacks.target_from_outputs(args.stack, result.outputs, stacks.docker_host_of(stack))) as target:
+        report = verify(target.postgres, target.redis)
     print(report.table())
     return 0 if report.ok else 1
 
@@ -60,7 +60,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         result = stack.preview(on_output=print, on_event=events.append, diff=True, config_file=config_file,
                                color="never")
     say(f"preview: {result.change_summary}")
-    for line in previews.pending_migrations(args.stack, stack.outputs()):
+    for line in previews.pending_migrations(args.stack, stack.outputs(), stacks.docker_host_of(stack)):
         print(line)
     risks = previews.risks(events)
     if risks:
@@ -79,7 +79,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    plan = migrations.plan(stacks.deployed_target(args.stack).postgres)
+    with stacks.reached(args.stack) as target:
+        plan = migrations.plan(target.postgres)
     if args.json:
         print(json.dumps({"applied": [r.version for r in plan.applied], "pending": migration_files.fingerprint(plan.pending)}))
     else:
@@ -90,7 +91,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    outcome = migrations.migrate(stacks.deployed_target(args.stack).postgres, default_actor())
+    with stacks.reached(args.stack) as target:
+        outcome = migrations.migrate(target.postgres, default_actor())
     for migration, elapsed in outcome.applied:
         print(f"applied  {migration.name}  {elapsed} ms")
     print(f"{len(outcome.applied)} applied, {outcome.already_applied} already applied")
@@ -98,40 +100,42 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    target = stacks.deployed_target(args.stack)
-    report = verify(target.postgres, target.redis)
+    with stacks.reached(args.stack) as target:
+        report = verify(target.postgres, target.redis)
     print(report.to_json() if args.json else report.table())
     return 0 if report.ok else 1
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    done = migrations.baseline(stacks.deployed_target(args.stack).postgres, default_actor(), args.version)
+    with stacks.reached(args.stack) as target:
+        done = migrations.baseline(target.postgres, default_actor(), args.version)
     print(f"baselined {', '.join(m.name for m in done)}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    result = status.status(stacks.deployed_target(args.stack))
+    with stacks.reached(args.stack) as target:
+        result = status.status(target)
     print(result.to_json() if args.json else result.table())
     return 0 if result.healthy else 1
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    target = stacks.deployed_target(args.stack)
-    folder, manifest = backup.backup(target, args.to)
-    files = ", ".join(f"{name} {meta['size']} B" for name, meta in sorted(manifest["files"].items()))
-    print(f"backup {folder}: {files}; {sum(manifest['postgres']['tables'].values())} rows, "
-          f"{sum(manifest['redis']['keys'].values())} Redis keys")
-    if not args.verify:
-        return 0
-    report = backup.verify_backup(target, folder)
+    with stacks.reached(args.stack) as target:
+        folder, manifest = backup.backup(target, args.to)
+        files = ", ".join(f"{name} {meta['size']} B" for name, meta in sorted(manifest["files"].items()))
+        print(f"backup {folder}: {files}; {sum(manifest['postgres']['tables'].values())} rows, "
+              f"{sum(manifest['redis']['keys'].values())} Redis keys")
+        if not args.verify:
+            return 0
+        report = backup.verify_backup(target, folder)
     print(report.table())
     return 0 if report.ok else 1
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    target = stacks.deployed_target(args.stack)
-    outcome = backup.restore(target, args.source, say)
+    with stacks.reached(args.stack) as target:
+        outcome = backup.restore(target, args.source, say)
     print(outcome.report.table())
     say(f"restored {args.source} into stack {args.stack}; the previous database is kept as "
         f"{outcome.previous_database} (DROP DATABASE it once you no longer need it)")
@@ -209,7 +213,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (stacks.StackError, ConfigError, backup.BackupError) as exc:
+    except (stacks.StackError, ConfigError, backup.BackupError, dockerhost.DockerHostError) as exc:
         say(f"error: {exc}")
         return 2
     except (MigrationError, ConnectError, backup.BackupFailed, DockerError) as exc:

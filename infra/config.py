@@ -371,6 +371,15 @@ def parse(raw: Mapping[str, str], stack: str, project: str = PROJECT,
     return config
 
 
+def docker_host(raw: Mapping[str, str]) -> DockerHost:
+    """Only the Docker host settings, for commands that need nothing else of the configuration."""
+    r = _Reader(raw, "")
+    host = r.docker_host()
+    if r.problems:
+        raise ConfigError(r.problems)
+    return host
+
+
 def from_pulumi() -> StackConfig:
     """Read the current stack's configuration once, with the project's declared defaults."""
     import pulumi

@@ -154,6 +154,22 @@ def _check_engine(current: Session, workdir: Path) -> None:
                           f"start it there (e.g. `systemctl start docker`) or fix the socket path in dockerHost")
 
 
+def copy_image(image: str, current: Session) -> int:
+    """`docker save` on the engine this process's environment names (where toolchain/images.sh
+    built the local images) piped into `docker load` on the session's engine; the image size."""
+    save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    load = subprocess.run(["docker", "load", "--quiet"], stdin=save.stdout, capture_output=True,
+                          env={**os.environ, **current.docker_env})
+    save.stdout.close()
+    save_err = save.stderr.read().decode(errors="replace")
+    if save.wait() != 0 or load.returncode != 0:
+        raise DockerHostError(f"{current.host.describe()}: copying {image} failed: "
+                              f"{(save_err or load.stderr.decode(errors='replace')).strip()}")
+    size = subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", image], capture_output=True,
+                          text=True, env={**os.environ, **current.docker_env}).stdout.strip()
+    return int(size or 0)
+
+
 @contextmanager
 def _docker_env(values: dict[str, str]) -> Iterator[None]:
     """Point this process's docker CLI calls (infra.dockercli) at the session's engine."""

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from pulumi import automation as auto
 
-from infra import migration_files, migrations, stacks
+from infra import dockerhost, migration_files, migrations, stacks
 from infra.connect import ConnectError
+from infra.targets import DockerHost
 
 DATA_TYPES = {"docker:index/volume:Volume": "data volume", "docker:index/container:Container": "database container"}
 RISKY_OPS = {"replace", "create-replacement", "delete-replaced", "delete", "discard"}
@@ -56,17 +57,18 @@ def banner(found: list[Risk], stack: str) -> str:
                       *[r.line(stack) for r in found], rule])
 
 
-def pending_migrations(name: str, outputs: dict[str, auto.OutputValue]) -> list[str]:
+def pending_migrations(name: str, outputs: dict[str, auto.OutputValue], docker: DockerHost) -> list[str]:
     """The migrations the next `up` would apply, as report lines."""
     try:
-        target = stacks.target_from_outputs(name, outputs)
+        target = stacks.target_from_outputs(name, outputs, docker)
     except stacks.StackError:
         files = migration_files.load()
         return [f"migrations: stack not deployed yet; all {len(files)} would be applied: "
                 f"{', '.join(m.name for m in files)}"]
     try:
-        plan = migrations.plan(target.postgres, deadline_s=5)
-    except ConnectError as exc:
+        with dockerhost.reach(target) as reached:
+            plan = migrations.plan(reached.postgres, deadline_s=5)
+    except (ConnectError, dockerhost.DockerHostError) as exc:
         return [f"migrations: cannot tell which are pending, the database does not answer ({exc})"]
     except migration_files.MigrationError as exc:
         return [f"migrations: `up` would FAIL: {exc}"]

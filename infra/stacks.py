@@ -12,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,9 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from pulumi import automation as auto
 
-from infra.config import DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig, parse
-from infra.targets import PostgresTarget, RedisTarget, Target
+from infra import dockerhost
+from infra.config import DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig, docker_host, parse
+from infra.targets import DockerHost, PostgresTarget, RedisTarget, Target
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("SIN_DATASTORES_HOME", Path.home() / ".sin-datastores"))
@@ -170,8 +172,9 @@ def configure(stack: auto.Stack, values: dict[str, str]) -> None:
     stack.set_all_config({k: auto.ConfigValue(str(v)) for k, v in values.items()})
 
 
-def image_present(image: str) -> bool:
-    return subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
+def image_present(image: str, env: Optional[dict[str, str]] = None) -> bool:
+    return subprocess.run(["docker", "image", "inspect", image], capture_output=True,
+                          env={**os.environ, **(env or {})}).returncode == 0
 
 
 def local_images() -> dict[str, str]:
@@ -184,28 +187,35 @@ def local_images() -> dict[str, str]:
     return images
 
 
-def image_overrides(config: dict[str, auto.ConfigValue], mode: str, say: Callable[[str], None]) -> dict[str, str]:
+def image_overrides(config: dict[str, auto.ConfigValue], mode: str, say: Callable[[str], None],
+                    host: Optional[dockerhost.Session] = None) -> dict[str, str]:
     """Images to use instead of the configured ones (``config``: the stack's values), without
     touching the stack file.
 
     ``config`` mode keeps the configured images (Docker pulls them if missing); ``local`` uses
     the images toolchain/images.sh built; ``auto`` uses a local image only for a configured
-    one that is not on this Docker host. No registry is contacted to decide.
+    one that is not on the stack's Docker host. No registry is contacted to decide. A remote
+    host (``host``) that lacks a chosen local image gets a copy of it.
     """
     if mode == "config":
         return {}
+    env = host.docker_env if host else {}
     overrides = {}
     for key in IMAGE_KEYS:
         configured = config.get(f"{PROJECT}:{key}")
         configured_image = configured.value if configured else DEFAULTS[key]
-        if mode == "auto" and image_present(configured_image):
+        if mode == "auto" and image_present(configured_image, env):
             continue
         local = os.environ.get(LOCAL_IMAGE_ENV[key])
         if not local:
-            raise StackError(f"{configured_image} is not on this Docker host and {LOCAL_IMAGE_ENV[key]} names no "
-                             f"local image; run toolchain/images.sh (scripts/up does) or pull {configured_image}")
-        say(f"{key}: {configured_image} is not on this Docker host and no registry is used; "
+            raise StackError(f"{configured_image} is not on the stack's Docker host and {LOCAL_IMAGE_ENV[key]} names "
+                             f"no local image; run toolchain/images.sh (scripts/up does) or pull {configured_image}")
+        say(f"{key}: {configured_image} is not on the stack's Docker host and no registry is used; "
             f"using the local image {local} (the stack file is unchanged)")
+        if host and host.host.is_ssh and not image_present(local, env):
+            started = time.monotonic()
+            size = dockerhost.copy_image(local, host)
+            say(f"copied {local} to {host.host.describe()} ({size / 1e6:.0f} MB in {time.monotonic() - started:.1f} s)")
         overrides[key] = local
     return overrides
 
@@ -246,8 +256,11 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
     Raises :class:`infra.config.ConfigError` with nothing changed. With ``generate_passwords``,
     passwords the stack does not have yet are generated (after the check) and stored encrypted."""
     config = stack.get_all_config()
-    overrides = image_overrides(config, images, say)
-    validate(stack.name, config, overrides, missing_passwords(config) if generate_passwords else ())
+    pending = missing_passwords(config) if generate_passwords else ()
+    checked = validate(stack.name, config, passwords_pending=pending)
+    with dockerhost.session(checked.docker) as host:
+        overrides = image_overrides(config, images, say, host)
+    validate(stack.name, config, overrides, pending)
     for key in ensure_secrets(stack, config) if generate_passwords else ():
         say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
     overlay = overlay_config_file(stack, overrides)
@@ -265,8 +278,8 @@ def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_pass
         return stack.up(config_file=overlay, color="never", **kwargs)
 
 
-def target_from_outputs(name: str, outputs: dict[str, auto.OutputValue]) -> Target:
-    """Connection details of a deployed stack, read from its outputs."""
+def target_from_outputs(name: str, outputs: dict[str, auto.OutputValue], docker: DockerHost = DockerHost()) -> Target:
+    """Connection details of a deployed stack, read from its outputs; ``docker`` is its Docker host."""
     required = ("postgresHostUrl", "redisHostUrl", "postgresContainerName", "postgresIp", "postgresMajorVersion",
                 "redisContainerName", "redisIp", "redisMajorVersion")
     missing = [key for key in required if key not in outputs]
@@ -279,12 +292,28 @@ def target_from_outputs(name: str, outputs: dict[str, auto.OutputValue]) -> Targ
         stack=name,
         postgres=PostgresTarget(pg.hostname, pg.port, pg.path.lstrip("/"), unquote(pg.username),
                                 unquote(pg.password), value["postgresContainerName"], value["postgresIp"],
-                                int(value["postgresMajorVersion"])),
+                                int(value["postgresMajorVersion"]), tunnel_required=docker.is_ssh),
         redis=RedisTarget(rd.hostname, rd.port, unquote(rd.password), value["redisContainerName"], value["redisIp"],
-                          int(value["redisMajorVersion"])),
+                          int(value["redisMajorVersion"]), tunnel_required=docker.is_ssh),
+        docker=docker,
     )
+
+
+def docker_host_of(stack: auto.Stack) -> DockerHost:
+    """The Docker host the stack's configuration names."""
+    prefix = f"{PROJECT}:"
+    return docker_host({k[len(prefix):]: v.value for k, v in stack.get_all_config().items() if k.startswith(prefix)})
 
 
 def deployed_target(name: str, settings: Optional[Settings] = None) -> Target:
     """The target of an existing, deployed stack."""
-    return target_from_outputs(name, open_stack(name, settings).outputs())
+    stack = open_stack(name, settings)
+    return target_from_outputs(name, stack.outputs(), docker_host_of(stack))
+
+
+@contextmanager
+def reached(name: str, settings: Optional[Settings] = None) -> Iterator[Target]:
+    """A deployed stack's target, reachable for one command (through an SSH tunnel on a remote
+    host, with docker CLI calls going there too)."""
+    with dockerhost.reach(deployed_target(name, settings)) as target:
+        yield target
