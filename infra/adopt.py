@@ -24,10 +24,10 @@ from typing import Callable, Iterator, Optional
 from pulumi import automation as auto
 
 from infra import dockercli, migration_files, migrations, stacks
-from infra.backup import schema_digest, table_counts
+from infra.backup import schema_objects, table_counts
 from infra.components.common import labels
 from infra.components.postgres import DATA_PATH as POSTGRES_DATA
-from infra.components.redis import DATA_PATH as REDIS_DATA
+from infra.components.redis import DATA_PATH as REDIS_DATA, MAXMEMORY_SHARE
 from infra.config import PROJECT, SECRET_KEYS, ConfigError, StackConfig
 from infra.connect import ConnectError, connect_postgres, connect_redis
 from infra.registry import default_actor
@@ -269,18 +269,28 @@ def _check_schema(target: PostgresTarget, problems: list[str]) -> dict[str, int]
                             f"{migrations.HISTORY_TABLE}: it is managed by sin-datastores already; bring its "
                             f"stack up instead (`python -m infra up --stack NAME`)")
             return table_counts(conn)
-        found = schema_digest(conn)
+        found = schema_objects(conn)
         counts = table_counts(conn)
-    expected = _v001_digest(target)
-    if found != expected:
+    differences = schema_differences(_v001_objects(target), found)
+    if differences:
         first = migration_files.load()[0].name
         problems.append(f"database {target.database} in {target.container_name} does not hold exactly the schema "
-                        f"of {first} (tables, columns, constraints and indexes differ); bring it to {first} by "
-                        f"hand first, or restore a backup into a new stack instead")
+                        f"of {first}: {'; '.join(differences)}; bring it to {first} by hand first, or restore a "
+                        f"backup into a new stack instead")
     return counts
 
 
-def _v001_digest(target: PostgresTarget) -> str:
+def schema_differences(expected: list[tuple], found: list[tuple], limit: int = 5) -> list[str]:
+    """What differs between two :func:`infra.backup.schema_objects` lists, at most ``limit`` lines."""
+    want, got = {(k, n): d for k, n, d in expected}, {(k, n): d for k, n, d in found}
+    lines = [f"missing {k} {n}" for k, n in sorted(want.keys() - got.keys())]
+    lines += [f"unexpected {k} {n}" for k, n in sorted(got.keys() - want.keys())]
+    lines += [f"{k} {n} is '{got[(k, n)]}', expected '{want[(k, n)]}'" for k, n in sorted(want.keys() & got.keys())
+              if want[(k, n)] != got[(k, n)]]
+    return lines[:limit] + ([f"and {len(lines) - limit} more"] if len(lines) > limit else [])
+
+
+def _v001_objects(target: PostgresTarget) -> list[tuple]:
     scratch = f"sin_adopt_check_{secrets.token_hex(4)}"
     with connect_postgres(replace(target, database="postgres"), deadline_s=10) as admin:
         admin.execute(f'CREATE DATABASE "{scratch}"')
@@ -288,17 +298,23 @@ def _v001_digest(target: PostgresTarget) -> str:
             with connect_postgres(replace(target, database=scratch), deadline_s=10) as conn:
                 for _, statement in migration_files.split_statements(migration_files.load()[0].sql_text):
                     conn.execute(statement, prepare=False)
-                return schema_digest(conn)
+                return schema_objects(conn)
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
 
 
-def _redis_contents(target: RedisTarget, problems: list[str]) -> dict[str, int]:
+def _redis_contents(target: RedisTarget, memory_mb: int, problems: list[str]) -> dict[str, int]:
+    """Key counts; the old Redis must persist to an AOF and fit the stack's memory limit."""
     client = connect_redis(target, deadline_s=10)
     try:
         if str(client.info("persistence").get("aof_enabled")) != "1":
             problems.append(f"{target.container_name} runs without --appendonly yes; the takeover expects the ADR's "
                             f"command (its data would not be in the AOF the stack's Redis loads)")
+        used_mb, limit_mb = int(client.info("memory")["used_memory"]) / 2**20, memory_mb * MAXMEMORY_SHARE
+        if used_mb > limit_mb:
+            problems.append(f"{target.container_name} holds {used_mb:.0f} MB, more than the stack's Redis may use "
+                            f"({limit_mb:.0f} MB, {MAXMEMORY_SHARE:.0%} of redisMemoryMb {memory_mb}): it would "
+                            f"refuse writes; pulumi config set redisMemoryMb {int(used_mb / MAXMEMORY_SHARE * 1.5) + 1}")
         return {db: stats["keys"] for db, stats in client.info("keyspace").items()}
     finally:
         client.close()
@@ -370,7 +386,7 @@ def inspect_host(stack: auto.Stack, images: str, rotate: bool, say: Callable[[st
     rd_target = RedisTarget(rd_port[0], rd_port[1], rd_password, rd_name, _ip(rd, cfg), cfg.redis.major_version)
     try:
         rows = _check_schema(pg_target, problems)
-        keys = _redis_contents(rd_target, problems)
+        keys = _redis_contents(rd_target, cfg.redis.memory_mb, problems)
     except ConnectError as exc:
         raise AdoptRefused([f"{exc}; the takeover reads the old services with the passwords their containers "
                             f"were started with"]) from None
@@ -400,8 +416,8 @@ def _ip(container: dict, cfg: StackConfig) -> str:
 
 # ------------------------------------------------------------------ the plan
 
-def _mb(kb: int) -> str:
-    return f"{kb / 1024:.1f} MB"
+def _size(kb: int) -> str:
+    return f"{kb / 1024:.1f} MB" if kb >= 1024 else f"{kb} kB"
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -413,9 +429,9 @@ def plan_lines(found: Found, rotate: bool) -> list[str]:
     pg, rd, net = found.postgres, found.redis, found.network
     lines = [
         f"found postgres: container {pg.container} ({pg.image}), PostgreSQL {pg.version} data in volume {pg.volume} "
-        f"({_mb(pg.size_kb)}), database {found.postgres_target.database}: rows {_counts(pg.contents)}",
+        f"({_size(pg.size_kb)}), database {found.postgres_target.database}: rows {_counts(pg.contents)}",
         f"found redis:    container {rd.container} ({rd.image}), Redis {rd.version}, data in volume {rd.volume} "
-        f"({_mb(rd.size_kb)}), keys {_counts(rd.contents)}",
+        f"({_size(rd.size_kb)}), keys {_counts(rd.contents)}",
         f"found network:  {net.name} ({net.subnet or 'no subnet'}), attached: {pg.container}, {rd.container}",
     ]
     if rotate:
@@ -432,7 +448,7 @@ def plan_lines(found: Found, rotate: bool) -> list[str]:
         steps.append(f"stop {svc.container} (docker stop -t {STOP_TIMEOUT_S}), set its restart policy to no (was "
                      f"{svc.restart_policy}), disconnect it from {net.name}, rename it {svc.fallback}")
     for svc in found.services:
-        steps.append(f"copy volume {svc.volume} ({_mb(svc.size_kb)}) into a new volume {svc.target_volume} labelled "
+        steps.append(f"copy volume {svc.volume} ({_size(svc.size_kb)}) into a new volume {svc.target_volume} labelled "
                      f"for stack {found.stack} (cp -a in a throwaway {svc.image} container: ownership kept)")
     steps.append(f"remove network {net.name} (compose's labels; the stack creates it with its own)")
     steps.append(f"up: network {net.name}, containers {pg.container} and {rd.container} on the copied volumes, "
@@ -569,8 +585,10 @@ def take_over(stack: auto.Stack, found: Found, rotate: bool, images: str, say: C
 
 
 def _last_line(exc: BaseException) -> str:
+    """The line of an error that says what went wrong (for Pulumi, its last `error:` line)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    errors = [line.split("error:", 1)[1].strip() for line in lines if "error:" in line]
+    return (errors or lines or [type(exc).__name__])[-1]
 
 
 @contextmanager

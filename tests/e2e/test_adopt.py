@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from infra import dockercli, stacks
+from infra import dockercli, stacks, teststacks
 from infra.components.common import labels
 from infra.config import PROJECT, StackConfig
 from infra.connect import AuthRejected, connect_postgres, connect_redis
@@ -47,6 +48,8 @@ class Deployment:
     project: str
     pg_password: str = field(repr=False)
     redis_password: str = field(repr=False)
+    pg_port: int = 0
+    redis_port: int = 0
 
     @property
     def volumes(self) -> tuple[str, str]:
@@ -57,11 +60,11 @@ class Deployment:
         return self.cfg.postgres.container_name, self.cfg.redis.container_name
 
     def postgres(self) -> PostgresTarget:
-        return PostgresTarget("127.0.0.1", self.cfg.postgres.host_port, "sinsolver", "sinadmin", self.pg_password,
+        return PostgresTarget("127.0.0.1", self.pg_port, "sinsolver", "sinadmin", self.pg_password,
                               self.cfg.postgres.container_name, self.cfg.postgres.ip, 16)
 
     def redis(self) -> RedisTarget:
-        return RedisTarget("127.0.0.1", self.cfg.redis.host_port, self.redis_password,
+        return RedisTarget("127.0.0.1", self.redis_port, self.redis_password,
                            self.cfg.redis.container_name, self.cfg.redis.ip, 7)
 
     def leaks(self, *texts: str) -> list[str]:
@@ -100,7 +103,7 @@ def build_adr_deployment(dep: Deployment) -> None:
                "-v", f"{dep.project}_postgres_data:/var/lib/postgresql/data",
                "-v", f"{init}:/docker-entrypoint-initdb.d:ro",
                "--network", cfg.network.name, "--ip", cfg.postgres.ip, "--network-alias", "postgres",
-               "-p", f"127.0.0.1:{cfg.postgres.host_port}:5432", config["postgresImage"])
+               "-p", f"127.0.0.1:{dep.pg_port}:5432", config["postgresImage"])
         with connect_postgres(dep.postgres(), deadline_s=90) as conn:  # TCP opens only after the init scripts
             assert conn.execute("SELECT count(*) FROM services").fetchone() == (0,)
     # The ADR's command line, password and all: what the takeover gets rid of. (It is on this
@@ -109,7 +112,7 @@ def build_adr_deployment(dep: Deployment) -> None:
            *compose_labels(dep.project, **service_labels, **{"com.docker.compose.service": "redis"}),
            "-v", f"{dep.project}_redis_data:/data",
            "--network", cfg.network.name, "--ip", cfg.redis.ip, "--network-alias", "redis",
-           "-p", f"127.0.0.1:{cfg.redis.host_port}:6379",
+           "-p", f"127.0.0.1:{dep.redis_port}:6379",
            config["redisImage"], "redis-server", "--appendonly", "yes", "--requirepass", dep.redis_password)
     write_data(dep)
 
@@ -166,9 +169,10 @@ def host_state(dep: Deployment) -> dict:
     for name in (*dep.containers, *(c + "-pre-adopt" for c in dep.containers)):
         c = dockercli.inspect("container", name)
         state[name] = c and (c["Id"], c["State"]["Running"], c["HostConfig"]["RestartPolicy"]["Name"],
-                             sorted(c["NetworkSettings"]["Networks"]))
+                             {net: (e["IPAddress"], sorted(e["Aliases"] or [])) for net, e in
+                              c["NetworkSettings"]["Networks"].items()})
     network = dockercli.inspect("network", dep.cfg.network.name)
-    state["network"] = network and (network["Id"], network["Labels"])
+    state["network"] = network and (network["Labels"], network["IPAM"]["Config"], network["Id"])
     for volume in (*dep.volumes, dep.cfg.postgres.volume_name, dep.cfg.redis.volume_name):
         v = dockercli.inspect("volume", volume)
         state[volume] = v and v["Labels"]
@@ -188,11 +192,12 @@ def adr_deployment(make_stack):
     """Build the ADR's deployment beside a fresh test stack; remove both afterwards, even on failure."""
     made: list[Deployment] = []
 
-    def build(**stack_overrides: str) -> Deployment:
+    def build(old_ports: tuple[int, int] | None = None, **stack_overrides: str) -> Deployment:
+        """``old_ports``: where the ADR's containers publish (default: the stack's own host ports)."""
         test_stack = make_stack(**stack_overrides)
         cfg = stacks.validate(test_stack.name, test_stack.stack.get_all_config())
         dep = Deployment(test_stack, cfg, f"adopt{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(24),
-                         secrets.token_urlsafe(24))
+                         secrets.token_urlsafe(24), *(old_ports or (cfg.postgres.host_port, cfg.redis.host_port)))
         made.append(dep)
         build_adr_deployment(dep)
         return dep
@@ -310,7 +315,7 @@ def a_column_beyond_v001(dep: Deployment) -> str:
     with connect_postgres(dep.postgres()) as conn:
         conn.execute("ALTER TABLE services ADD COLUMN owner TEXT")
     return (f"database sinsolver in {dep.containers[0]} does not hold exactly the schema of "
-            f"V001__adr006_schema.sql")
+            f"V001__adr006_schema.sql: unexpected column public.services.owner; bring it to")
 
 
 @pytest.mark.parametrize("stack_overrides, make_mismatch", [
@@ -329,3 +334,31 @@ def test_adopt_refuses_a_deployment_it_does_not_expect_and_changes_nothing(adr_d
         assert message in refused.stderr and "nothing was changed" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr and dep.leaks(refused.stdout, refused.stderr) == []
         assert host_state(dep) == before
+
+
+def test_a_takeover_whose_up_fails_is_undone_and_the_old_deployment_runs_as_before(adr_deployment, settings):
+    with socket.socket() as squatter:  # another process took the stack's PostgreSQL port meanwhile
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        dep = adr_deployment(old_ports=(teststacks.free_port(), teststacks.free_port()),
+                             postgresHostPort=str(squatter.getsockname()[1]))
+        before = host_state(dep)
+
+        failed = cli(settings, "adopt", "--stack", dep.stack.name)
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+    assert "error: up failed" in failed.stderr and "every step before it was undone" in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr and dep.leaks(failed.stdout, failed.stderr) == []
+    after = host_state(dep)
+    # The compose network was removed and created again: same name, labels and addresses, a new id.
+    assert after.pop("network")[:2] == before.pop("network")[:2]
+    assert after == before
+
+
+def test_adopt_into_a_stack_that_does_not_exist_yet_refuses_and_leaves_no_stack_behind(settings):
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    for dry_run in (("--dry-run",), ()):
+        refused = cli(settings, "adopt", "--stack", name, *dry_run)
+        assert refused.returncode == 2, refused.stderr
+        assert f"no container {name}-room-03-archiv-postgres (postgres) on this Docker host" in refused.stderr
+        assert not stacks.config_file(name).exists()
+        assert name not in [s.name for s in stacks.workspace(settings).list_stacks()]
