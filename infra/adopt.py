@@ -585,9 +585,10 @@ def take_over(stack: auto.Stack, found: Found, rotate: bool, images: str, say: C
 
 
 def _last_line(exc: BaseException) -> str:
-    """The line of an error that says what went wrong (for Pulumi, its last `error:` line)."""
+    """The line of an error that says what went wrong (for Pulumi, its last `error:` or `* ` line)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    errors = [line.split("error:", 1)[1].strip() for line in lines if "error:" in line]
+    errors = [line.split("error:", 1)[1].strip() if "error:" in line else line[2:] for line in lines
+              if "error:" in line or line.startswith("* ")]
     return (errors or lines or [type(exc).__name__])[-1]
 
 
