@@ -372,9 +372,11 @@ def inspect_host(stack: auto.Stack, images: str, rotate: bool, say: Callable[[st
                             f"and the baseline connect through it: publish it (the ADR does, `ports: {where}:{where}`)")
     pg_version = _check_postgres_data(pg, cfg, problems)
     rd_version = _check_redis_version(rd, cfg, problems)
-    pg_password, pg_source = postgres_password(
-        pg, lambda path: dockercli.docker("exec", pg_name, "cat", path))
-    rd_password = redis_password(rd)
+    try:
+        pg_password, pg_source = postgres_password(pg, lambda path: dockercli.docker("exec", pg_name, "cat", path))
+        rd_password = redis_password(rd)
+    except AdoptRefused as exc:
+        raise AdoptRefused(problems + exc.problems) from None
     if not rotate:
         problems += _secret_problems(cfg, {"postgresPassword": pg_password, "redisPassword": rd_password}, raw,
                                      stack.name, overrides)
@@ -389,7 +391,8 @@ def inspect_host(stack: auto.Stack, images: str, rotate: bool, say: Callable[[st
         keys = _redis_contents(rd_target, cfg.redis.memory_mb, problems)
     except ConnectError as exc:
         raise AdoptRefused([f"{exc}; the takeover reads the old services with the passwords their containers "
-                            f"were started with"]) from None
+                            f"were started with (POSTGRES_PASSWORD, --requirepass): if a password was changed "
+                            f"since, start the container with the current one"]) from None
     if problems:
         raise AdoptRefused(problems)
 

@@ -211,7 +211,8 @@ def adr_deployment(make_stack):
             finally:
                 name = dep.stack.name
                 ours = [*dep.containers, *(c + "-pre-adopt" for c in dep.containers),
-                        f"{name}-adopt-copy-postgres", f"{name}-adopt-copy-redis", f"{name}-volume-user"]
+                        f"{name}-adopt-copy-postgres", f"{name}-adopt-copy-redis", f"{name}-volume-user",
+                        f"{name}-network-user"]
                 dockercli.docker("rm", "-f", *ours, check=False)
                 dockercli.docker("network", "rm", dep.cfg.network.name, check=False)
                 dockercli.docker("volume", "rm", "-f", *dep.volumes, check=False)
@@ -311,6 +312,13 @@ def another_user_of_the_volume(dep: Deployment) -> str:
     return f"volume {dep.volumes[0]} (mounted by {dep.containers[0]}) is also used by {user}"
 
 
+def another_container_on_the_network(dep: Deployment) -> str:
+    user = f"{dep.stack.name}-network-user"
+    docker("create", "--name", user, "--network", dep.cfg.network.name, dep.stack.config["redisImage"], "true")
+    return (f"network {dep.cfg.network.name} is removed and created again by the takeover, and other containers "
+            f"are attached to it: {user}; detach them first (docker network disconnect {dep.cfg.network.name} {user})")
+
+
 def a_column_beyond_v001(dep: Deployment) -> str:
     with connect_postgres(dep.postgres()) as conn:
         conn.execute("ALTER TABLE services ADD COLUMN owner TEXT")
@@ -321,8 +329,10 @@ def a_column_beyond_v001(dep: Deployment) -> str:
 @pytest.mark.parametrize("stack_overrides, make_mismatch", [
     ({"postgresMajorVersion": "17"}, refuse_major),
     ({}, another_user_of_the_volume),
+    ({}, another_container_on_the_network),
     ({}, a_column_beyond_v001),
-], ids=["different postgres major", "volume used by another container", "schema differs from V001"])
+], ids=["different postgres major", "volume used by another container", "another container on the network",
+        "schema differs from V001"])
 def test_adopt_refuses_a_deployment_it_does_not_expect_and_changes_nothing(adr_deployment, settings,
                                                                            stack_overrides, make_mismatch):
     dep = adr_deployment(**stack_overrides)
