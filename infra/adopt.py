@@ -18,7 +18,7 @@ from __future__ import annotations
 import secrets
 import shlex
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional
 
 from pulumi import automation as auto
@@ -97,7 +97,7 @@ class Found:
     redis: OldService
     network: OldNetwork
     postgres_target: PostgresTarget
-    redis_target: RedisTarget = field(repr=False)
+    redis_target: RedisTarget
 
     @property
     def services(self) -> tuple[OldService, OldService]:
@@ -320,8 +320,8 @@ def _redis_contents(target: RedisTarget, memory_mb: int, problems: list[str]) ->
         client.close()
 
 
-def _secret_problems(cfg: StackConfig, found_passwords: dict[str, str], raw: dict[str, auto.ConfigValue],
-                     name: str, overrides: dict[str, str]) -> list[str]:
+def _secret_problems(found_passwords: dict[str, str], raw: dict[str, auto.ConfigValue], name: str,
+                     overrides: dict[str, str]) -> list[str]:
     """The found passwords must pass the stack's own password rules."""
     config = {**raw, **{f"{PROJECT}:{key}": auto.ConfigValue(value, secret=True)
                         for key, value in found_passwords.items()}}
@@ -378,7 +378,7 @@ def inspect_host(stack: auto.Stack, images: str, rotate: bool, say: Callable[[st
     except AdoptRefused as exc:
         raise AdoptRefused(problems + exc.problems) from None
     if not rotate:
-        problems += _secret_problems(cfg, {"postgresPassword": pg_password, "redisPassword": rd_password}, raw,
+        problems += _secret_problems({"postgresPassword": pg_password, "redisPassword": rd_password}, raw,
                                      stack.name, overrides)
     if problems:
         raise AdoptRefused(problems)
@@ -399,11 +399,10 @@ def inspect_host(stack: auto.Stack, images: str, rotate: bool, say: Callable[[st
     def old(container: dict, role: str, volume: str, target_volume: str, path: str, version: str, source: str,
             contents: dict[str, int]) -> OldService:
         name = container["Name"].lstrip("/")
-        endpoint = container["NetworkSettings"]["Networks"][cfg.network.name]
+        aliases = container["NetworkSettings"]["Networks"][cfg.network.name].get("Aliases") or []
         return OldService(role, name, container["Config"]["Image"], volume, target_volume, path,
                           _size_kb(name, path), (container["HostConfig"].get("RestartPolicy") or {}).get("Name") or "no",
-                          endpoint.get("IPAddress") or "", tuple(a for a in endpoint.get("Aliases") or []
-                                                                  if not container["Id"].startswith(a)),
+                          _ip(container, cfg), tuple(a for a in aliases if not container["Id"].startswith(a)),
                           version, source, contents)
 
     return Found(
