@@ -314,7 +314,8 @@ def _redis_contents(target: RedisTarget, memory_mb: int, problems: list[str]) ->
         if used_mb > limit_mb:
             problems.append(f"{target.container_name} holds {used_mb:.0f} MB, more than the stack's Redis may use "
                             f"({limit_mb:.0f} MB, {MAXMEMORY_SHARE:.0%} of redisMemoryMb {memory_mb}): it would "
-                            f"refuse writes; pulumi config set redisMemoryMb {int(used_mb / MAXMEMORY_SHARE * 1.5) + 1}")
+                            f"refuse writes; pulumi config set redisMemoryMb "
+                            f"{int(used_mb / MAXMEMORY_SHARE * 1.5) + 1}")
         return {db: stats["keys"] for db, stats in client.info("keyspace").items()}
     finally:
         client.close()
@@ -400,8 +401,9 @@ def inspect_host(stack: auto.Stack, images: str, rotate: bool, say: Callable[[st
             contents: dict[str, int]) -> OldService:
         name = container["Name"].lstrip("/")
         aliases = container["NetworkSettings"]["Networks"][cfg.network.name].get("Aliases") or []
+        restart = (container["HostConfig"].get("RestartPolicy") or {}).get("Name") or "no"
         return OldService(role, name, container["Config"]["Image"], volume, target_volume, path,
-                          _size_kb(name, path), (container["HostConfig"].get("RestartPolicy") or {}).get("Name") or "no",
+                          _size_kb(name, path), restart,
                           _ip(container, cfg), tuple(a for a in aliases if not container["Id"].startswith(a)),
                           version, source, contents)
 
@@ -444,7 +446,8 @@ def plan_lines(found: Found, rotate: bool) -> list[str]:
                  f"(from --requirepass of {rd.container}) as Pulumi secrets postgresPassword and redisPassword in "
                  f"Pulumi.{found.stack}.yaml")
     steps = [first,
-             f"baseline {migration_files.load()[0].name} in database {found.postgres_target.database} of {pg.container} "
+             f"baseline {migration_files.load()[0].name} in database {found.postgres_target.database} of "
+             f"{pg.container} "
              f"({migrations.HISTORY_TABLE}, kind BASELINE): the schema is there, it is not applied again"]
     for svc in found.services:
         steps.append(f"stop {svc.container} (docker stop -t {STOP_TIMEOUT_S}), set its restart policy to no (was "
