@@ -157,8 +157,13 @@ def table_counts(conn: psycopg.Connection) -> dict[str, int]:
     return counts
 
 
+def schema_objects(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
+    """(kind, qualified name, definition) of every column, constraint and index the digest covers."""
+    return conn.execute(_SCHEMA_SQL).fetchall()
+
+
 def schema_digest(conn: psycopg.Connection) -> str:
-    rows = conn.execute(_SCHEMA_SQL).fetchall()
+    rows = schema_objects(conn)
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 

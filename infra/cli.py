@@ -17,7 +17,7 @@ from typing import Optional
 
 from pulumi import automation as auto
 
-from infra import backup, dockerhost, migration_files, migrations, previews, stacks, status, teststacks
+from infra import adopt, backup, dockerhost, migration_files, migrations, previews, stacks, status, teststacks
 from infra.config import ConfigError
 from infra.connect import ConnectError
 from infra.dockercli import DockerError
@@ -142,6 +142,28 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adopt(args: argparse.Namespace) -> int:
+    try:
+        with adopt.stack_for(args.stack, args.dry_run) as stack:
+            found = adopt.inspect_host(stack, args.images, args.rotate_passwords, say)
+            for line in adopt.plan_lines(found, args.rotate_passwords):
+                print(line, flush=True)
+            if args.dry_run:
+                say("dry run: nothing was changed")
+                return 0
+            result = adopt.take_over(stack, found, args.rotate_passwords, args.images, say, on_output=print)
+    except adopt.AdoptRefused as exc:
+        say(f"error: {exc}")
+        return 2
+    except adopt.AdoptFailed as exc:
+        say(f"error: {exc}")
+        return 1
+    print_endpoints(result.outputs)
+    for line in adopt.summary(found, result.outputs):
+        print(line)
+    return 0
+
+
 def cmd_test_stack_create(args: argparse.Namespace) -> int:
     stack = teststacks.create()
     say(f"created test stack {stack.name}; remove it with `python -m infra down --stack {stack.name} --remove`")
@@ -192,6 +214,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="then restore it into scratch places and compare")
     command("restore", cmd_restore, "replace the stack's data with a backup, all or nothing").add_argument(
         "--from", dest="source", type=Path, required=True, help="a backup folder (ROOT/STACK/<UTC time>)")
+    p = command("adopt", cmd_adopt, "take over the ADR's compose-style deployment (containers, volumes, network) "
+                "into the stack, keeping every row and key")
+    images_option(p)
+    p.add_argument("--dry-run", action="store_true", help="check everything and print each step; change nothing")
+    p.add_argument("--rotate-passwords", action="store_true",
+                   help="give the stack new passwords instead of the ones the old containers use")
 
     test_stack = sub.add_parser("test-stack", help="throwaway test stacks").add_subparsers(
         dest="action", required=True)
