@@ -13,7 +13,7 @@ import pytest
 import redis as redis_lib
 
 from infra.teststacks import free_port
-from tests.remote_host import CGROUP_ROOT, NETNS_DIR, PRIVSEP_DIR, PREFIX, RemoteDockerHost
+from tests.remote_host import CGROUP_ROOT, NETNS_DIR, PRIVSEP_DIR, PREFIX, RemoteDockerHost, RemoteHostError
 
 pytestmark = pytest.mark.e2e
 
@@ -165,6 +165,20 @@ def test_the_remote_daemon_stops_and_starts_again_keeping_its_data(remote_host):
     assert remote_host.docker("volume", "ls", "-q").split() == [f"{remote_host.name}-kept"]
 
 
+def leftovers(host: RemoteDockerHost) -> list[str]:
+    """What of ``host`` still exists on this machine: namespace, veth, processes, mounts, directories, cgroups."""
+    found = []
+    if host.name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout:
+        found.append(f"namespace {host.name}")
+    if Path(f"/sys/class/net/{host.host_veth}").exists():
+        found.append(f"veth {host.host_veth}")
+    found += [f"process {p.parent.name}: {_read(p)}" for p in Path("/proc").glob("[0-9]*/cmdline") if host.name in _read(p)]
+    found += [f"mount {line}" for line in Path("/proc/self/mountinfo").read_text().splitlines() if host.name in line]
+    found += [f"directory {d}" for d in (host.base, host.data_root) if d.exists()]
+    found += [f"cgroup {d}" for d in CGROUP_ROOT.glob(f"*/{host.name}")]
+    return found
+
+
 def test_close_leaves_nothing_behind_and_the_local_engine_unchanged(redis_image):
     shared_dirs_before = {p: p.exists() for p in (NETNS_DIR, PRIVSEP_DIR)}
     before = local_engine_objects()
@@ -176,21 +190,34 @@ def test_close_leaves_nothing_behind_and_the_local_engine_unchanged(redis_image)
         host.docker("run", "-d", "--name", f"{host.name}-redis", "-p", f"127.0.0.1:{port}:6379", redis_image)
         host.docker("volume", "create", f"{host.name}-data")
         host.forward(port)
+        assert leftovers(host) != []  # the check sees a live host
     finally:
         host.close()
     after = local_engine_objects()
 
-    assert host.name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not Path(f"/sys/class/net/{host.host_veth}").exists()
-    processes = [p for p in Path("/proc").glob("[0-9]*/cmdline") if host.name in _read(p)]
-    assert processes == []
-    assert host.name not in Path("/proc/self/mountinfo").read_text()
-    assert not host.base.exists() and not host.data_root.exists()
-    assert list(CGROUP_ROOT.glob(f"*/{host.name}")) == []
+    assert leftovers(host) == []
     if not any(Path("/run").glob(f"{PREFIX}-*")):  # no other run shares them right now
         assert {p: p.exists() for p in shared_dirs_before} == shared_dirs_before
     for kind in before:
         assert [obj for obj in after[kind] - before[kind] if host.name in obj] == [], kind
+
+
+class HostWhoseSshdFailsToStart(RemoteDockerHost):
+    """Fails in the middle of start(): namespace and dockerd are up, sshd has just started."""
+
+    def _start_sshd(self) -> None:
+        super()._start_sshd()
+        raise RemoteHostError("sshd failed (injected)")
+
+
+def test_a_start_that_fails_halfway_tears_down_what_it_built():
+    host = HostWhoseSshdFailsToStart()
+    try:
+        with pytest.raises(RemoteHostError, match="injected"):
+            host.start()
+        assert leftovers(host) == []
+    finally:
+        host.close()
 
 
 def _read(path: Path) -> str:
