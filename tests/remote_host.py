@@ -111,6 +111,11 @@ def _mount_points() -> list[str]:
     return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
 
 
+def _made_by_a_run(shared_dir: Path) -> Path:
+    """Marks a shared directory (/run/netns, /run/sshd) as made by a run, for the last run out to remove."""
+    return Path("/run") / f".{PREFIX}-made-{shared_dir.name}"
+
+
 def _terminate(process: Optional[subprocess.Popen], timeout_s: float) -> None:
     if process is None or process.poll() is not None:
         return
@@ -152,7 +157,6 @@ class RemoteDockerHost:
         self._dockerd: Optional[subprocess.Popen] = None
         self._sshd: Optional[subprocess.Popen] = None
         self._forwards: list[tuple[int, str, int]] = []
-        self._created: set[str] = set()  # shared paths this run created: netns dir, privsep dir
 
     # --- public surface -------------------------------------------------------------------
 
@@ -343,7 +347,7 @@ class RemoteDockerHost:
 
     def _make_namespace(self) -> None:
         if not NETNS_DIR.exists():
-            self._created.add(str(NETNS_DIR))
+            _made_by_a_run(NETNS_DIR).touch()
         _run(["ip", "netns", "add", self.name], "ip netns add")
         ns = ["ip", "-n", self.name]
         _run(["ip", "link", "add", self.host_veth, "type", "veth", "peer", "name", self.namespace_veth,
@@ -356,8 +360,8 @@ class RemoteDockerHost:
 
     def _start_sshd(self) -> None:
         if not PRIVSEP_DIR.exists():
-            PRIVSEP_DIR.mkdir(mode=0o755)
-            self._created.add(str(PRIVSEP_DIR))
+            _made_by_a_run(PRIVSEP_DIR).touch()
+            PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         config = self.base / "sshd_config"
         config.write_text("\n".join([
             f"ListenAddress {self.address}:{self.SSH_PORT}", f"HostKey {self.ssh_dir / 'host_ed25519'}",
@@ -447,11 +451,7 @@ class RemoteDockerHost:
             _run(["ip", "netns", "del", self.name], "ip netns del")
         if Path(f"/sys/class/net/{self.host_veth}").exists():
             _run(["ip", "link", "del", self.host_veth], "ip link del (host-side veth)")
-        if str(NETNS_DIR) in self._created and NETNS_DIR.exists() and not any(NETNS_DIR.iterdir()) \
-                and not self._other_runs():
-            if str(NETNS_DIR) in _mount_points():  # `ip netns add` bind-mounts it onto itself
-                _run(["umount", str(NETNS_DIR)], f"umount {NETNS_DIR}")
-            NETNS_DIR.rmdir()
+        self._release_shared_dir(NETNS_DIR)
 
     def _remove_cgroups(self) -> None:
         for parent in CGROUP_ROOT.glob(f"*/{self.name}"):
@@ -467,8 +467,18 @@ class RemoteDockerHost:
                 raise RemoteHostError(f"{root} still has mounts ({', '.join(inside)}); not removing it")
             if root.exists():
                 shutil.rmtree(root)
-        if str(PRIVSEP_DIR) in self._created and PRIVSEP_DIR.exists() and not self._other_runs():
-            PRIVSEP_DIR.rmdir()
+        self._release_shared_dir(PRIVSEP_DIR)
+
+    def _release_shared_dir(self, path: Path) -> None:
+        """The last run out removes /run/netns or /run/sshd when a run made it and nothing else uses it."""
+        marker = _made_by_a_run(path)
+        if not marker.exists() or self._other_runs():
+            return
+        if path.exists() and not any(path.iterdir()):
+            if str(path) in _mount_points():  # `ip netns add` bind-mounts /run/netns onto itself
+                _run(["umount", str(path)], f"umount {path}")
+            path.rmdir()
+        marker.unlink(missing_ok=True)
 
     def _other_runs(self) -> list[Path]:
         """Base directories of other live remote hosts (they may share /run/netns and /run/sshd)."""

@@ -198,6 +198,7 @@ def test_close_leaves_nothing_behind_and_the_local_engine_unchanged(redis_image)
     assert leftovers(host) == []
     if not any(Path("/run").glob(f"{PREFIX}-*")):  # no other run shares them right now
         assert {p: p.exists() for p in shared_dirs_before} == shared_dirs_before
+        assert list(Path("/run").glob(f".{PREFIX}-made-*")) == []
     for kind in before:
         assert [obj for obj in after[kind] - before[kind] if host.name in obj] == [], kind
 
