@@ -25,7 +25,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import pytest
 
@@ -167,22 +167,22 @@ class RemoteDockerHost:
     @property
     def env(self) -> dict[str, str]:
         """Environment for docker/ssh commands aimed at the remote engine."""
-        return self.client_env(self.base / "bin")
+        return self._client_env(self.base / "bin")
 
-    def client_env(self, wrapper_dir: Path) -> dict[str, str]:
+    def _client_env(self, wrapper_dir: Path) -> dict[str, str]:
         """Environment whose ``ssh`` is the wrapper in ``wrapper_dir`` and whose engine is the remote one."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
         env.update(PATH=f"{wrapper_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", DOCKER_HOST=self.docker_host)
         return env
 
-    def ssh_client(self, directory: Path, identity_file: Path, known_hosts_file: Path) -> dict[str, str]:
+    def other_client_env(self, directory: Path, identity_file: Path, known_hosts_file: Path) -> dict[str, str]:
         """A separate, non-multiplexed client with the given key and known hosts; returns its env.
 
         For tests of what the server refuses (another key, an unpinned host key)."""
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._write_client(directory / "ssh_config", directory / "bin", identity_file, known_hosts_file,
                            multiplex=False)
-        return self.client_env(directory / "bin")
+        return self._client_env(directory / "bin")
 
     def docker(self, *args: str, input_bytes: Optional[bytes] = None, timeout_s: float = 120) -> str:
         """`docker ARGS` against the remote engine over SSH; its stdout."""
@@ -233,11 +233,11 @@ class RemoteDockerHost:
             self.start_daemon()
             self._start_sshd()
             self._connect()
-        except BaseException:
+        except BaseException as failure:
             try:
                 self.close()
-            except RemoteHostError:
-                pass  # the start failure is the error to report
+            except RemoteHostError as teardown:  # the start failure stays the error; this rides along
+                failure.add_note(str(teardown))
             raise
         return self
 
@@ -247,8 +247,9 @@ class RemoteDockerHost:
             raise RemoteHostError(f"the dockerd of {self.name} is already running (pid {self._dockerd.pid})")
         # Its own mount namespace keeps its mounts off this machine, and hiding /run/containerd makes
         # dockerd start its own containerd under the exec root instead of using a system one.
-        script = 'hostname "$0"; if [ -d /run/containerd ]; then mount -t tmpfs -o mode=0700 sinrh /run/containerd; fi; ' \
-                 'exec dockerd "$@"'
+        script = ('hostname "$0"; '
+                  'if [ -d /run/containerd ]; then mount -t tmpfs -o mode=0700 sinrh /run/containerd; fi; '
+                  'exec dockerd "$@"')
         argv = ["nsenter", f"--net={self.netns_path}", "--", "unshare", "--mount", "--uts", "--propagation", "slave",
                 "--", "sh", "-c", script, self.name,
                 "--config-file", str(self.base / "daemon.json"), "--data-root", str(self.data_root),

@@ -60,10 +60,8 @@ def test_over_ssh_the_remote_engine_answers_with_its_own_name_data_root_and_id(r
 
 
 def test_a_session_that_ignores_docker_host_still_reaches_the_remote_engine(remote_host):
-    ssh = [str(Path(remote_host.env["PATH"].split(":")[0]) / "ssh"), remote_host.address]
-
-    proc = subprocess.run([*ssh, "env -u DOCKER_HOST docker info --format '{{.Name}}'"], capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(["ssh", remote_host.address, "env -u DOCKER_HOST docker info --format '{{.Name}}'"],
+                          capture_output=True, text=True, timeout=30, env=remote_host.env)
 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == remote_host.name
@@ -123,7 +121,7 @@ def test_the_local_engine_sees_none_of_the_remote_objects(remote_host):
 def test_a_client_key_the_host_does_not_know_is_refused_within_seconds(remote_host, tmp_path):
     key = tmp_path / "stranger_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    env = remote_host.ssh_client(tmp_path / "client", key, remote_host.known_hosts_file)
+    env = remote_host.other_client_env(tmp_path / "client", key, remote_host.known_hosts_file)
 
     started = time.monotonic()
     proc = remote_docker(remote_host, "info", env=env)
@@ -142,7 +140,7 @@ def test_a_host_key_that_is_not_the_pinned_one_is_refused_within_seconds(remote_
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
         kind, key = Path(f"{other}.pub").read_text().split()[:2]
         known_hosts_file.write_text(f"{remote_host.address} {kind} {key}\n")
-    env = remote_host.ssh_client(tmp_path / "client", remote_host.identity_file, known_hosts_file)
+    env = remote_host.other_client_env(tmp_path / "client", remote_host.identity_file, known_hosts_file)
 
     started = time.monotonic()
     proc = remote_docker(remote_host, "info", env=env)
@@ -172,7 +170,8 @@ def leftovers(host: RemoteDockerHost) -> list[str]:
         found.append(f"namespace {host.name}")
     if Path(f"/sys/class/net/{host.host_veth}").exists():
         found.append(f"veth {host.host_veth}")
-    found += [f"process {p.parent.name}: {_read(p)}" for p in Path("/proc").glob("[0-9]*/cmdline") if host.name in _read(p)]
+    found += [f"process {p.parent.name}: {_read(p)}" for p in Path("/proc").glob("[0-9]*/cmdline")
+              if host.name in _read(p)]
     found += [f"mount {line}" for line in Path("/proc/self/mountinfo").read_text().splitlines() if host.name in line]
     found += [f"directory {d}" for d in (host.base, host.data_root) if d.exists()]
     found += [f"cgroup {d}" for d in CGROUP_ROOT.glob(f"*/{host.name}")]
