@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything this project needs on a fresh Debian machine, idempotently and cached:
 # the Python venv, the Pulumi CLI + Python language host + docker provider (built from Go
-# modules), a Docker Engine, the local PostgreSQL 16 / Redis 7 images, and the host
-# servers the integration tests start. A second run takes seconds.
+# modules), a Docker Engine, the local PostgreSQL 16 / Redis 7 images, the host
+# servers the integration tests start, and sshd/iproute2 for the remote-host harness.
+# A second run takes seconds.
 #
 # Logs go to stderr; stdout is shell to eval:  eval "$(toolchain/setup.sh)"
 # It exports PATH (toolchain first), SIN_LOCAL_POSTGRES_IMAGE, SIN_LOCAL_REDIS_IMAGE and
@@ -50,6 +51,7 @@ fi
 if ! skip host; then
   echo "export SIN_PG16_DIR='$("$here/pg16.sh" | last)'"
   "$here/host-services.sh" >/dev/null
+  "$here/remote-host.sh" >/dev/null
 fi
 
 echo "export PATH='$pulumi_bin:$provider_bin:$venv/bin':\"\$PATH\""

@@ -1,0 +1,30 @@
+"""A fresh remote Docker host per test, torn down even when the test fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from tests.remote_host import RemoteDockerHost
+
+
+@pytest.fixture
+def remote_host():
+    host = RemoteDockerHost()
+    try:
+        yield host.start()
+    finally:
+        host.close()
+
+
+@pytest.fixture(scope="session")
+def redis_image() -> str:
+    """The local Redis 7 image toolchain/images.sh built (it exists only on this machine's engine)."""
+    image = os.environ.get("SIN_LOCAL_REDIS_IMAGE")
+    if not image:
+        pytest.fail("SIN_LOCAL_REDIS_IMAGE is not set: run the tests through scripts/test", pytrace=False)
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
+        pytest.fail(f"the local image {image} is missing: run toolchain/images.sh (scripts/test does)", pytrace=False)
+    return image

@@ -1,0 +1,486 @@
+"""A second Docker Engine that this machine reaches only over SSH, built and torn down by the tests.
+
+Issue #11's suite needs a "remote" Docker host. ``RemoteDockerHost`` makes one from nothing:
+a network namespace joined to this machine by a veth pair (a free /30 in 10.213.0.0/16),
+a ``dockerd`` in that namespace's network with its own data root, exec root, socket, bridge
+range, cgroup parent and hostname, and Debian's ``sshd`` listening on the namespace side of
+the veth with a host key and a client key generated per run. Clients use
+``DOCKER_HOST=ssh://root@<namespace address>`` with an ``ssh`` wrapper first on PATH that
+adds ``-F <its own config>`` (pinned host key, that key only, batch mode, one multiplexed
+connection), so ~/.ssh is never read or written. Only loopback and the namespace's two
+addresses are ever contacted; the local Docker Engine is never touched.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pytest
+
+from infra.teststacks import free_port
+
+# command -> the Debian package that provides it (toolchain/remote-host.sh installs them)
+PREREQUISITES = {
+    "ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux", "sshd": "openssh-server",
+    "ssh": "openssh-client", "ssh-keygen": "openssh-client", "dockerd": "docker.io", "docker": "docker.io",
+}
+VETH_POOL = ipaddress.IPv4Network("10.213.0.0/16")
+BRIDGE_POOL = ipaddress.IPv4Network("10.214.0.0/16")
+PREFIX = "sinrh"
+NETNS_DIR = Path("/run/netns")
+PRIVSEP_DIR = Path("/run/sshd")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# Where a process that ignores DOCKER_HOST looks for an engine; sshd's sessions see the remote one there.
+DEFAULT_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock")
+
+
+class RemoteHostError(RuntimeError):
+    """The remote host could not be built, used or torn down; the message says which step."""
+
+
+def _which(cmd: str) -> Optional[str]:
+    return shutil.which(cmd) or shutil.which(cmd, path="/usr/sbin:/sbin")
+
+
+def missing_prerequisites() -> list[str]:
+    """What this machine lacks to build a remote host, one line each with the fix."""
+    missing = [f"`{cmd}` (Debian package {pkg})" for cmd, pkg in PREREQUISITES.items() if not _which(cmd)]
+    if os.geteuid() != 0:
+        missing.append("root (network namespaces, veth pairs and a second dockerd need it)")
+    return missing
+
+
+def require_prerequisites() -> None:
+    """Fail the test, never skip it, when the harness cannot run here."""
+    missing = missing_prerequisites()
+    if missing:
+        pytest.fail("the remote Docker host harness needs " + ", ".join(missing)
+                    + "; run `toolchain/remote-host.sh` as root (or the tests through scripts/test)", pytrace=False)
+
+
+def _run(argv: Sequence[str], what: str, timeout_s: float = 30, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``argv``; raise naming ``what`` with its stderr when it fails."""
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s, **kwargs)
+    if proc.returncode != 0:
+        raise RemoteHostError(f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+    return proc
+
+
+def _used_networks() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 network this machine has an address or a route in."""
+    nets = []
+    for entry in json.loads(_run(["ip", "-4", "-j", "addr"], "ip addr").stdout):
+        for info in entry.get("addr_info", []):
+            nets.append(ipaddress.IPv4Network(f"{info['local']}/{info['prefixlen']}", strict=False))
+    for route in json.loads(_run(["ip", "-4", "-j", "route"], "ip route").stdout):
+        if route.get("dst", "default") != "default":
+            nets.append(ipaddress.IPv4Network(route["dst"], strict=False))
+    return nets
+
+
+def _free_network(pool: ipaddress.IPv4Network, prefix: int) -> ipaddress.IPv4Network:
+    used = _used_networks()
+    candidates = list(pool.subnets(new_prefix=prefix))
+    for _ in range(200):
+        net = secrets.choice(candidates)
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise RemoteHostError(f"no free /{prefix} in {pool}: every one tried overlaps an address or route here")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _mount_points() -> list[str]:
+    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+
+
+def _made_by_a_run(shared_dir: Path) -> Path:
+    """Marks a shared directory (/run/netns, /run/sshd) as made by a run, for the last run out to remove."""
+    return Path("/run") / f".{PREFIX}-made-{shared_dir.name}"
+
+
+def _terminate(process: Optional[subprocess.Popen], timeout_s: float) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+class RemoteDockerHost:
+    """A Docker Engine in its own network namespace, reachable only over SSH.
+
+    Use as a context manager (or ``start()`` / ``close()``); every name derives from a random
+    id, so runs never collide. ``close()`` is safe after a partial start and raises when it
+    could not remove something.
+    """
+
+    SSH_PORT = 22
+
+    def __init__(self) -> None:
+        self.run_id = secrets.token_hex(3)
+        self.name = f"{PREFIX}-{self.run_id}"  # namespace, hostname, cgroup parent
+        self.base = Path("/run") / self.name  # 0700: keys, configs, sockets, exec root
+        self.data_root = Path("/var/lib") / self.name
+        self.exec_root = self.base / "exec"
+        self.socket_path = self.base / "docker.sock"
+        self.host_veth = f"{self.name}-h"
+        self.namespace_veth = f"{self.name}-n"
+        self.netns_path = NETNS_DIR / self.name
+        self.ssh_dir = self.base / "ssh"
+        self.ssh_config_path = self.ssh_dir / "config"
+        self.identity_file = self.ssh_dir / "client_ed25519"
+        self.known_hosts_file = self.ssh_dir / "known_hosts"
+        self.host_address = ""
+        self.address = ""  # the namespace side of the veth: where sshd listens
+        self.bridge = ""
+        self._dockerd: Optional[subprocess.Popen] = None
+        self._sshd: Optional[subprocess.Popen] = None
+        self._forwards: list[tuple[int, str, int]] = []
+
+    # --- public surface -------------------------------------------------------------------
+
+    @property
+    def docker_host(self) -> str:
+        return f"ssh://root@{self.address}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment for docker/ssh commands aimed at the remote engine."""
+        return self._client_env(self.base / "bin")
+
+    def _client_env(self, wrapper_dir: Path) -> dict[str, str]:
+        """Environment whose ``ssh`` is the wrapper in ``wrapper_dir`` and whose engine is the remote one."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        env.update(PATH=f"{wrapper_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}", DOCKER_HOST=self.docker_host)
+        return env
+
+    def other_client_env(self, directory: Path, identity_file: Path, known_hosts_file: Path) -> dict[str, str]:
+        """A separate, non-multiplexed client with the given key and known hosts; returns its env.
+
+        For tests of what the server refuses (another key, an unpinned host key)."""
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._write_client(directory / "ssh_config", directory / "bin", identity_file, known_hosts_file,
+                           multiplex=False)
+        return self._client_env(directory / "bin")
+
+    def docker(self, *args: str, input_bytes: Optional[bytes] = None, timeout_s: float = 120) -> str:
+        """`docker ARGS` against the remote engine over SSH; its stdout."""
+        proc = subprocess.run(["docker", *args], env=self.env, input=input_bytes, capture_output=True,
+                              timeout=timeout_s)
+        if proc.returncode != 0:
+            raise RemoteHostError(f"docker {' '.join(args[:2])} on {self.docker_host} failed: "
+                                  f"{proc.stderr.decode(errors='replace').strip()}")
+        return proc.stdout.decode(errors="replace")
+
+    def load_image(self, image: str) -> None:
+        """Copy a local image to the remote engine: `docker save` here piped into `docker load` there."""
+        local_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=local_env)
+        try:
+            load = subprocess.run(["docker", "load", "-q"], stdin=save.stdout, capture_output=True, env=self.env,
+                                  timeout=600)
+        finally:
+            save.stdout.close()
+            save_err = save.stderr.read().decode(errors="replace").strip()
+            save.wait(60)
+        if save.returncode != 0:
+            raise RemoteHostError(f"docker save {image} (local engine) failed: {save_err}")
+        if load.returncode != 0:
+            raise RemoteHostError(f"docker load on {self.docker_host} failed: {load.stderr.decode(errors='replace')}")
+
+    def run_in_namespace(self, argv: Sequence[str], timeout_s: float = 30) -> subprocess.CompletedProcess:
+        """Run ``argv`` in the namespace's network (for the tests' own checks); not checked."""
+        return subprocess.run(["nsenter", f"--net={self.netns_path}", "--", *argv], capture_output=True,
+                              text=True, timeout=timeout_s)
+
+    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> int:
+        """An `ssh -L` tunnel from a free port on this machine's 127.0.0.1 to ``remote_host:remote_port``
+        as seen inside the namespace; returns the local port. Closed by ``close()``."""
+        local_port = free_port()
+        spec = f"127.0.0.1:{local_port}:{remote_host}:{remote_port}"
+        _run(self._ssh("-O", "forward", "-L", spec), f"ssh -L {spec}")
+        self._forwards.append((local_port, remote_host, remote_port))
+        return local_port
+
+    def start(self) -> "RemoteDockerHost":
+        """Build everything; on any failure tear down what was built and re-raise."""
+        require_prerequisites()
+        try:
+            self._make_files()
+            self._make_namespace()
+            self.start_daemon()
+            self._start_sshd()
+            self._connect()
+        except BaseException as failure:
+            try:
+                self.close()
+            except RemoteHostError as teardown:  # the start failure stays the error; this rides along
+                failure.add_note(str(teardown))
+            raise
+        return self
+
+    def start_daemon(self) -> None:
+        """Start the namespace's dockerd (again, after ``stop_daemon``) and wait until it answers."""
+        if self._dockerd is not None and self._dockerd.poll() is None:
+            raise RemoteHostError(f"the dockerd of {self.name} is already running (pid {self._dockerd.pid})")
+        # Its own mount namespace keeps its mounts off this machine, and hiding /run/containerd makes
+        # dockerd start its own containerd under the exec root instead of using a system one.
+        script = ('hostname "$0"; '
+                  'if [ -d /run/containerd ]; then mount -t tmpfs -o mode=0700 sinrh /run/containerd; fi; '
+                  'exec dockerd "$@"')
+        argv = ["nsenter", f"--net={self.netns_path}", "--", "unshare", "--mount", "--uts", "--propagation", "slave",
+                "--", "sh", "-c", script, self.name,
+                "--config-file", str(self.base / "daemon.json"), "--data-root", str(self.data_root),
+                "--exec-root", str(self.exec_root), "--pidfile", str(self.base / "dockerd.pid"),
+                "-H", f"unix://{self.socket_path}", "--bip", self.bridge, "--cgroup-parent", f"/{self.name}",
+                "--log-level", "warn"]
+        log = open(self.base / "dockerd.log", "ab")
+        try:
+            self._dockerd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                             start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + 30
+        while not self._daemon_answers():
+            if self._dockerd.poll() is not None or time.monotonic() > deadline:
+                raise RemoteHostError(f"the dockerd of {self.name} did not come up: {_tail(self.base / 'dockerd.log')}")
+            time.sleep(0.05)
+        if not (self.exec_root / "containerd" / "containerd.sock").exists():
+            raise RemoteHostError(f"the dockerd of {self.name} did not start its own containerd under "
+                                  f"{self.exec_root}: {_tail(self.base / 'dockerd.log')}")
+
+    def stop_daemon(self, timeout_s: float = 30) -> None:
+        """Stop the namespace's dockerd the way an operator would (SIGTERM), waiting for it to exit."""
+        if self._dockerd is not None:
+            _terminate(self._dockerd, timeout_s)
+        containerd_pid = self.exec_root / "containerd" / "containerd.pid"
+        if containerd_pid.exists():  # only after a dockerd that was killed
+            try:
+                os.kill(int(containerd_pid.read_text().strip()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
+
+    def close(self) -> None:
+        """Tear down in dependency order; keep going past failures and report them all at the end."""
+        problems: list[str] = []
+
+        def step(what: str, action) -> None:
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - every step must get its chance
+                problems.append(f"{what}: {exc}")
+
+        step("ssh tunnels", self._cancel_forwards)
+        step("remote containers", self._remove_remote_containers)
+        step("dockerd", self.stop_daemon)
+        step("ssh connection", self._disconnect)
+        step("sshd", lambda: _terminate(self._sshd, 10))
+        step("network namespace", self._delete_namespace)
+        step("cgroups", self._remove_cgroups)
+        step("directories", self._remove_directories)
+        if problems:
+            raise RemoteHostError(f"tearing down the remote host {self.name} left: " + "; ".join(problems))
+
+    def __enter__(self) -> "RemoteDockerHost":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- building -------------------------------------------------------------------------
+
+    def _make_files(self) -> None:
+        self.base.mkdir(mode=0o700)
+        self.ssh_dir.mkdir(mode=0o700)
+        self.data_root.mkdir(mode=0o700)
+        # Not /etc/docker/daemon.json; its own key gives it its own engine ID (not /etc/docker/key.json's).
+        (self.base / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(self.base / "key.json")}))
+        for key, comment in ((self.identity_file, "client"), (self.ssh_dir / "host_ed25519", "host")):
+            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{self.name}-{comment}", "-f", str(key)],
+                 f"ssh-keygen ({comment} key)")
+        (self.ssh_dir / "authorized_keys").write_text(Path(f"{self.identity_file}.pub").read_text())
+        veth = _free_network(VETH_POOL, 30)
+        self.host_address, self.address = (str(h) for h in veth.hosts())
+        self.bridge = f"{next(_free_network(BRIDGE_POOL, 24).hosts())}/24"
+        host_key = Path(self.ssh_dir / "host_ed25519.pub").read_text().split()
+        self.known_hosts_file.write_text(f"{self.address} {host_key[0]} {host_key[1]}\n")
+        self._write_client(self.ssh_config_path, self.base / "bin", self.identity_file, self.known_hosts_file,
+                           multiplex=True)
+
+    def _write_client(self, config: Path, wrapper_dir: Path, identity_file: Path, known_hosts_file: Path,
+                      multiplex: bool) -> None:
+        lines = [f"Host {self.address}", "  User root", f"  Port {self.SSH_PORT}",
+                 f"  IdentityFile {identity_file}", "  IdentitiesOnly yes", "  IdentityAgent none",
+                 f"  UserKnownHostsFile {known_hosts_file}", "  GlobalKnownHostsFile /dev/null",
+                 "  StrictHostKeyChecking yes", "  UpdateHostKeys no", "  BatchMode yes", "  ConnectTimeout 5",
+                 "  ServerAliveInterval 5", "  ServerAliveCountMax 3", "  LogLevel ERROR"]
+        if multiplex:
+            lines += ["  ControlMaster auto", f"  ControlPath {self.base}/cm-%C", "  ControlPersist yes"]
+        else:
+            lines += ["  ControlMaster no", "  ControlPath none"]
+        config.write_text("\n".join(lines) + "\n")
+        wrapper_dir.mkdir(mode=0o700, exist_ok=True)
+        wrapper = wrapper_dir / "ssh"
+        wrapper.write_text(f'#!/bin/sh\nexec {_which("ssh")} -F {config} "$@"\n')
+        wrapper.chmod(0o700)
+
+    def _make_namespace(self) -> None:
+        if not NETNS_DIR.exists():
+            _made_by_a_run(NETNS_DIR).touch()
+        _run(["ip", "netns", "add", self.name], "ip netns add")
+        ns = ["ip", "-n", self.name]
+        _run(["ip", "link", "add", self.host_veth, "type", "veth", "peer", "name", self.namespace_veth,
+              "netns", self.name], "ip link add (veth pair)")
+        _run(["ip", "addr", "add", f"{self.host_address}/30", "dev", self.host_veth], "ip addr add (host side)")
+        _run(["ip", "link", "set", self.host_veth, "up"], "ip link set up (host side)")
+        _run([*ns, "addr", "add", f"{self.address}/30", "dev", self.namespace_veth], "ip addr add (namespace side)")
+        _run([*ns, "link", "set", self.namespace_veth, "up"], "ip link set up (namespace side)")
+        _run([*ns, "link", "set", "lo", "up"], "ip link set lo up (namespace)")
+
+    def _start_sshd(self) -> None:
+        if not PRIVSEP_DIR.exists():
+            _made_by_a_run(PRIVSEP_DIR).touch()
+            PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+        config = self.base / "sshd_config"
+        config.write_text("\n".join([
+            f"ListenAddress {self.address}:{self.SSH_PORT}", f"HostKey {self.ssh_dir / 'host_ed25519'}",
+            f"PidFile {self.base / 'sshd.pid'}", f"AuthorizedKeysFile {self.ssh_dir / 'authorized_keys'}",
+            "AllowUsers root", "PermitRootLogin prohibit-password", "PubkeyAuthentication yes",
+            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes yes",
+            "AllowTcpForwarding local", "AllowAgentForwarding no", "AllowStreamLocalForwarding no",
+            "X11Forwarding no", "PermitTunnel no", "PermitUserEnvironment no", "PrintMotd no",
+            f"SetEnv DOCKER_HOST=unix://{self.socket_path}", "LogLevel VERBOSE",
+        ]) + "\n")
+        # A network namespace does not isolate Unix sockets: in sshd's own mount namespace the
+        # default socket paths lead to the remote engine, so a session ignoring DOCKER_HOST lands there too.
+        sockets = sorted({os.path.realpath(p) for p in DEFAULT_SOCKETS if os.path.exists(p)})
+        script = 'sock="$1"; shift; for s in "$@"; do mount --bind "$sock" "$s" || exit 1; done; ' \
+                 f'exec {_which("sshd")} -D -e -f "$0"'
+        argv = ["nsenter", f"--net={self.netns_path}", "--", "unshare", "--mount", "--propagation", "slave", "--",
+                "sh", "-c", script, str(config), str(self.socket_path), *sockets]
+        log = open(self.base / "sshd.log", "ab")
+        try:
+            self._sshd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                          start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + 10
+        while "Server listening" not in _tail(self.base / "sshd.log", 50):
+            if self._sshd.poll() is not None or time.monotonic() > deadline:
+                raise RemoteHostError(f"sshd of {self.name} did not start: {_tail(self.base / 'sshd.log')}")
+            time.sleep(0.02)
+
+    def _ssh(self, *args: str) -> list[str]:
+        return [str(self.base / "bin" / "ssh"), *args, self.address]
+
+    def _connect(self) -> None:
+        """Open the multiplexed connection every later ssh/docker call shares (and prove the login works)."""
+        _run(self._ssh("-f", "-N", "-o", "ControlMaster=yes"), f"ssh to {self.docker_host}", timeout_s=20,
+             stdin=subprocess.DEVNULL)
+
+    def _daemon_answers(self) -> bool:
+        if not self.socket_path.exists():
+            return False
+        conn = http.client.HTTPConnection("localhost", timeout=2)
+        conn.sock = socket.socket(socket.AF_UNIX)
+        try:
+            conn.sock.connect(str(self.socket_path))
+            conn.request("GET", "/_ping")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    # --- tearing down ---------------------------------------------------------------------
+
+    def _master_running(self) -> bool:
+        return any(self.base.glob("cm-*")) and subprocess.run(
+            self._ssh("-O", "check"), capture_output=True, timeout=10).returncode == 0
+
+    def _cancel_forwards(self) -> None:
+        while self._forwards:
+            local_port, host, port = self._forwards.pop()
+            if self._master_running():
+                _run(self._ssh("-O", "cancel", "-L", f"127.0.0.1:{local_port}:{host}:{port}"), "ssh -O cancel")
+
+    def _remove_remote_containers(self) -> None:
+        if not self._daemon_answers():
+            return
+        local = ["docker", "-H", f"unix://{self.socket_path}"]
+        ids = _run([*local, "ps", "-aq"], "docker ps (remote engine)").stdout.split()
+        if ids:
+            _run([*local, "rm", "-f", "-v", *ids], "docker rm (remote engine)", timeout_s=120)
+
+    def _disconnect(self) -> None:
+        if not any(self.base.glob("cm-*")):
+            return
+        check = subprocess.run(self._ssh("-O", "check"), capture_output=True, text=True, timeout=10)
+        pid = re.search(r"pid=(\d+)", check.stderr + check.stdout)
+        subprocess.run(self._ssh("-O", "exit"), capture_output=True, timeout=10)
+        if pid:
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{pid.group(1)}").exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if Path(f"/proc/{pid.group(1)}").exists():
+                os.kill(int(pid.group(1)), signal.SIGKILL)
+
+    def _delete_namespace(self) -> None:
+        if self.netns_path.exists():
+            _run(["ip", "netns", "del", self.name], "ip netns del")
+        if Path(f"/sys/class/net/{self.host_veth}").exists():
+            _run(["ip", "link", "del", self.host_veth], "ip link del (host-side veth)")
+        self._release_shared_dir(NETNS_DIR)
+
+    def _remove_cgroups(self) -> None:
+        for parent in CGROUP_ROOT.glob(f"*/{self.name}"):
+            for directory in sorted((d for d in parent.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+                directory.rmdir()
+            parent.rmdir()
+
+    def _remove_directories(self) -> None:
+        mounts = _mount_points()
+        for root in (self.data_root, self.base):
+            inside = [m for m in mounts if m == str(root) or m.startswith(f"{root}/")]
+            if inside:
+                raise RemoteHostError(f"{root} still has mounts ({', '.join(inside)}); not removing it")
+            if root.exists():
+                shutil.rmtree(root)
+        self._release_shared_dir(PRIVSEP_DIR)
+
+    def _release_shared_dir(self, path: Path) -> None:
+        """The last run out removes /run/netns or /run/sshd when a run made it and nothing else uses it."""
+        marker = _made_by_a_run(path)
+        if not marker.exists() or self._other_runs():
+            return
+        if path.exists() and not any(path.iterdir()):
+            if str(path) in _mount_points():  # `ip netns add` bind-mounts /run/netns onto itself
+                _run(["umount", str(path)], f"umount {path}")
+            path.rmdir()
+        marker.unlink(missing_ok=True)
+
+    def _other_runs(self) -> list[Path]:
+        """Base directories of other live remote hosts (they may share /run/netns and /run/sshd)."""
+        return [p for p in Path("/run").glob(f"{PREFIX}-*") if p != self.base]
