@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import secrets
 import shlex
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from pulumi import automation as auto
 
@@ -339,6 +338,10 @@ def inspect_host(stack: auto.Stack, images: str, rotate: bool, say: Callable[[st
     raw = stack.get_all_config()
     overrides = stacks.image_overrides(raw, images, say)
     cfg = stacks.validate(stack.name, raw, overrides, passwords_pending=SECRET_KEYS)
+    if cfg.docker.is_ssh:
+        raise AdoptRefused([f"dockerHost is {cfg.docker.describe()}: the takeover reads the old services through "
+                            f"their published ports from this machine, which works on the Docker host itself only; "
+                            f"run it there with dockerHost unset, then set dockerHost for the stack"])
     problems: list[str] = []
     resources = [r for r in (stack.export_stack().deployment or {}).get("resources") or []
                  if r.get("type") != "pulumi:pulumi:Stack"]
@@ -493,13 +496,6 @@ class _Undo:
         return failed
 
 
-def _put_back(path, content: Optional[bytes]) -> None:
-    if content is None:
-        path.unlink(missing_ok=True)
-    else:
-        path.write_bytes(content)
-
-
 def _drop_history(target: PostgresTarget) -> None:
     with connect_postgres(target, deadline_s=60) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {migrations.HISTORY_TABLE}")
@@ -553,7 +549,7 @@ def take_over(stack: auto.Stack, found: Found, rotate: bool, images: str, say: C
     try:
         config_path = stacks.config_file(stack.name)
         before = config_path.read_bytes() if config_path.exists() else None
-        undo.add(f"Pulumi.{stack.name}.yaml as it was", lambda: _put_back(config_path, before))
+        undo.add(f"Pulumi.{stack.name}.yaml as it was", lambda: stacks.put_back(config_path, before))
         passwords = ({key: secrets.token_urlsafe(32) for key in SECRET_KEYS} if rotate else
                      {"postgresPassword": found.postgres_target.password, "redisPassword": found.redis_target.password})
         for key, value in passwords.items():
@@ -595,28 +591,6 @@ def _last_line(exc: BaseException) -> str:
     errors = [line.split("error:", 1)[1].strip() if "error:" in line else line[2:] for line in lines
               if "error:" in line or line.startswith("* ")]
     return (errors or lines or [type(exc).__name__])[-1]
-
-
-@contextmanager
-def stack_for(name: str, dry_run: bool, settings: Optional[stacks.Settings] = None) -> Iterator[auto.Stack]:
-    """The stack to take over into, created when missing; a refusal, a failure or a dry run
-    leaves neither a stack created here nor a changed Pulumi.<stack>.yaml behind."""
-    path = stacks.config_file(name)
-    before = path.read_bytes() if path.exists() else None
-    try:
-        stack, created = stacks.open_stack(name, settings), False
-    except stacks.StackError:
-        stack, created = stacks.open_stack(name, settings, create=True), True
-    try:
-        yield stack
-    except BaseException:
-        if created:
-            stack.workspace.remove_stack(name)
-            _put_back(path, before)
-        raise
-    if created and dry_run:
-        stack.workspace.remove_stack(name)
-        _put_back(path, before)
 
 
 def summary(found: Found, outputs: dict[str, auto.OutputValue]) -> list[str]:

@@ -144,7 +144,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_adopt(args: argparse.Namespace) -> int:
     try:
-        with adopt.stack_for(args.stack, args.dry_run) as stack:
+        # A refused, failed or dry run leaves no stack created here behind.
+        with stacks.new_or_existing(args.stack, undo_on=(BaseException,), trial=args.dry_run) as stack:
             found = adopt.inspect_host(stack, args.images, args.rotate_passwords, say)
             for line in adopt.plan_lines(found, args.rotate_passwords):
                 print(line, flush=True)

@@ -105,10 +105,12 @@ def config_file(name: str) -> Path:
 
 
 @contextmanager
-def new_or_existing(name: str, settings: Optional[Settings] = None) -> Iterator[auto.Stack]:
-    """Open the stack, creating it if needed; if the block refuses the configuration of a stack
-    created here (before the engine ran), the stack is removed again and its config file left as
-    it was before."""
+def new_or_existing(name: str, settings: Optional[Settings] = None,
+                    undo_on: tuple[type[BaseException], ...] = (ConfigError, StackError),
+                    trial: bool = False) -> Iterator[auto.Stack]:
+    """Open the stack, creating it if needed. A stack created here is removed again, and its
+    config file put back as it was, when the block raises one of ``undo_on`` (by default: the
+    configuration was refused before the engine ran) or, with ``trial``, in any case."""
     path = config_file(name)
     before = path.read_bytes() if path.exists() else None
     try:
@@ -116,13 +118,19 @@ def new_or_existing(name: str, settings: Optional[Settings] = None) -> Iterator[
         created = False
     except StackError:
         stack, created = open_stack(name, settings, create=True), True
+
+    def undo() -> None:
+        stack.workspace.remove_stack(name)
+        put_back(path, before)
+
     try:
         yield stack
-    except (ConfigError, StackError):
+    except undo_on:
         if created:
-            stack.workspace.remove_stack(name)
-            _put_back(path, before)
+            undo()
         raise
+    if created and trial:
+        undo()
 
 
 def remove_stack(stack: auto.Stack) -> None:
@@ -132,10 +140,11 @@ def remove_stack(stack: auto.Stack) -> None:
     path = config_file(stack.name)
     kept = path.read_bytes() if path.exists() else None
     stack.workspace.remove_stack(stack.name)
-    _put_back(path, kept)
+    put_back(path, kept)
 
 
-def _put_back(path: Path, content: Optional[bytes]) -> None:
+def put_back(path: Path, content: Optional[bytes]) -> None:
+    """Leave ``path`` holding ``content`` again (absent for None), touching it only if it differs."""
     if content is None:
         path.unlink(missing_ok=True)
     elif not path.exists() or path.read_bytes() != content:

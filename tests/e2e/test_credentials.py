@@ -16,7 +16,7 @@ import pytest
 import redis as redis_lib
 
 from infra import stacks, teststacks
-from tests.e2e.conftest import inspect, objects_of
+from tests.e2e.conftest import objects_of
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
