@@ -38,7 +38,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from infra import dockercli
+from infra import dockercli, dockerhost
 from infra.connect import connect_postgres, connect_redis
 from infra.targets import POSTGRES_SOCKET_DIR, PostgresTarget, RedisTarget, Target
 from infra.verify import Check, Report
@@ -345,15 +345,16 @@ class ScratchRedis:
         image = dockercli.inspect("container", self.live.container_name)["Image"]
         dockercli.docker("create", "--name", self.name, "--label", SCRATCH_LABEL,
                          "--label", f"{dockercli.STACK_LABEL}={self.stack}",
-                         "--publish", f"{self.live.host}::6379", image, "/usr/local/etc/redis/scratch.conf")
+                         "--publish", "127.0.0.1::6379", image, "/usr/local/etc/redis/scratch.conf")
         try:
             conf = "\n".join(["port 6379", "bind * -::*", "dir /data", "dbfilename dump.rdb", "appendonly no",
                               'save ""', f"requirepass {self.password}", ""]).encode()
             dockercli.put_files(self.name, {"/usr/local/etc/redis/scratch.conf": (conf, 0o444),
                                             "/data/dump.rdb": (self.rdb, 0o600)})
             dockercli.docker("start", self.name)
-            port = int(dockercli.docker("port", self.name, "6379/tcp").split()[0].rsplit(":", 1)[1])
-            self.client = connect_redis(RedisTarget(self.live.host, port, self.password, self.name, "",
+            published = int(dockercli.docker("port", self.name, "6379/tcp").split()[0].rsplit(":", 1)[1])
+            host, port = dockerhost.endpoint("127.0.0.1", published)  # on a remote host: through the tunnel
+            self.client = connect_redis(RedisTarget(host, port, self.password, self.name, "",
                                                     self.live.major_version), deadline_s=60, decode=False)
             return self.client
         except BaseException:

@@ -11,6 +11,7 @@ without the tunnel there is no address to connect to. Plain Python, no Pulumi.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -39,10 +40,33 @@ class Session:
     host: DockerHost
     docker_env: dict[str, str] = field(default_factory=dict)
     ports: dict[tuple[str, int], tuple[str, int]] = field(default_factory=dict)
+    control: Optional[Path] = None
+    """The SSH control socket of the tunnel, for forwards added later (:meth:`endpoint`)."""
 
     def endpoint(self, address: str, port: int) -> tuple[str, int]:
-        """Where to connect for a port the host publishes on ``address``."""
-        return self.ports.get((address, port), (address, port))
+        """Where to connect for a port the host publishes on ``address``: the port itself on a
+        local engine; on a remote one, a forward through the tunnel (added on first use)."""
+        if (address, port) in self.ports or self.control is None:
+            return self.ports.get((address, port), (address, port))
+        for _attempt in range(3):
+            local = _free_port()
+            proc = subprocess.run(["ssh", "-S", str(self.control), "-O", "forward", "-L",
+                                   f"127.0.0.1:{local}:{address}:{port}", self.host.ssh_destination()],
+                                  capture_output=True, text=True, timeout=SSH_CONNECT_TIMEOUT_S * 2)
+            if proc.returncode == 0:
+                self.ports[(address, port)] = ("127.0.0.1", local)
+                return self.ports[(address, port)]
+        raise DockerHostError(f"{self.host.describe()}: forwarding port {port} failed: {proc.stderr.strip()}")
+
+
+# The session of the command running in this process (set by :func:`reach`): code that starts a
+# container of its own on the stack's host (a scratch Redis) reaches its port through it.
+_active: Optional[Session] = None
+
+
+def endpoint(address: str, port: int) -> tuple[str, int]:
+    """Where to connect for a port the stack's Docker host publishes on ``address``."""
+    return _active.endpoint(address, port) if _active is not None else (address, port)
 
 
 def _free_port() -> int:
@@ -88,7 +112,7 @@ def session(host: DockerHost, published: list[tuple[str, int]] = ()) -> Iterator
     proc: Optional[subprocess.Popen] = None
     try:
         proc, ports = _open_tunnel(host, workdir, list(published))
-        current = Session(host, {"DOCKER_HOST": f"unix://{workdir / 'docker.sock'}"}, ports)
+        current = Session(host, {"DOCKER_HOST": f"unix://{workdir / 'docker.sock'}"}, ports, workdir / "control")
         _check_engine(current, workdir)
         yield current
     finally:
@@ -111,6 +135,7 @@ def _open_tunnel(host: DockerHost, workdir: Path, published: list[tuple[str, int
             forwards += ["-L", f"127.0.0.1:{local}:{address}:{port}"]
         log = open(workdir / "ssh.log", "w+")
         proc = subprocess.Popen(["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
+                                 "-o", "ControlMaster=yes", "-S", str(workdir / "control"),
                                  *host.ssh_options(), *forwards, host.ssh_destination()],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -145,13 +170,25 @@ def _check_engine(current: Session, workdir: Path) -> None:
     if proc.returncode == 0 and proc.stdout.strip():
         return
     host = current.host
-    ssh_log = (workdir / "ssh.log").read_text() if (workdir / "ssh.log").exists() else ""
     user = urlsplit(host.url).username or "the SSH user"
-    if "permission denied" in (ssh_log + proc.stderr).lower():
-        raise DockerHostError(f"{host.describe()}: {user} may not use the Docker socket {host.remote_socket()}; "
-                              f"add {user} to the docker group on the host, or use a user that may")
-    raise DockerHostError(f"{host.describe()}: no Docker Engine answers at {host.remote_socket()} on the host; "
-                          f"start it there (e.g. `systemctl start docker`) or fix the socket path in dockerHost")
+    sock = host.remote_socket()
+    ssh_log = (workdir / "ssh.log").read_text() if (workdir / "ssh.log").exists() else ""
+    if "administratively prohibited" in ssh_log.lower():
+        raise DockerHostError(f"{host.describe()}: its SSH server forbids forwarding, which the project needs for "
+                              f"the Docker socket and the service ports; allow AllowTcpForwarding and "
+                              f"AllowStreamLocalForwarding for {user} in its sshd_config (both are OpenSSH's defaults)")
+    # The tunnel only says the socket could not be opened; ask the host why, if the user has a shell.
+    quoted = shlex.quote(sock)
+    probe = subprocess.run(["ssh", "-S", str(current.control), *host.ssh_options(), host.ssh_destination(), "--",
+                            f"if test ! -S {quoted}; then echo missing; elif test ! -w {quoted}; then echo denied; "
+                            f"else echo present; fi"], capture_output=True, text=True, timeout=SSH_CONNECT_TIMEOUT_S * 2)
+    answer = probe.stdout.strip() if probe.returncode == 0 else "unknown"
+    no_access = (f"{user} may not use the Docker socket {sock}; add {user} to the docker group on the host, "
+                 f"or use a user that may")
+    no_engine = (f"no Docker Engine answers at {sock} on the host; start it there (e.g. `systemctl start docker`) "
+                 f"or fix the socket path in dockerHost")
+    reason = {"denied": no_access, "missing": no_engine, "present": no_engine}.get(answer, f"{no_engine}; or {no_access}")
+    raise DockerHostError(f"{host.describe()}: {reason}")
 
 
 def copy_image(image: str, current: Session) -> int:
@@ -190,10 +227,15 @@ def reach(target: Target) -> Iterator[Target]:
     """The stack's services as this process reaches them for one command. For a remote host,
     through one SSH tunnel: the returned target's endpoints are the tunnel's local ports, and
     docker CLI calls go to the remote engine until the block ends."""
+    global _active
     published = [(s.host, s.port) for s in (target.postgres, target.redis)]
     with session(target.docker, published) as current, _docker_env(current.docker_env):
         def local(service):
             host, port = current.endpoint(service.host, service.port)
             return replace(service, host=host, port=port, tunnel_required=False)
 
-        yield replace(target, postgres=local(target.postgres), redis=local(target.redis))
+        outer, _active = _active, current
+        try:
+            yield replace(target, postgres=local(target.postgres), redis=local(target.redis))
+        finally:
+            _active = outer

@@ -197,14 +197,15 @@ def local_images() -> dict[str, str]:
 
 
 def image_overrides(config: dict[str, auto.ConfigValue], mode: str, say: Callable[[str], None],
-                    host: Optional[dockerhost.Session] = None) -> dict[str, str]:
+                    host: Optional[dockerhost.Session] = None, copy: bool = False) -> dict[str, str]:
     """Images to use instead of the configured ones (``config``: the stack's values), without
     touching the stack file.
 
     ``config`` mode keeps the configured images (Docker pulls them if missing); ``local`` uses
     the images toolchain/images.sh built; ``auto`` uses a local image only for a configured
     one that is not on the stack's Docker host. No registry is contacted to decide. A remote
-    host (``host``) that lacks a chosen local image gets a copy of it.
+    host (``host``) that lacks a chosen local image gets a copy of it when ``copy`` (for `up`;
+    a preview only says so).
     """
     if mode == "config":
         return {}
@@ -222,6 +223,10 @@ def image_overrides(config: dict[str, auto.ConfigValue], mode: str, say: Callabl
         say(f"{key}: {configured_image} is not on the stack's Docker host and no registry is used; "
             f"using the local image {local} (the stack file is unchanged)")
         if host and host.host.is_ssh and not image_present(local, env):
+            if not copy:
+                say(f"{local} is not on {host.host.describe()}: `up` copies it there")
+                overrides[key] = local
+                continue
             started = time.monotonic()
             size = dockerhost.copy_image(local, host)
             say(f"copied {local} to {host.host.describe()} ({size / 1e6:.0f} MB in {time.monotonic() - started:.1f} s)")
@@ -258,17 +263,19 @@ def overlay_config_file(stack: auto.Stack, overrides: dict[str, str]) -> Optiona
 
 @contextmanager
 def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
-                    generate_passwords: bool = False) -> Iterator[Optional[str]]:
+                    generate_passwords: bool = False, copy_images: bool = False) -> Iterator[Optional[str]]:
     """Check the configuration before the engine starts, then yield the ``--config-file`` for the
     command (the stack file plus :func:`image_overrides`, or None).
 
-    Raises :class:`infra.config.ConfigError` with nothing changed. With ``generate_passwords``,
-    passwords the stack does not have yet are generated (after the check) and stored encrypted."""
+    Raises :class:`infra.config.ConfigError`, or :class:`infra.dockerhost.DockerHostError` when the
+    stack's Docker host cannot be reached or used, with nothing changed. With
+    ``generate_passwords``, passwords the stack does not have yet are generated (after the checks)
+    and stored encrypted; with ``copy_images``, a remote host gets the local images it lacks."""
     config = stack.get_all_config()
     pending = missing_passwords(config) if generate_passwords else ()
     checked = validate(stack.name, config, passwords_pending=pending)
     with dockerhost.session(checked.docker) as host:
-        overrides = image_overrides(config, images, say, host)
+        overrides = image_overrides(config, images, say, host, copy_images)
     validate(stack.name, config, overrides, pending)
     for key in ensure_secrets(stack, config) if generate_passwords else ():
         say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
@@ -283,7 +290,7 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
 def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_passwords: bool = False,
        **kwargs) -> auto.UpResult:
     """``pulumi up`` after :func:`prepared_config`."""
-    with prepared_config(stack, images, say, generate_passwords) as overlay:
+    with prepared_config(stack, images, say, generate_passwords, copy_images=True) as overlay:
         return stack.up(config_file=overlay, color="never", **kwargs)
 
 

@@ -136,6 +136,9 @@ class RemoteDockerHost:
     """
 
     SSH_PORT = 22
+    # A login that exists on every Debian host and is not in the docker group: SSH lets it in
+    # with the run's key, the engine's socket does not (for "user may not use Docker" tests).
+    NO_DOCKER_USER = "nobody"
 
     def __init__(self) -> None:
         self.run_id = secrets.token_hex(3)
@@ -148,6 +151,8 @@ class RemoteDockerHost:
         self.namespace_veth = f"{self.name}-n"
         self.netns_path = NETNS_DIR / self.name
         self.ssh_dir = self.base / "ssh"
+        # Readable by NO_DOCKER_USER (sshd reads authorized keys as the user); root-owned for StrictModes.
+        self.users_dir = Path("/run") / f"{self.name}-users"
         self.ssh_config_path = self.ssh_dir / "config"
         self.identity_file = self.ssh_dir / "client_ed25519"
         self.known_hosts_file = self.ssh_dir / "known_hosts"
@@ -321,6 +326,9 @@ class RemoteDockerHost:
             _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{self.name}-{comment}", "-f", str(key)],
                  f"ssh-keygen ({comment} key)")
         (self.ssh_dir / "authorized_keys").write_text(Path(f"{self.identity_file}.pub").read_text())
+        self.users_dir.mkdir(mode=0o755)
+        (self.users_dir / self.NO_DOCKER_USER).write_text(Path(f"{self.identity_file}.pub").read_text())
+        (self.users_dir / self.NO_DOCKER_USER).chmod(0o644)
         veth = _free_network(VETH_POOL, 30)
         self.host_address, self.address = (str(h) for h in veth.hosts())
         self.bridge = f"{next(_free_network(BRIDGE_POOL, 24).hosts())}/24"
@@ -366,10 +374,12 @@ class RemoteDockerHost:
         config = self.base / "sshd_config"
         config.write_text("\n".join([
             f"ListenAddress {self.address}:{self.SSH_PORT}", f"HostKey {self.ssh_dir / 'host_ed25519'}",
-            f"PidFile {self.base / 'sshd.pid'}", f"AuthorizedKeysFile {self.ssh_dir / 'authorized_keys'}",
-            "AllowUsers root", "PermitRootLogin prohibit-password", "PubkeyAuthentication yes",
+            f"PidFile {self.base / 'sshd.pid'}", f"AuthorizedKeysFile {self.ssh_dir / 'authorized_keys'} {self.users_dir}/%u",
+            f"AllowUsers root {self.NO_DOCKER_USER}", "PermitRootLogin prohibit-password", "PubkeyAuthentication yes",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes yes",
-            "AllowTcpForwarding local", "AllowAgentForwarding no", "AllowStreamLocalForwarding no",
+            "AllowTcpForwarding local", "AllowAgentForwarding no",
+            # OpenSSH's default; the project forwards the engine's socket (see infra/dockerhost.py).
+            "AllowStreamLocalForwarding local",
             "X11Forwarding no", "PermitTunnel no", "PermitUserEnvironment no", "PrintMotd no",
             f"SetEnv DOCKER_HOST=unix://{self.socket_path}", "LogLevel VERBOSE",
         ]) + "\n")
@@ -462,7 +472,7 @@ class RemoteDockerHost:
 
     def _remove_directories(self) -> None:
         mounts = _mount_points()
-        for root in (self.data_root, self.base):
+        for root in (self.data_root, self.base, self.users_dir):
             inside = [m for m in mounts if m == str(root) or m.startswith(f"{root}/")]
             if inside:
                 raise RemoteHostError(f"{root} still has mounts ({', '.join(inside)}); not removing it")

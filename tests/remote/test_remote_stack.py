@@ -1,0 +1,258 @@
+"""A stack on a remote Docker host, end to end over ssh:// (issue 11): the whole life cycle
+through the command line, with decoys on this machine's loopback that must never be
+contacted, and every way reaching the host can fail."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis as redis_lib
+
+from infra import stacks, teststacks
+from tests.remote_host import RemoteDockerHost
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Decoy:
+    """Listens on this machine's 127.0.0.1 at a port the stack publishes on the remote host, and
+    counts every connection: a tool that wrongly uses its own loopback would land here."""
+
+    def __init__(self, port: int):
+        self.port, self.contacts = port, 0
+        self._socket = socket.create_server(("127.0.0.1", port))
+        self._socket.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._socket.accept()
+            except socket.timeout:
+                continue
+            self.contacts += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._socket.close()
+
+
+@pytest.fixture(scope="module")
+def remote():
+    host = RemoteDockerHost()
+    try:
+        yield host.start()
+    finally:
+        host.close()
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> stacks.Settings:
+    base = tmp_path_factory.mktemp("pulumi-remote")
+    return stacks.Settings(backend_url=f"file://{base / 'state'}", passphrase_file=base / "passphrase")
+
+
+def cli(settings: stacks.Settings, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "infra", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **settings.env(), **(env or {})}, timeout=900)
+
+
+def local_images() -> dict[str, str]:
+    try:
+        return stacks.local_images()
+    except stacks.StackError as exc:
+        pytest.fail(f"{exc}; run the tests through scripts/test", pytrace=False)
+
+
+def remote_config(remote: RemoteDockerHost, **overrides: str) -> dict[str, str]:
+    return {**teststacks.isolated_config(), "healthTimeoutSeconds": "90", **local_images(),
+            "dockerHost": remote.docker_host, "dockerSshKeyFile": str(remote.identity_file),
+            "dockerSshKnownHostsFile": str(remote.known_hosts_file), **overrides}
+
+
+@pytest.fixture
+def new_stack(settings):
+    """Create stacks on the remote host; each is destroyed and removed afterwards, failing or not."""
+    created = []
+
+    def make(config: dict[str, str]):
+        name = f"e2e-remote-{uuid.uuid4().hex[:8]}"
+        stack = teststacks.create(settings, name, config)
+        created.append(stack)
+        return stack
+
+    try:
+        yield make
+    finally:
+        for stack in created:
+            try:
+                stack.destroy(color="never")
+            finally:
+                stack.workspace.remove_stack(stack.name, force=True)
+                stacks.config_file(stack.name).unlink(missing_ok=True)
+
+
+def remote_objects(remote: RemoteDockerHost, stack: str) -> list[str]:
+    found = []
+    for listing in (["ps", "-a"], ["network", "ls"], ["volume", "ls"]):
+        found += remote.docker(*listing, "--filter", f"label=sin-datastores.stack={stack}",
+                               "--format", "{{.Name}}" if listing[0] != "ps" else "{{.Names}}").split()
+    return found
+
+
+def local_objects(stack: str) -> str:
+    return subprocess.run(["docker", "ps", "-a", "--filter", f"label=sin-datastores.stack={stack}", "-q"],
+                          capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                               if k != "DOCKER_HOST"}).stdout.strip()
+
+
+def test_a_stack_lives_its_whole_life_on_the_remote_host_and_never_touches_local_loopback(remote, settings, new_stack):
+    config = remote_config(remote)
+    stack = new_stack(config)
+    name = stack.name
+    pg_port, redis_port = int(config["postgresHostPort"]), int(config["redisHostPort"])
+    decoys = [Decoy(pg_port), Decoy(redis_port)]
+    outputs = []
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        done = cli(settings, *args)
+        outputs.append(done.stdout + done.stderr)
+        return done
+
+    try:
+        preview = run("preview", "--stack", name)
+        assert preview.returncode == 0, preview.stderr
+        assert remote_objects(remote, name) == []
+
+        up = run("up", "--stack", name)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"copied {config['postgresImage']} to {remote.docker_host}" in up.stderr
+        results = [line.split()[1] for line in up.stdout.splitlines()
+                   if len(line.split()) > 1 and line.split()[1] in ("ok", "FAIL")]
+        assert results == ["ok"] * 20, up.stdout
+        assert sorted(remote_objects(remote, name)) == sorted([
+            f"{name}-room-03-archiv-postgres", f"{name}-room-04-memory-redis", f"{name}-sin-network",
+            f"{name}-postgres_data", f"{name}-redis_data"])
+        assert local_objects(name) == "", "nothing of the stack on this machine's engine"
+
+        again = run("up", "--stack", name)
+        assert again.returncode == 0 and "changes: none" in again.stderr, again.stderr
+        for command in ("verify", "status", "plan"):
+            done = run(command, "--stack", name)
+            assert done.returncode == 0, (command, done.stdout, done.stderr)
+
+        # Data written through a tunnel of the test's own, then backed up, changed and restored.
+        pw = {k.split(":")[1]: v.value for k, v in stack.get_all_config().items() if k.endswith("Password")}
+        pg_local, redis_local = remote.forward(pg_port), remote.forward(redis_port)
+        with psycopg.connect(host="127.0.0.1", port=pg_local, dbname="sinsolver", user="sinadmin",
+                             password=pw["postgresPassword"], autocommit=True) as conn:
+            conn.execute("INSERT INTO logs (level, message) VALUES ('info', 'remote row')")
+        redis_lib.Redis(port=redis_local, password=pw["redisPassword"]).set("remote:key", "kept")
+        backups = Path(settings.passphrase_file).parent / "backups"
+        backup = run("backup", "--stack", name, "--to", str(backups), "--verify")
+        assert backup.returncode == 0, backup.stdout + backup.stderr
+        folder = next((backups / name).iterdir())
+        with psycopg.connect(host="127.0.0.1", port=pg_local, dbname="sinsolver", user="sinadmin",
+                             password=pw["postgresPassword"], autocommit=True) as conn:
+            conn.execute("DELETE FROM logs WHERE message = 'remote row'")
+        redis_lib.Redis(port=redis_local, password=pw["redisPassword"]).delete("remote:key")
+        restore = run("restore", "--stack", name, "--from", str(folder))
+        assert restore.returncode == 0, restore.stdout + restore.stderr
+        with psycopg.connect(host="127.0.0.1", port=pg_local, dbname="sinsolver", user="sinadmin",
+                             password=pw["postgresPassword"]) as conn:
+            assert conn.execute("SELECT count(*) FROM logs WHERE message = 'remote row'").fetchone()[0] == 1
+        assert redis_lib.Redis(port=redis_local, password=pw["redisPassword"]).get("remote:key") == b"kept"
+
+        down = run("down", "--stack", name)
+        assert down.returncode == 0, down.stderr
+        assert remote_objects(remote, name) == [], "destroy leaves nothing on the remote host"
+        assert [d.contacts for d in decoys] == [0, 0], "this machine's loopback was never used for the services"
+        key_material = Path(remote.identity_file).read_text()
+        for text in outputs:
+            assert pw["postgresPassword"] not in text and pw["redisPassword"] not in text
+            assert key_material.splitlines()[1] not in text
+    finally:
+        for decoy in decoys:
+            decoy.close()
+
+
+def failure(settings, remote, stack, **config: str) -> tuple[subprocess.CompletedProcess, float]:
+    stacks.configure(stack, config)
+    started = time.monotonic()
+    done = cli(settings, "preview", "--stack", stack.name)
+    return done, time.monotonic() - started
+
+
+def assert_refused(done, elapsed: float, remote: RemoteDockerHost, *words: str) -> None:
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert elapsed < 20, f"took {elapsed:.1f} s: failures must be clear within seconds"
+    assert "Traceback" not in done.stderr
+    assert remote.address in done.stderr, done.stderr
+    for word in words:
+        assert word in done.stderr, (word, done.stderr)
+    assert "Previewing" not in done.stdout, "the engine never started"
+
+
+def test_each_way_reaching_the_host_fails_is_named_within_seconds_and_changes_nothing(remote, settings, new_stack,
+                                                                                       tmp_path):
+    stack = new_stack(remote_config(remote))
+
+    done, elapsed = failure(settings, remote, stack, dockerHost=f"ssh://root@{remote.address}:2")
+    assert_refused(done, elapsed, remote, "nothing accepts SSH connections", "dockerHost")
+
+    other_key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    done, elapsed = failure(settings, remote, stack, dockerHost=remote.docker_host, dockerSshKeyFile=str(other_key))
+    assert_refused(done, elapsed, remote, "was refused", "authorized_keys")
+
+    empty_known_hosts = tmp_path / "known_hosts"
+    empty_known_hosts.write_text("")
+    done, elapsed = failure(settings, remote, stack, dockerSshKeyFile=str(remote.identity_file),
+                            dockerSshKnownHostsFile=str(empty_known_hosts))
+    assert_refused(done, elapsed, remote, "host key", "ssh-keyscan")
+
+    done, elapsed = failure(settings, remote, stack, dockerSshKnownHostsFile=str(remote.known_hosts_file),
+                            dockerHost=f"ssh://{RemoteDockerHost.NO_DOCKER_USER}@{remote.address}")
+    assert_refused(done, elapsed, remote, "may not use the Docker socket", "docker group")
+
+    stacks.configure(stack, {"dockerHost": remote.docker_host})
+    remote.stop_daemon()
+    try:
+        done, elapsed = failure(settings, remote, stack)
+        assert_refused(done, elapsed, remote, "no Docker Engine answers")
+    finally:
+        remote.start_daemon()
+    assert remote_objects(remote, stack.name) == []
+    key_material = Path(remote.identity_file).read_text().splitlines()[1]
+    assert key_material not in done.stdout + done.stderr
+
+
+def test_a_service_on_a_remote_host_is_never_reached_without_its_tunnel(remote):
+    # The guard behind every client: a target for a remote host refuses to connect on its own.
+    from infra.connect import ConnectError, connect_postgres
+    from infra.targets import PostgresTarget
+
+    decoy = Decoy(teststacks.free_port())
+    try:
+        target = PostgresTarget("127.0.0.1", decoy.port, "sinsolver", "sinadmin", secrets.token_hex(16),
+                                "pg", "172.29.0.100", 16, tunnel_required=True)
+        with pytest.raises(ConnectError, match="SSH tunnel"):
+            connect_postgres(target, deadline_s=2)
+        assert decoy.contacts == 0
+    finally:
+        decoy.close()
