@@ -227,15 +227,23 @@ def reach(target: Target) -> Iterator[Target]:
     """The stack's services as this process reaches them for one command. For a remote host,
     through one SSH tunnel: the returned target's endpoints are the tunnel's local ports, and
     docker CLI calls go to the remote engine until the block ends."""
-    global _active
     published = [(s.host, s.port) for s in (target.postgres, target.redis)]
-    with session(target.docker, published) as current, _docker_env(current.docker_env):
+    with session(target.docker, published) as current, using(current):
         def local(service):
             host, port = current.endpoint(service.host, service.port)
             return replace(service, host=host, port=port, tunnel_required=False)
 
-        outer, _active = _active, current
-        try:
-            yield replace(target, postgres=local(target.postgres), redis=local(target.redis))
-        finally:
-            _active = outer
+        yield replace(target, postgres=local(target.postgres), redis=local(target.redis))
+
+
+@contextmanager
+def using(current: Session) -> Iterator[Session]:
+    """Make ``current`` this process's session: docker CLI calls (infra.dockercli) and
+    :func:`endpoint` go to its host until the block ends."""
+    global _active
+    outer, _active = _active, current
+    try:
+        with _docker_env(current.docker_env):
+            yield current
+    finally:
+        _active = outer

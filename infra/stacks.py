@@ -265,7 +265,8 @@ def overlay_config_file(stack: auto.Stack, overrides: dict[str, str]) -> Optiona
 def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
                     generate_passwords: bool = False, copy_images: bool = False) -> Iterator[Optional[str]]:
     """Check the configuration before the engine starts, then yield the ``--config-file`` for the
-    command (the stack file plus :func:`image_overrides`, or None).
+    command (the stack file plus :func:`image_overrides`, or None), with the stack's Docker host
+    reachable (:func:`infra.dockerhost.using`) for the whole block.
 
     Raises :class:`infra.config.ConfigError`, or :class:`infra.dockerhost.DockerHostError` when the
     stack's Docker host cannot be reached or used, with nothing changed. With
@@ -274,17 +275,17 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
     config = stack.get_all_config()
     pending = missing_passwords(config) if generate_passwords else ()
     checked = validate(stack.name, config, passwords_pending=pending)
-    with dockerhost.session(checked.docker) as host:
+    with dockerhost.session(checked.docker) as host, dockerhost.using(host):
         overrides = image_overrides(config, images, say, host, copy_images)
-    validate(stack.name, config, overrides, pending)
-    for key in ensure_secrets(stack, config) if generate_passwords else ():
-        say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
-    overlay = overlay_config_file(stack, overrides)
-    try:
-        yield overlay
-    finally:
-        if overlay:
-            os.unlink(overlay)
+        validate(stack.name, config, overrides, pending)
+        for key in ensure_secrets(stack, config) if generate_passwords else ():
+            say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
+        overlay = overlay_config_file(stack, overrides)
+        try:
+            yield overlay
+        finally:
+            if overlay:
+                os.unlink(overlay)
 
 
 def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_passwords: bool = False,
