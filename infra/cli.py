@@ -56,13 +56,16 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack)
     events: list = []
+    found = stacks.drift_of(stack)
     with stacks.prepared_config(stack, args.images, say) as config_file:
         result = stack.preview(on_output=print, on_event=events.append, diff=True, config_file=config_file,
                                color="never")
     say(f"preview: {result.change_summary}")
     for line in previews.pending_migrations(args.stack, stack.outputs()):
         print(line)
-    risks = previews.risks(events)
+    for finding in found:
+        print(f"drift: {finding.line()}")
+    risks = previews.risks(events, frozenset(f.urn for f in found if f.what == "data volume"))
     if risks:
         print(previews.banner(risks, args.stack))
     return 1 if risks and args.fail_on_risk else 0
@@ -111,7 +114,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    result = status.status(stacks.deployed_target(args.stack))
+    stack = stacks.open_stack(args.stack)
+    result = status.status(stacks.target_from_outputs(args.stack, stack.outputs()), drift=stacks.drift_of(stack))
     print(result.to_json() if args.json else result.table())
     return 0 if result.healthy else 1
 

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from pulumi import automation as auto
 
+from infra import dockercli, drift
 from infra.config import DEFAULTS, PROJECT, SECRET_KEYS, StackConfig, parse
 from infra.targets import PostgresTarget, RedisTarget, Target
 
@@ -261,7 +262,24 @@ def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_pass
        **kwargs) -> auto.UpResult:
     """``pulumi up`` after :func:`prepared_config`."""
     with prepared_config(stack, images, say, generate_passwords) as overlay:
+        remove_foreign_containers(stack, say)
         return stack.up(config_file=overlay, color="never", **kwargs)
+
+
+def drift_of(stack: auto.Stack) -> list[drift.Finding]:
+    """How the Docker host differs from the stack's state (see :mod:`infra.drift`)."""
+    return drift.find(drift.declared(stack.export_stack().deployment or {}))
+
+
+def remove_foreign_containers(stack: auto.Stack, say: Callable[[str], None]) -> None:
+    """Remove the containers under a declared name that are not what the stack declared (re-created or
+    changed by hand): the engine would collide with the name or keep them as they are. Stopped
+    gracefully; their volumes stay, so the data does."""
+    for finding in drift_of(stack):
+        say(f"drift: {finding.line()}")
+        if finding.replaced_by_up:
+            dockercli.docker("stop", "--time", "30", finding.name)
+            dockercli.docker("rm", finding.name)
 
 
 def target_from_outputs(name: str, outputs: dict[str, auto.OutputValue]) -> Target:
