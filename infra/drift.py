@@ -10,6 +10,7 @@ collides with the name. :func:`find` names every kind of drift for `status` and 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -145,5 +146,9 @@ def compare(want: Declared, look: Callable[[str, str], Optional[dict]]) -> list[
 
 
 def find(want: Declared) -> list[Finding]:
-    """:func:`compare` against this Docker host."""
-    return compare(want, dockercli.inspect)
+    """:func:`compare` against this Docker host; the inspections run at once (each is a CLI start)."""
+    wanted = [("network", n.name) for n in want.networks] + [("volume", v.name) for v in want.volumes] + [
+        ("container", c.name) for c in want.containers]
+    with ThreadPoolExecutor(max_workers=max(1, len(wanted))) as pool:
+        seen = dict(zip(wanted, pool.map(lambda object_: dockercli.inspect(*object_), wanted)))
+    return compare(want, lambda kind, name: seen[(kind, name)])

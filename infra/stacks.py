@@ -7,6 +7,7 @@ repository), so what is tested is exactly what `pulumi up` runs.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -268,7 +269,21 @@ def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_pass
 
 def drift_of(stack: auto.Stack) -> list[drift.Finding]:
     """How the Docker host differs from the stack's state (see :mod:`infra.drift`)."""
-    return drift.find(drift.declared(stack.export_stack().deployment or {}))
+    return drift.find(drift.declared(exported_deployment(stack)))
+
+
+def exported_deployment(stack: auto.Stack) -> dict:
+    """The ``deployment`` of `pulumi stack export`, secrets left encrypted (the Automation API's
+    ``export_stack`` decrypts them all, which costs a key derivation and is not needed here)."""
+    workspace = stack.workspace
+    env = {**os.environ, **workspace.env_vars}
+    if workspace.pulumi_home:
+        env["PULUMI_HOME"] = workspace.pulumi_home
+    proc = subprocess.run(["pulumi", "stack", "export", "--stack", stack.name], text=True, capture_output=True,
+                          cwd=workspace.work_dir, env=env)
+    if proc.returncode != 0:
+        raise StackError(f"reading the state of stack '{stack.name}' failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout).get("deployment") or {}
 
 
 def remove_foreign_containers(stack: auto.Stack, say: Callable[[str], None]) -> None:
