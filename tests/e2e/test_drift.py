@@ -185,3 +185,25 @@ def test_a_data_volume_removed_by_hand_is_data_loss_in_preview_and_fails_on_risk
     assert risky.returncode == 1 and f"CREATE data volume {volume}: DATA LOSS" in risky.stdout
     assert dockercli.inspect("volume", volume) is None  # previews created nothing
     assert dockercli.inspect("container", postgres.container_name) is None
+
+
+def test_the_stack_container_taken_off_its_network_by_hand_is_named_and_replaced_by_up(live, settings):
+    postgres = target_of(live).postgres
+    network = live.stack.outputs()["networkName"].value
+    before = inspect("container", postgres.container_name)["Id"]
+    docker("network", "disconnect", network, postgres.container_name)
+
+    status = cli(settings, "status", "--stack", live.name)
+    assert status.returncode == 1
+    assert f"problem: drift: container {postgres.container_name} is not on network {network}" in status.stdout
+
+    preview = cli(settings, "preview", "--stack", live.name)
+    assert preview.returncode == 0, preview.stderr
+    assert f"drift: container {postgres.container_name} is not on network {network}; `up` removes it" in preview.stdout
+    assert network not in inspect("container", postgres.container_name)["NetworkSettings"]["Networks"]
+
+    up = cli(settings, "up", "--stack", live.name)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert inspect("container", postgres.container_name)["Id"] != before
+    assert_running_as_declared(live, postgres.container_name, postgres.container_ip)
+    assert_repaired(settings, live)
