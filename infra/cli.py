@@ -43,7 +43,8 @@ def print_endpoints(outputs: dict[str, auto.OutputValue]) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     with stacks.new_or_existing(args.stack) as stack:
-        result = stacks.up(stack, args.images, say, generate_passwords=True, on_output=print)
+        result = stacks.up(stack, args.images, say, generate_passwords=True, accept_data_loss=args.accept_data_loss,
+                           on_output=print)
     changes = {k: v for k, v in (result.summary.resource_changes or {}).items() if k != "same"}
     say(f"update {result.summary.result}; changes: {changes or 'none'}")
     print_endpoints(result.outputs)
@@ -174,6 +175,9 @@ def parser() -> argparse.ArgumentParser:
                                  ("preview", cmd_preview, "show what `up` would change; touches nothing")):
         p = command(name, handler, help_)
         images_option(p)
+        if name == "up":
+            p.add_argument("--accept-data-loss", action="store_true",
+                           help="go ahead when a data volume of the stack is gone: start on a new, empty one")
         if name == "preview":
             p.add_argument("--fail-on-risk", action="store_true",
                            help="exit 1 when a data volume or a database container would be replaced or deleted")

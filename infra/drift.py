@@ -120,8 +120,8 @@ def compare(want: Declared, look: Callable[[str, str], Optional[dict]]) -> list[
     for vol in want.volumes:
         if look("volume", vol.name) is None:
             findings.append(Finding("missing", "data volume", vol.name,
-                                    "is missing: its data is gone; `up` would create it EMPTY; restore a backup "
-                                    "(`python -m infra restore`) after `up`", vol.urn))
+                                    "is missing: its data is gone; `up` refuses to create it EMPTY unless given "
+                                    "--accept-data-loss, then restore a backup (`python -m infra restore`)", vol.urn))
     for c in want.containers:
         found = look("container", c.name)
         if found is None:

@@ -260,10 +260,10 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
 
 
 def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_passwords: bool = False,
-       **kwargs) -> auto.UpResult:
-    """``pulumi up`` after :func:`prepared_config`."""
+       accept_data_loss: bool = False, **kwargs) -> auto.UpResult:
+    """``pulumi up`` after :func:`prepared_config` and :func:`repair_drift`."""
     with prepared_config(stack, images, say, generate_passwords) as overlay:
-        remove_foreign_containers(stack, say)
+        repair_drift(stack, say, accept_data_loss)
         return stack.up(config_file=overlay, color="never", **kwargs)
 
 
@@ -286,11 +286,19 @@ def exported_deployment(stack: auto.Stack) -> dict:
     return json.loads(proc.stdout).get("deployment") or {}
 
 
-def remove_foreign_containers(stack: auto.Stack, say: Callable[[str], None]) -> None:
-    """Remove the containers under a declared name that are not what the stack declared (re-created or
-    changed by hand): the engine would collide with the name or keep them as they are. Stopped
-    gracefully; their volumes stay, so the data does."""
-    for finding in drift_of(stack):
+def repair_drift(stack: auto.Stack, say: Callable[[str], None], accept_data_loss: bool = False) -> None:
+    """Before the engine runs: refuse to start a service on a new, empty volume in place of one the
+    Docker host lost (unless ``accept_data_loss``), and remove the containers under a declared name that
+    are not what the stack declared (re-created or changed by hand), which the engine would collide with
+    or keep as they are. They are stopped gracefully; their volumes stay, so the data does."""
+    found = drift_of(stack)
+    lost = [f.name for f in found if f.what == "data volume" and f.kind == "missing"]
+    if lost and not accept_data_loss:
+        raise StackError(f"data volume {', '.join(lost)} of stack '{stack.name}' is gone from the Docker host; `up` "
+                         f"would start on a new, EMPTY volume. Put the volume back, or run `python -m infra up "
+                         f"--stack {stack.name} --accept-data-loss` and then `python -m infra restore --stack "
+                         f"{stack.name} --from DIR` with your last backup")
+    for finding in found:
         say(f"drift: {finding.line()}")
         if finding.replaced_by_up:
             dockercli.docker("stop", "--time", "30", finding.name)

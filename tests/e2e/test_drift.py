@@ -1,7 +1,7 @@
 """Drift on the real engine and Docker Engine: each test brings a stack up with data, breaks it
 by hand the way an operator would, and checks that `status` names it, `preview` shows it, and
 `up` repairs it with every row and key still there (or, for a lost data volume, that the
-preview says DATA LOSS and `--fail-on-risk` fails)."""
+preview says DATA LOSS, `--fail-on-risk` fails and `up` refuses unless told to start empty)."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def test_a_container_recreated_by_hand_with_other_settings_is_removed_by_up_and_
     assert_repaired(settings, live)
 
 
-def test_a_data_volume_removed_by_hand_is_data_loss_in_preview_and_fails_on_risk(live, settings):
+def test_a_data_volume_removed_by_hand_is_data_loss_in_preview_and_up_refuses_it_unless_accepted(live, settings):
     postgres = target_of(live).postgres
     volume = next(m["Name"] for m in inspect("container", postgres.container_name)["Mounts"] if m["Type"] == "volume")
     docker("rm", "-f", postgres.container_name)
@@ -183,8 +183,19 @@ def test_a_data_volume_removed_by_hand_is_data_loss_in_preview_and_fails_on_risk
 
     risky = cli(settings, "preview", "--stack", live.name, "--fail-on-risk")
     assert risky.returncode == 1 and f"CREATE data volume {volume}: DATA LOSS" in risky.stdout
-    assert dockercli.inspect("volume", volume) is None  # previews created nothing
+
+    refused = cli(settings, "up", "--stack", live.name)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"error: data volume {volume} of stack '{live.name}' is gone from the Docker host" in refused.stderr
+    assert "--accept-data-loss" in refused.stderr
+    assert dockercli.inspect("volume", volume) is None  # neither the previews nor the refused up created anything
     assert dockercli.inspect("container", postgres.container_name) is None
+
+    accepted = cli(settings, "up", "--stack", live.name, "--accept-data-loss")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert dockercli.inspect("volume", volume) is not None
+    rows, *redis_data = data_of(target_of(live))
+    assert rows == [] and redis_data == list(KEPT[1:])  # PostgreSQL starts empty, Redis kept its volume
 
 
 def test_the_stack_container_taken_off_its_network_by_hand_is_named_and_replaced_by_up(live, settings):
