@@ -180,7 +180,8 @@ def parser() -> argparse.ArgumentParser:
                            help="go ahead when a data volume of the stack is gone: start on a new, empty one")
         if name == "preview":
             p.add_argument("--fail-on-risk", action="store_true",
-                           help="exit 1 when a data volume or a database container would be replaced or deleted")
+                           help="exit 1 when a data volume or a database container would be replaced or deleted, "
+                                "or a lost data volume created empty")
     command("down", cmd_down, "destroy the stack's resources").add_argument(
         "--remove", action="store_true", help="also remove the stack from the backend (its config file stays)")
     command("plan", cmd_plan, "list pending migrations; applies nothing").add_argument("--json", action="store_true")

@@ -26,8 +26,8 @@ class Risk:
         why = f" (because {', '.join(self.because)} changed)" if self.because else ""
         if self.kind == "data volume" and self.op == "create":
             effect = (f"DATA LOSS: the volume is gone from the Docker host and the service would start on a new, "
-                      f"empty one; after `up`, restore from a backup with "
-                      f"`python -m infra restore --stack {stack} --from DIR`")
+                      f"empty one (`python -m infra up` asks for --accept-data-loss); then restore from a backup "
+                      f"with `python -m infra restore --stack {stack} --from DIR`")
         elif self.kind == "data volume":
             effect = (f"DATA LOSS: the service would start on a new, empty volume; back up first with "
                       f"`python -m infra backup --stack {stack}`")
