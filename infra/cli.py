@@ -43,7 +43,8 @@ def print_endpoints(outputs: dict[str, auto.OutputValue]) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     with stacks.new_or_existing(args.stack) as stack:
-        result = stacks.up(stack, args.images, say, generate_passwords=True, on_output=print)
+        result = stacks.up(stack, args.images, say, generate_passwords=True, accept_data_loss=args.accept_data_loss,
+                           on_output=print)
     changes = {k: v for k, v in (result.summary.resource_changes or {}).items() if k != "same"}
     say(f"update {result.summary.result}; changes: {changes or 'none'}")
     print_endpoints(result.outputs)
@@ -57,12 +58,15 @@ def cmd_preview(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack)
     events: list = []
     with stacks.prepared_config(stack, args.images, say) as config_file:
+        found = stacks.drift_of(stack)  # against the state as it was, before the refresh
         result = stack.preview(on_output=print, on_event=events.append, diff=True, config_file=config_file,
                                color="never")
     say(f"preview: {result.change_summary}")
     for line in previews.pending_migrations(args.stack, stack.outputs(), stacks.docker_host_of(stack)):
         print(line)
-    risks = previews.risks(events)
+    for finding in found:
+        print(f"drift: {finding.line()}")
+    risks = previews.risks(events, frozenset(f.urn for f in found if f.what == "data volume"))
     if risks:
         print(previews.banner(risks, args.stack))
     return 1 if risks and args.fail_on_risk else 0
@@ -114,8 +118,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with stacks.reached(args.stack) as target:
-        result = status.status(target)
+    stack = stacks.open_stack(args.stack)
+    target = stacks.target_from_outputs(args.stack, stack.outputs(), stacks.docker_host_of(stack))
+    with dockerhost.reach(target) as reached:
+        result = status.status(reached, drift=stacks.drift_of(stack))
     print(result.to_json() if args.json else result.table())
     return 0 if result.healthy else 1
 
@@ -197,9 +203,13 @@ def parser() -> argparse.ArgumentParser:
                                  ("preview", cmd_preview, "show what `up` would change; touches nothing")):
         p = command(name, handler, help_)
         images_option(p)
+        if name == "up":
+            p.add_argument("--accept-data-loss", action="store_true",
+                           help="go ahead when a data volume of the stack is gone: start on a new, empty one")
         if name == "preview":
             p.add_argument("--fail-on-risk", action="store_true",
-                           help="exit 1 when a data volume or a database container would be replaced or deleted")
+                           help="exit 1 when a data volume or a database container would be replaced or deleted, "
+                                "or a lost data volume created empty")
     command("down", cmd_down, "destroy the stack's resources").add_argument(
         "--remove", action="store_true", help="also remove the stack from the backend (its config file stays)")
     command("plan", cmd_plan, "list pending migrations; applies nothing").add_argument("--json", action="store_true")

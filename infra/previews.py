@@ -1,5 +1,6 @@
 """What a preview must make impossible to miss: steps that would replace or delete a data
-volume or a database container, and migrations the next `up` would apply."""
+volume or a database container, a new (empty) volume in place of one the Docker host lost,
+and migrations the next `up` would apply."""
 
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ class Risk:
 
     def line(self, stack: str) -> str:
         why = f" (because {', '.join(self.because)} changed)" if self.because else ""
-        if self.kind == "data volume":
+        if self.kind == "data volume" and self.op == "create":
+            effect = (f"DATA LOSS: the volume is gone from the Docker host and the service would start on a new, "
+                      f"empty one (`python -m infra up` asks for --accept-data-loss); then restore from a backup "
+                      f"with `python -m infra restore --stack {stack} --from DIR`")
+        elif self.kind == "data volume":
             effect = (f"DATA LOSS: the service would start on a new, empty volume; back up first with "
                       f"`python -m infra backup --stack {stack}`")
         else:
@@ -32,9 +37,10 @@ class Risk:
         return f"  {self.op.upper()} {self.kind} {self.name}{why}: {effect}"
 
 
-def risks(events: list[auto.EngineEvent]) -> list[Risk]:
+def risks(events: list[auto.EngineEvent], gone: frozenset[str] = frozenset()) -> list[Risk]:
     """Replace or delete steps on volumes and containers, one per resource (the replace
-    step wins over its delete half, which carries no reason)."""
+    step wins over its delete half, which carries no reason), and creates of the data volumes
+    in ``gone`` (URNs the stack had but the Docker host lost: a new volume is an empty one)."""
     found: dict[str, Risk] = {}
     for event in events:
         pre = event.resource_pre_event
@@ -42,7 +48,8 @@ def risks(events: list[auto.EngineEvent]) -> list[Risk]:
             continue
         meta = pre.metadata
         op = str(getattr(meta.op, "value", meta.op))
-        if op not in RISKY_OPS or (meta.urn in found and op != "replace"):
+        lost = op == "create" and meta.urn in gone and DATA_TYPES[meta.type] == "data volume"
+        if not (op in RISKY_OPS or lost) or (meta.urn in found and op != "replace"):
             continue
         state = meta.old or meta.new
         name = ((state.outputs or {}).get("name") or (state.inputs or {}).get("name")) if state else None
@@ -53,7 +60,8 @@ def risks(events: list[auto.EngineEvent]) -> list[Risk]:
 
 def banner(found: list[Risk], stack: str) -> str:
     rule = "!" * 78
-    return "\n".join([rule, f"!! WARNING: this change would replace or delete {len(found)} data resource(s)",
+    verbs = "re-create empty, replace or delete" if any(r.op == "create" for r in found) else "replace or delete"
+    return "\n".join([rule, f"!! WARNING: this change would {verbs} {len(found)} data resource(s)",
                       *[r.line(stack) for r in found], rule])
 
 

@@ -7,6 +7,7 @@ repository), so what is tested is exactly what `pulumi up` runs.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -22,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from pulumi import automation as auto
 
-from infra import dockerhost
+from infra import dockercli, dockerhost, drift
 from infra.config import DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig, docker_host, parse
 from infra.targets import DockerHost, PostgresTarget, RedisTarget, Target
 
@@ -151,15 +152,21 @@ def put_back(path: Path, content: Optional[bytes]) -> None:
         path.write_bytes(content)
 
 
-def set_secret(stack: auto.Stack, key: str, value: str) -> None:
-    """Store ``value`` encrypted under ``key``; it goes to the CLI on stdin, never on a command line
-    (the Automation API's ``set_config`` puts the value into the CLI's argv, visible to `ps`)."""
+def _pulumi(stack: auto.Stack, *args: str, stdin: Optional[str] = None) -> subprocess.CompletedProcess:
+    """The `pulumi` CLI for ``stack`` with its workspace's environment, for what the Automation API
+    does not offer the way we need it."""
     workspace = stack.workspace
     env = {**os.environ, **workspace.env_vars}
     if workspace.pulumi_home:
         env["PULUMI_HOME"] = workspace.pulumi_home
-    proc = subprocess.run(["pulumi", "config", "set", "--secret", "--stack", stack.name, "--non-interactive", key],
-                          input=value, text=True, capture_output=True, cwd=workspace.work_dir, env=env)
+    return subprocess.run(["pulumi", *args, "--stack", stack.name], input=stdin, text=True, capture_output=True,
+                          cwd=workspace.work_dir, env=env)
+
+
+def set_secret(stack: auto.Stack, key: str, value: str) -> None:
+    """Store ``value`` encrypted under ``key``; it goes to the CLI on stdin, never on a command line
+    (the Automation API's ``set_config`` puts the value into the CLI's argv, visible to `ps`)."""
+    proc = _pulumi(stack, "config", "set", "--secret", "--non-interactive", key, stdin=value)
     if proc.returncode != 0:
         raise StackError(f"storing {key} in stack '{stack.name}' failed: {proc.stderr.strip()}")
 
@@ -289,10 +296,44 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
 
 
 def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_passwords: bool = False,
-       **kwargs) -> auto.UpResult:
-    """``pulumi up`` after :func:`prepared_config`."""
+       accept_data_loss: bool = False, **kwargs) -> auto.UpResult:
+    """``pulumi up`` after :func:`prepared_config` and :func:`repair_drift`."""
     with prepared_config(stack, images, say, generate_passwords, copy_images=True) as overlay:
+        repair_drift(stack, say, accept_data_loss)
         return stack.up(config_file=overlay, color="never", **kwargs)
+
+
+def drift_of(stack: auto.Stack) -> list[drift.Finding]:
+    """How the Docker host differs from the stack's state (see :mod:`infra.drift`)."""
+    return drift.find(drift.declared(exported_deployment(stack)))
+
+
+def exported_deployment(stack: auto.Stack) -> dict:
+    """The ``deployment`` of `pulumi stack export`, secrets left encrypted (the Automation API's
+    ``export_stack`` decrypts them all, which costs a key derivation and is not needed here)."""
+    proc = _pulumi(stack, "stack", "export")
+    if proc.returncode != 0:
+        raise StackError(f"reading the state of stack '{stack.name}' failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout).get("deployment") or {}
+
+
+def repair_drift(stack: auto.Stack, say: Callable[[str], None], accept_data_loss: bool = False) -> None:
+    """Before the engine runs: refuse to start a service on a new, empty volume in place of one the
+    Docker host lost (unless ``accept_data_loss``), and remove the containers under a declared name that
+    are not what the stack declared (re-created or changed by hand), which the engine would collide with
+    or keep as they are. They are stopped gracefully; their volumes stay, so the data does."""
+    found = drift_of(stack)
+    lost = [f.name for f in found if f.what == "data volume" and f.kind == "missing"]
+    if lost and not accept_data_loss:
+        raise StackError(f"data volume {', '.join(lost)} of stack '{stack.name}' is gone from the Docker host; `up` "
+                         f"would start on a new, EMPTY volume. Put the volume back, or run `python -m infra up "
+                         f"--stack {stack.name} --accept-data-loss` and then `python -m infra restore --stack "
+                         f"{stack.name} --from DIR` with your last backup")
+    for finding in found:
+        say(f"drift: {finding.line()}")
+        if finding.replaced_by_up:
+            dockercli.docker("stop", "--time", "30", finding.name)
+            dockercli.docker("rm", finding.name)
 
 
 def target_from_outputs(name: str, outputs: dict[str, auto.OutputValue], docker: DockerHost = DockerHost()) -> Target:

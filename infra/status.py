@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Optional, Sequence
 
 from infra import dockercli, migration_files, migrations
 from infra.connect import ConnectError, connect_postgres, connect_redis
+from infra.drift import Finding
 from infra.targets import Target
 from infra.verify import TABLE_SIZES_SQL
 
@@ -109,7 +110,9 @@ def _image_name(image_id: str) -> str:
     return tags[0] if tags else image_id.removeprefix("sha256:")[:12]
 
 
-def status(target: Target, audit_entries: int = 5, now: Optional[datetime] = None) -> Status:
+def status(target: Target, audit_entries: int = 5, now: Optional[datetime] = None,
+           drift: Sequence[Finding] = ()) -> Status:
+    """``drift``: :func:`infra.drift.find` for the stack; each finding is a problem."""
     now = now or datetime.now(timezone.utc)
     result = Status(target.stack, [container(s.container_name, now) for s in (target.postgres, target.redis)])
     for c in result.containers:
@@ -118,6 +121,9 @@ def status(target: Target, audit_entries: int = 5, now: Optional[datetime] = Non
                                    f"recreates or restarts it")
         elif c.health != "healthy":
             result.problems.append(f"container {c.name} is {c.health}; see `docker logs {c.name}`")
+    # A missing or stopped container has its line above already.
+    result.problems += [f"drift: {f.line()}" for f in drift
+                        if f.what != "container" or f.kind in ("foreign", "changed")]
     try:
         with connect_postgres(target.postgres, deadline_s=5) as conn:
             result.postgres = {
