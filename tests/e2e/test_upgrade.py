@@ -26,7 +26,9 @@ def volume_steps(events: list) -> dict[str, str]:
     for event in events:
         meta = event.resource_pre_event.metadata if event.resource_pre_event else None
         if meta and meta.type == "docker:index/volume:Volume":
-            steps[meta.urn.rsplit("::", 1)[-1]] = str(getattr(meta.op, "value", meta.op))
+            op = str(getattr(meta.op, "value", meta.op))
+            if op != "refresh":  # the refresh before every update reads the volume first
+                steps[meta.urn.rsplit("::", 1)[-1]] = op
     return steps
 
 
