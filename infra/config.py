@@ -9,6 +9,7 @@ talks to ``pulumi.Config``.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
@@ -237,7 +238,8 @@ class _Reader:
             return None
 
     def docker_host(self) -> DockerHost:
-        url = self.text("dockerHost")
+        # Unset: the DOCKER_HOST of whoever runs the command, then the local socket.
+        url = self.text("dockerHost") or os.environ.get("DOCKER_HOST", "")
         key_file, known_hosts = self.text("dockerSshKeyFile"), self.text("dockerSshKnownHostsFile")
         parts = urlsplit(url)
         if url and parts.scheme not in ("unix", "tcp", "ssh"):
@@ -245,6 +247,10 @@ class _Reader:
                       "pulumi config set dockerHost ssh://<user>@<host>[:port] (or leave it unset for DOCKER_HOST)")
         elif parts.scheme == "ssh" and not parts.hostname:
             self.fail("dockerHost", f"'{url}' names no host", "pulumi config set dockerHost ssh://<user>@<host>[:port]")
+        elif parts.scheme == "tcp" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            # Its published ports sit on that host's loopback, which only an SSH tunnel reaches.
+            self.fail("dockerHost", f"'{url}' is a remote engine over TCP, whose services cannot be reached from here",
+                      "pulumi config set dockerHost ssh://<user>@<host> (the engine over SSH)")
         for key, value in (("dockerSshKeyFile", key_file), ("dockerSshKnownHostsFile", known_hosts)):
             if value and parts.scheme != "ssh":
                 self.fail(key, "is set but dockerHost is not an ssh:// address",

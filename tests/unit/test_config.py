@@ -111,6 +111,17 @@ BAD = [
      P + "postgresMemoryMb: 16 is outside 64-1048576; fix: pulumi config set postgresMemoryMb <64-1048576>"),
     ({"postgresPort": "5432"},
      P + "postgresPort: is not a known setting; fix: pulumi config rm postgresPort (see README: Configuration)"),
+    ({"dockerHost": "http://db-1"},
+     P + "dockerHost: 'http://db-1' is not a unix://, tcp:// or ssh:// address; fix: pulumi config set dockerHost "
+         "ssh://<user>@<host>[:port] (or leave it unset for DOCKER_HOST)"),
+    ({"dockerHost": "ssh://"},
+     P + "dockerHost: 'ssh://' names no host; fix: pulumi config set dockerHost ssh://<user>@<host>[:port]"),
+    ({"dockerHost": "tcp://db-1:2376"},
+     P + "dockerHost: 'tcp://db-1:2376' is a remote engine over TCP, whose services cannot be reached from here; "
+         "fix: pulumi config set dockerHost ssh://<user>@<host> (the engine over SSH)"),
+    ({"dockerSshKeyFile": "/keys/deploy"},
+     P + "dockerSshKeyFile: is set but dockerHost is not an ssh:// address; fix: pulumi config rm dockerSshKeyFile, "
+         "or set dockerHost to ssh://<user>@<host>"),
 ]
 
 
@@ -189,3 +200,15 @@ def test_any_subnet_string_is_accepted_only_when_it_is_a_network_address(octets,
     except ConfigError as exc:
         subnet_ok = not any(p.startswith(P + "networkSubnet:") for p in exc.problems)
     assert subnet_ok == expected_ok
+
+
+def test_docker_host_defaults_to_docker_host_of_the_environment_then_the_local_socket(monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert parse(GOOD, "dev").docker.url == ""
+    monkeypatch.setenv("DOCKER_HOST", "ssh://deploy@db-1")
+    assert parse(GOOD, "dev").docker.url == "ssh://deploy@db-1"
+    assert parse({**GOOD, "dockerHost": "ssh://ops@db-2:2222"}, "dev").docker.url == "ssh://ops@db-2:2222"
+
+
+def test_a_local_engine_over_tcp_is_accepted():
+    assert parse({**GOOD, "dockerHost": "tcp://127.0.0.1:2375"}, "dev").docker.url == "tcp://127.0.0.1:2375"
