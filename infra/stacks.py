@@ -282,14 +282,16 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
     config = stack.get_all_config()
     pending = missing_passwords(config) if generate_passwords else ()
     checked = validate(stack.name, config, passwords_pending=pending)
-    with dockerhost.session(checked.docker) as host, dockerhost.using(host):
+    with dockerhost.session(checked.docker) as host:
+        # Before `using`: a copied image is read from the engine this process was pointed at.
         overrides = image_overrides(config, images, say, host, copy_images)
         validate(stack.name, config, overrides, pending)
         for key in ensure_secrets(stack, config) if generate_passwords else ():
             say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
         overlay = overlay_config_file(stack, overrides)
         try:
-            yield overlay
+            with dockerhost.using(host):
+                yield overlay
         finally:
             if overlay:
                 os.unlink(overlay)

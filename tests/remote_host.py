@@ -493,4 +493,4 @@ class RemoteDockerHost:
 
     def _other_runs(self) -> list[Path]:
         """Base directories of other live remote hosts (they may share /run/netns and /run/sshd)."""
-        return [p for p in Path("/run").glob(f"{PREFIX}-*") if p != self.base]
+        return [p for p in Path("/run").glob(f"{PREFIX}-*") if not p.name.startswith(self.name)]
