@@ -73,9 +73,10 @@ class PulumiStack:
 
     def __init__(self, settings: stacks.Settings):
         self.env = {**os.environ, **settings.env()}
-        self.stack = teststacks.create(settings, config={**teststacks.isolated_config(),
-                                                         "healthTimeoutSeconds": str(HEALTH_TIMEOUT_S),
-                                                         **stacks.local_images()})
+        name = teststacks.new_name()
+        self.stack = teststacks.create(settings, name, config={**teststacks.isolated_config(stack=name),
+                                                               "healthTimeoutSeconds": str(HEALTH_TIMEOUT_S),
+                                                               **stacks.local_images()})
 
     def pulumi(self, *args: str) -> None:
         done = subprocess.run(["pulumi", *args, "--stack", self.stack.name, "--non-interactive", "--color", "never"],

@@ -76,7 +76,7 @@ def network_config(subnet: ipaddress.IPv4Network) -> dict[str, str]:
 
 def isolated_config(retain_volumes: bool = False, stack: str = "") -> dict[str, str]:
     """Config that keeps a stack clear of every other on this host: its own /24 and ports, reserved
-    host-wide (for ``stack``, or for whichever stack :func:`create` is given this config).
+    host-wide for ``stack`` (only values reserved for the stack are chosen again on a collision).
 
     Names need nothing here: every stack but dev gets them prefixed with its own name.
     """
@@ -85,14 +85,10 @@ def isolated_config(retain_volumes: bool = False, stack: str = "") -> dict[str, 
             "retainVolumes": "true" if retain_volumes else "false"}
 
 
-def claim(stack: str, config: dict[str, str]) -> None:
-    """Mark ``stack`` as in use by this process, and this process's reservations among ``config``'s
-    values as the stack's (released with it)."""
-    values = {config.get(key) for key in (*PORT_KEYS, "networkSubnet")} - {None}
+def mark_in_use(stack: str) -> None:
+    """Record that this process uses ``stack``, so no sweeper on this host removes it meanwhile."""
     pid, _ = reservations.current_owner()
     with reservations.Registry().locked() as records:
-        records[:] = [dataclasses.replace(r, stack=stack) if r.pid == pid and r.kind != "stack" and r.value in values
-                      else r for r in records]
         if not any(r.kind == "stack" and r.value == stack and r.pid == pid for r in records):
             records.append(reservations.new_record("stack", stack, stack))
 
@@ -114,15 +110,15 @@ def create(settings: Optional[stacks.Settings] = None, name: Optional[str] = Non
     """Create and configure (not deploy) a new stack: ``config`` (default: :func:`isolated_config`)
     and generated secrets."""
     stack = stacks.open_stack(name or new_name(), settings, create=True)
-    config = isolated_config(stack=stack.name) if config is None else config
-    claim(stack.name, config)
-    stacks.configure(stack, config)
+    mark_in_use(stack.name)
+    stacks.configure(stack, isolated_config(stack=stack.name) if config is None else config)
     stacks.ensure_secrets(stack)
     return stack
 
 
-# Docker's words when a chosen port or subnet was taken after it was chosen.
-COLLISIONS = (("address already in use", "ports"), ("Pool overlaps", "subnet"))
+# Docker's words when a chosen subnet or port was taken after it was chosen.
+COLLISIONS = (("Pool overlaps", "subnet"), ("failed to allocate gateway", "subnet"),
+              ("bind: address already in use", "ports"), ("port is already allocated", "ports"))
 RETRIES = 3
 PORT_KEYS = ("postgresHostPort", "redisHostPort")
 T = TypeVar("T")
@@ -150,7 +146,7 @@ def up_with_retries(stack: auto.Stack, attempt: Callable[[], T], say: Callable[[
 def rechoose(stack: auto.Stack, error: str, retry: int, say: Callable[[str], None]) -> dict[str, str]:
     """New reserved ports or subnet for ``stack`` after ``error``, configured; {} when the error is no
     collision or the colliding values are not this process's reservations for the stack."""
-    kind = next((kind for words, kind in COLLISIONS if words in error), None)
+    words, kind = next(((words, kind) for words, kind in COLLISIONS if words in error), (None, None))
     if kind is None:
         return {}
     prefix = f"{PROJECT}:"
@@ -158,21 +154,21 @@ def rechoose(stack: auto.Stack, error: str, retry: int, say: Callable[[str], Non
     pid, _ = reservations.current_owner()
     ours = {r.value for r in reservations.Registry().records() if r.pid == pid and r.stack == stack.name}
     if kind == "ports":
-        named = set(re.findall(r":(\d+): bind: address already in use", error))
+        named = set(re.findall(r"\d+\.\d+\.\d+\.\d+:(\d+)", error))
         keys = [k for k in PORT_KEYS if current.get(k) in named] or list(PORT_KEYS)
         old = [current.get(k) for k in keys]
         if not all(v in ours for v in old):
             return {}
         _, ports = reserve(ports=len(keys), subnet=False, stack=stack.name, avoid=old)
         changed = {k: str(p) for k, p in zip(keys, ports)}
-        what = f"port {', '.join(old)} was taken after it was chosen (address already in use)"
+        what = f"port {', '.join(old)} was taken after it was chosen ({words})"
     else:
         old = [current.get("networkSubnet")]
         if old[0] not in ours:
             return {}
         subnet, _ = reserve(ports=0, subnet=True, stack=stack.name, avoid=old)
         changed = network_config(subnet)
-        what = f"subnet {old[0]} overlaps a network created after it was chosen (Pool overlaps)"
+        what = f"subnet {old[0]} was taken after it was chosen ({words})"
     stacks.configure(stack, changed)
     with reservations.Registry().locked() as records:
         records[:] = [r for r in records if not (r.stack == stack.name and r.kind != "stack" and r.value in old)]
