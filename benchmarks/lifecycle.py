@@ -73,9 +73,10 @@ class PulumiStack:
 
     def __init__(self, settings: stacks.Settings):
         self.env = {**os.environ, **settings.env()}
-        self.stack = teststacks.create(settings, config={**teststacks.isolated_config(),
-                                                         "healthTimeoutSeconds": str(HEALTH_TIMEOUT_S),
-                                                         **stacks.local_images()})
+        name = teststacks.new_name()
+        self.stack = teststacks.create(settings, name, config={**teststacks.isolated_config(stack=name),
+                                                               "healthTimeoutSeconds": str(HEALTH_TIMEOUT_S),
+                                                               **stacks.local_images()})
 
     def pulumi(self, *args: str) -> None:
         done = subprocess.run(["pulumi", *args, "--stack", self.stack.name, "--non-interactive", "--color", "never"],
@@ -84,7 +85,7 @@ class PulumiStack:
             raise RuntimeError(f"pulumi {args[0]} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
     def up(self) -> None:
-        self.pulumi("up", "--yes", "--skip-preview")
+        teststacks.up_with_retries(self.stack, lambda: self.pulumi("up", "--yes", "--skip-preview"), print)
 
     def check_verified(self) -> None:
         assert_verified(self.stack.outputs())
@@ -104,6 +105,7 @@ class PulumiStack:
     def remove(self) -> None:
         self.stack.workspace.remove_stack(self.stack.name, force=True)
         dockercli.remove_objects(dockercli.labelled_objects(self.stack.name))
+        teststacks.release(self.stack.name)
 
 
 class PlainDocker:
@@ -111,7 +113,7 @@ class PlainDocker:
 
     def __init__(self):
         self.prefix = f"bench-plain-{secrets.token_hex(3)}"
-        self.config = teststacks.isolated_config()
+        self.config = teststacks.isolated_config(stack=self.prefix)
         self.password = secrets.token_urlsafe(24)
 
     def names(self) -> dict[str, str]:
@@ -160,6 +162,7 @@ class PlainDocker:
         dockercli.docker("rm", "-f", n["pg"], n["redis"], check=check)
         dockercli.docker("network", "rm", n["network"], check=check)
         dockercli.docker("volume", "rm", n["pg_volume"], n["redis_volume"], check=check)
+        teststacks.release(self.prefix)
 
 
 def health_flags(command: str) -> list[str]:

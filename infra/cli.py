@@ -17,7 +17,8 @@ from typing import Optional
 
 from pulumi import automation as auto
 
-from infra import adopt, backup, dockerhost, migration_files, migrations, previews, stacks, status, teststacks
+from infra import (adopt, backup, dockerhost, migration_files, migrations, previews, reservations, stacks, status,
+                   teststacks)
 from infra.config import ConfigError
 from infra.connect import ConnectError
 from infra.dockercli import DockerError
@@ -174,7 +175,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
 def cmd_test_stack_create(args: argparse.Namespace) -> int:
     stack = teststacks.create()
     say(f"created test stack {stack.name}; remove it with `python -m infra down --stack {stack.name} --remove`")
-    result = stacks.up(stack, args.images, say, on_output=None)
+    result = teststacks.up_with_retries(stack, lambda: stacks.up(stack, args.images, say, on_output=None), say)
     print(json.dumps({"stack": stack.name, **{k: v.value for k, v in result.outputs.items() if not v.secret}},
                      indent=2))
     return 0
@@ -184,6 +185,8 @@ def cmd_test_stack_sweep(args: argparse.Namespace) -> int:
     swept = teststacks.sweep(timedelta(minutes=args.older_than_minutes), say=say)
     print(f"removed {len(swept.stacks)} test stacks{': ' + ', '.join(swept.stacks) if swept.stacks else ''}; "
           f"{len(swept.objects)} leftover Docker objects{': ' + ', '.join(swept.objects) if swept.objects else ''}")
+    if swept.in_use:
+        say(f"left {len(swept.in_use)} old test stacks that live processes still use: {', '.join(swept.in_use)}")
     for error in swept.errors:
         say(f"error: {error}")
     return 1 if swept.errors else 0
@@ -252,7 +255,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (stacks.StackError, ConfigError, backup.BackupError, dockerhost.DockerHostError) as exc:
+    except (stacks.StackError, ConfigError, backup.BackupError, dockerhost.DockerHostError,
+            reservations.ReservationError) as exc:
         say(f"error: {exc}")
         return 2
     except (MigrationError, ConnectError, backup.BackupFailed, DockerError) as exc:

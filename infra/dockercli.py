@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
-import random
 import subprocess
 import tarfile
 import tempfile
@@ -123,15 +122,3 @@ def used_subnets() -> list[ipaddress.IPv4Network]:
             if conf.get("Subnet") and ":" not in conf["Subnet"]:
                 nets.append(ipaddress.IPv4Network(conf["Subnet"]))
     return nets
-
-
-def free_subnet(pool: str = "172.29.0.0/16", prefix: int = 24,
-                exclude: Sequence[ipaddress.IPv4Network] = ()) -> ipaddress.IPv4Network:
-    """A random /24 of ``pool`` that no Docker network on this host (nor ``exclude``) overlaps."""
-    taken = used_subnets() + list(exclude)
-    candidates = list(ipaddress.IPv4Network(pool).subnets(new_prefix=prefix))
-    random.shuffle(candidates)
-    for net in candidates:
-        if not any(net.overlaps(t) for t in taken):
-            return net
-    raise DockerError(f"no free /{prefix} left in {pool}; remove unused networks (`docker network prune`)")

@@ -1,6 +1,11 @@
 """Throwaway test stacks: created with a free subnet, free host ports and stack-prefixed
 names; swept when older than a limit, so a crashed CI run leaves nothing behind.
 
+Ports and subnets are reserved host-wide (infra/reservations.py) at the moment they are
+chosen, so stacks created at once by several processes never share one; ports come from
+outside the ephemeral range and must bind. When something takes one anyway before Docker
+does, :func:`up_with_retries` chooses again. A stack in use by a live process is never swept.
+
 A test stack is recognised by its name alone, ``test-<UTC yyyymmddThhmmss>-<6 hex>``,
 which also carries its age; the sweeper never touches a stack or Docker object whose name
 or label does not match it.
@@ -8,17 +13,18 @@ or label does not match it.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import re
 import secrets
-import socket
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, TypeVar
 
 from pulumi import automation as auto
 
-from infra import dockercli, stacks
+from infra import dockercli, reservations, stacks
+from infra.config import PROJECT
 
 PREFIX = "test"
 NAME = re.compile(rf"^{PREFIX}-(\d{{8}}t\d{{6}})-[0-9a-f]{{6}}$")
@@ -27,10 +33,9 @@ SUBNET_POOL = "172.29.0.0/16"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port outside the ephemeral range that nothing holds now and no other process on this
+    host has reserved; it stays reserved for this process until it ends."""
+    return reserve(ports=1, subnet=False, host=host)[1][0]
 
 
 def new_name(now: Optional[datetime] = None) -> str:
@@ -44,33 +49,60 @@ def created_at(name: str) -> Optional[datetime]:
     return datetime.strptime(match.group(1), "%Y%m%dt%H%M%S").replace(tzinfo=timezone.utc) if match else None
 
 
-# What this process has handed out but Docker may not show yet (stacks configured, not up).
-_handed_out: dict[str, set] = {"subnets": set(), "ports": set()}
-_handed_out_lock = threading.Lock()
+def reserve(ports: int, subnet: bool, stack: str = "", host: str = "127.0.0.1",
+            avoid: Sequence[str] = ()) -> tuple[Optional[ipaddress.IPv4Network], list[int]]:
+    """Choose and reserve, host-wide and under one lock, ``ports`` free ports and (with ``subnet``) a /24
+    of SUBNET_POOL that no Docker network uses; ``avoid`` are values not to choose again."""
+    with reservations.Registry().locked() as records:
+        taken_ports = {int(r.value) for r in records if r.kind == "port"} | {int(v) for v in avoid if v.isdigit()}
+        chosen = reservations.pick_ports(ports, reservations.port_pool(),
+                                         taken_ports, lambda port: reservations.bindable(port, host))
+        net = None
+        if subnet:
+            taken = dockercli.used_subnets() + [ipaddress.IPv4Network(r.value) for r in records if r.kind == "subnet"]
+            net = reservations.pick_subnet(SUBNET_POOL, 24, taken + [ipaddress.IPv4Network(v) for v in avoid if "/" in v])
+            records.append(reservations.new_record("subnet", str(net), stack))
+        records.extend(reservations.new_record("port", str(port), stack) for port in chosen)
+    return net, chosen
 
 
-def isolated_config(retain_volumes: bool = False) -> dict[str, str]:
-    """Config that keeps a stack clear of every other on this host: its own /24 and ports.
+def network_config(subnet: ipaddress.IPv4Network) -> dict[str, str]:
+    """The network keys for ``subnet``: gateway first, fixed IPs below the automatic range."""
+    hosts = list(subnet.hosts())
+    return {"networkSubnet": str(subnet), "networkGateway": str(hosts[0]),
+            "networkIpRange": str(list(subnet.subnets(prefixlen_diff=1))[1]),
+            "postgresIp": str(hosts[99]), "redisIp": str(hosts[119])}
+
+
+def isolated_config(retain_volumes: bool = False, stack: str = "") -> dict[str, str]:
+    """Config that keeps a stack clear of every other on this host: its own /24 and ports, reserved
+    host-wide for ``stack`` (only values reserved for the stack are chosen again on a collision).
 
     Names need nothing here: every stack but dev gets them prefixed with its own name.
     """
-    with _handed_out_lock:
-        subnet = dockercli.free_subnet(SUBNET_POOL, exclude=list(_handed_out["subnets"]))
-        ports = []
-        while len(ports) < 2:
-            port = free_port()
-            if port not in _handed_out["ports"] and port not in ports:
-                ports.append(port)
-        _handed_out["subnets"].add(subnet)
-        _handed_out["ports"].update(ports)
-    hosts = list(subnet.hosts())
-    return {
-        "networkSubnet": str(subnet), "networkGateway": str(hosts[0]),
-        "networkIpRange": str(list(subnet.subnets(prefixlen_diff=1))[1]),
-        "postgresIp": str(hosts[99]), "redisIp": str(hosts[119]),
-        "postgresHostPort": str(ports[0]), "redisHostPort": str(ports[1]),
-        "retainVolumes": "true" if retain_volumes else "false",
-    }
+    subnet, ports = reserve(ports=2, subnet=True, stack=stack)
+    return {**network_config(subnet), "postgresHostPort": str(ports[0]), "redisHostPort": str(ports[1]),
+            "retainVolumes": "true" if retain_volumes else "false"}
+
+
+def mark_in_use(stack: str) -> None:
+    """Record that this process uses ``stack``, so no sweeper on this host removes it meanwhile."""
+    pid, _ = reservations.current_owner()
+    with reservations.Registry().locked() as records:
+        if not any(r.kind == "stack" and r.value == stack and r.pid == pid for r in records):
+            records.append(reservations.new_record("stack", stack, stack))
+
+
+def release(stack: str) -> None:
+    """Give back everything reserved for ``stack`` (it is destroyed, or its owner is gone)."""
+    with reservations.Registry().locked() as records:
+        records[:] = [r for r in records if r.stack != stack]
+
+
+def in_use_elsewhere() -> set[str]:
+    """Test stacks that another live process on this host is still using."""
+    pid, _ = reservations.current_owner()
+    return {r.value for r in reservations.Registry().records() if r.kind == "stack" and r.pid != pid}
 
 
 def create(settings: Optional[stacks.Settings] = None, name: Optional[str] = None,
@@ -78,9 +110,71 @@ def create(settings: Optional[stacks.Settings] = None, name: Optional[str] = Non
     """Create and configure (not deploy) a new stack: ``config`` (default: :func:`isolated_config`)
     and generated secrets."""
     stack = stacks.open_stack(name or new_name(), settings, create=True)
-    stacks.configure(stack, isolated_config() if config is None else config)
+    mark_in_use(stack.name)
+    stacks.configure(stack, isolated_config(stack=stack.name) if config is None else config)
     stacks.ensure_secrets(stack)
     return stack
+
+
+# Docker's words when a chosen subnet or port was taken after it was chosen.
+COLLISIONS = (("Pool overlaps", "subnet"), ("failed to allocate gateway", "subnet"),
+              ("bind: address already in use", "ports"), ("port is already allocated", "ports"))
+RETRIES = 3
+PORT_KEYS = ("postgresHostPort", "redisHostPort")
+T = TypeVar("T")
+
+
+def up_with_retries(stack: auto.Stack, attempt: Callable[[], T], say: Callable[[str], None],
+                    rechosen: Optional[dict[str, str]] = None) -> T:
+    """Run ``attempt`` (an `up` of the test stack); when it fails because a port or subnet this process
+    reserved for the stack was taken meanwhile, choose new ones and try again, at most RETRIES
+    times, saying so. Values the stack was given by hand are never changed: that failure is raised.
+    The new values are also written into ``rechosen``."""
+    retry = 0
+    while True:
+        try:
+            return attempt()
+        except Exception as exc:
+            retry += 1
+            changed = rechoose(stack, str(exc), retry, say) if retry <= RETRIES else {}
+            if not changed:
+                raise
+            if rechosen is not None:
+                rechosen.update(changed)
+
+
+def rechoose(stack: auto.Stack, error: str, retry: int, say: Callable[[str], None]) -> dict[str, str]:
+    """New reserved ports or subnet for ``stack`` after ``error``, configured; {} when the error is no
+    collision or the colliding values are not this process's reservations for the stack."""
+    words, kind = next(((words, kind) for words, kind in COLLISIONS if words in error), (None, None))
+    if kind is None:
+        return {}
+    prefix = f"{PROJECT}:"
+    current = {k[len(prefix):]: v.value for k, v in stack.get_all_config().items() if k.startswith(prefix)}
+    pid, _ = reservations.current_owner()
+    ours = {r.value for r in reservations.Registry().records() if r.pid == pid and r.stack == stack.name}
+    if kind == "ports":
+        named = set(re.findall(r"\d+\.\d+\.\d+\.\d+:(\d+)", error))
+        keys = [k for k in PORT_KEYS if current.get(k) in named] or list(PORT_KEYS)
+        old = [current.get(k) for k in keys]
+        if not all(v in ours for v in old):
+            return {}
+        _, ports = reserve(ports=len(keys), subnet=False, stack=stack.name, avoid=old)
+        changed = {k: str(p) for k, p in zip(keys, ports)}
+        what = f"port {', '.join(old)} was taken after it was chosen ({words})"
+    else:
+        old = [current.get("networkSubnet")]
+        if old[0] not in ours:
+            return {}
+        subnet, _ = reserve(ports=0, subnet=True, stack=stack.name, avoid=old)
+        changed = network_config(subnet)
+        what = f"subnet {old[0]} was taken after it was chosen ({words})"
+    stacks.configure(stack, changed)
+    with reservations.Registry().locked() as records:
+        records[:] = [r for r in records if not (r.stack == stack.name and r.kind != "stack" and r.value in old)]
+    say(f"test stack {stack.name}: {what}; retrying with "
+        f"{', '.join(f'{k}={v}' for k, v in changed.items())} (retry {retry} of {RETRIES})")
+    return changed
 
 
 @dataclass(frozen=True)
@@ -88,17 +182,20 @@ class Swept:
     stacks: list[str]
     objects: list[str]
     errors: list[str]
+    in_use: list[str] = dataclasses.field(default_factory=list)
 
 
 def sweep(max_age: timedelta, settings: Optional[stacks.Settings] = None,
           now: Optional[datetime] = None, say: Callable[[str], None] = lambda _: None) -> Swept:
     """Destroy and remove test stacks older than ``max_age``, then any Docker object left
-    labelled with an old test stack's name (its state may be gone with a crashed run)."""
+    labelled with an old test stack's name (its state may be gone with a crashed run).
+    A stack another live process on this host still uses is left alone, however old."""
     now = now or datetime.now(timezone.utc)
+    in_use = in_use_elsewhere()
 
     def old(name: str) -> bool:
         born = created_at(name)
-        return born is not None and now - born > max_age
+        return born is not None and now - born > max_age and name not in in_use
 
     settings = settings or stacks.Settings.default()
     workspace = stacks.workspace(settings)
@@ -114,9 +211,11 @@ def sweep(max_age: timedelta, settings: Optional[stacks.Settings] = None,
             finally:
                 workspace.remove_stack(summary.name, force=True)
             removed.append(summary.name)
+            release(summary.name)
         except Exception as exc:  # keep sweeping; the label sweep below catches what is left
             errors.append(f"{summary.name}: {(str(exc).strip().splitlines() or [type(exc).__name__])[-1]}")
     leftovers = {kind: {n: s for n, s in objs.items() if old(s)}
                  for kind, objs in dockercli.labelled_objects().items()}
     dockercli.remove_objects(leftovers)
-    return Swept(removed, sorted(n for objs in leftovers.values() for n in objs), errors)
+    spared = sorted(name for name in in_use if (born := created_at(name)) and now - born > max_age)
+    return Swept(removed, sorted(n for objs in leftovers.values() for n in objs), errors, spared)

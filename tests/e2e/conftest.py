@@ -55,7 +55,9 @@ class TestStack:
     removed: bool = False
 
     def up(self, **kwargs) -> auto.UpResult:
-        return self.stack.up(color="never", **kwargs)
+        """`up`, choosing new ports or subnet if one this stack reserved was taken meanwhile."""
+        return teststacks.up_with_retries(self.stack, lambda: self.stack.up(color="never", **kwargs), print,
+                                          rechosen=self.config)
 
     def destroy_and_remove(self) -> None:
         if self.removed:
@@ -68,10 +70,11 @@ class TestStack:
                 self.stack.workspace.remove_stack(self.name)
             finally:
                 sweep(self.name)
+                teststacks.release(self.name)
 
 
-def stack_config(retain_volumes: bool = False) -> dict[str, str]:
-    return {**teststacks.isolated_config(retain_volumes), "healthTimeoutSeconds": "90", **local_images()}
+def stack_config(retain_volumes: bool = False, stack: str = "") -> dict[str, str]:
+    return {**teststacks.isolated_config(retain_volumes, stack), "healthTimeoutSeconds": "90", **local_images()}
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +94,7 @@ def make_stack(settings):
 
     def make(retain_volumes: bool = False, **overrides: str) -> TestStack:
         name = f"e2e-{uuid.uuid4().hex[:8]}"
-        config = {**stack_config(retain_volumes), **overrides}
+        config = {**stack_config(retain_volumes, name), **overrides}
         test_stack = TestStack(teststacks.create(settings, name, config), name, config)
         created.append(test_stack)
         return test_stack
