@@ -23,7 +23,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 from pulumi import automation as auto
 
-from infra import dockercli, reservations, stacks
+from infra import dockercli, dockerhost, reservations, stacks
 from infra.config import PROJECT
 
 PREFIX = "test"
@@ -187,8 +187,9 @@ class Swept:
 
 def sweep(max_age: timedelta, settings: Optional[stacks.Settings] = None,
           now: Optional[datetime] = None, say: Callable[[str], None] = lambda _: None) -> Swept:
-    """Destroy and remove test stacks older than ``max_age``, then any Docker object left
-    labelled with an old test stack's name (its state may be gone with a crashed run).
+    """Destroy and remove test stacks older than ``max_age`` (and what is left labelled as theirs on
+    their own Docker host), then any Docker object on this process's Docker host left labelled
+    with an old test stack's name (its state may be gone with a crashed run).
     A stack another live process on this host still uses is left alone, however old."""
     now = now or datetime.now(timezone.utc)
     in_use = in_use_elsewhere()
@@ -206,10 +207,14 @@ def sweep(max_age: timedelta, settings: Optional[stacks.Settings] = None,
         say(f"sweeping stack {summary.name}")
         try:
             stack = stacks.open_stack(summary.name, settings)
+            host = stacks.docker_host_of(stack)
             try:
                 stack.destroy(color="never")
             finally:
                 workspace.remove_stack(summary.name, force=True)
+            # What a crashed run left labelled on the stack's own Docker host (remote ones too).
+            with dockerhost.session(host) as current, dockerhost.using(current):
+                dockercli.remove_objects(dockercli.labelled_objects(summary.name))
             removed.append(summary.name)
             release(summary.name)
         except Exception as exc:  # keep sweeping; the label sweep below catches what is left
