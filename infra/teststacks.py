@@ -143,19 +143,28 @@ def up_with_retries(stack: auto.Stack, attempt: Callable[[], T], say: Callable[[
                 rechosen.update(changed)
 
 
+def collision(error: str) -> tuple[str, str]:
+    """What Docker found taken in ``error`` ("ports" or "subnet") and its words; ("", "") for any other failure."""
+    return next(((kind, words) for words, kind in COLLISIONS if words in error), ("", ""))
+
+
+def ports_named(error: str) -> set[str]:
+    """The ports of the ``address:port`` pairs an error names."""
+    return set(re.findall(r"\d+\.\d+\.\d+\.\d+:(\d+)", error))
+
+
 def rechoose(stack: auto.Stack, error: str, retry: int, say: Callable[[str], None]) -> dict[str, str]:
     """New reserved ports or subnet for ``stack`` after ``error``, configured; {} when the error is no
     collision or the colliding values are not this process's reservations for the stack."""
-    words, kind = next(((words, kind) for words, kind in COLLISIONS if words in error), (None, None))
-    if kind is None:
+    kind, words = collision(error)
+    if not kind:
         return {}
     prefix = f"{PROJECT}:"
     current = {k[len(prefix):]: v.value for k, v in stack.get_all_config().items() if k.startswith(prefix)}
     pid, _ = reservations.current_owner()
     ours = {r.value for r in reservations.Registry().records() if r.pid == pid and r.stack == stack.name}
     if kind == "ports":
-        named = set(re.findall(r"\d+\.\d+\.\d+\.\d+:(\d+)", error))
-        keys = [k for k in PORT_KEYS if current.get(k) in named] or list(PORT_KEYS)
+        keys = [k for k in PORT_KEYS if current.get(k) in ports_named(error)] or list(PORT_KEYS)
         old = [current.get(k) for k in keys]
         if not all(v in ours for v in old):
             return {}

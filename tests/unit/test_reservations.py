@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from infra import reservations
+from infra import reservations, teststacks
 from infra.reservations import Record, Registry, ReservationError
 
 
@@ -130,3 +130,24 @@ def test_processes_reserving_at_once_never_get_the_same_port(tmp_path):
         p.join(timeout=60)
     assert len(chosen) == 100 and len(set(chosen)) == 100
     assert Registry(tmp_path).records() == [], "the owners have ended, so their reservations are gone"
+
+
+# Docker's words as the docker provider reported them here (Docker 20.10).
+PORT_TAKEN = ("Unable to start container: Error response from daemon: driver failed programming external connectivity "
+              "on endpoint e2e-502d3e40-room-03-archiv-postgres (c4a0f693e802): Error starting userland proxy: "
+              "listen tcp4 127.0.0.1:20001: bind: address already in use")
+PORT_ALLOCATED = ("driver failed programming external connectivity on endpoint x (ab12): "
+                  "Bind for 127.0.0.1:20007 failed: port is already allocated")
+GATEWAY_TAKEN = ("Unable to create network: Error response from daemon: failed to allocate gateway (172.29.93.1): "
+                 "Address already in use")
+POOL_OVERLAPS = "Error response from daemon: Pool overlaps with other one on this address space"
+
+
+def test_dockers_collision_errors_name_the_resource_to_choose_again_and_nothing_else_does():
+    assert teststacks.collision(PORT_TAKEN) == ("ports", "bind: address already in use")
+    assert teststacks.collision(PORT_ALLOCATED) == ("ports", "port is already allocated")
+    assert teststacks.collision(GATEWAY_TAKEN)[0] == "subnet", "the gateway's 'Address already in use' is no port"
+    assert teststacks.collision(POOL_OVERLAPS)[0] == "subnet"
+    assert teststacks.collision("postgresHostPort: expected a port 1-65535, found 'not-a-port'") == ("", "")
+    assert teststacks.ports_named(PORT_TAKEN) == {"20001"} and teststacks.ports_named(PORT_ALLOCATED) == {"20007"}
+    assert teststacks.ports_named(GATEWAY_TAKEN) == set()
