@@ -209,7 +209,7 @@ def sweep(max_age: timedelta, settings: Optional[stacks.Settings] = None,
 
     settings = settings or stacks.Settings.default()
     workspace = stacks.workspace(settings)
-    removed, errors = [], []
+    removed, objects, errors = [], [], []
     for summary in workspace.list_stacks():
         if not old(summary.name):
             continue
@@ -223,7 +223,9 @@ def sweep(max_age: timedelta, settings: Optional[stacks.Settings] = None,
                 workspace.remove_stack(summary.name, force=True)
             # What a crashed run left labelled on the stack's own Docker host (remote ones too).
             with dockerhost.session(host) as current, dockerhost.using(current):
-                dockercli.remove_objects(dockercli.labelled_objects(summary.name))
+                left = dockercli.labelled_objects(summary.name)
+                dockercli.remove_objects(left)
+            objects += [name for names in left.values() for name in names]
             removed.append(summary.name)
             release(summary.name)
         except Exception as exc:  # keep sweeping; the label sweep below catches what is left
@@ -232,4 +234,4 @@ def sweep(max_age: timedelta, settings: Optional[stacks.Settings] = None,
                  for kind, objs in dockercli.labelled_objects().items()}
     dockercli.remove_objects(leftovers)
     spared = sorted(name for name in in_use if (born := created_at(name)) and now - born > max_age)
-    return Swept(removed, sorted(n for objs in leftovers.values() for n in objs), errors, spared)
+    return Swept(removed, sorted(objects + [n for objs in leftovers.values() for n in objs]), errors, spared)
