@@ -159,7 +159,7 @@ class PlainDocker:
 
     def destroy(self, check: bool = True) -> None:
         n = self.names()
-        dockercli.docker("rm", "-f", n["pg"], n["redis"], check=check)
+        dockercli.docker("rm", "-f", "-v", n["pg"], n["redis"], check=check)
         dockercli.docker("network", "rm", n["network"], check=check)
         dockercli.docker("volume", "rm", n["pg_volume"], n["redis_volume"], check=check)
         teststacks.release(self.prefix)

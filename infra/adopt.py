@@ -528,7 +528,7 @@ def _copy_volume(svc: OldService, stack: str, undo: _Undo, say: Callable[[str], 
                          "-v", f"{svc.volume}:/from:ro", "-v", f"{svc.target_volume}:/to", svc.image,
                          "-a", "/from/.", "/to/")
     finally:
-        dockercli.docker("rm", "-f", copier, check=False)
+        dockercli.docker("rm", "-f", "-v", copier, check=False)  # -v: the image's anonymous volumes
 
 
 def _remove_network(network: OldNetwork, undo: _Undo) -> None:

@@ -105,9 +105,9 @@ def labelled_objects(label_value: Optional[str] = None) -> dict[str, dict[str, s
 
 
 def remove_objects(objects: dict[str, dict[str, str]]) -> None:
-    """Force-remove the given containers, then networks, then volumes."""
+    """Force-remove the given containers (with their anonymous volumes), then networks, then volumes."""
     if objects.get("containers"):
-        docker("rm", "-f", *objects["containers"], check=False)
+        docker("rm", "-f", "-v", *objects["containers"], check=False)
     if objects.get("networks"):
         docker("network", "rm", *objects["networks"], check=False)
     if objects.get("volumes"):

@@ -213,7 +213,7 @@ def adr_deployment(make_stack):
                 ours = [*dep.containers, *(c + "-pre-adopt" for c in dep.containers),
                         f"{name}-adopt-copy-postgres", f"{name}-adopt-copy-redis", f"{name}-volume-user",
                         f"{name}-network-user"]
-                dockercli.docker("rm", "-f", *ours, check=False)
+                dockercli.docker("rm", "-f", "-v", *ours, check=False)
                 dockercli.docker("network", "rm", dep.cfg.network.name, check=False)
                 dockercli.docker("volume", "rm", "-f", *dep.volumes, check=False)
 

@@ -43,7 +43,7 @@ def live(make_stack):
         put_data(target)
         yield test_stack
     finally:
-        dockercli.docker("rm", "-f", target.postgres.container_name, target.redis.container_name, check=False)
+        dockercli.docker("rm", "-f", "-v", target.postgres.container_name, target.redis.container_name, check=False)
         test_stack.destroy_and_remove()
 
 
