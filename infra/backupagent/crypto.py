@@ -174,8 +174,6 @@ def decrypt(src: BinaryIO, dst: BinaryIO, passphrase: str, *, name: Optional[str
         following = _read_exactly(src, sealed_size) if len(sealed) == sealed_size else b""
         last = not following
         try:
-            if len(sealed) < TAG_LEN or counter > _MAX_COUNTER:
-                raise InvalidTag()
             plain = aead.decrypt(_nonce(prefix, counter, last), sealed, header)
         except InvalidTag:
             where = "its end" if last else f"chunk {counter}"

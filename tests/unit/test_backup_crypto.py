@@ -72,9 +72,9 @@ def test_default_parameters_round_trip_around_the_one_mib_chunk(size):
 def test_reads_that_return_few_bytes_at_a_time_still_round_trip():
     data = os.urandom(1000)
     out = io.BytesIO()
-    crypto.encrypt(io.BufferedReader(TrickleReader(data), 1), out, PASSPHRASE, **CHEAP)
+    crypto.encrypt(TrickleReader(data), out, PASSPHRASE, **CHEAP)
     back = io.BytesIO()
-    crypto.decrypt(io.BufferedReader(TrickleReader(out.getvalue()), 1), back, PASSPHRASE)
+    crypto.decrypt(TrickleReader(out.getvalue()), back, PASSPHRASE)
     assert back.getvalue() == data
 
 
@@ -261,3 +261,10 @@ def test_a_failed_file_decryption_leaves_no_file_and_keeps_an_existing_one(tmp_p
         crypto.decrypt_file(sealed, back, "not it")
     assert back.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "plain.enc", "restored"]
+
+
+def test_a_damaged_header_is_reported_as_corruption_not_as_a_wrong_passphrase():
+    sealed = bytearray(seal(b"data"))
+    sealed[20] ^= 0x01  # inside the salt
+    with pytest.raises(CorruptObject, match="damaged header"):
+        open_sealed(bytes(sealed))
