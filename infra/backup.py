@@ -367,7 +367,7 @@ class ScratchRedis:
         dockercli.docker("rm", "-f", "-v", self.name, check=False)
 
 
-def _compare_redis(client: redis.Redis, manifest: dict) -> Check:
+def compare_redis(client: redis.Redis, manifest: dict) -> Check:
     started = time.perf_counter()
     keys = _keyspace(client.info("keyspace"))
     want = manifest["redis"]["keys"]
@@ -434,7 +434,7 @@ def _scratch_containers(stack: str) -> list[str]:
 
 
 
-def _require_containers(target: Target) -> None:
+def require_containers(target: Target) -> None:
     for service in (target.postgres, target.redis):
         state = (dockercli.inspect("container", service.container_name) or {}).get("State") or {}
         if not state.get("Running"):
@@ -445,7 +445,7 @@ def _require_containers(target: Target) -> None:
 
 def backup(target: Target, root: Path, now: Optional[datetime] = None) -> tuple[Path, dict]:
     """Take a backup of both services into ``<root>/<stack>/<UTC time>/``; return the folder and its manifest."""
-    _require_containers(target)
+    require_containers(target)
     now = now or datetime.now(timezone.utc)
     name = now.strftime("%Y%m%dT%H%M%SZ")
     base = Path(root) / target.stack
@@ -475,7 +475,8 @@ def verify_backup(target: Target, folder: Path) -> Report:
     """Restore the backup into scratch places next to the live stack and compare with its manifest."""
     manifest = _usable_manifest(target, folder)
     with _exclusive(target):
-        loaded = _load_in_scratch(target, Path(folder), manifest, read_keys=False)
+        loaded = _load_in_scratch(target, Path(folder) / PG_DUMP, Path(folder) / REDIS_RDB, manifest,
+                                  read_keys=False)
         _drop_database(target.postgres, loaded.database)
     return loaded.report
 
@@ -483,8 +484,14 @@ def verify_backup(target: Target, folder: Path) -> Report:
 def restore(target: Target, folder: Path, say: Callable[[str], None] = lambda _: None) -> Outcome:
     """Replace the stack's data with the backup's, all or nothing."""
     manifest = _usable_manifest(target, folder)
+    return switch_to(target, Path(folder) / PG_DUMP, Path(folder) / REDIS_RDB, manifest, say)
+
+
+def switch_to(target: Target, dump: Path, rdb: Path, expected: dict, say: Callable[[str], None]) -> Outcome:
+    """Load a pg_dump file and an RDB file in scratch places, compare them with ``expected``
+    (tables, schema_sha256, keys as in a manifest), then switch the live data, all or nothing."""
     with _exclusive(target):
-        loaded = _load_in_scratch(target, Path(folder), manifest, read_keys=True)
+        loaded = _load_in_scratch(target, dump, rdb, expected, read_keys=True)
         if not loaded.report.ok:
             _drop_database(target.postgres, loaded.database)
             raise BackupFailed(f"the backup does not load as its manifest says; nothing live was touched\n"
@@ -512,18 +519,18 @@ class _Loaded:
 def _usable_manifest(target: Target, folder: Path) -> dict:
     """Everything that can refuse a backup, checked before anything is touched."""
     manifest = load_manifest(folder)
-    _require_containers(target)
-    _check_versions(target, manifest)
+    require_containers(target)
+    check_versions(target, manifest)
     return manifest
 
 
-def _load_in_scratch(target: Target, folder: Path, manifest: dict, read_keys: bool) -> _Loaded:
-    scratch = _restore_into_scratch(target.postgres, folder / PG_DUMP)
+def _load_in_scratch(target: Target, dump: Path, rdb: Path, manifest: dict, read_keys: bool) -> _Loaded:
+    scratch = _restore_into_scratch(target.postgres, dump)
     try:
         checks = _compare_postgres(target.postgres, scratch, manifest)
         entries = []
-        with ScratchRedis(target.redis, target.stack, folder / REDIS_RDB) as client:
-            checks.append(_compare_redis(client, manifest))
+        with ScratchRedis(target.redis, target.stack, rdb) as client:
+            checks.append(compare_redis(client, manifest))
             if read_keys:
                 entries = list(_dump_all(client))
     except BaseException:
@@ -532,7 +539,7 @@ def _load_in_scratch(target: Target, folder: Path, manifest: dict, read_keys: bo
     return _Loaded(Report(checks), scratch, entries)
 
 
-def _check_versions(target: Target, manifest: dict) -> None:
+def check_versions(target: Target, manifest: dict) -> None:
     """Refuse a backup the live servers cannot take, before anything is touched."""
     with connect_postgres(target.postgres) as conn:
         pg_major = int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000

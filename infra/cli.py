@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
 from pulumi import automation as auto
 
-from infra import (adopt, backup, dockerhost, migration_files, migrations, previews, reservations, stacks, status,
-                   teststacks)
+from infra import (adopt, agentstatus, backup, dockerhost, migration_files, migrations, pitr, previews, reservations,
+                   stacks, status, teststacks)
+from infra.backupagent import BackupAgentError
 from infra.config import ConfigError
 from infra.connect import ConnectError
 from infra.dockercli import DockerError
@@ -120,14 +121,27 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack)
-    target = stacks.target_from_outputs(args.stack, stack.outputs(), stacks.docker_host_of(stack))
+    outputs = stack.outputs()
+    target = stacks.target_from_outputs(args.stack, outputs, stacks.docker_host_of(stack))
+    agent = outputs.get("backupContainerName")
     with dockerhost.reach(target) as reached:
-        result = status.status(reached, drift=stacks.drift_of(stack))
+        result = status.status(reached, drift=stacks.drift_of(stack),
+                               backup_agent=(agent.value, outputs["backupSchedule"].value) if agent else None)
     print(result.to_json() if args.json else result.table())
     return 0 if result.healthy else 1
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    if args.now:
+        return _backup_now(args)
+    if args.source:
+        if not args.verify:
+            raise stacks.StackError("--from names backups to verify; add --verify")
+        config = stacks.stack_config(args.stack).backup
+        with stacks.reached(args.stack) as target:
+            report = pitr.verify(target, args.source, config, args.name, say)
+        print(report.table())
+        return 0 if report.ok else 1
     with stacks.reached(args.stack) as target:
         folder, manifest = backup.backup(target, args.to)
         files = ", ".join(f"{name} {meta['size']} B" for name, meta in sorted(manifest["files"].items()))
@@ -140,9 +154,27 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _backup_now(args: argparse.Namespace) -> int:
+    stack = stacks.open_stack(args.stack)
+    agent = stack.outputs().get("backupContainerName")
+    if agent is None:
+        raise stacks.StackError(f"stack '{args.stack}' has no backup agent; set backupSchedule and run "
+                                f"`python -m infra up --stack {args.stack}`")
+    with dockerhost.session(stacks.docker_host_of(stack)) as session, dockerhost.using(session):
+        run = agentstatus.run_now(agent.value)
+    say(f"backup {run['name']}: {run['result']}" + (f": {run.get('error')}" if run.get("error") else ""))
+    return 0 if run["result"] == "ok" else 1
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
-    with stacks.reached(args.stack) as target:
-        outcome = backup.restore(target, args.source, say)
+    folder = Path(args.source)
+    if args.to_time is None and not args.source.startswith("s3://") and (folder / backup.MANIFEST).is_file():
+        with stacks.reached(args.stack) as target:  # a folder written by `backup`
+            outcome = backup.restore(target, folder, say)
+    else:  # the agent's backups: s3://bucket/prefix or a copy of its store
+        config = stacks.stack_config(args.stack).backup
+        with stacks.reached(args.stack) as target:
+            outcome = pitr.restore(target, args.source, config, args.to_time, say)
     print(outcome.report.table())
     say(f"restored {args.source} into stack {args.stack}; the previous database is kept as "
         f"{outcome.previous_database} (DROP DATABASE it once you no longer need it)")
@@ -226,8 +258,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=Path, default=stacks.HOME / "backups",
                    help="backup root; the backup lands in ROOT/STACK/<UTC time>/ (default %(default)s)")
     p.add_argument("--verify", action="store_true", help="then restore it into scratch places and compare")
-    command("restore", cmd_restore, "replace the stack's data with a backup, all or nothing").add_argument(
-        "--from", dest="source", type=Path, required=True, help="a backup folder (ROOT/STACK/<UTC time>)")
+    p.add_argument("--from", dest="source",
+                   help="with --verify: the agent's backups to verify instead (s3://BUCKET/PREFIX or a store folder)")
+    p.add_argument("--name", help="with --from: the backup to verify (base/NAME; default the newest)")
+    p.add_argument("--now", action="store_true", help="have the stack's backup agent take a scheduled-style backup now")
+    p = command("restore", cmd_restore, "replace the stack's data with a backup, all or nothing")
+    p.add_argument("--from", dest="source", required=True,
+                   help="a backup folder (ROOT/STACK/<UTC time>), or the agent's backups: s3://BUCKET/PREFIX")
+    p.add_argument("--to-time", type=point_in_time,
+                   help='restore PostgreSQL to this moment, e.g. "2026-11-26 10:42:00" (UTC unless an offset is '
+                        'given); Redis comes from the newest snapshot before it')
     p = command("adopt", cmd_adopt, "take over the ADR's compose-style deployment (containers, volumes, network) "
                 "into the stack, keeping every row and key")
     images_option(p)
@@ -246,6 +286,15 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def point_in_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a time like \"2026-11-26 10:42:00\" (UTC) "
+                                         f"or \"2026-11-26T10:42:00+01:00\"") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
 def images_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", choices=("auto", "config", "local"), default="auto",
                    help="auto: local images for configured ones missing on this host (default)")
@@ -256,7 +305,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return args.handler(args)
     except (stacks.StackError, ConfigError, backup.BackupError, dockerhost.DockerHostError,
-            reservations.ReservationError) as exc:
+            reservations.ReservationError, BackupAgentError) as exc:
         say(f"error: {exc}")
         return 2
     except (MigrationError, ConnectError, backup.BackupFailed, DockerError) as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 from urllib.parse import urlsplit
 
+from infra.backupagent.schedule import Cron, ScheduleError
 from infra.targets import DockerHost
 
 PROJECT = "sin-datastores"
@@ -28,6 +29,9 @@ ADR_NAMES = {
     "postgresVolumeName": "postgres_data",
     "redisContainerName": "room-04-memory-redis",
     "redisVolumeName": "redis_data",
+    "backupContainerName": "sin-backup-agent",
+    "backupVolumeName": "sin_backups",
+    "postgresArchiveVolumeName": "postgres_wal_archive",
 }
 
 # Every key with its default (None: required, or derived from the stack name).
@@ -60,8 +64,28 @@ DEFAULTS: dict[str, Optional[str]] = {
     "redisPassword": None,
     "redisMajorVersion": "7",
     "redisMemoryMb": "256",
+    "backupSchedule": "",
+    "backupKeepLast": "7",
+    "backupKeepDaily": "7",
+    "backupKeepWeekly": "4",
+    "backupPassphrase": None,
+    "backupImage": "sin-datastores/backup-agent:1",
+    "backupContainerName": None,
+    "backupVolumeName": None,
+    "postgresArchiveVolumeName": None,
+    "backupS3Bucket": "",
+    "backupS3Prefix": "",
+    "backupS3Endpoint": "",
+    "backupS3Region": "us-east-1",
+    "backupS3AccessKeyId": None,
+    "backupS3SecretAccessKey": None,
 }
+# Passwords generated when missing (scripts/up, `python -m infra up`).
 SECRET_KEYS = ("postgresPassword", "redisPassword")
+# Secrets of the backups: the passphrase is generated too when backups are on; the S3 keys never.
+BACKUP_PASSPHRASE_KEY = "backupPassphrase"
+S3_SECRET_KEYS = ("backupS3AccessKeyId", "backupS3SecretAccessKey")
+ALL_SECRET_KEYS = (*SECRET_KEYS, BACKUP_PASSPHRASE_KEY, *S3_SECRET_KEYS)
 
 _DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 # repository[:tag][@digest], lower-case path components as Docker requires.
@@ -70,6 +94,7 @@ _IMAGE = re.compile(
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Passwords are written into a Redis config file and a PostgreSQL password file.
 _PASSWORD_FORBIDDEN = re.compile(r"[\s\"'\\]")
@@ -127,6 +152,48 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    """Where the backups' off-host copies go."""
+
+    bucket: str
+    prefix: str
+    endpoint: str
+    """Empty: AWS's own endpoint for the region."""
+    region: str
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    """Scheduled backups on the Docker host: what runs when, what is kept, where copies go.
+    With only the S3 settings (no schedule) it serves restores: a new host restores from the
+    bucket before its own agent starts writing there."""
+
+    schedule: str
+    """Cron expression, UTC; empty: no agent, no WAL archiving."""
+    keep_last: int
+    keep_daily: int
+    keep_weekly: int
+    passphrase: str = field(repr=False)
+    image: str
+    container_name: str
+    volume_name: str
+    """The local copies, on the Docker host."""
+    archive_volume_name: str
+    """PostgreSQL's WAL archive, which the agent ships and empties."""
+    s3: Optional[S3Config]
+
+    @property
+    def scheduled(self) -> bool:
+        return bool(self.schedule)
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """Everything one stack declares."""
 
@@ -139,6 +206,8 @@ class StackConfig:
     network: NetworkConfig
     postgres: PostgresConfig
     redis: RedisConfig
+    backup: Optional[BackupConfig] = None
+    """None when neither backupSchedule nor backupS3Bucket is set."""
 
     @property
     def host_address(self) -> str:
@@ -171,7 +240,7 @@ class _Reader:
         if not value and key in ADR_NAMES:
             value = default_name(key, self.stack)
         if value is None:
-            hint = " --secret" if key in SECRET_KEYS else ""
+            hint = " --secret" if key in ALL_SECRET_KEYS else ""
             self.fail(key, "is required but not set", f"pulumi config set{hint} {key} <value>")
             return ""
         return str(value).strip()
@@ -305,10 +374,10 @@ def parse(raw: Mapping[str, str], stack: str, project: str = PROJECT,
     for key in sorted(set(raw) - set(DEFAULTS)):
         r.fail(key, "is not a known setting", f"pulumi config rm {key} (see README: Configuration)")
     if secret_keys is not None:
-        for key in SECRET_KEYS:
+        for key in ALL_SECRET_KEYS:
             if raw.get(key) and key not in secret_keys:
                 r.fail(key, "is stored in plain text in the stack configuration",
-                       f"pulumi config set --secret {key} <password>")
+                       f"pulumi config set --secret {key} <{'password' if key in SECRET_KEYS else 'value'}>")
 
     subnet = r.network("networkSubnet")
     ip_range = r.network("networkIpRange")
@@ -371,10 +440,73 @@ def parse(raw: Mapping[str, str], stack: str, project: str = PROJECT,
         network=network,
         postgres=postgres,
         redis=redis,
+        backup=_backup(r, stack, names),
     )
     if r.problems:
         raise ConfigError(r.problems)
     return config
+
+
+def _backup(r: _Reader, stack: str, names: dict[str, str]) -> Optional[BackupConfig]:
+    schedule = r.text("backupSchedule")
+    s3 = _s3(r, stack)
+    if not schedule and s3 is None:
+        return None
+    if schedule:
+        try:
+            Cron.parse(schedule)
+        except ScheduleError as exc:
+            r.fail("backupSchedule", str(exc), 'pulumi config set backupSchedule "0 3 * * *" (cron, UTC)')
+    passphrase = r.raw.get("backupPassphrase") or ""
+    if not passphrase:
+        r.fail("backupPassphrase", f"is required when {'backupSchedule' if schedule else 'backupS3Bucket'} is set",
+               "pulumi config set --secret backupPassphrase <at least 16 characters> (with backupSchedule "
+               "`python -m infra up` generates one; to restore, the one the backups were taken with)")
+    elif len(passphrase) < MIN_PASSWORD_LENGTH:
+        r.fail("backupPassphrase", f"is {len(passphrase)} characters long, shorter than {MIN_PASSWORD_LENGTH}",
+               f"pulumi config set --secret backupPassphrase <at least {MIN_PASSWORD_LENGTH} characters>")
+    volumes = {key: names[key] for key in ("backupVolumeName", "postgresArchiveVolumeName")}
+    taken = {names["postgresVolumeName"]: "postgresVolumeName", names["redisVolumeName"]: "redisVolumeName"}
+    for key, value in volumes.items():
+        if value in taken:
+            r.fail(key, f"'{value}' equals {taken[value]}", f"pulumi config set {key} <a different name>")
+        taken.setdefault(value, key)
+    return BackupConfig(
+        schedule=schedule,
+        keep_last=r.integer("backupKeepLast", 0, 10000),
+        keep_daily=r.integer("backupKeepDaily", 0, 10000),
+        keep_weekly=r.integer("backupKeepWeekly", 0, 10000),
+        passphrase=passphrase,
+        image=r.image("backupImage"),
+        container_name=names["backupContainerName"],
+        volume_name=volumes["backupVolumeName"],
+        archive_volume_name=volumes["postgresArchiveVolumeName"],
+        s3=s3,
+    )
+
+
+def _s3(r: _Reader, stack: str) -> Optional[S3Config]:
+    bucket = r.text("backupS3Bucket")
+    if not bucket:
+        for key in ("backupS3Prefix", "backupS3Endpoint", *S3_SECRET_KEYS):
+            if r.raw.get(key):
+                r.fail(key, "is set but backupS3Bucket is not", "pulumi config set backupS3Bucket <bucket>")
+        return None
+    if not _BUCKET.match(bucket):
+        r.fail("backupS3Bucket", f"'{bucket}' is not a valid S3 bucket name",
+               "use 3-63 characters: a-z, 0-9, '.', '-', starting and ending with a letter or digit")
+    prefix = r.text("backupS3Prefix").strip("/") or stack
+    endpoint = r.text("backupS3Endpoint")
+    if endpoint and urlsplit(endpoint).scheme not in ("http", "https"):
+        r.fail("backupS3Endpoint", f"'{endpoint}' is not an http:// or https:// URL",
+               "pulumi config set backupS3Endpoint https://<host>[:port] (unset for AWS)")
+    keys = {}
+    for key in S3_SECRET_KEYS:
+        keys[key] = r.raw.get(key) or ""
+        if not keys[key]:
+            r.fail(key, "is required when backupS3Bucket is set", f"pulumi config set --secret {key} <value>")
+    return S3Config(bucket, prefix, endpoint, r.text("backupS3Region"),
+                    keys["backupS3AccessKeyId"], keys["backupS3SecretAccessKey"])
 
 
 def docker_host(raw: Mapping[str, str]) -> DockerHost:

@@ -9,6 +9,7 @@ import pulumi_docker as docker
 
 from infra import config as stack_config
 from infra import migration_files
+from infra.components.backupagent import BackupAgent, BackupAgentArgs
 from infra.components.common import labels
 from infra.components.network import NetworkArgs, SinNetwork
 from infra.components.postdeploy import PostDeploy, PostDeployArgs
@@ -16,6 +17,10 @@ from infra.components.postgres import PostgresArgs, PostgresService
 from infra.components.redis import RedisArgs, RedisService
 from infra.targets import CLIENT_SETTINGS, PostgresTarget, RedisTarget, Target
 from infra.registry import default_actor
+
+
+# Enough for gzip and encryption streams of 1 MiB blocks and boto3's multipart buffers.
+BACKUP_AGENT_MEMORY_MB = 256
 
 
 def target_for(cfg: stack_config.StackConfig) -> Target:
@@ -39,6 +44,30 @@ def docker_provider(cfg: stack_config.StackConfig) -> docker.Provider:
                            ssh_opts=cfg.docker.ssh_options() if cfg.docker.is_ssh else None)
 
 
+def backup_agent(cfg: stack_config.StackConfig, postgres: PostgresService, redis: RedisService,
+                 on_host: pulumi.ResourceOptions) -> BackupAgent:
+    """The agent that takes the scheduled backups and ships the WAL archive, on the same host."""
+    bk, pg, rd = cfg.backup, cfg.postgres, cfg.redis
+    settings = {
+        "stack": cfg.stack, "schedule": bk.schedule,
+        "keep_last": bk.keep_last, "keep_daily": bk.keep_daily, "keep_weekly": bk.keep_weekly,
+        "postgres_host": cfg.host_address, "postgres_port": pg.host_port,
+        "postgres_user": pg.user, "postgres_database": pg.database,
+        "redis_host": cfg.host_address, "redis_port": rd.host_port,
+        "s3": ({"bucket": bk.s3.bucket, "prefix": bk.s3.prefix, "endpoint": bk.s3.endpoint, "region": bk.s3.region}
+               if bk.s3 else None),
+    }
+    secrets = {"postgres-password": pg.password, "redis-password": rd.password, "backup-passphrase": bk.passphrase}
+    if bk.s3:
+        secrets.update({"s3-access-key-id": bk.s3.access_key_id, "s3-secret-access-key": bk.s3.secret_access_key})
+    return BackupAgent("backup", BackupAgentArgs(
+        image=bk.image, container_name=bk.container_name, volume_name=bk.volume_name,
+        postgres_volume=postgres.data_volume_name, archive_volume=postgres.archive_volume_name,
+        redis_volume=redis.data_volume_name, settings=settings, secrets=secrets, memory_mb=BACKUP_AGENT_MEMORY_MB,
+        retain_volume=cfg.retain_volumes, labels=labels(cfg.project, cfg.stack, "backup"),
+    ), pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=[postgres, redis])))
+
+
 def postgres_url(user: str, password: str, host: str, port: int, database: str) -> str:
     return f"postgresql://{quote(user)}:{quote(password, safe='')}@{host}:{port}/{quote(database)}"
 
@@ -59,11 +88,13 @@ def program() -> None:
         ip_range=cfg.network.ip_range, labels=labels(cfg.project, cfg.stack, "network")), on_host)
     after_network = pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=[network]))
     pg, rd = cfg.postgres, cfg.redis
+    scheduled = cfg.backup is not None and cfg.backup.scheduled
     postgres = PostgresService("postgres", PostgresArgs(
         image=pg.image, container_name=pg.container_name, volume_name=pg.volume_name,
         network_name=network.network_name, ip=pg.ip, host_port=pg.host_port, memory_mb=pg.memory_mb,
         labels=labels(cfg.project, cfg.stack, "postgres"), database=pg.database, user=pg.user,
-        password=pulumi.Output.secret(pg.password), **common), after_network)
+        password=pulumi.Output.secret(pg.password),
+        archive_volume_name=cfg.backup.archive_volume_name if scheduled else None, **common), after_network)
     redis = RedisService("redis", RedisArgs(
         image=rd.image, container_name=rd.container_name, volume_name=rd.volume_name,
         network_name=network.network_name, ip=rd.ip, host_port=rd.host_port, memory_mb=rd.memory_mb,
@@ -75,6 +106,12 @@ def program() -> None:
         container_ids=pulumi.Output.all(postgres.container_id, redis.container_id),
         actor=default_actor(),
     ), pulumi.ResourceOptions(depends_on=[postgres, redis]))
+
+    if scheduled:
+        agent = backup_agent(cfg, postgres, redis, on_host)
+        pulumi.export("backupContainerName", agent.container_name)
+        pulumi.export("backupSchedule", cfg.backup.schedule)
+        pulumi.export("backupS3Url", cfg.backup.s3.url if cfg.backup.s3 else "")
 
     pulumi.export("networkName", network.network_name)
     pulumi.export("networkId", network.network_id)

@@ -24,14 +24,16 @@ import yaml
 from pulumi import automation as auto
 
 from infra import dockercli, dockerhost, drift
-from infra.config import DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig, docker_host, parse
+from infra.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig,
+                          docker_host, parse)
 from infra.targets import DockerHost, PostgresTarget, RedisTarget, Target
 
 ROOT = Path(__file__).resolve().parent.parent
 HOME = Path(os.environ.get("SIN_DATASTORES_HOME", Path.home() / ".sin-datastores"))
-IMAGE_KEYS = ("postgresImage", "redisImage")
+IMAGE_KEYS = ("postgresImage", "redisImage", "backupImage")
 # Local images built by toolchain/images.sh, used when the configured ones are not on the host.
-LOCAL_IMAGE_ENV = {"postgresImage": "SIN_LOCAL_POSTGRES_IMAGE", "redisImage": "SIN_LOCAL_REDIS_IMAGE"}
+LOCAL_IMAGE_ENV = {"postgresImage": "SIN_LOCAL_POSTGRES_IMAGE", "redisImage": "SIN_LOCAL_REDIS_IMAGE",
+                   "backupImage": "SIN_LOCAL_BACKUP_IMAGE"}
 
 
 class StackError(RuntimeError):
@@ -171,8 +173,16 @@ def set_secret(stack: auto.Stack, key: str, value: str) -> None:
         raise StackError(f"storing {key} in stack '{stack.name}' failed: {proc.stderr.strip()}")
 
 
+def backups_on(config: dict[str, auto.ConfigValue]) -> bool:
+    schedule = config.get(f"{PROJECT}:backupSchedule")
+    return bool(schedule and schedule.value.strip())
+
+
 def missing_passwords(config: dict[str, auto.ConfigValue]) -> list[str]:
-    return [key for key in SECRET_KEYS if f"{PROJECT}:{key}" not in config]
+    """The generated secrets the stack lacks: both passwords, and the backup passphrase once
+    backups are scheduled."""
+    keys = (*SECRET_KEYS, BACKUP_PASSPHRASE_KEY) if backups_on(config) else SECRET_KEYS
+    return [key for key in keys if f"{PROJECT}:{key}" not in config]
 
 
 def ensure_secrets(stack: auto.Stack, config: Optional[dict[str, auto.ConfigValue]] = None) -> list[str]:
@@ -219,6 +229,8 @@ def image_overrides(config: dict[str, auto.ConfigValue], mode: str, say: Callabl
     env = host.docker_env if host else {}
     overrides = {}
     for key in IMAGE_KEYS:
+        if key == "backupImage" and not backups_on(config):
+            continue
         configured = config.get(f"{PROJECT}:{key}")
         configured_image = configured.value if configured else DEFAULTS[key]
         if mode == "auto" and image_present(configured_image, env):
@@ -377,3 +389,9 @@ def reached(name: str, settings: Optional[Settings] = None) -> Iterator[Target]:
     host, with docker CLI calls going there too)."""
     with dockerhost.reach(deployed_target(name, settings)) as target:
         yield target
+
+
+def stack_config(name: str, settings: Optional[Settings] = None) -> StackConfig:
+    """A stack's validated configuration, secrets included (the backups' passphrase and S3 keys)."""
+    stack = open_stack(name, settings)
+    return validate(name, stack.get_all_config())

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Optional, Sequence
 
-from infra import dockercli, migration_files, migrations
+from infra import agentstatus, dockercli, migration_files, migrations
 from infra.connect import ConnectError, connect_postgres, connect_redis
 from infra.drift import Finding
 from infra.targets import Target
@@ -41,6 +41,7 @@ class Status:
     containers: list[Container]
     postgres: dict = field(default_factory=dict)
     redis: dict = field(default_factory=dict)
+    backups: dict = field(default_factory=dict)
     pending_migrations: list[str] = field(default_factory=list)
     audit: list[dict] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -67,6 +68,7 @@ class Status:
             lines.append(f"redis       {rd['version']}, memory {rd['used_memory_human']} of "
                          f"{rd['maxmemory_human']}, {rd['connected_clients']} clients, "
                          f"aof {'on' if rd['aof_enabled'] else 'OFF'}, last bgsave {rd['last_bgsave_status']}")
+        lines.append(_backups_line(self.backups))
         lines.append(f"migrations  {len(self.pending_migrations)} pending"
                      + (f": {', '.join(self.pending_migrations)}" if self.pending_migrations else ""))
         if self.audit:
@@ -76,6 +78,16 @@ class Status:
                    for a in self.audit])
         lines += [f"warning: {w}" for w in self.warnings] + [f"problem: {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+def _backups_line(backups: dict) -> str:
+    if not backups:
+        return "backups     none scheduled (set backupSchedule; see README: Backups)"
+    state = backups.get("state") or {}
+    last, wal = state.get("last_run") or {}, state.get("wal") or {}
+    return (f"backups     schedule '{backups['schedule']}' UTC; last {last.get('name', 'none')} "
+            f"{last.get('result', '-')} at {last.get('finished_at', '-')}; next {state.get('next_run_at', '-')}; "
+            f"WAL shipped {wal.get('last_shipped_at', '-')}, {wal.get('pending', 0)} waiting")
 
 
 def _columns(rows: list[tuple]) -> list[str]:
@@ -111,15 +123,21 @@ def _image_name(image_id: str) -> str:
 
 
 def status(target: Target, audit_entries: int = 5, now: Optional[datetime] = None,
-           drift: Sequence[Finding] = ()) -> Status:
-    """``drift``: :func:`infra.drift.find` for the stack; each finding is a problem."""
+           drift: Sequence[Finding] = (), backup_agent: Optional[tuple[str, str]] = None) -> Status:
+    """``drift``: :func:`infra.drift.find` for the stack; each finding is a problem.
+    ``backup_agent``: (container, schedule) when the stack has scheduled backups."""
     now = now or datetime.now(timezone.utc)
-    result = Status(target.stack, [container(s.container_name, now) for s in (target.postgres, target.redis)])
+    names = [s.container_name for s in (target.postgres, target.redis)] + ([backup_agent[0]] if backup_agent else [])
+    result = Status(target.stack, [container(name, now) for name in names])
+    if backup_agent:
+        state = agentstatus.read(backup_agent[0])
+        result.backups = {"schedule": backup_agent[1], "state": state}
+        result.problems += agentstatus.problems(state, backup_agent[1], now)
     for c in result.containers:
         if c.state != "running":
             result.problems.append(f"container {c.name} is {c.state}; `python -m infra up --stack {target.stack}` "
                                    f"recreates or restarts it")
-        elif c.health != "healthy":
+        elif c.health not in ("healthy", "none"):
             result.problems.append(f"container {c.name} is {c.health}; see `docker logs {c.name}`")
     # A missing or stopped container has its line above already.
     result.problems += [f"drift: {f.line()}" for f in drift

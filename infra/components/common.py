@@ -86,6 +86,20 @@ class ServiceSpec:
     envs: list[str] = field(default_factory=list)
     command: Optional[list[str]] = None
     uploads: list[docker.ContainerUploadArgs] = field(default_factory=list)
+    extra_volumes: list[docker.Volume] = field(default_factory=list)
+    """Further named volumes, mounted at ``extra_paths``."""
+    extra_paths: list[str] = field(default_factory=list)
+
+
+def named_volume(parent: pulumi.Resource, name: str, volume_name: pulumi.Input[str], values: Mapping[str, str],
+                 retain: bool) -> docker.Volume:
+    """A labelled named volume; a retained one outlives `destroy` and `up` re-attaches it later."""
+    return docker.Volume(
+        name,
+        name=volume_name,
+        labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in sorted(values.items())],
+        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=retain),
+    )
 
 
 @dataclass
@@ -99,13 +113,7 @@ def declare_service(parent: pulumi.Resource, name: str, args: ServiceArgs, spec:
     """Image, named volume and container of one data service, as children of ``parent``."""
     child = pulumi.ResourceOptions(parent=parent)
     image = docker.RemoteImage(f"{name}-image", name=args.image, keep_locally=True, opts=child)
-    volume = docker.Volume(
-        f"{name}-data",
-        name=args.volume_name,
-        labels=[docker.VolumeLabelArgs(label=k, value=v) for k, v in sorted(args.labels.items())],
-        # A retained volume outlives `destroy`; `up` later re-attaches the same named volume.
-        opts=pulumi.ResourceOptions(parent=parent, retain_on_delete=args.retain_volume),
-    )
+    volume = named_volume(parent, f"{name}-data", args.volume_name, args.labels, args.retain_volume)
     container = docker.Container(
         f"{name}-container",
         name=args.container_name,
@@ -116,7 +124,9 @@ def declare_service(parent: pulumi.Resource, name: str, args: ServiceArgs, spec:
         networks_advanced=[docker.ContainerNetworksAdvancedArgs(
             name=args.network_name, ipv4_address=args.ip, aliases=[spec.alias])],
         ports=[docker.ContainerPortArgs(internal=spec.internal_port, external=args.host_port, ip=args.bind_address)],
-        volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=spec.data_path)],
+        volumes=[docker.ContainerVolumeArgs(volume_name=volume.name, container_path=spec.data_path),
+                 *(docker.ContainerVolumeArgs(volume_name=extra.name, container_path=path)
+                   for extra, path in zip(spec.extra_volumes, spec.extra_paths))],
         healthcheck=spec.healthcheck,
         wait=True,
         wait_timeout=args.health_timeout_s,
@@ -131,7 +141,8 @@ def declare_service(parent: pulumi.Resource, name: str, args: ServiceArgs, spec:
         # The replacement needs the fixed IP and host port that the old container holds. The
         # provider reports a changed healthcheck as an in-place update it never applies to the
         # running container, so a new healthcheck means a new container.
-        opts=pulumi.ResourceOptions(parent=parent, delete_before_replace=True, depends_on=[image, volume],
+        opts=pulumi.ResourceOptions(parent=parent, delete_before_replace=True,
+                                    depends_on=[image, volume, *spec.extra_volumes],
                                     replace_on_changes=["healthcheck"]),
     )
     return ServiceResources(image, volume, container)

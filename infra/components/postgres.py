@@ -8,7 +8,8 @@ from typing import Optional
 import pulumi
 import pulumi_docker as docker
 
-from infra.components.common import ServiceArgs, ServiceSpec, declare_service, healthcheck
+from infra.backupagent.layout import ARCHIVE_SUBDIR
+from infra.components.common import ServiceArgs, ServiceSpec, declare_service, healthcheck, named_volume
 from infra.targets import POSTGRES_DATA_PATH
 
 PASSWORD_FILE = "/run/secrets/postgres-password"
@@ -18,6 +19,17 @@ DATA_PATH = POSTGRES_DATA_PATH
 # a rotation leaves the data with another password, the container still becomes healthy at
 # once and the post-deploy step sets the configured password (infra/credentials.py) instead
 # of `up` waiting out the health timeout. Authentication is what the verification checks.
+# The WAL archive volume is mounted on the data volume's parent: the image owns that directory
+# (postgres:16-alpine and ours), so a new volume starts out writable by the postgres user.
+ARCHIVE_MOUNT = "/var/lib/postgresql"
+ARCHIVE_DIR = f"{ARCHIVE_MOUNT}/{ARCHIVE_SUBDIR}"
+# Recovery point: with writes going on, a segment is archived at least this often (the agent
+# ships it within seconds), so a dead host loses at most about this much.
+ARCHIVE_TIMEOUT_S = 30
+# Only sh, cp, mv, cmp: what the official image ships. Writes under a temporary name, so the
+# agent never ships half a segment; a segment archived again after a crash must be identical.
+ARCHIVE_COMMAND = (f"mkdir -p {ARCHIVE_DIR} && if [ -f {ARCHIVE_DIR}/%f ]; then cmp -s %p {ARCHIVE_DIR}/%f; "
+                   f"else cp %p {ARCHIVE_DIR}/%f.tmp && mv {ARCHIVE_DIR}/%f.tmp {ARCHIVE_DIR}/%f; fi")
 HEALTHCHECK = 'pg_isready -q -h 127.0.0.1 -p 5432 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
 
 
@@ -31,6 +43,8 @@ class PostgresArgs(ServiceArgs):
     """Superuser created on first start."""
     password: pulumi.Input[str]
     """Superuser password; wrapped as a Pulumi secret here whatever it arrives as."""
+    archive_volume_name: Optional[str] = None
+    """Named volume PostgreSQL archives WAL into (the backup agent ships it); None: no archiving."""
 
 
 class PostgresService(pulumi.ComponentResource):
@@ -41,6 +55,10 @@ class PostgresService(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: PostgresArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("sin-datastores:index:PostgresService", name, None, opts)
+        archive = []
+        if args.archive_volume_name:
+            archive = [named_volume(self, f"{name}-archive", args.archive_volume_name, args.labels,
+                                    args.retain_volume)]
         spec = ServiceSpec(
             alias="postgres",
             internal_port=5432,
@@ -51,9 +69,15 @@ class PostgresService(pulumi.ComponentResource):
                   f"POSTGRES_PASSWORD_FILE={PASSWORD_FILE}"],
             uploads=[docker.ContainerUploadArgs(
                 file=PASSWORD_FILE, content=pulumi.Output.secret(args.password), permissions="0400")],
+            command=(["postgres", "-c", "archive_mode=on", "-c", f"archive_command={ARCHIVE_COMMAND}",
+                      "-c", f"archive_timeout={ARCHIVE_TIMEOUT_S}"] if archive else None),
+            extra_volumes=archive,
+            extra_paths=[ARCHIVE_MOUNT] * len(archive),
         )
         resources = declare_service(self, name, args, spec)
         self.container_id = resources.container.id
         self.container_name = resources.container.name
+        self.data_volume_name = resources.volume.name
+        self.archive_volume_name = archive[0].name if archive else None
         self.register_outputs({"container_id": self.container_id, "container_name": self.container_name})
 

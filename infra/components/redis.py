@@ -70,4 +70,5 @@ class RedisService(pulumi.ComponentResource):
         resources = declare_service(self, name, args, spec)
         self.container_id = resources.container.id
         self.container_name = resources.container.name
+        self.data_volume_name = resources.volume.name
         self.register_outputs({"container_id": self.container_id, "container_name": self.container_name})

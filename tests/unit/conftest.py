@@ -64,7 +64,7 @@ def run_program(config: dict | None = None, stack: str = "dev", mocks: Recording
     pulumi.runtime.set_mocks(mocks, project=stack_config.PROJECT, stack=stack, preview=False)
     pulumi.runtime.set_all_config(
         {f"{stack_config.PROJECT}:{k}": str(v) for k, v in values.items()},
-        secret_keys=[f"{stack_config.PROJECT}:{k}" for k in stack_config.SECRET_KEYS],
+        secret_keys=[f"{stack_config.PROJECT}:{k}" for k in stack_config.ALL_SECRET_KEYS],
     )
 
     def record_export(name, value):

@@ -1,0 +1,68 @@
+"""What the stack's backup agent did and when, read from its status.json; without Pulumi."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Optional
+
+from infra import dockercli
+from infra.backupagent import layout
+from infra.backupagent.schedule import Cron, overdue
+from infra.components.backupagent import LOCAL_MOUNT
+
+# A scheduled backup counts as missed once this long has passed after its scheduled time.
+GRACE = timedelta(minutes=10)
+# Shipping stalled: segments waiting and no success for this long.
+WAL_STALL = timedelta(minutes=2)
+RUN_NOW_DEADLINE_S = 3600
+
+
+def read(agent: str) -> Optional[dict]:
+    """status.json, or None when the agent has not written one (or its container is gone)."""
+    out = dockercli.docker("exec", agent, "cat", f"{LOCAL_MOUNT}/{layout.STATUS_FILE}", check=False)
+    try:
+        return json.loads(out) if out.strip() else None
+    except ValueError:
+        return None
+
+
+def _time(value: Optional[str]) -> Optional[datetime]:
+    return datetime.fromisoformat(value) if value else None
+
+
+def problems(status: Optional[dict], schedule: str, now: datetime) -> list[str]:
+    """Why the backups cannot be trusted right now; empty when the last run is good and on time."""
+    if status is None:
+        return ["backups: the agent has written no status yet; see `docker logs` of its container"]
+    found = []
+    last_run, last_success = status.get("last_run") or {}, status.get("last_success") or {}
+    if last_run.get("result") == "failed":
+        found.append(f"backups: the last backup ({last_run.get('name')}, {last_run.get('started_at')}) failed: "
+                     f"{last_run.get('error')}")
+    started = _time(status.get("agent_started_at")) or now
+    if overdue(Cron.parse(schedule), _time(last_success.get("started_at")), now, GRACE, started):
+        found.append(f"backups: no successful backup since {last_success.get('started_at') or 'the agent started'}, "
+                     f"although schedule '{schedule}' (UTC) called for one")
+    wal = status.get("wal") or {}
+    if wal.get("last_error") and wal.get("pending"):
+        since = _time(wal.get("last_shipped_at"))
+        if since is None or now - since > WAL_STALL:
+            found.append(f"backups: {wal['pending']} WAL segments wait to be shipped since "
+                         f"{wal.get('last_shipped_at') or 'the start'}: {wal['last_error']}")
+    return found
+
+
+def run_now(agent: str) -> dict:
+    """Ask the agent for a backup now (SIGUSR1) and wait for its record."""
+    before = (read(agent) or {}).get("last_run") or {}
+    dockercli.docker("kill", "--signal", "USR1", agent)
+    give_up = time.monotonic() + RUN_NOW_DEADLINE_S
+    while time.monotonic() < give_up:
+        current = read(agent) or {}
+        run = current.get("last_run") or {}
+        if run and run.get("started_at") != before.get("started_at") and not current.get("running"):
+            return run
+        time.sleep(0.5)
+    raise dockercli.DockerError(f"the backup agent {agent} did not finish a backup within {RUN_NOW_DEADLINE_S} s")
