@@ -2,12 +2,13 @@
 # Everything this project needs on a fresh Debian machine, idempotently and cached:
 # the Python venv, the Pulumi CLI + Python language host + docker provider (built from Go
 # modules), a Docker Engine, the local PostgreSQL 16 / Redis 7 images, the host
-# servers the integration tests start, and sshd/iproute2 for the remote-host harness.
+# servers the integration tests start (PostgreSQL 16, Redis 7, the versitygw S3 server),
+# and sshd/iproute2 for the remote-host harness.
 # A second run takes seconds.
 #
 # Logs go to stderr; stdout is shell to eval:  eval "$(toolchain/setup.sh)"
-# It exports PATH (toolchain first), SIN_LOCAL_POSTGRES_IMAGE, SIN_LOCAL_REDIS_IMAGE and
-# SIN_PG16_DIR. Steps can be skipped with SIN_SETUP_SKIP="images host" etc.
+# It exports PATH (toolchain first), SIN_LOCAL_POSTGRES_IMAGE, SIN_LOCAL_REDIS_IMAGE,
+# SIN_PG16_DIR and SIN_VERSITYGW. Steps can be skipped with SIN_SETUP_SKIP="images host" etc.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -50,6 +51,7 @@ fi
 # --- Servers the integration tests start on loopback
 if ! skip host; then
   echo "export SIN_PG16_DIR='$("$here/pg16.sh" | last)'"
+  echo "export SIN_VERSITYGW='$("$here/s3-server.sh" | last)'"
   "$here/host-services.sh" >/dev/null
   "$here/remote-host.sh" >/dev/null
 fi
