@@ -8,7 +8,8 @@
 #
 # Logs go to stderr; stdout is shell to eval:  eval "$(toolchain/setup.sh)"
 # It exports PATH (toolchain first), SIN_LOCAL_POSTGRES_IMAGE, SIN_LOCAL_REDIS_IMAGE,
-# SIN_PG16_DIR and SIN_VERSITYGW. Steps can be skipped with SIN_SETUP_SKIP="images host" etc.
+# SIN_LOCAL_BACKUP_IMAGE, SIN_PG16_DIR and SIN_VERSITYGW. Steps can be skipped with
+# SIN_SETUP_SKIP="images host" etc.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -45,6 +46,7 @@ if ! skip docker; then
     redis_image="$(sed -n 's/^redis_image=//p' <<<"$images")"
     echo "export SIN_LOCAL_POSTGRES_IMAGE='$pg_image'"
     echo "export SIN_LOCAL_REDIS_IMAGE='$redis_image'"
+    echo "export SIN_LOCAL_BACKUP_IMAGE='$(sed -n 's/^backup_image=//p' <<<"$images")'"
   fi
 fi
 
