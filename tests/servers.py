@@ -3,7 +3,8 @@
 Used by the integration tests and the post-deploy benchmark. PostgreSQL 16 comes from
 ``toolchain/pg16.sh`` (it refuses to run as root, so as root it runs as the ``sinpg``
 user that script creates); Redis 7 is Debian's ``redis-server``
-(``toolchain/host-services.sh``).
+(``toolchain/host-services.sh``); the S3 server is versitygw (``toolchain/s3-server.sh``,
+``$SIN_VERSITYGW``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
+import botocore.config
+import botocore.exceptions
 import psycopg
 import redis as redis_lib
 
@@ -141,4 +145,78 @@ class RedisServer:
             self.process.wait(5)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@dataclass
+class S3Server:
+    """A throwaway versitygw S3 server on 127.0.0.1 over its own data dir (a bucket is a folder
+    in it, an object a plain file), with random root credentials given to it by environment."""
+
+    process: subprocess.Popen
+    workdir: Path
+    port: int
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @classmethod
+    def start(cls) -> "S3Server":
+        binary = os.environ.get("SIN_VERSITYGW")
+        if not binary or not os.access(binary, os.X_OK):
+            raise MissingServer(f"SIN_VERSITYGW={binary!r} is not an executable versitygw; "
+                                "run: eval \"$(toolchain/setup.sh)\" (it builds one with toolchain/s3-server.sh)")
+        workdir = Path(tempfile.mkdtemp(prefix="sin-s3-"))
+        (workdir / "data").mkdir()
+        port = free_port()
+        access_key, secret_key = f"sin{secrets.token_hex(8)}", secrets.token_urlsafe(30)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ROOT_ACCESS_KEY": access_key,
+               "ROOT_SECRET_KEY": secret_key}
+        with open(workdir / "versitygw.log", "wb") as log:
+            process = subprocess.Popen([binary, "--port", f"127.0.0.1:{port}", "posix", str(workdir / "data")],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        server = cls(process, workdir, port, access_key, secret_key)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                server.client().list_buckets()
+                return server
+            except botocore.exceptions.EndpointConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    log_text = (workdir / "versitygw.log").read_text(errors="replace")[-2000:]
+                    server.stop()
+                    raise RuntimeError(f"versitygw did not answer on 127.0.0.1:{port}:\n{log_text}")
+                time.sleep(0.05)
+
+    def client(self):
+        """A boto3 S3 client with the root credentials, path-style, failing fast."""
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region,
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+                            config=botocore.config.Config(s3={"addressing_style": "path"}, connect_timeout=2,
+                                                          read_timeout=10, retries={"max_attempts": 1}))
+
+    def create_bucket(self) -> str:
+        name = f"sin-test-{secrets.token_hex(6)}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def remove_bucket(self, name: str) -> None:
+        """Drop the bucket and everything in it (straight from the data dir: faster than 1000 deletes)."""
+        shutil.rmtree(self.data_dir / name, ignore_errors=True)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         shutil.rmtree(self.workdir, ignore_errors=True)

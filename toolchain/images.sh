@@ -6,6 +6,9 @@
 #                                        + images/postgres/docker-entrypoint.sh
 #   sin-local/redis:<7.0.x>-bookworm     Debian bookworm minbase + redis-server, redis-tools
 #                                        + images/redis/docker-entrypoint.sh
+#   sin-local/backup-agent:<rev>-trixie  Debian trixie minbase + python3 with Debian's psycopg,
+#                                        redis, boto3, cryptography; runs the package
+#                                        backupagent that Pulumi uploads into /opt/sin-backup
 #
 # Each root filesystem is made with debootstrap from the Debian mirror that apt on
 # this machine uses (read from /etc/apt/sources.list*, or SIN_DEBIAN_MIRROR /
@@ -19,7 +22,7 @@
 #     `docker system prune` or on a fresh dockerd the image is re-imported in seconds.
 # Set SIN_IMAGES_REBUILD=1 to ignore both caches.
 #
-# Last stdout lines: postgres_image=<tag> and redis_image=<tag>.
+# Last stdout lines: postgres_image=<tag>, redis_image=<tag> and backup_image=<tag>.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -305,6 +308,40 @@ build_redis_rootfs() {
   save_tar "$redis_tar"
 }
 
+# ---------------------------------------------------------------- backup agent
+backup_suite="${BACKUP_IMAGE_SUITE:-trixie}"
+backup_tag="sin-local/backup-agent:${BACKUP_IMAGE_REVISION:-1}-${backup_suite}"
+backup_pkgs=(python3 python3-psycopg python3-redis python3-boto3 python3-cryptography ca-certificates)
+backup_hash="$( { echo "rev=${IMAGES_REVISION:-1}"; echo "suite=$backup_suite";
+                  echo "image-rev=${BACKUP_IMAGE_REVISION:-1}"; echo "pkgs=${backup_pkgs[*]}";
+                  files_hash "$here/images.sh"; } | sha)"
+backup_tar="$SIN_CACHE/images/backup-agent-${BACKUP_IMAGE_REVISION:-1}-${backup_suite}-${backup_hash}.tar"
+
+build_backup_rootfs() {
+  root="$(mktemp -d "$SIN_CACHE/images/build.backup-agent.XXXXXX")"; builds+=("$root")
+  make_base "$backup_suite"
+  install_pkgs "${backup_pkgs[@]}"
+  # Runs as root: it reads the PostgreSQL and Redis data volumes (owned by uid 999) read-only.
+  mkdir -p "$root/opt/sin-backup"
+  in_root python3 -c 'import psycopg, redis, boto3, botocore, cryptography' \
+    || die "python3 in the backup agent rootfs cannot import psycopg, redis, boto3, cryptography"
+  in_root python3 --version >&2
+  local p versions=""
+  for p in python3 python3-psycopg python3-redis python3-boto3 python3-botocore python3-cryptography libc6; do
+    versions="$versions $p=$(pkg_version "$p")"
+  done
+  {
+    echo "org.opencontainers.image.title=sin-local backup-agent"
+    echo "org.opencontainers.image.description=Python 3 with Debian ${backup_suite}'s psycopg, redis, boto3 and cryptography for the backup agent (code uploaded into /opt/sin-backup); built locally without a registry"
+    echo "org.opencontainers.image.version=${BACKUP_IMAGE_REVISION:-1}"
+    echo "sin.inputs-hash=${backup_hash}"
+    echo "sin.source.rootfs=debian:${backup_suite} debootstrap minbase, upgraded $(date -u +%Y-%m-%d)"
+    echo "sin.source.debian-packages=${versions# }"
+  } >"$backup_tar.meta"
+  finish_root
+  save_tar "$backup_tar"
+}
+
 # ---------------------------------------------------------------- build / import
 ensure_image() {
   local name="$1" tag="$2" hash="$3" tarfile="$4" builder="$5"; shift 5
@@ -347,5 +384,14 @@ ensure_image redis "$redis_tag" "$redis_hash" "$redis_tar" build_redis_rootfs \
   'ENTRYPOINT ["docker-entrypoint.sh"]' \
   'CMD ["redis-server"]'
 
+ensure_image backup-agent "$backup_tag" "$backup_hash" "$backup_tar" build_backup_rootfs \
+  'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+  'ENV PYTHONPATH=/opt/sin-backup' \
+  'ENV PYTHONUNBUFFERED=1' \
+  'ENV PYTHONDONTWRITEBYTECODE=1' \
+  'WORKDIR /opt/sin-backup' \
+  'CMD ["python3", "-m", "backupagent"]'
+
 echo "postgres_image=$pg_tag"
 echo "redis_image=$redis_tag"
+echo "backup_image=$backup_tag"

@@ -2,12 +2,14 @@
 # Everything this project needs on a fresh Debian machine, idempotently and cached:
 # the Python venv, the Pulumi CLI + Python language host + docker provider (built from Go
 # modules), a Docker Engine, the local PostgreSQL 16 / Redis 7 images, the host
-# servers the integration tests start, and sshd/iproute2 for the remote-host harness.
+# servers the integration tests start (PostgreSQL 16, Redis 7, the versitygw S3 server),
+# and sshd/iproute2 for the remote-host harness.
 # A second run takes seconds.
 #
 # Logs go to stderr; stdout is shell to eval:  eval "$(toolchain/setup.sh)"
-# It exports PATH (toolchain first), SIN_LOCAL_POSTGRES_IMAGE, SIN_LOCAL_REDIS_IMAGE and
-# SIN_PG16_DIR. Steps can be skipped with SIN_SETUP_SKIP="images host" etc.
+# It exports PATH (toolchain first), SIN_LOCAL_POSTGRES_IMAGE, SIN_LOCAL_REDIS_IMAGE,
+# SIN_LOCAL_BACKUP_IMAGE, SIN_PG16_DIR and SIN_VERSITYGW. Steps can be skipped with
+# SIN_SETUP_SKIP="images host" etc.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,12 +46,14 @@ if ! skip docker; then
     redis_image="$(sed -n 's/^redis_image=//p' <<<"$images")"
     echo "export SIN_LOCAL_POSTGRES_IMAGE='$pg_image'"
     echo "export SIN_LOCAL_REDIS_IMAGE='$redis_image'"
+    echo "export SIN_LOCAL_BACKUP_IMAGE='$(sed -n 's/^backup_image=//p' <<<"$images")'"
   fi
 fi
 
 # --- Servers the integration tests start on loopback
 if ! skip host; then
   echo "export SIN_PG16_DIR='$("$here/pg16.sh" | last)'"
+  echo "export SIN_VERSITYGW='$("$here/s3-server.sh" | last)'"
   "$here/host-services.sh" >/dev/null
   "$here/remote-host.sh" >/dev/null
 fi

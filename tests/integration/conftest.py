@@ -1,5 +1,6 @@
-"""Fixtures over real servers: one PostgreSQL 16 cluster and one Redis 7 per session,
-a fresh database per test, and extra Redis servers for misconfigurations."""
+"""Fixtures over real servers: one PostgreSQL 16 cluster, one Redis 7 and one versitygw S3
+server per session, a fresh database and a fresh bucket per test, and extra Redis servers
+for misconfigurations."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from infra import migration_files
 from infra.targets import PostgresTarget, RedisTarget, Target
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import PostgresServer, RedisServer, S3Server
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +30,25 @@ def redis_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    server = S3Server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A brand-new empty bucket in the session's S3 server, removed with its objects afterwards."""
+    name = s3_server.create_bucket()
+    try:
+        yield name
+    finally:
+        s3_server.remove_bucket(name)
 
 
 @pytest.fixture
