@@ -68,7 +68,7 @@ DEFAULTS: dict[str, Optional[str]] = {
     "backupKeepLast": "7",
     "backupKeepDaily": "7",
     "backupKeepWeekly": "4",
-    "backupPassphrase": None,
+    "backupPassphrase": "",
     "backupImage": "sin-datastores/backup-agent:1",
     "backupContainerName": None,
     "backupVolumeName": None,
@@ -77,8 +77,8 @@ DEFAULTS: dict[str, Optional[str]] = {
     "backupS3Prefix": "",
     "backupS3Endpoint": "",
     "backupS3Region": "us-east-1",
-    "backupS3AccessKeyId": None,
-    "backupS3SecretAccessKey": None,
+    "backupS3AccessKeyId": "",
+    "backupS3SecretAccessKey": "",
 }
 # Passwords generated when missing (scripts/up, `python -m infra up`).
 SECRET_KEYS = ("postgresPassword", "redisPassword")

@@ -25,6 +25,18 @@ FROM audit_trail ORDER BY id DESC LIMIT %s
 """
 
 
+ARCHIVER_SQL = "SELECT last_archived_time, last_failed_time, last_failed_wal FROM pg_stat_archiver"
+
+
+def archiver_problems(row: tuple) -> list[str]:
+    """PostgreSQL's own view of its WAL archiving: failing when the last attempt failed."""
+    archived, failed, wal = row
+    if failed is not None and (archived is None or failed > archived):
+        return [f"postgres: WAL archiving fails since {failed.isoformat(timespec='seconds')} (segment {wal}); "
+                f"PostgreSQL keeps the WAL until it succeeds: see `docker logs` of the PostgreSQL container"]
+    return []
+
+
 @dataclass
 class Container:
     name: str
@@ -149,6 +161,8 @@ def status(target: Target, audit_entries: int = 5, now: Optional[datetime] = Non
                 "connections": conn.execute("SELECT count(*) FROM pg_stat_activity").fetchone()[0],
                 "tables": [{"table": f"{s}.{t}", "size": size} for s, t, size in conn.execute(TABLE_SIZES_SQL)],
             }
+            if backup_agent:
+                result.problems += archiver_problems(conn.execute(ARCHIVER_SQL).fetchone())
             plan = migrations.plan(target.postgres, deadline_s=5)
             result.pending_migrations = [m.name for m in plan.pending]
             if plan.applied:

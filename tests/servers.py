@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import boto3
 import botocore.config
@@ -153,11 +154,11 @@ class S3Server:
     """A throwaway versitygw S3 server on 127.0.0.1 over its own data dir (a bucket is a folder
     in it, an object a plain file), with random root credentials given to it by environment."""
 
-    process: subprocess.Popen
+    process: Optional[subprocess.Popen]
     workdir: Path
     port: int
     access_key: str
-    secret_key: str
+    secret_key: str = field(repr=False)
     region: str = "us-east-1"
 
     @property
@@ -176,25 +177,38 @@ class S3Server:
                                 "run: eval \"$(toolchain/setup.sh)\" (it builds one with toolchain/s3-server.sh)")
         workdir = Path(tempfile.mkdtemp(prefix="sin-s3-"))
         (workdir / "data").mkdir()
-        port = free_port()
-        access_key, secret_key = f"sin{secrets.token_hex(8)}", secrets.token_urlsafe(30)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ROOT_ACCESS_KEY": access_key,
-               "ROOT_SECRET_KEY": secret_key}
-        with open(workdir / "versitygw.log", "wb") as log:
-            process = subprocess.Popen([binary, "--port", f"127.0.0.1:{port}", "posix", str(workdir / "data")],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        server = cls(process, workdir, port, access_key, secret_key)
+        server = cls(None, workdir, free_port(), f"sin{secrets.token_hex(8)}", secrets.token_urlsafe(30))
+        server.resume()
+        return server
+
+    def resume(self) -> None:
+        """(Re)start the server on its port and data dir; return once it answers."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ROOT_ACCESS_KEY": self.access_key,
+               "ROOT_SECRET_KEY": self.secret_key}
+        with open(self.workdir / "versitygw.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [os.environ["SIN_VERSITYGW"], "--port", f"127.0.0.1:{self.port}", "posix", str(self.data_dir)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while True:
             try:
-                server.client().list_buckets()
-                return server
+                self.client().list_buckets()
+                return
             except botocore.exceptions.EndpointConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    log_text = (workdir / "versitygw.log").read_text(errors="replace")[-2000:]
-                    server.stop()
-                    raise RuntimeError(f"versitygw did not answer on 127.0.0.1:{port}:\n{log_text}")
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    log_text = (self.workdir / "versitygw.log").read_text(errors="replace")[-2000:]
+                    self.stop()
+                    raise RuntimeError(f"versitygw did not answer on 127.0.0.1:{self.port}:\n{log_text}")
                 time.sleep(0.05)
+
+    def halt(self) -> None:
+        """Stop the server but keep its data: the endpoint refuses connections until :meth:`resume`."""
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def client(self):
         """A boto3 S3 client with the root credentials, path-style, failing fast."""
@@ -213,10 +227,6 @@ class S3Server:
         shutil.rmtree(self.data_dir / name, ignore_errors=True)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None and self.process.poll() is None:
+            self.halt()
         shutil.rmtree(self.workdir, ignore_errors=True)

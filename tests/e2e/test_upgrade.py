@@ -17,8 +17,8 @@ from tests.e2e.conftest import inspect, local_images, sweep
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-# The last release of main before the life-cycle work (issue 10); bump it with each release.
-PREVIOUS_RELEASE = "c660d51"
+# The last release of main (before the scheduled backups of issue 13); bump it with each release.
+PREVIOUS_RELEASE = "652e2ae"
 
 
 def volume_steps(events: list) -> dict[str, str]:
@@ -45,7 +45,9 @@ def previous_tree(tmp_path) -> Path:
 
 def test_a_stack_of_the_previous_release_upgrades_without_touching_its_volumes_or_data(previous_tree, settings):
     name = f"e2e-upgrade-{uuid.uuid4().hex[:8]}"
-    config = {**teststacks.isolated_config(), "healthTimeoutSeconds": "90", **local_images()}
+    # The previous release knows no backupImage.
+    images = {key: image for key, image in local_images().items() if key != "backupImage"}
+    config = {**teststacks.isolated_config(), "healthTimeoutSeconds": "90", **images}
     old = auto.create_or_select_stack(name, work_dir=str(previous_tree),
                                       opts=auto.LocalWorkspaceOptions(work_dir=str(previous_tree),
                                                                       env_vars=settings.env()))
@@ -79,6 +81,20 @@ def test_a_stack_of_the_previous_release_upgrades_without_touching_its_volumes_o
                                 ).fetchone()[0] == 1
         assert redis_lib.Redis(port=redis_port, password=pw["sin-datastores:redisPassword"]).get("upgrade:key") == b"kept"
         stack.preview(expect_no_changes=True, color="never")
+
+        # Then the backups are switched on: PostgreSQL is replaced (WAL archiving), its volume is not.
+        stacks.configure(stack, {"backupSchedule": "0 0 1 1 *", "backupImage": local_images()["backupImage"]})
+        stacks.ensure_secrets(stack)
+        events.clear()
+        stack.up(color="never", on_event=events.append)
+        steps = volume_steps(events)
+        assert {steps["postgres-data"], steps["redis-data"]} == {"same"}, steps
+        assert {steps["postgres-archive"], steps["backup-copies"]} == {"create"}, steps
+        with psycopg.connect(host="127.0.0.1", port=pg_port, dbname="sinsolver", user="sinadmin",
+                             password=pw["sin-datastores:postgresPassword"]) as conn:
+            assert conn.execute("SHOW archive_mode").fetchone()[0] == "on"
+            assert conn.execute("SELECT count(*) FROM logs WHERE message = 'written by the previous release'"
+                                ).fetchone()[0] == 1
     finally:
         try:
             old.destroy(color="never")

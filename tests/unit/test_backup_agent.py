@@ -164,3 +164,43 @@ def test_layout_names_round_trip():
     assert layout.wal_of(layout.wal_key(SYSID, "00000001000000000000000A")) == (SYSID, "00000001000000000000000A")
     assert layout.wal_of("wal/1/garbage.gz.enc") is None
     assert layout.segment("00000002000000010000000A") == "000000010000000A"
+
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+
+
+def agent_state(**sections) -> dict:
+    return {"agent_started_at": "2026-11-26T00:00:00+00:00", "wal": {}, **sections}
+
+
+def run(started: str, result: str = "ok", **extra) -> dict:
+    return {"name": "x", "started_at": started, "finished_at": started, "result": result, **extra}
+
+
+def test_status_is_clean_after_a_good_backup_on_schedule():
+    from infra.agentstatus import problems
+    good = run("2026-11-26T03:00:00+00:00")
+    assert problems(agent_state(last_run=good, last_success=good), "0 3 * * *", NOW) == []
+
+
+def test_status_names_a_failed_last_backup_and_a_missed_schedule():
+    from infra.agentstatus import problems
+    good, bad = run("2026-11-25T03:00:00+00:00"), run("2026-11-26T03:00:00+00:00", "failed", error="StoreError: away")
+    found = problems(agent_state(last_run=bad, last_success=good), "0 3 * * *", NOW)
+    assert len(found) == 2
+    assert "the last backup (x, 2026-11-26T03:00:00+00:00) failed: StoreError: away" in found[0]
+    assert "no successful backup since 2026-11-25T03:00:00+00:00" in found[1]
+    # Within the grace after the scheduled time, nothing is missed yet.
+    assert problems(agent_state(last_run=good, last_success=good), "0 3 * * *",
+                    datetime(2026, 11, 26, 3, 5, tzinfo=timezone.utc)) == []
+
+
+def test_status_names_wal_that_waits_too_long_and_an_agent_without_status():
+    from infra.agentstatus import problems
+    good = run("2026-11-26T03:00:00+00:00")
+    stuck = {"pending": 4, "last_error": "StoreError: refused", "last_shipped_at": "2026-11-26T11:50:00+00:00"}
+    found = problems(agent_state(last_run=good, last_success=good, wal=stuck), "0 3 * * *", NOW)
+    assert found == ["backups: 4 WAL segments wait to be shipped since 2026-11-26T11:50:00+00:00: StoreError: refused"]
+    recent = {**stuck, "last_shipped_at": "2026-11-26T11:59:30+00:00"}
+    assert problems(agent_state(last_run=good, last_success=good, wal=recent), "0 3 * * *", NOW) == []
+    assert "written no status" in problems(None, "0 3 * * *", NOW)[0]

@@ -169,3 +169,16 @@ def test_the_pr_workflow_runs_the_unit_tests_and_the_local_preview_command_for_d
     assert 'scripts/preview "$STACK"' in preview["run"] and "pipefail" in preview["run"]
     assert set(preview["env"]) == {"PULUMI_BACKEND_URL", "PULUMI_CONFIG_PASSPHRASE", "DOCKER_HOST", "SIN_SETUP_SKIP"}
 
+
+
+def test_failing_wal_archiving_is_a_problem_until_an_archive_succeeds_again():
+    from datetime import datetime, timedelta, timezone
+
+    from infra.status import archiver_problems
+
+    t = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
+    assert archiver_problems((t, None, None)) == []
+    assert archiver_problems((t, t - timedelta(seconds=5), "000000010000000000000003")) == []
+    [problem] = archiver_problems((t, t + timedelta(seconds=5), "000000010000000000000004"))
+    assert "since 2026-11-26T10:00:05+00:00 (segment 000000010000000000000004)" in problem
+    assert archiver_problems((None, t, "000000010000000000000001"))
