@@ -35,7 +35,8 @@ def _time(value: Optional[str]) -> Optional[datetime]:
 def problems(status: Optional[dict], schedule: str, now: datetime) -> list[str]:
     """Why the backups cannot be trusted right now; empty when the last run is good and on time."""
     if status is None:
-        return ["backups: the agent has written no status yet; see `docker logs` of its container"]
+        return ["backups: the agent's status.json cannot be read (its container is not running, or it has not "
+                "started yet); see `docker logs` of the agent's container"]
     found = []
     last_run, last_success = status.get("last_run") or {}, status.get("last_success") or {}
     if last_run.get("result") == "failed":

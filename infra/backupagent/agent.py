@@ -123,8 +123,10 @@ class Status:
 
     def update(self, section: str, **values) -> None:
         with self.lock:
-            self.data.setdefault(section, {}).update(values)
-            self.save()
+            current = self.data.setdefault(section, {})
+            if any(current.get(key, object()) != value for key, value in values.items()):
+                current.update(values)
+                self.save()
 
     def set(self, key: str, value) -> None:
         with self.lock:
@@ -260,16 +262,21 @@ def _add_tree(tar: tarfile.TarFile, root: Path) -> None:
         for name in sorted(files):
             if (rel == Path(".") and name in _SKIP_FILES) or name.startswith("pgsql_tmp"):
                 continue
-            path = Path(directory) / name
-            try:
-                handle = open(path, "rb")
-            except FileNotFoundError:  # dropped during the backup: WAL replay drops it too
-                continue
-            with handle:
-                size = os.fstat(handle.fileno()).st_size
-                member = tarfile.TarInfo(str(rel / name))
-                member.size, member.mode = size, 0o600
-                tar.addfile(member, _Sized(handle, size))
+            _add_file(tar, Path(directory) / name, str(rel / name))
+
+
+def _add_file(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    """One file as it is now; a file removed meanwhile is left out (WAL replay drops it too;
+    an AOF rewrite replaces its files)."""
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        member = tarfile.TarInfo(arcname)
+        member.size, member.mode = size, 0o600
+        tar.addfile(member, _Sized(handle, size))
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -327,9 +334,10 @@ def _redis_snapshot(config: AgentConfig, password: str, out: BinaryIO, passphras
     def produce(sink: BinaryIO) -> None:
         with gzip.GzipFile(fileobj=sink, mode="wb", compresslevel=1, mtime=0) as gz:
             with tarfile.open(fileobj=gz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                tar.add(config.redis_data / rdb_name, arcname=layout.REDIS_RDB_MEMBER)
+                _add_file(tar, config.redis_data / rdb_name, layout.REDIS_RDB_MEMBER)
                 if (config.redis_data / aof_dir).is_dir():
-                    tar.add(config.redis_data / aof_dir, arcname=layout.REDIS_AOF_MEMBER)
+                    for path in sorted((config.redis_data / aof_dir).iterdir()):
+                        _add_file(tar, path, f"{layout.REDIS_AOF_MEMBER}/{path.name}")
 
     _seal(produce, out, passphrase)
     return {"version": version, "major": int(version.split(".")[0]), "keys": keys}
@@ -392,7 +400,7 @@ def take_backup(config: AgentConfig, stores: list, secrets_dir: Path = SECRETS_D
 
 # ------------------------------------------------------------------ retention
 
-def prune(config: AgentConfig, stores: list, current_sysid: str, in_progress: Optional[str] = None) -> list[str]:
+def prune(config: AgentConfig, stores: list, current_sysid: str) -> list[str]:
     """Apply the retention policy in every store; returns what was removed (keys)."""
     removed = []
     for store in stores:
@@ -407,8 +415,7 @@ def prune(config: AgentConfig, stores: list, current_sysid: str, in_progress: Op
         kept = select_kept(dated, config.keep_last, config.keep_daily, config.keep_weekly)
         newest = max(manifests)
         doomed = [k for k in keys if layout.backup_of(k) and layout.backup_of(k) not in kept
-                  and layout.backup_of(k) != in_progress
-                  # an incomplete backup (no manifest) is pruned only once a newer one is complete
+                  # one without manifest (failed, or being written) only once a newer one is complete
                   and (layout.backup_of(k) in manifests or layout.backup_of(k) < newest)]
         oldest_needed: dict[str, str] = {}
         for name in kept:

@@ -119,16 +119,20 @@ def test_retention_never_removes_the_newest_backup_and_spares_one_still_being_wr
     put_backup(store, tmp_path, "20261121T030000Z", wal_file(4))
     put_backup(store, tmp_path, "20261119T030000Z", wal_file(1), complete=False)  # older, never finished
     put_backup(store, tmp_path, "20261122T030000Z", wal_file(6), complete=False)  # being written now
-    agent.prune(cfg, [store], current_sysid=SYSID, in_progress="20261122T030000Z")
+    agent.prune(cfg, [store], current_sysid=SYSID)
     assert layout.backup_names(store.list()) == ["20261121T030000Z", "20261122T030000Z"]
 
 
 class DeadStore(DirStore):
+    """Refuses the oldest segment (as an endpoint that went away would); would take later ones."""
+
     def put(self, key, source):
-        raise StoreError("s3://bucket/prefix: endpoint refused the connection; check backupS3Endpoint")
+        if key == layout.wal_key(SYSID, wal_file(1)):
+            raise StoreError("s3://bucket/prefix: endpoint refused the connection; check backupS3Endpoint")
+        return super().put(key, source)
 
 
-def test_wal_waits_in_the_archive_while_a_store_is_away_then_ships_encrypted(tmp_path):
+def test_wal_waits_in_the_archive_in_order_while_a_store_is_away_then_ships_encrypted(tmp_path):
     cfg = config(tmp_path)
     pg_control(cfg.pgdata)
     archive = cfg.archive / layout.ARCHIVE_SUBDIR
@@ -203,4 +207,4 @@ def test_status_names_wal_that_waits_too_long_and_an_agent_without_status():
     assert found == ["backups: 4 WAL segments wait to be shipped since 2026-11-26T11:50:00+00:00: StoreError: refused"]
     recent = {**stuck, "last_shipped_at": "2026-11-26T11:59:30+00:00"}
     assert problems(agent_state(last_run=good, last_success=good, wal=recent), "0 3 * * *", NOW) == []
-    assert "written no status" in problems(None, "0 3 * * *", NOW)[0]
+    assert "status.json cannot be read" in problems(None, "0 3 * * *", NOW)[0]
