@@ -40,6 +40,9 @@ def print_endpoints(outputs: dict[str, auto.OutputValue]) -> None:
           f"database {value.get('postgresDatabase')}, user {value.get('postgresUser')}")
     print(f"redis       {value.get('redisContainerName')} at {value.get('redisIp')}:6379, "
           f"published on {value.get('redisHost')}:{value.get('redisHostPort')}")
+    if value.get("backupContainerName"):
+        print(f"backups     {value['backupContainerName']}, schedule '{value.get('backupSchedule')}' (UTC), "
+              f"copies in its volume" + (f" and {value['backupS3Url']}" if value.get("backupS3Url") else ""))
     print("secrets     pulumi stack output --show-secrets postgresHostUrl | redisHostUrl")
 
 
