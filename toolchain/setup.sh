@@ -60,4 +60,9 @@ fi
 
 echo "export PATH='$pulumi_bin:$provider_bin:$venv/bin':\"\$PATH\""
 echo "export PULUMI_SKIP_UPDATE_CHECK=true PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true"
+# Plain `pulumi config set --secret ...` / `pulumi up` use the same stack passphrase file as the
+# project's commands (created on the first `scripts/up`), unless one is already chosen.
+if [ -z "${PULUMI_CONFIG_PASSPHRASE:-}" ] && [ -z "${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]; then
+  echo "export PULUMI_CONFIG_PASSPHRASE_FILE='${SIN_DATASTORES_HOME:-$HOME/.sin-datastores}/passphrase'"
+fi
 log "ready in $(( $(date +%s) - started )) s"
