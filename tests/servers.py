@@ -214,19 +214,18 @@ class S3Server:
                  str(self.data_dir)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
-        while True:
+        while self.process.poll() is None and time.monotonic() < deadline:
             try:
                 self.client().list_buckets()
                 return
-            except botocore.exceptions.EndpointConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.halt()
-                    log_text = log_path.read_bytes()[logged:].decode(errors="replace")[-2000:]
-                    if "address already in use" in log_text.lower():
-                        raise PortTaken(self.port) from None
-                    self.stop()
-                    raise RuntimeError(f"versitygw did not answer on {self.address}:{self.port}:\n{log_text}")
-                time.sleep(0.05)
+            except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.HTTPClientError):
+                time.sleep(0.05)  # not listening yet (or something else holds the port and versitygw exits)
+        self.halt()
+        log_text = log_path.read_bytes()[logged:].decode(errors="replace")[-2000:]
+        if "address already in use" in log_text.lower():
+            raise PortTaken(self.port)
+        self.stop()
+        raise RuntimeError(f"versitygw did not answer on {self.address}:{self.port}:\n{log_text}")
 
     def halt(self) -> None:
         """Stop the server but keep its data: the endpoint refuses connections until :meth:`resume`."""
