@@ -107,6 +107,10 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def _default_sockets() -> list[str]:
+    return sorted({os.path.realpath(p) for p in DEFAULT_SOCKETS if os.path.exists(p)})
+
+
 def _mount_points() -> list[str]:
     return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
 
@@ -275,6 +279,18 @@ class RemoteDockerHost:
         if not (self.exec_root / "containerd" / "containerd.sock").exists():
             raise RemoteHostError(f"the dockerd of {self.name} did not start its own containerd under "
                                   f"{self.exec_root}: {_tail(self.base / 'dockerd.log')}")
+        if self._sshd is not None and self._sshd.poll() is None:
+            self._bind_default_sockets()
+
+    def _bind_default_sockets(self) -> None:
+        """Point the default socket paths in sshd's mount namespace at the engine's socket again: a
+        restarted dockerd makes a new socket file, and the bind mount made at sshd's start keeps the old one."""
+        sshd_mounts, own_mounts = f"/proc/{self._sshd.pid}/ns/mnt", "/proc/self/ns/mnt"
+        if os.readlink(sshd_mounts) == os.readlink(own_mounts):  # never bind over this machine's own socket
+            raise RemoteHostError(f"sshd of {self.name} (pid {self._sshd.pid}) is not in a mount namespace of its own")
+        for path in _default_sockets():  # the old mount is of a deleted file: nothing can be mounted onto it
+            _run(["nsenter", f"--mount={sshd_mounts}", "--", "sh", "-c", 'umount "$1" && mount --bind "$0" "$1"',
+                  str(self.socket_path), path], f"bind {self.socket_path} onto {path} for sshd")
 
     def stop_daemon(self, timeout_s: float = 30) -> None:
         """Stop the namespace's dockerd the way an operator would (SIGTERM), waiting for it to exit."""
@@ -385,7 +401,7 @@ class RemoteDockerHost:
         ]) + "\n")
         # A network namespace does not isolate Unix sockets: in sshd's own mount namespace the
         # default socket paths lead to the remote engine, so a session ignoring DOCKER_HOST lands there too.
-        sockets = sorted({os.path.realpath(p) for p in DEFAULT_SOCKETS if os.path.exists(p)})
+        sockets = _default_sockets()
         script = 'sock="$1"; shift; for s in "$@"; do mount --bind "$sock" "$s" || exit 1; done; ' \
                  f'exec {_which("sshd")} -D -e -f "$0"'
         argv = ["nsenter", f"--net={self.netns_path}", "--", "unshare", "--mount", "--propagation", "slave", "--",

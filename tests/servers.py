@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import boto3
 import botocore.config
@@ -33,6 +33,10 @@ PG_USER = os.environ.get("SIN_PG_USER", "sinpg")
 
 class MissingServer(RuntimeError):
     """A server binary the tests need is not installed."""
+
+
+class PortTaken(RuntimeError):
+    """The port a server was to listen on is held by something else."""
 
 
 def pg16_dir() -> Path:
@@ -151,8 +155,10 @@ class RedisServer:
 
 @dataclass
 class S3Server:
-    """A throwaway versitygw S3 server on 127.0.0.1 over its own data dir (a bucket is a folder
-    in it, an object a plain file), with random root credentials given to it by environment."""
+    """A throwaway versitygw S3 server over its own data dir (a bucket is a folder in it, an object a
+    plain file), with random root credentials given to it by environment. It listens on 127.0.0.1
+    of this machine, or (``wrap``: e.g. ``nsenter --net=<netns> --``) on an address inside another
+    network namespace, so a remote test host and this machine reach it at the same endpoint."""
 
     process: Optional[subprocess.Popen]
     workdir: Path
@@ -160,49 +166,71 @@ class S3Server:
     access_key: str
     secret_key: str = field(repr=False)
     region: str = "us-east-1"
+    address: str = "127.0.0.1"
+    wrap: tuple[str, ...] = ()
+    """Prefix of the server's command line (which network namespace it runs in)."""
+
+    BIND_ATTEMPTS = 3
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.address}:{self.port}"
 
     @property
     def data_dir(self) -> Path:
         return self.workdir / "data"
 
     @classmethod
-    def start(cls) -> "S3Server":
+    def start(cls, address: str = "127.0.0.1", wrap: Sequence[str] = ()) -> "S3Server":
+        """Start on ``address`` (reached from this machine as is) at a free port; inside a namespace
+        the reserved port may still be taken there, so another one is tried on a bind failure."""
         binary = os.environ.get("SIN_VERSITYGW")
         if not binary or not os.access(binary, os.X_OK):
             raise MissingServer(f"SIN_VERSITYGW={binary!r} is not an executable versitygw; "
                                 "run: eval \"$(toolchain/setup.sh)\" (it builds one with toolchain/s3-server.sh)")
         workdir = Path(tempfile.mkdtemp(prefix="sin-s3-"))
         (workdir / "data").mkdir()
-        server = cls(None, workdir, free_port(), f"sin{secrets.token_hex(8)}", secrets.token_urlsafe(30))
-        server.resume()
-        return server
+        server = cls(None, workdir, free_port(), f"sin{secrets.token_hex(8)}", secrets.token_urlsafe(30),
+                     address=address, wrap=tuple(wrap))
+        for attempt in range(cls.BIND_ATTEMPTS):
+            try:
+                server.resume()
+                return server
+            except PortTaken:
+                if attempt == cls.BIND_ATTEMPTS - 1:
+                    server.stop()
+                    raise RuntimeError(f"versitygw found every port it tried on {address} taken") from None
+                server.port = free_port()
 
     def resume(self) -> None:
         """(Re)start the server on its port and data dir; return once it answers."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ROOT_ACCESS_KEY": self.access_key,
                "ROOT_SECRET_KEY": self.secret_key}
-        with open(self.workdir / "versitygw.log", "ab") as log:
+        log_path = self.workdir / "versitygw.log"
+        logged = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [os.environ["SIN_VERSITYGW"], "--port", f"127.0.0.1:{self.port}", "posix", str(self.data_dir)],
+                [*self.wrap, os.environ["SIN_VERSITYGW"], "--port", f"{self.address}:{self.port}", "posix",
+                 str(self.data_dir)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
-        while True:
+        while self.process.poll() is None and time.monotonic() < deadline:
             try:
                 self.client().list_buckets()
                 return
-            except botocore.exceptions.EndpointConnectionError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    log_text = (self.workdir / "versitygw.log").read_text(errors="replace")[-2000:]
-                    self.stop()
-                    raise RuntimeError(f"versitygw did not answer on 127.0.0.1:{self.port}:\n{log_text}")
-                time.sleep(0.05)
+            except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.HTTPClientError):
+                time.sleep(0.05)  # not listening yet (or something else holds the port and versitygw exits)
+        self.halt()
+        log_text = log_path.read_bytes()[logged:].decode(errors="replace")[-2000:]
+        if "address already in use" in log_text.lower():
+            raise PortTaken(self.port)
+        self.stop()
+        raise RuntimeError(f"versitygw did not answer on {self.address}:{self.port}:\n{log_text}")
 
     def halt(self) -> None:
         """Stop the server but keep its data: the endpoint refuses connections until :meth:`resume`."""
+        if self.process.poll() is not None:
+            return
         self.process.terminate()
         try:
             self.process.wait(5)

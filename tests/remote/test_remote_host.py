@@ -161,6 +161,11 @@ def test_the_remote_daemon_stops_and_starts_again_keeping_its_data(remote_host):
 
     remote_host.start_daemon()
     assert remote_host.docker("volume", "ls", "-q").split() == [f"{remote_host.name}-kept"]
+    # The default socket path (what a tunnel to the engine's socket uses) leads to the new daemon too.
+    proc = subprocess.run(["ssh", remote_host.address, "env -u DOCKER_HOST docker volume ls -q"],
+                          capture_output=True, text=True, timeout=30, env=remote_host.env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [f"{remote_host.name}-kept"]
 
 
 def leftovers(host: RemoteDockerHost) -> list[str]:

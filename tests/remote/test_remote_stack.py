@@ -1,9 +1,11 @@
 """A stack on a remote Docker host, end to end over ssh:// (issue 11): the whole life cycle
 through the command line, with decoys on this machine's loopback that must never be
-contacted, and every way reaching the host can fail."""
+contacted, every way reaching the host can fail, and the scheduled backups there (the agent on
+the remote engine, an S3 server in the remote host's network, restore and status over the tunnel)."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -12,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
@@ -19,7 +22,11 @@ import pytest
 import redis as redis_lib
 
 from infra import stacks, teststacks
-from tests.remote_host import RemoteDockerHost
+from infra.backupagent import layout
+from infra.components.backupagent import LOCAL_MOUNT
+from tests.e2e.test_backups import complete_backups, wait_for
+from tests.remote_host import RemoteDockerHost, RemoteHostError
+from tests.servers import S3Server
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,3 +263,92 @@ def test_a_service_on_a_remote_host_is_never_reached_without_its_tunnel(remote):
         assert decoy.contacts == 0
     finally:
         decoy.close()
+
+
+@pytest.fixture
+def remote_s3(remote):
+    """An S3 server inside the remote host's network namespace, on its veth address: the agent
+    (host network there) and this machine (over the veth) reach it at the same endpoint."""
+    server = S3Server.start(address=remote.address, wrap=["nsenter", f"--net={remote.netns_path}", "--"])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def agent_status(remote: RemoteDockerHost, agent: str) -> dict:
+    """The agent's status.json, read on the remote engine (empty before it wrote one)."""
+    try:
+        text = remote.docker("exec", agent, "cat", f"{LOCAL_MOUNT}/{layout.STATUS_FILE}")
+    except RemoteHostError:  # the agent has not written it yet
+        return {}
+    return json.loads(text) if text.strip() else {}
+
+
+def test_a_remote_stack_is_backed_up_by_its_agent_there_and_restored_to_a_time_over_the_tunnel(
+        remote, settings, new_stack, remote_s3):
+    bucket = remote_s3.create_bucket()
+    config = remote_config(remote, backupSchedule="0 0 1 1 *", backupS3Bucket=bucket,
+                           backupS3Endpoint=remote_s3.endpoint)
+    stack = new_stack(config)
+    name = stack.name
+    stacks.set_secret(stack, "backupS3AccessKeyId", remote_s3.access_key)
+    stacks.set_secret(stack, "backupS3SecretAccessKey", remote_s3.secret_key)
+    pg_port, redis_port = int(config["postgresHostPort"]), int(config["redisHostPort"])
+    decoys = [Decoy(pg_port), Decoy(redis_port)]
+    outputs = []
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        done = cli(settings, *args)
+        outputs.append(done.stdout + done.stderr)
+        return done
+
+    def logged_messages() -> set[str]:
+        with psycopg.connect(host="127.0.0.1", port=pg_local, dbname="sinsolver", user="sinadmin",
+                             password=pw["postgresPassword"], autocommit=True) as conn:
+            return {row[0] for row in conn.execute("SELECT message FROM logs WHERE message LIKE 'remote pitr %'")}
+
+    try:
+        up = run("up", "--stack", name)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"copied {config['backupImage']} to {remote.docker_host}" in up.stderr, up.stderr
+        agent = stack.outputs()["backupContainerName"].value
+        assert remote.docker("inspect", "--format", "{{.State.Running}}", agent).strip() == "true"
+        assert local_objects(name) == "", "nothing of the stack, the agent included, on this machine's engine"
+
+        wait_for("the agent's first backup in the bucket", lambda: complete_backups(remote_s3, bucket, name), 120)
+        pw = {k.split(":")[1]: v.value for k, v in stack.get_all_config().items()
+              if k.endswith(("Password", "Passphrase"))}
+        pg_local = remote.forward(pg_port)
+        with psycopg.connect(host="127.0.0.1", port=pg_local, dbname="sinsolver", user="sinadmin",
+                             password=pw["postgresPassword"], autocommit=True) as conn:
+            conn.execute("INSERT INTO logs (level, message) VALUES ('info', 'remote pitr first')")
+            time.sleep(1.5)
+            between = datetime.now(timezone.utc)
+            time.sleep(1.5)
+            conn.execute("INSERT INTO logs (level, message) VALUES ('info', 'remote pitr second')")
+            segment = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()[0]
+        wait_for(f"WAL segment {segment} shipped by the agent", lambda: (
+            (wal := agent_status(remote, agent).get("wal") or {}).get("pending") == 0
+            and wal.get("last_shipped", "") >= segment), 90)
+
+        restore = run("restore", "--stack", name, "--from", f"s3://{bucket}/{name}",
+                      "--to-time", between.strftime("%Y-%m-%d %H:%M:%S.%f"))
+        assert restore.returncode == 0, restore.stdout + restore.stderr
+        assert logged_messages() == {"remote pitr first"}
+
+        shown = run("status", "--stack", name)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert "backups     schedule '0 0 1 1 *' UTC; last " in shown.stdout and " ok at " in shown.stdout, shown.stdout
+
+        down = run("down", "--stack", name)
+        assert down.returncode == 0, down.stderr
+        assert remote_objects(remote, name) == [], "destroy leaves nothing on the remote host"
+        assert [d.contacts for d in decoys] == [0, 0], "this machine's loopback was never used for the services"
+        secrets_in_play = [pw["postgresPassword"], pw["redisPassword"], pw["backupPassphrase"],
+                           remote_s3.access_key, remote_s3.secret_key]
+        for text in outputs:
+            assert not [s for s in secrets_in_play if s in text], "a password, passphrase or S3 key was printed"
+    finally:
+        for decoy in decoys:
+            decoy.close()
