@@ -21,6 +21,7 @@ from infra import agentstatus, stacks
 from infra.backupagent import layout
 from infra.connect import connect_postgres
 from tests.e2e.conftest import docker, objects_of
+from tests.backups import complete_backups, keys, wait_for
 from tests.servers import S3Server
 
 pytestmark = pytest.mark.e2e
@@ -65,27 +66,6 @@ def target_of(test_stack):
 
 def agent_of(test_stack) -> str:
     return test_stack.stack.outputs()["backupContainerName"].value
-
-
-def keys(s3: S3Server, bucket: str, prefix: str) -> list[str]:
-    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
-    return sorted(obj["Key"][len(prefix) + 1:] for page in pages for obj in page.get("Contents", []))
-
-
-def complete_backups(s3: S3Server, bucket: str, prefix: str) -> list[str]:
-    found = keys(s3, bucket, prefix)
-    return [n for n in layout.backup_names(found) if layout.backup_key(n, layout.MANIFEST) in found]
-
-
-def wait_for(what: str, check, timeout_s: float):
-    give_up = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > give_up:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def write_marked_data(target, label: str) -> None:

@@ -24,7 +24,7 @@ import redis as redis_lib
 from infra import stacks, teststacks
 from infra.backupagent import layout
 from infra.components.backupagent import LOCAL_MOUNT
-from tests.e2e.test_backups import complete_backups, wait_for
+from tests.backups import complete_backups, wait_for
 from tests.remote_host import RemoteDockerHost, RemoteHostError
 from tests.servers import S3Server
 
