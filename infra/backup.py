@@ -39,6 +39,7 @@ import redis
 from psycopg import sql
 
 from infra import dockercli, dockerhost
+from infra.backupagent.agent import AgentError, bgsave
 from infra.connect import connect_postgres, connect_redis
 from infra.targets import POSTGRES_SOCKET_DIR, PostgresTarget, RedisTarget, Target
 from infra.verify import Check, Report
@@ -280,34 +281,6 @@ def _keyspace(info: dict) -> dict[str, int]:
     return {db: fields["keys"] for db, fields in info.items() if db.startswith("db")}
 
 
-def _bgsave(client: redis.Redis, deadline_s: float) -> dict[str, int]:
-    """BGSAVE and wait for it; return the key counts it saved (read in the same MULTI)."""
-    give_up = time.monotonic() + deadline_s
-    while True:
-        pipe = client.pipeline(transaction=True)
-        pipe.info("keyspace").info("persistence").bgsave()
-        try:
-            keyspace, before, _ = pipe.execute()
-            break
-        except redis.ResponseError as exc:  # a save or AOF rewrite already running: wait for it
-            if "in progress" not in str(exc) or time.monotonic() > give_up:
-                raise BackupFailed(f"Redis refused BGSAVE: {exc}") from None
-            time.sleep(0.2)
-    # rdb_saves (Redis >= 7.0) counts saves; LASTSAVE has one-second resolution.
-    progress = "rdb_saves" if "rdb_saves" in before else "rdb_last_save_time"
-    while True:
-        now = client.info("persistence")
-        if not now["rdb_bgsave_in_progress"] and now[progress] > before[progress]:
-            break
-        if time.monotonic() > give_up:
-            raise BackupFailed(f"Redis BGSAVE did not finish within {deadline_s:g} s")
-        time.sleep(0.05)
-    if now["rdb_last_bgsave_status"] != "ok":
-        raise BackupFailed(f"Redis BGSAVE failed (rdb_last_bgsave_status={now['rdb_last_bgsave_status']}); "
-                            f"see the container's log")
-    return _keyspace(keyspace)
-
-
 def _extract_single(tar_path: Path, dest: Path) -> None:
     with tarfile.open(tar_path) as archive:
         member = next(m for m in archive.getmembers() if m.isfile())
@@ -321,7 +294,10 @@ def _dump_redis(target: RedisTarget, folder: Path) -> dict:
         data_dir, rdb_name = client.config_get("dir")["dir"], client.config_get("dbfilename")["dbfilename"]
         aof_dir = client.config_get("appenddirname").get("appenddirname", "appendonlydir")
         version = client.info("server")["redis_version"]
-        keys = _bgsave(client, deadline_s=300)
+        try:
+            keys = bgsave(client, deadline_s=300)
+        except AgentError as exc:
+            raise BackupFailed(str(exc)) from None
     finally:
         client.close()
     with tempfile.TemporaryDirectory() as tmp:

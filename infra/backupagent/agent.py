@@ -327,7 +327,7 @@ def _redis_snapshot(config: AgentConfig, password: str, out: BinaryIO, passphras
         rdb_name = client.config_get("dbfilename")["dbfilename"]
         aof_dir = client.config_get("appenddirname").get("appenddirname", "appendonlydir")
         version = client.info("server")["redis_version"]
-        keys = _bgsave(client)
+        keys = bgsave(client)
     finally:
         client.close()
 
@@ -343,7 +343,7 @@ def _redis_snapshot(config: AgentConfig, password: str, out: BinaryIO, passphras
     return {"version": version, "major": int(version.split(".")[0]), "keys": keys}
 
 
-def _bgsave(client: redis.Redis, deadline_s: float = 600) -> dict:
+def bgsave(client: redis.Redis, deadline_s: float = 600) -> dict:
     """BGSAVE and wait for it; the key counts are read in the same MULTI, so they describe the file."""
     give_up = time.monotonic() + deadline_s
     while True:
@@ -356,9 +356,11 @@ def _bgsave(client: redis.Redis, deadline_s: float = 600) -> dict:
             if "in progress" not in str(exc) or time.monotonic() > give_up:
                 raise AgentError(f"Redis refused BGSAVE: {exc}") from None
             time.sleep(0.2)
+    # rdb_saves (Redis >= 7.0) counts saves; LASTSAVE has one-second resolution.
+    progress = "rdb_saves" if "rdb_saves" in before else "rdb_last_save_time"
     while True:
         now = client.info("persistence")
-        if not now["rdb_bgsave_in_progress"] and now["rdb_saves"] > before["rdb_saves"]:
+        if not now["rdb_bgsave_in_progress"] and now[progress] > before[progress]:
             break
         if time.monotonic() > give_up:
             raise AgentError(f"Redis BGSAVE did not finish within {deadline_s:g} s")

@@ -51,6 +51,14 @@ def backed_up_stack(make_stack, s3: S3Server, bucket: str, schedule: str = "0 0 
     return test_stack
 
 
+def up_with_first_backup(make_stack, s3: S3Server, bucket: str):
+    """A backed-up stack brought up, once the agent's first backup is in the bucket: (stack, target, agent)."""
+    test_stack = backed_up_stack(make_stack, s3, bucket)
+    test_stack.up()
+    wait_for("the first backup", lambda: complete_backups(s3, bucket, test_stack.name), 90)
+    return test_stack, target_of(test_stack), agent_of(test_stack)
+
+
 def s3_keys(test_stack, s3: S3Server) -> None:
     stacks.set_secret(test_stack.stack, "backupS3AccessKeyId", s3.access_key)
     stacks.set_secret(test_stack.stack, "backupS3SecretAccessKey", s3.secret_key)
@@ -143,10 +151,7 @@ def test_scheduled_backups_appear_on_their_own_encrypted_and_pruned_in_every_pla
 
 def test_restore_to_a_time_between_two_writes_then_on_a_new_host_from_the_bucket_alone(make_stack, settings, s3):
     bucket = s3.create_bucket()
-    old = backed_up_stack(make_stack, s3, bucket)
-    old.up()
-    target, agent = target_of(old), agent_of(old)
-    wait_for("the first backup", lambda: complete_backups(s3, bucket, old.name), 90)
+    old, target, agent = up_with_first_backup(make_stack, s3, bucket)
     write_marked_data(target, "first")
     time.sleep(1.5)
     between = datetime.now(timezone.utc)
@@ -191,10 +196,7 @@ def test_restore_to_a_time_between_two_writes_then_on_a_new_host_from_the_bucket
 
 def test_archiving_survives_the_bucket_being_away_and_a_failed_backup_shows_in_status(make_stack, settings, s3):
     bucket = s3.create_bucket()
-    test_stack = backed_up_stack(make_stack, s3, bucket)
-    test_stack.up()
-    target, agent = target_of(test_stack), agent_of(test_stack)
-    wait_for("the first backup", lambda: complete_backups(s3, bucket, test_stack.name), 90)
+    test_stack, target, agent = up_with_first_backup(make_stack, s3, bucket)
     before = {k for k in keys(s3, bucket, test_stack.name) if k.startswith("wal/")}
     s3.halt()
     try:

@@ -59,6 +59,27 @@ class Decoy:
         self._socket.close()
 
 
+class Watched:
+    """The command line run against a remote stack with every output kept, and decoys on this
+    machine's loopback at the stack's ports."""
+
+    def __init__(self, settings: stacks.Settings, *ports: int):
+        self.settings, self.outputs = settings, []
+        self.decoys = [Decoy(port) for port in ports]
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        done = cli(self.settings, *args)
+        self.outputs.append(done.stdout + done.stderr)
+        return done
+
+    def contacts(self) -> list[int]:
+        return [decoy.contacts for decoy in self.decoys]
+
+    def close(self) -> None:
+        for decoy in self.decoys:
+            decoy.close()
+
+
 @pytest.fixture(scope="module")
 def remote():
     host = RemoteDockerHost()
@@ -133,13 +154,8 @@ def test_a_stack_lives_its_whole_life_on_the_remote_host_and_never_touches_local
     stack = new_stack(config)
     name = stack.name
     pg_port, redis_port = int(config["postgresHostPort"]), int(config["redisHostPort"])
-    decoys = [Decoy(pg_port), Decoy(redis_port)]
-    outputs = []
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        done = cli(settings, *args)
-        outputs.append(done.stdout + done.stderr)
-        return done
+    watched = Watched(settings, pg_port, redis_port)
+    run, outputs = watched.run, watched.outputs
 
     try:
         preview = run("preview", "--stack", name)
@@ -188,14 +204,13 @@ def test_a_stack_lives_its_whole_life_on_the_remote_host_and_never_touches_local
         down = run("down", "--stack", name)
         assert down.returncode == 0, down.stderr
         assert remote_objects(remote, name) == [], "destroy leaves nothing on the remote host"
-        assert [d.contacts for d in decoys] == [0, 0], "this machine's loopback was never used for the services"
+        assert watched.contacts() == [0, 0], "this machine's loopback was never used for the services"
         key_material = Path(remote.identity_file).read_text()
         for text in outputs:
             assert pw["postgresPassword"] not in text and pw["redisPassword"] not in text
             assert key_material.splitlines()[1] not in text
     finally:
-        for decoy in decoys:
-            decoy.close()
+        watched.close()
 
 
 def failure(settings, remote, stack, **config: str) -> tuple[subprocess.CompletedProcess, float]:
@@ -295,13 +310,8 @@ def test_a_remote_stack_is_backed_up_by_its_agent_there_and_restored_to_a_time_o
     stacks.set_secret(stack, "backupS3AccessKeyId", remote_s3.access_key)
     stacks.set_secret(stack, "backupS3SecretAccessKey", remote_s3.secret_key)
     pg_port, redis_port = int(config["postgresHostPort"]), int(config["redisHostPort"])
-    decoys = [Decoy(pg_port), Decoy(redis_port)]
-    outputs = []
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        done = cli(settings, *args)
-        outputs.append(done.stdout + done.stderr)
-        return done
+    watched = Watched(settings, pg_port, redis_port)
+    run, outputs = watched.run, watched.outputs
 
     def logged_messages() -> set[str]:
         with psycopg.connect(host="127.0.0.1", port=pg_local, dbname="sinsolver", user="sinadmin",
@@ -344,11 +354,10 @@ def test_a_remote_stack_is_backed_up_by_its_agent_there_and_restored_to_a_time_o
         down = run("down", "--stack", name)
         assert down.returncode == 0, down.stderr
         assert remote_objects(remote, name) == [], "destroy leaves nothing on the remote host"
-        assert [d.contacts for d in decoys] == [0, 0], "this machine's loopback was never used for the services"
+        assert watched.contacts() == [0, 0], "this machine's loopback was never used for the services"
         secrets_in_play = [pw["postgresPassword"], pw["redisPassword"], pw["backupPassphrase"],
                            remote_s3.access_key, remote_s3.secret_key]
         for text in outputs:
             assert not [s for s in secrets_in_play if s in text], "a password, passphrase or S3 key was printed"
     finally:
-        for decoy in decoys:
-            decoy.close()
+        watched.close()
