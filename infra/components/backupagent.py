@@ -11,7 +11,7 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_docker as docker
 
-from infra.components.common import LOG_OPTS, SECURITY_OPTS, container_labels, named_volume
+from infra.components.common import container_defaults, named_volume
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "backupagent"
 CODE_MOUNT = "/opt/sin-backup/backupagent"
@@ -78,13 +78,7 @@ class BackupAgent(pulumi.ComponentResource):
             network_mode="host",
             uploads=uploads,
             volumes=[docker.ContainerVolumeArgs(volume_name=v, container_path=p, read_only=ro) for v, p, ro in mounts],
-            restart="unless-stopped",
-            memory=args.memory_mb,
-            memory_swap=args.memory_mb,
-            log_driver="json-file",
-            log_opts=LOG_OPTS,
-            security_opts=SECURITY_OPTS,
-            labels=container_labels(args.labels),
+            **container_defaults(args.memory_mb, args.labels),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[image, volume]),
         )
         self.container_name = container.name

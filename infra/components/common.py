@@ -24,6 +24,21 @@ def container_labels(values: Mapping[str, str]) -> list[docker.ContainerLabelArg
     return [docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(values.items())]
 
 
+def container_defaults(memory_mb: pulumi.Input[int], values: Mapping[str, str]) -> dict:
+    """What every container of a stack gets: restart policy, memory limit, rotated logs,
+    no-new-privileges, the stack's labels."""
+    return dict(
+        restart="unless-stopped",
+        memory=memory_mb,
+        # Explicit, or Docker picks twice the limit and every `up` would show drift; equal means no swap.
+        memory_swap=memory_mb,
+        log_driver="json-file",
+        log_opts=LOG_OPTS,
+        security_opts=SECURITY_OPTS,
+        labels=container_labels(values),
+    )
+
+
 # Docker runs the first check one interval after the start (API 1.41 has no start_interval)
 # and the next one a whole interval after a failure. So one check tries again every 0.1 s
 # for up to CHECK_WINDOW_S: a service that becomes ready within that window is healthy at
@@ -130,14 +145,7 @@ def declare_service(parent: pulumi.Resource, name: str, args: ServiceArgs, spec:
         healthcheck=spec.healthcheck,
         wait=True,
         wait_timeout=args.health_timeout_s,
-        restart="unless-stopped",
-        memory=args.memory_mb,
-        # Explicit, or Docker picks twice the limit and every `up` would show drift; equal means no swap.
-        memory_swap=args.memory_mb,
-        log_driver="json-file",
-        log_opts=LOG_OPTS,
-        security_opts=SECURITY_OPTS,
-        labels=container_labels(args.labels),
+        **container_defaults(args.memory_mb, args.labels),
         # The replacement needs the fixed IP and host port that the old container holds. The
         # provider reports a changed healthcheck as an in-place update it never applies to the
         # running container, so a new healthcheck means a new container.
