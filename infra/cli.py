@@ -170,14 +170,16 @@ def _backup_now(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    folder = Path(args.source)
-    if args.to_time is None and not args.source.startswith("s3://") and (folder / backup.MANIFEST).is_file():
-        with stacks.reached(args.stack) as target:  # a folder written by `backup`
-            outcome = backup.restore(target, folder, say)
-    else:  # the agent's backups: s3://bucket/prefix or a copy of its store
+    if args.source.startswith("s3://") or pitr.is_store(Path(args.source)):  # the agent's backups
         config = stacks.stack_config(args.stack).backup
         with stacks.reached(args.stack) as target:
             outcome = pitr.restore(target, args.source, config, args.to_time, say)
+    else:  # a folder written by `backup`
+        if args.to_time is not None:
+            raise stacks.StackError(f"--to-time needs the backup agent's backups (--from s3://BUCKET/PREFIX, or a "
+                                    f"copy of its store); {args.source} is a backup folder of one moment")
+        with stacks.reached(args.stack) as target:
+            outcome = backup.restore(target, Path(args.source), say)
     print(outcome.report.table())
     say(f"restored {args.source} into stack {args.stack}; the previous database is kept as "
         f"{outcome.previous_database} (DROP DATABASE it once you no longer need it)")

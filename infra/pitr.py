@@ -56,6 +56,11 @@ def open_store(source: str, config: Optional[BackupConfig]):
     return DirStore(Path(source))
 
 
+def is_store(folder: Path) -> bool:
+    """A copy of the agent's store (its ``base/`` and ``wal/``), not a folder written by `backup`."""
+    return (folder / "base").is_dir()
+
+
 def passphrase_of(config: Optional[BackupConfig]) -> str:
     if config is None or not config.passphrase:
         raise BackupError("the stack's configuration has no backupPassphrase; set the one the backups were taken "
