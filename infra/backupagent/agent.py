@@ -457,11 +457,13 @@ class Agent:
 
     def ship_forever(self) -> None:
         passphrase = secret("backup-passphrase", self.secrets_dir)
+        heartbeat = self.config.local_root / layout.HEARTBEAT_FILE
         while not self.stop.is_set():
             try:
                 ship_wal(self.config, self.stores, passphrase, self.status)
             except Exception as exc:  # keep shipping; the status shows the error
                 self.status.update("wal", last_error=f"{type(exc).__name__}: {exc}", last_error_at=_iso(_now()))
+            heartbeat.touch()  # the container's healthcheck: this loop is alive
             self.stop.wait(WAL_POLL_S)
 
     def run_once(self) -> bool:

@@ -25,6 +25,7 @@ BACKUP_OBJECTS = (POSTGRES_OBJECT, REDIS_OBJECT)
 REDIS_RDB_MEMBER = "dump.rdb"
 REDIS_AOF_MEMBER = "appendonlydir"
 STATUS_FILE = "status.json"
+HEARTBEAT_FILE = "heartbeat"
 LOCAL_STORE_DIR = "store"
 WORK_DIR = ".work"
 # Inside the volume mounted at PostgreSQL's /var/lib/postgresql: where archive_command copies to.

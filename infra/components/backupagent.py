@@ -11,6 +11,7 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_docker as docker
 
+from infra.backupagent.layout import HEARTBEAT_FILE
 from infra.components.common import container_defaults, named_volume
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "backupagent"
@@ -22,6 +23,9 @@ PGDATA_MOUNT = "/sources/postgres"
 ARCHIVE_MOUNT = "/sources/postgres-archive"
 REDIS_MOUNT = "/sources/redis"
 LOCAL_MOUNT = "/backups"
+# Healthy while the WAL shipper's loop (every 2 s) has touched its heartbeat within a minute; a
+# check every 10 s costs one `sh`, `date` and `stat` (a few ms of CPU).
+HEALTHCHECK = f'test $(( $(date +%s) - $(stat -c %Y {LOCAL_MOUNT}/{HEARTBEAT_FILE}) )) -lt 60'
 
 
 @dataclass
@@ -76,10 +80,15 @@ class BackupAgent(pulumi.ComponentResource):
             name=args.container_name,
             image=image.image_id,
             network_mode="host",
+            healthcheck=docker.ContainerHealthcheckArgs(tests=["CMD-SHELL", HEALTHCHECK], interval="10s",
+                                                        timeout="5s", start_period="10s", retries=3),
             uploads=uploads,
             volumes=[docker.ContainerVolumeArgs(volume_name=v, container_path=p, read_only=ro) for v, p, ro in mounts],
             **container_defaults(args.memory_mb, args.labels),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[image, volume]),
+            # Its name is fixed, so a new version (code, settings) replaces it delete-first; a changed
+            # healthcheck is replaced too (the provider would report an update it never applies).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[image, volume], delete_before_replace=True,
+                                        replace_on_changes=["healthcheck"]),
         )
         self.container_name = container.name
         self.register_outputs({"container_name": self.container_name})

@@ -147,6 +147,12 @@ def test_scheduled_backups_appear_on_their_own_encrypted_and_pruned_in_every_pla
     agent_config = docker("inspect", agent)
     for secret in secrets_in_play[2:]:
         assert secret not in shown.stdout + shown.stderr and secret not in agent_config
+    # A changed policy is a new agent (its name is fixed: replaced delete-first); its record stays.
+    before = json.loads(agent_config)[0]["Id"]
+    stacks.configure(test_stack.stack, {"backupKeepLast": "3"})
+    test_stack.up()
+    assert json.loads(docker("inspect", agent))[0]["Id"] != before
+    assert (agentstatus.read(agent) or {}).get("last_success", {}).get("name") == kept[-1]
 
 
 def test_restore_to_a_time_between_two_writes_then_on_a_new_host_from_the_bucket_alone(make_stack, settings, s3):

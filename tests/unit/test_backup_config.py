@@ -121,6 +121,9 @@ def test_scheduled_backups_declare_the_agent_and_wal_archiving():
         ("postgres_wal_archive", "/var/lib/postgresql")}
     agent = _container(mocks, "backup-container").inputs
     assert agent["networkMode"] == "host" and "envs" not in agent
+    assert "/backups/heartbeat" in agent["healthcheck"]["tests"][1]
+    options = mocks.options["backup-container"]
+    assert options.delete_before_replace is True and options.replace_on_changes == ["healthcheck"]
     mounts = {v["containerPath"]: (v["volumeName"], v.get("readOnly", False)) for v in agent["volumes"]}
     assert mounts == {"/sources/postgres/data": ("postgres_data", True),
                       "/sources/postgres-archive": ("postgres_wal_archive", False),
