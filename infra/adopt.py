@@ -337,7 +337,9 @@ def inspect_host(stack: auto.Stack, images: str, rotate: bool, say: Callable[[st
     """Everything the takeover needs, checked; :class:`AdoptRefused` lists every problem."""
     raw = stack.get_all_config()
     overrides = stacks.image_overrides(raw, images, say)
-    cfg = stacks.validate(stack.name, raw, overrides, passwords_pending=SECRET_KEYS)
+    # Both passwords come from the old deployment (or are new); a missing backup passphrase is generated.
+    pending = [*SECRET_KEYS, *(key for key in stacks.missing_passwords(raw) if key not in SECRET_KEYS)]
+    cfg = stacks.validate(stack.name, raw, overrides, passwords_pending=pending)
     if cfg.docker.is_ssh:
         raise AdoptRefused([f"dockerHost is {cfg.docker.describe()}: the takeover reads the old services through "
                             f"their published ports from this machine, which works on the Docker host itself only; "
