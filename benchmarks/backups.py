@@ -27,8 +27,10 @@ from pathlib import Path
 
 import psycopg
 
-from infra import agentstatus, dockercli, stacks, teststacks
-from infra.connect import connect_postgres
+from infra.core import dockercli
+from infra.driver import stacks, teststacks
+from infra.ops import agentstatus
+from infra.core.connect import connect_postgres
 from tests.servers import S3Server
 
 ROUNDS = int(os.environ.get("SIN_BENCH_ROUNDS", "3"))

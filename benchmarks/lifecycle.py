@@ -31,10 +31,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from infra import dockercli, migration_files, stacks, teststacks
+from infra.core import dockercli
+from infra.deploy import migration_files
+from infra.driver import stacks, teststacks
 from infra.components import postgres, redis
 from infra.components.common import healthcheck
-from infra.config import DEFAULTS
+from infra.core.config import DEFAULTS
 
 ROUNDS = int(os.environ.get("SIN_BENCH_ROUNDS", "3"))
 PARALLEL = 4

@@ -15,8 +15,8 @@ import statistics
 import subprocess
 import time
 
-from infra import migration_files, migrations, postdeploy
-from infra.targets import PostgresTarget, RedisTarget, Target
+from infra.deploy import migration_files, migrations, steps as postdeploy
+from infra.core.targets import PostgresTarget, RedisTarget, Target
 from tests.servers import PostgresServer, RedisServer
 
 ROUNDS = 7

@@ -26,7 +26,8 @@ import psycopg
 import redis as redis_lib
 
 from benchmarks.lifecycle import PulumiStack
-from infra import dockercli, stacks
+from infra.core import dockercli
+from infra.driver import stacks
 
 ROUNDS = int(os.environ.get("SIN_BENCH_ROUNDS", "3"))
 PROBE_S = 0.02

@@ -25,8 +25,9 @@ import time
 from itertools import combinations
 from pathlib import Path
 
-from infra import dockercli, reservations, stacks, teststacks
-from infra.verify import verify
+from infra.core import dockercli
+from infra.driver import reservations, stacks, teststacks
+from infra.deploy.checks import verify
 
 HEALTH_TIMEOUT_S = 300
 

@@ -17,15 +17,17 @@ from typing import Optional
 
 from pulumi import automation as auto
 
-from infra import (adopt, agentstatus, backup, dockerhost, migration_files, migrations, pitr, previews, reservations,
-                   stacks, status, teststacks)
+from infra.core import dockerhost
+from infra.deploy import migration_files, migrations
+from infra.driver import previews, reservations, stacks, teststacks
+from infra.ops import adopt, agentstatus, backup, pitr, status
 from infra.backupagent import BackupAgentError
-from infra.config import ConfigError
-from infra.connect import ConnectError
-from infra.dockercli import DockerError
-from infra.migration_files import MigrationError
-from infra.registry import default_actor
-from infra.verify import verify
+from infra.core.config import ConfigError
+from infra.core.connect import ConnectError
+from infra.core.dockercli import DockerError
+from infra.deploy.migration_files import MigrationError
+from infra.deploy.registry import default_actor
+from infra.deploy.checks import verify
 
 
 def say(message: str) -> None:

@@ -7,16 +7,16 @@ from urllib.parse import quote
 import pulumi
 import pulumi_docker as docker
 
-from infra import config as stack_config
-from infra import migration_files
+from infra.core import config as stack_config
+from infra.deploy import migration_files
 from infra.components.backupagent import BackupAgent, BackupAgentArgs
 from infra.components.common import labels
 from infra.components.network import NetworkArgs, SinNetwork
 from infra.components.postdeploy import PostDeploy, PostDeployArgs
 from infra.components.postgres import PostgresArgs, PostgresService
 from infra.components.redis import RedisArgs, RedisService
-from infra.targets import CLIENT_SETTINGS, PostgresTarget, RedisTarget, Target
-from infra.registry import default_actor
+from infra.core.targets import CLIENT_SETTINGS, PostgresTarget, RedisTarget, Target
+from infra.deploy.registry import default_actor
 
 
 # Enough for gzip and encryption streams of 1 MiB blocks and boto3's multipart buffers.
@@ -25,7 +25,7 @@ BACKUP_AGENT_MEMORY_MB = 256
 
 def target_for(cfg: stack_config.StackConfig) -> Target:
     """How the post-deploy step reaches this stack's services: through the ports published on the
-    Docker host (on a remote host, through an SSH tunnel: infra.dockerhost.reach)."""
+    Docker host (on a remote host, through an SSH tunnel: infra.core.dockerhost.reach)."""
     pg, rd, remote = cfg.postgres, cfg.redis, cfg.docker.is_ssh
     return Target(
         stack=cfg.stack,

@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import pytest
 
-from infra.teststacks import free_port
+from infra.driver.teststacks import free_port
 
 # command -> the Debian package that provides it (toolchain/remote-host.sh installs them)
 PREREQUISITES = {
@@ -394,7 +394,7 @@ class RemoteDockerHost:
             f"AllowUsers root {self.NO_DOCKER_USER}", "PermitRootLogin prohibit-password", "PubkeyAuthentication yes",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes yes",
             "AllowTcpForwarding local", "AllowAgentForwarding no",
-            # OpenSSH's default; the project forwards the engine's socket (see infra/dockerhost.py).
+            # OpenSSH's default; the project forwards the engine's socket (see infra/core/dockerhost.py).
             "AllowStreamLocalForwarding local",
             "X11Forwarding no", "PermitTunnel no", "PermitUserEnvironment no", "PrintMotd no",
             f"SetEnv DOCKER_HOST=unix://{self.socket_path}", "LogLevel VERBOSE",

@@ -25,7 +25,7 @@ import botocore.exceptions
 import psycopg
 import redis as redis_lib
 
-from infra.teststacks import free_port
+from infra.driver.teststacks import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_USER = os.environ.get("SIN_PG_USER", "sinpg")

@@ -2,7 +2,7 @@
 
 A dynamic resource whose inputs are the migration files' checksums, both containers'
 ids and the connection target: `pulumi preview` diffs those (so pending migrations show
-up, and no database is touched), and `pulumi up` runs :func:`infra.postdeploy.run`
+up, and no database is touched), and `pulumi up` runs :func:`infra.deploy.steps.run`
 whenever one of them changed. A second `up` with nothing changed does nothing.
 """
 
@@ -23,7 +23,7 @@ class _PostDeployProvider(dynamic.ResourceProvider):
 
     def _run(self, props: dict[str, Any]) -> dict[str, Any]:
         from infra import dockerhost, postdeploy
-        from infra.targets import Target
+        from infra.core.targets import Target
 
         with dockerhost.reach(Target.from_dict(props["target"])) as target:
             result = postdeploy.run(target, actor=props["actor"])
@@ -48,9 +48,9 @@ class PostDeployArgs:
     """Arguments of :class:`PostDeploy`."""
 
     target: pulumi.Input[dict]
-    """:meth:`infra.connect.Target.to_dict` of the stack; carries both passwords."""
+    """:meth:`infra.core.connect.Target.to_dict` of the stack; carries both passwords."""
     migrations: list[dict]
-    """:func:`infra.migration_files.fingerprint` of the migration files."""
+    """:func:`infra.deploy.migration_files.fingerprint` of the migration files."""
     container_ids: pulumi.Input[list[str]]
     """Both containers' ids: a replaced container is verified again."""
     actor: str

@@ -10,7 +10,7 @@ import pulumi_docker as docker
 
 from infra.backupagent.layout import ARCHIVE_SUBDIR
 from infra.components.common import ServiceArgs, ServiceSpec, declare_service, healthcheck, named_volume
-from infra.targets import POSTGRES_DATA_PATH
+from infra.core.targets import POSTGRES_DATA_PATH
 
 PASSWORD_FILE = "/run/secrets/postgres-password"
 DATA_PATH = POSTGRES_DATA_PATH

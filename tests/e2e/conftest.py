@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from pulumi import automation as auto
 
-from infra import dockercli, stacks, teststacks
+from infra.core import dockercli
+from infra.driver import stacks, teststacks
 
 
 def docker(*args: str) -> str:

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from infra import dockercli, stacks, teststacks
+from infra.core import dockercli
+from infra.driver import stacks, teststacks
 from infra.components.common import labels
-from infra.config import PROJECT, StackConfig
-from infra.connect import AuthRejected, connect_postgres, connect_redis
-from infra.migration_files import DEFAULT_DIR
-from infra.targets import PostgresTarget, RedisTarget
+from infra.core.config import PROJECT, StackConfig
+from infra.core.connect import AuthRejected, connect_postgres, connect_redis
+from infra.deploy.migration_files import DEFAULT_DIR
+from infra.core.targets import PostgresTarget, RedisTarget
 from tests.e2e import conftest
 from tests.e2e.conftest import docker, inspect, objects_of
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from infra import agentstatus, stacks
+from infra.driver import stacks
+from infra.ops import agentstatus
 from infra.backupagent import layout
-from infra.connect import connect_postgres
+from infra.core.connect import connect_postgres
 from tests.e2e.conftest import docker, objects_of
 from tests.backups import complete_backups, keys, wait_for
 from tests.servers import S3Server

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import redis as redis_lib
 
-from infra import stacks, teststacks
+from infra.driver import stacks, teststacks
 from tests.e2e.conftest import objects_of
 
 pytestmark = pytest.mark.e2e

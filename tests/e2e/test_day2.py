@@ -20,8 +20,10 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from infra import backup, dockercli, stacks, teststacks
-from infra.connect import connect_postgres
+from infra.core import dockercli
+from infra.driver import stacks, teststacks
+from infra.ops import backup
+from infra.core.connect import connect_postgres
 from tests.e2e.conftest import docker, inspect, local_images, objects_of, stack_config
 
 pytestmark = pytest.mark.e2e

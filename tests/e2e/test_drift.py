@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from infra import dockercli, stacks
-from infra.connect import connect_postgres
+from infra.core import dockercli
+from infra.driver import stacks
+from infra.core.connect import connect_postgres
 from tests.e2e.conftest import docker, inspect, local_images
 
 pytestmark = pytest.mark.e2e

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import redis as redis_lib
 
-from infra import stacks
+from infra.driver import stacks
 from tests.e2e.conftest import docker, inspect, objects_of, state_files
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from pulumi import automation as auto
 
-from infra import dockercli, reservations, stacks, teststacks
+from infra.core import dockercli
+from infra.driver import reservations, stacks, teststacks
 from tests.e2e.conftest import docker, objects_of, stack_config
 
 ROOT = stacks.ROOT

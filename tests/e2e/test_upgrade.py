@@ -12,7 +12,7 @@ import pytest
 import redis as redis_lib
 from pulumi import automation as auto
 
-from infra import stacks, teststacks
+from infra.driver import stacks, teststacks
 from tests.e2e.conftest import inspect, local_images, sweep
 
 pytestmark = pytest.mark.e2e

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from infra import migration_files
-from infra.targets import PostgresTarget, RedisTarget, Target
+from infra.deploy import migration_files
+from infra.core.targets import PostgresTarget, RedisTarget, Target
 from tests.servers import PostgresServer, RedisServer, S3Server
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 
 from infra.backupagent.store import DirStore, S3Store, StoreError
-from infra.teststacks import free_port
+from infra.driver.teststacks import free_port
 
 PREFIX = "backups/itest"
 

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from infra.credentials import scram_verifier
+from infra.deploy.credentials import scram_verifier
 
 
 @pytest.fixture

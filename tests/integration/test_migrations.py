@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from infra import migration_files, migrations
-from infra.connect import connect_postgres
-from infra.migration_files import MigrationError
-from infra.teststacks import free_port
+from infra.deploy import migration_files, migrations
+from infra.core.connect import connect_postgres
+from infra.deploy.migration_files import MigrationError
+from infra.driver.teststacks import free_port
 
 ADR_TABLES = {"services", "configurations", "logs", "audit_trail"}
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from infra import migrations, postdeploy
-from infra.connect import connect_postgres, connect_redis
-from infra.verify import VerificationFailed, verify
+from infra.deploy import migrations, steps as postdeploy
+from infra.core.connect import connect_postgres, connect_redis
+from infra.deploy.checks import VerificationFailed, verify
 from tests.integration.conftest import redis_target_for
 from tests.servers import RedisServer
 

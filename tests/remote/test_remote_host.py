@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from infra.teststacks import free_port
+from infra.driver.teststacks import free_port
 from tests.remote_host import CGROUP_ROOT, NETNS_DIR, PRIVSEP_DIR, PREFIX, RemoteDockerHost, RemoteHostError
 
 pytestmark = pytest.mark.e2e

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 import redis as redis_lib
 
-from infra import stacks, teststacks
+from infra.driver import stacks, teststacks
 from infra.backupagent import layout
 from infra.components.backupagent import LOCAL_MOUNT
 from tests.backups import complete_backups, wait_for
@@ -266,8 +266,8 @@ def test_each_way_reaching_the_host_fails_is_named_within_seconds_and_changes_no
 
 def test_a_service_on_a_remote_host_is_never_reached_without_its_tunnel(remote):
     # The guard behind every client: a target for a remote host refuses to connect on its own.
-    from infra.connect import ConnectError, connect_postgres
-    from infra.targets import PostgresTarget
+    from infra.core.connect import ConnectError, connect_postgres
+    from infra.core.targets import PostgresTarget
 
     decoy = Decoy(teststacks.free_port())
     try:

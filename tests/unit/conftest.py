@@ -8,7 +8,7 @@ import pulumi
 import pytest
 from pulumi.runtime import rpc
 
-from infra import config as stack_config
+from infra.core import config as stack_config
 
 PG_PASSWORD = "pg-unit-test-password-0123"
 REDIS_PASSWORD = "redis-unit-test-password-0123"

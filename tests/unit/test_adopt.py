@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra import adopt
-from infra.targets import PostgresTarget, RedisTarget
+from infra.ops import adopt
+from infra.core.targets import PostgresTarget, RedisTarget
 
 PG_SECRET = "pg-old-password-0123456789"
 REDIS_SECRET = "redis-old-password-0123456789"

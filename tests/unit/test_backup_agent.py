@@ -182,13 +182,13 @@ def run(started: str, result: str = "ok", **extra) -> dict:
 
 
 def test_status_is_clean_after_a_good_backup_on_schedule():
-    from infra.agentstatus import problems
+    from infra.ops.agentstatus import problems
     good = run("2026-11-26T03:00:00+00:00")
     assert problems(agent_state(last_run=good, last_success=good), "0 3 * * *", NOW) == []
 
 
 def test_status_names_a_failed_last_backup_and_a_missed_schedule():
-    from infra.agentstatus import problems
+    from infra.ops.agentstatus import problems
     good, bad = run("2026-11-25T03:00:00+00:00"), run("2026-11-26T03:00:00+00:00", "failed", error="StoreError: away")
     found = problems(agent_state(last_run=bad, last_success=good), "0 3 * * *", NOW)
     assert len(found) == 2
@@ -200,7 +200,7 @@ def test_status_names_a_failed_last_backup_and_a_missed_schedule():
 
 
 def test_status_names_wal_that_waits_too_long_and_an_agent_without_status():
-    from infra.agentstatus import problems
+    from infra.ops.agentstatus import problems
     good = run("2026-11-26T03:00:00+00:00")
     stuck = {"pending": 4, "last_error": "StoreError: refused", "last_shipped_at": "2026-11-26T11:50:00+00:00"}
     found = problems(agent_state(last_run=good, last_success=good, wal=stuck), "0 3 * * *", NOW)

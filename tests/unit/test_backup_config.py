@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.config import ADR_NAMES, BACKUP_PASSPHRASE_KEY, DEFAULTS, S3_SECRET_KEYS, ConfigError, parse
+from infra.core.config import ADR_NAMES, BACKUP_PASSPHRASE_KEY, DEFAULTS, S3_SECRET_KEYS, ConfigError, parse
 from tests.unit.conftest import is_secret, run_program, unwrap
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra.config import ConfigError, parse
+from infra.core.config import ConfigError, parse
 
 GOOD = {"postgresPassword": "p" * 16, "redisPassword": "r" * 16}
 

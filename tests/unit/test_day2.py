@@ -11,8 +11,9 @@ import pytest
 import yaml
 from pulumi.automation import events
 
-from infra import backup, previews, teststacks
-from infra.status import Container, Status
+from infra.driver import previews, teststacks
+from infra.ops import backup
+from infra.ops.status import Container, Status
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -174,7 +175,7 @@ def test_the_pr_workflow_runs_the_unit_tests_and_the_local_preview_command_for_d
 def test_failing_wal_archiving_is_a_problem_until_an_archive_succeeds_again():
     from datetime import datetime, timedelta, timezone
 
-    from infra.status import archiver_problems
+    from infra.ops.status import archiver_problems
 
     t = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
     assert archiver_problems((t, None, None)) == []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infra.dockerhost import explain_ssh_failure, session
-from infra.targets import DockerHost
+from infra.core.dockerhost import explain_ssh_failure, session
+from infra.core.targets import DockerHost
 
 HOST = DockerHost("ssh://deploy@db-1:2222/run/user/1000/docker.sock", "/keys/deploy", "/keys/known_hosts")
 

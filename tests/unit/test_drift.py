@@ -7,10 +7,10 @@ from typing import Optional
 
 from pulumi.automation import events
 
-from infra import drift, previews
-from infra.connect import ConnectError
-from infra.status import Container, status
-from infra.targets import PostgresTarget, RedisTarget, Target
+from infra.driver import drift, previews
+from infra.core.connect import ConnectError
+from infra.ops.status import Container, status
+from infra.core.targets import PostgresTarget, RedisTarget, Target
 from tests.unit.test_day2 import CONTAINER, VOLUME, step
 
 LABELS = {"sin-datastores.project": "sin-datastores", "sin-datastores.stack": "s", "sin-datastores.role": "redis"}
@@ -109,11 +109,11 @@ def test_creating_a_data_volume_the_host_lost_is_a_risk_and_a_new_one_is_not():
 
 
 def test_status_names_foreign_containers_and_lost_volumes_but_not_twice_a_missing_container(monkeypatch):
-    monkeypatch.setattr("infra.status.container", lambda name, now: Container(name, "missing", "-", None, None, "-"))
+    monkeypatch.setattr("infra.ops.status.container", lambda name, now: Container(name, "missing", "-", None, None, "-"))
     unreachable = Target("s", PostgresTarget("127.0.0.1", 1, "db", "u", "p", "s-pg", "172.29.1.100", 16),
                          RedisTarget("127.0.0.1", 1, "p", "s-redis", "172.29.1.120", 7))
-    monkeypatch.setattr("infra.status.connect_postgres", _refuse)
-    monkeypatch.setattr("infra.status.connect_redis", _refuse)
+    monkeypatch.setattr("infra.ops.status.connect_postgres", _refuse)
+    monkeypatch.setattr("infra.ops.status.connect_redis", _refuse)
     found = [drift.Finding("missing", "container", "s-redis", "is missing", "urn:c"),
              drift.Finding("missing", "data volume", "s-redis_data", "is missing: its data is gone", "urn:v"),
              drift.Finding("foreign", "container", "s-pg", "is not the one the stack created", "urn:p")]

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from infra import reservations, teststacks
-from infra.reservations import Record, Registry, ReservationError
+from infra.driver import reservations, teststacks
+from infra.driver.reservations import Record, Registry, ReservationError
 
 
 def dead_owner() -> tuple[int, int]:

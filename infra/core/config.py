@@ -16,7 +16,7 @@ from typing import Mapping, Optional
 from urllib.parse import urlsplit
 
 from infra.backupagent.schedule import Cron, ScheduleError
-from infra.targets import DockerHost
+from infra.core.targets import DockerHost
 
 PROJECT = "sin-datastores"
 DEV_STACK = "dev"

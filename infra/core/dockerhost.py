@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
-from infra.targets import SSH_CONNECT_TIMEOUT_S, DockerHost, Target
+from infra.core.targets import SSH_CONNECT_TIMEOUT_S, DockerHost, Target
 
 # How long the SSH tunnel may take to come up.
 READY_TIMEOUT_S = 15
@@ -209,7 +209,7 @@ def copy_image(image: str, current: Session) -> int:
 
 @contextmanager
 def _docker_env(values: dict[str, str]) -> Iterator[None]:
-    """Point this process's docker CLI calls (infra.dockercli) at the session's engine."""
+    """Point this process's docker CLI calls (infra.core.dockercli) at the session's engine."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
@@ -238,7 +238,7 @@ def reach(target: Target) -> Iterator[Target]:
 
 @contextmanager
 def using(current: Session) -> Iterator[Session]:
-    """Make ``current`` this process's session: docker CLI calls (infra.dockercli) and
+    """Make ``current`` this process's session: docker CLI calls (infra.core.dockercli) and
     :func:`endpoint` go to its host until the block ends."""
     global _active
     outer, _active = _active, current

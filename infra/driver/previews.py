@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 from pulumi import automation as auto
 
-from infra import dockerhost, migration_files, migrations, stacks
-from infra.connect import ConnectError
-from infra.targets import DockerHost
+from infra.core import dockerhost
+from infra.deploy import migration_files, migrations
+from infra.driver import stacks
+from infra.core.connect import ConnectError
+from infra.core.targets import DockerHost
 
 DATA_TYPES = {"docker:index/volume:Volume": "data volume", "docker:index/container:Container": "database container"}
 RISKY_OPS = {"replace", "create-replacement", "delete-replaced", "delete", "discard"}

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra import credentials, migration_files, migrations, registry
-from infra.connect import connect_postgres
-from infra.targets import Target
-from infra.verify import Report, VerificationFailed, verify
+from infra.deploy import credentials, migration_files, migrations, registry
+from infra.core.connect import connect_postgres
+from infra.core.targets import Target
+from infra.deploy.checks import Report, VerificationFailed, verify
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,8 @@ def run(target: Target, actor: str | None = None, migration_dir: Path = migratio
     """Bring the stored PostgreSQL password in line with the configuration, apply pending
     migrations, verify both services, then record the deployment.
 
-    Raises :class:`infra.credentials.CredentialsMismatch`,
-    :class:`infra.migration_files.MigrationError` or :class:`VerificationFailed`.
+    Raises :class:`infra.deploy.credentials.CredentialsMismatch`,
+    :class:`infra.deploy.migration_files.MigrationError` or :class:`VerificationFailed`.
     """
     actor = actor or registry.default_actor()
     reconciled = credentials.reconcile_postgres(target.postgres, deadline_s)

@@ -22,15 +22,17 @@ from typing import Callable, Optional
 
 from pulumi import automation as auto
 
-from infra import dockercli, migration_files, migrations, stacks
-from infra.backup import schema_objects, table_counts
+from infra.core import dockercli
+from infra.deploy import migration_files, migrations
+from infra.driver import stacks
+from infra.ops.backup import schema_objects, table_counts
 from infra.components.common import labels
 from infra.components.postgres import DATA_PATH as POSTGRES_DATA
 from infra.components.redis import DATA_PATH as REDIS_DATA, MAXMEMORY_SHARE
-from infra.config import PROJECT, SECRET_KEYS, ConfigError, StackConfig
-from infra.connect import ConnectError, connect_postgres, connect_redis
-from infra.registry import default_actor
-from infra.targets import PostgresTarget, RedisTarget
+from infra.core.config import PROJECT, SECRET_KEYS, ConfigError, StackConfig
+from infra.core.connect import ConnectError, connect_postgres, connect_redis
+from infra.deploy.registry import default_actor
+from infra.core.targets import PostgresTarget, RedisTarget
 
 FALLBACK_SUFFIX = "-pre-adopt"
 STOP_TIMEOUT_S = 60
@@ -280,7 +282,7 @@ def _check_schema(target: PostgresTarget, problems: list[str]) -> dict[str, int]
 
 
 def schema_differences(expected: list[tuple], found: list[tuple], limit: int = 5) -> list[str]:
-    """What differs between two :func:`infra.backup.schema_objects` lists, at most ``limit`` lines."""
+    """What differs between two :func:`infra.ops.backup.schema_objects` lists, at most ``limit`` lines."""
     want, got = {(k, n): d for k, n, d in expected}, {(k, n): d for k, n, d in found}
     lines = [f"missing {k} {n}" for k, n in sorted(want.keys() - got.keys())]
     lines += [f"unexpected {k} {n}" for k, n in sorted(got.keys() - want.keys())]

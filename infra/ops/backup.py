@@ -38,11 +38,11 @@ import psycopg
 import redis
 from psycopg import sql
 
-from infra import dockercli, dockerhost
+from infra.core import dockercli, dockerhost
 from infra.backupagent.agent import AgentError, bgsave
-from infra.connect import connect_postgres, connect_redis
-from infra.targets import POSTGRES_SOCKET_DIR, PostgresTarget, RedisTarget, Target
-from infra.verify import Check, Report
+from infra.core.connect import connect_postgres, connect_redis
+from infra.core.targets import POSTGRES_SOCKET_DIR, PostgresTarget, RedisTarget, Target
+from infra.deploy.checks import Check, Report
 
 FORMAT = 1
 MANIFEST = "manifest.json"

@@ -3,7 +3,7 @@
 The chosen base backup and the WAL archived after it are fetched, checked against the
 manifest's checksums and decrypted on this machine; a scratch PostgreSQL container from the
 live image (no network) recovers them to the requested time (``recovery_target_time``) or to
-the end of the archive. What it recovered is dumped and handed to :func:`infra.backup.switch_to`,
+the end of the archive. What it recovered is dumped and handed to :func:`infra.ops.backup.switch_to`,
 which loads it next to the live data, compares, and switches all or nothing; Redis comes from
 the same base backup's snapshot. Nothing live is touched before every object has been fetched,
 decrypted and recovered.
@@ -24,14 +24,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-from infra import backup, dockercli
-from infra.backup import BackupError, BackupFailed, Outcome, SCRATCH_LABEL
+from infra.core import dockercli
+from infra.ops import backup
+from infra.ops.backup import BackupError, BackupFailed, Outcome, SCRATCH_LABEL
 from infra.backupagent import layout
 from infra.backupagent.crypto import DecryptError, decrypt
 from infra.backupagent.store import DirStore, S3Store, StoreError, parse_s3_url
-from infra.config import BackupConfig
-from infra.targets import POSTGRES_SOCKET_DIR, Target
-from infra.verify import Check, Report
+from infra.core.config import BackupConfig
+from infra.core.targets import POSTGRES_SOCKET_DIR, Target
+from infra.deploy.checks import Check, Report
 
 WAL_DIR = "/var/lib/postgresql/restore-wal"
 RECOVERY_DEADLINE_S = 3600

@@ -17,9 +17,9 @@ from typing import Callable
 import psycopg
 import redis
 
-from infra import migration_files, migrations
-from infra.connect import AuthRejected, connect_postgres, connect_redis
-from infra.targets import PostgresTarget, RedisTarget
+from infra.deploy import migration_files, migrations
+from infra.core.connect import AuthRejected, connect_postgres, connect_redis
+from infra.core.targets import PostgresTarget, RedisTarget
 
 # The ADR's schema: tables with their columns, and the four indexes.
 EXPECTED_TABLES = {

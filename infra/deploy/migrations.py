@@ -1,4 +1,4 @@
-"""Versioned SQL migrations: plan, apply, baseline (the files: :mod:`infra.migration_files`).
+"""Versioned SQL migrations: plan, apply, baseline (the files: :mod:`infra.deploy.migration_files`).
 
 Each applied file is recorded in ``sin_schema_history`` with the sha256 of its content,
 who applied it, when, how long it took and whether it succeeded. A run takes a
@@ -17,9 +17,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from infra.connect import connect_postgres
-from infra.migration_files import DEFAULT_DIR, Migration, MigrationError, load, split_statements
-from infra.targets import PostgresTarget
+from infra.core.connect import connect_postgres
+from infra.deploy.migration_files import DEFAULT_DIR, Migration, MigrationError, load, split_statements
+from infra.core.targets import PostgresTarget
 
 HISTORY_TABLE = "sin_schema_history"
 # Any 64-bit constant shared by every runner of this project; the ASCII of "sin-migr".

@@ -17,9 +17,9 @@ import os
 import unicodedata
 from typing import Optional
 
-from infra import dockercli
-from infra.connect import AuthRejected, ConnectError, connect_postgres
-from infra.targets import POSTGRES_DATA_PATH, POSTGRES_SOCKET_DIR, PostgresTarget
+from infra.core import dockercli
+from infra.core.connect import AuthRejected, ConnectError, connect_postgres
+from infra.core.targets import POSTGRES_DATA_PATH, POSTGRES_SOCKET_DIR, PostgresTarget
 
 # PostgreSQL's own default (scram_iterations).
 SCRAM_ITERATIONS = 4096

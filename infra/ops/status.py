@@ -13,11 +13,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Optional, Sequence
 
-from infra import agentstatus, dockercli, migration_files, migrations
-from infra.connect import ConnectError, connect_postgres, connect_redis
-from infra.drift import Finding
-from infra.targets import Target
-from infra.verify import TABLE_SIZES_SQL
+from infra.core import dockercli
+from infra.deploy import migration_files, migrations
+from infra.ops import agentstatus
+from infra.core.connect import ConnectError, connect_postgres, connect_redis
+from infra.driver.drift import Finding
+from infra.core.targets import Target
+from infra.deploy.checks import TABLE_SIZES_SQL
 
 AUDIT_SQL = """
 SELECT to_char(timestamp, 'YYYY-MM-DD"T"HH24:MI:SS'), actor, action, resource_type, coalesce(resource_id, '')
@@ -136,7 +138,7 @@ def _image_name(image_id: str) -> str:
 
 def status(target: Target, audit_entries: int = 5, now: Optional[datetime] = None,
            drift: Sequence[Finding] = (), backup_agent: Optional[tuple[str, str]] = None) -> Status:
-    """``drift``: :func:`infra.drift.find` for the stack; each finding is a problem.
+    """``drift``: :func:`infra.driver.drift.find` for the stack; each finding is a problem.
     ``backup_agent``: (container, schedule) when the stack has scheduled backups."""
     now = now or datetime.now(timezone.utc)
     names = [s.container_name for s in (target.postgres, target.redis)] + ([backup_agent[0]] if backup_agent else [])

@@ -23,12 +23,13 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from pulumi import automation as auto
 
-from infra import dockercli, dockerhost, drift
-from infra.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig,
+from infra.core import dockercli, dockerhost
+from infra.driver import drift
+from infra.core.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig,
                           docker_host, parse)
-from infra.targets import DockerHost, PostgresTarget, RedisTarget, Target
+from infra.core.targets import DockerHost, PostgresTarget, RedisTarget, Target
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HOME = Path(os.environ.get("SIN_DATASTORES_HOME", Path.home() / ".sin-datastores"))
 IMAGE_KEYS = ("postgresImage", "redisImage", "backupImage")
 # Local images built by toolchain/images.sh, used when the configured ones are not on the host.
@@ -255,7 +256,7 @@ def image_overrides(config: dict[str, auto.ConfigValue], mode: str, say: Callabl
 
 def validate(name: str, config: dict[str, auto.ConfigValue], overrides: Optional[dict[str, str]] = None,
              passwords_pending: Sequence[str] = ()) -> StackConfig:
-    """The configuration exactly as the program will parse it; :class:`infra.config.ConfigError`
+    """The configuration exactly as the program will parse it; :class:`infra.core.config.ConfigError`
     lists every problem. ``passwords_pending`` are about to be generated, so not missing."""
     prefix = f"{PROJECT}:"
     raw = {key[len(prefix):]: value.value for key, value in config.items() if key.startswith(prefix)}
@@ -285,9 +286,9 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
                     generate_passwords: bool = False, copy_images: bool = False) -> Iterator[Optional[str]]:
     """Check the configuration before the engine starts, then yield the ``--config-file`` for the
     command (the stack file plus :func:`image_overrides`, or None), with the stack's Docker host
-    reachable (:func:`infra.dockerhost.using`) for the whole block.
+    reachable (:func:`infra.core.dockerhost.using`) for the whole block.
 
-    Raises :class:`infra.config.ConfigError`, or :class:`infra.dockerhost.DockerHostError` when the
+    Raises :class:`infra.core.config.ConfigError`, or :class:`infra.core.dockerhost.DockerHostError` when the
     stack's Docker host cannot be reached or used, with nothing changed. With
     ``generate_passwords``, passwords the stack does not have yet are generated (after the checks)
     and stored encrypted; with ``copy_images``, a remote host gets the local images it lacks."""
@@ -318,7 +319,7 @@ def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_pass
 
 
 def drift_of(stack: auto.Stack) -> list[drift.Finding]:
-    """How the Docker host differs from the stack's state (see :mod:`infra.drift`)."""
+    """How the Docker host differs from the stack's state (see :mod:`infra.driver.drift`)."""
     return drift.find(drift.declared(exported_deployment(stack)))
 
 

@@ -7,7 +7,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Optional
 
-from infra import dockercli
+from infra.core import dockercli
 from infra.backupagent import layout
 from infra.backupagent.schedule import Cron, overdue
 from infra.components.backupagent import LOCAL_MOUNT

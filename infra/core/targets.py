@@ -2,7 +2,7 @@
 
 A :class:`Target` is what the post-deploy step needs: built from the stack configuration
 inside ``pulumi up`` and from the stack outputs on the command line. The Pulumi program
-imports this module, :mod:`infra.connect` does the connecting.
+imports this module, :mod:`infra.core.connect` does the connecting.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class PostgresTarget:
     container_ip: str
     major_version: int
     tunnel_required: bool = False
-    """The port is published on a remote Docker host: only :func:`infra.dockerhost.reach` makes it reachable."""
+    """The port is published on a remote Docker host: only :func:`infra.core.dockerhost.reach` makes it reachable."""
 
     def describe(self) -> str:
         return f"PostgreSQL {self.user}@{self.host}:{self.port}/{self.database}"
@@ -97,7 +97,7 @@ class RedisTarget:
     container_ip: str
     major_version: int
     tunnel_required: bool = False
-    """The port is published on a remote Docker host: only :func:`infra.dockerhost.reach` makes it reachable."""
+    """The port is published on a remote Docker host: only :func:`infra.core.dockerhost.reach` makes it reachable."""
 
     def describe(self) -> str:
         return f"Redis {self.host}:{self.port}"

@@ -1,4 +1,4 @@
-"""Reach the two services of a :class:`infra.targets.Target`, without Pulumi.
+"""Reach the two services of a :class:`infra.core.targets.Target`, without Pulumi.
 
 Connecting retries with backoff until a deadline, never retries a rejected password, and
 always has a connect timeout.
@@ -14,7 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from infra.targets import CLIENT_SETTINGS, PostgresTarget, RedisTarget
+from infra.core.targets import CLIENT_SETTINGS, PostgresTarget, RedisTarget
 
 CONNECT_TIMEOUT_S = CLIENT_SETTINGS["postgres"]["connectionTimeoutMillis"] // 1000
 REDIS_RETRY_STEP_S = CLIENT_SETTINGS["redis"]["retryStepMillis"] / 1000
@@ -68,7 +68,7 @@ def _require_reachable(target: PostgresTarget | RedisTarget) -> None:
     """Never connect to this machine's loopback for a service published on a remote host."""
     if target.tunnel_required:
         raise ConnectError(f"{target.describe()} is published on the stack's remote Docker host and is reached only "
-                           f"through its SSH tunnel (infra.dockerhost.reach); nothing was contacted")
+                           f"through its SSH tunnel (infra.core.dockerhost.reach); nothing was contacted")
 
 
 def connect_postgres(target: PostgresTarget, deadline_s: float = 30.0, password: str | None = None,

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from infra import dockercli
+from infra.core import dockercli
 
 CONTAINER_TYPE = "docker:index/container:Container"
 VOLUME_TYPE = "docker:index/volume:Volume"

@@ -1,7 +1,7 @@
 """Throwaway test stacks: created with a free subnet, free host ports and stack-prefixed
 names; swept when older than a limit, so a crashed CI run leaves nothing behind.
 
-Ports and subnets are reserved host-wide (infra/reservations.py) at the moment they are
+Ports and subnets are reserved host-wide (infra/driver/reservations.py) at the moment they are
 chosen, so stacks created at once by several processes never share one; ports come from
 outside the ephemeral range and must bind. When something takes one anyway before Docker
 does, :func:`up_with_retries` chooses again. A stack in use by a live process is never swept.
@@ -23,8 +23,9 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 from pulumi import automation as auto
 
-from infra import dockercli, dockerhost, reservations, stacks
-from infra.config import PROJECT
+from infra.core import dockercli, dockerhost
+from infra.driver import reservations, stacks
+from infra.core.config import PROJECT
 
 PREFIX = "test"
 NAME = re.compile(rf"^{PREFIX}-(\d{{8}}t\d{{6}})-[0-9a-f]{{6}}$")

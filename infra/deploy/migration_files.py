@@ -2,7 +2,7 @@
 
 Files are named ``V<version>__<description>.sql``; a file whose first line is
 ``-- sin:no-transaction`` runs outside a transaction (for CREATE INDEX CONCURRENTLY).
-The Pulumi program reads them here to fingerprint them; :mod:`infra.migrations` applies them.
+The Pulumi program reads them here to fingerprint them; :mod:`infra.deploy.migrations` applies them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Iterator
 
 NO_TRANSACTION_MARKER = "-- sin:no-transaction"
 FILE_NAME = re.compile(r"^V(?P<version>[0-9]+)__(?P<description>[A-Za-z0-9_]+)\.sql$")
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "sql"
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 
 class MigrationError(RuntimeError):

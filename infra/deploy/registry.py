@@ -7,7 +7,7 @@ import json
 import socket
 from typing import TYPE_CHECKING
 
-from infra.targets import Target
+from infra.core.targets import Target
 
 if TYPE_CHECKING:  # the Pulumi program imports this module for default_actor only
     import psycopg

@@ -1,0 +1,1 @@
+"""The stack driver: the Automation API, previews, drift, throwaway test stacks."""
