@@ -17,17 +17,15 @@ from typing import Optional
 
 from pulumi import automation as auto
 
-from infra.core import dockerhost
-from infra.deploy import migration_files, migrations
-from infra.driver import previews, reservations, stacks, teststacks
-from infra.ops import adopt, agentstatus, backup, pitr, status
 from infra.backupagent import BackupAgentError
-from infra.core.config import ConfigError
-from infra.core.connect import ConnectError
-from infra.core.dockercli import DockerError
-from infra.deploy.migration_files import MigrationError
-from infra.deploy.registry import default_actor
+from infra.core import dockerhost
+from infra.core.errors import SinError
+from infra.deploy import migration_files, migrations
 from infra.deploy.checks import verify
+from infra.deploy.registry import default_actor
+from infra.driver import previews, stacks, teststacks
+from infra.ops import adopt, agentstatus, pitr, status
+from infra.ops.backup import commands
 
 
 def say(message: str) -> None:
@@ -148,13 +146,13 @@ def cmd_backup(args: argparse.Namespace) -> int:
         print(report.table())
         return 0 if report.ok else 1
     with stacks.reached(args.stack) as target:
-        folder, manifest = backup.backup(target, args.to)
+        folder, manifest = commands.take(target, args.to)
         files = ", ".join(f"{name} {meta['size']} B" for name, meta in sorted(manifest["files"].items()))
         print(f"backup {folder}: {files}; {sum(manifest['postgres']['tables'].values())} rows, "
               f"{sum(manifest['redis']['keys'].values())} Redis keys")
         if not args.verify:
             return 0
-        report = backup.verify_backup(target, folder)
+        report = commands.verify(target, folder)
     print(report.table())
     return 0 if report.ok else 1
 
@@ -181,7 +179,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             raise stacks.StackError(f"--to-time needs the backup agent's backups (--from s3://BUCKET/PREFIX, or a "
                                     f"copy of its store); {args.source} is a backup folder of one moment")
         with stacks.reached(args.stack) as target:
-            outcome = backup.restore(target, Path(args.source), say)
+            outcome = commands.restore(target, Path(args.source), say)
     print(outcome.report.table())
     say(f"restored {args.source} into stack {args.stack}; the previous database is kept as "
         f"{outcome.previous_database} (DROP DATABASE it once you no longer need it)")
@@ -311,13 +309,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (stacks.StackError, ConfigError, backup.BackupError, dockerhost.DockerHostError,
-            reservations.ReservationError, BackupAgentError) as exc:
+    except SinError as exc:  # each kind carries its exit code: 2 bad input (nothing changed), 1 a failed step
+        say(f"error: {exc}")
+        return exc.exit_code
+    except BackupAgentError as exc:  # the agent's code stands alone (it runs in its container)
         say(f"error: {exc}")
         return 2
-    except (MigrationError, ConnectError, backup.BackupFailed, DockerError) as exc:
-        say(f"error: {exc}")
-        return 1
     except auto.CommandError as exc:
         say(f"error: pulumi failed:\n{exc}")
         return 1

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 from urllib.parse import urlsplit
 
+from infra.core.errors import InputError
 from infra.backupagent.schedule import Cron, ScheduleError
 from infra.core.targets import DockerHost
 
@@ -100,7 +101,7 @@ _SQL_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _PASSWORD_FORBIDDEN = re.compile(r"[\s\"'\\]")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """The stack configuration is invalid; ``problems`` holds one message per problem."""
 
     def __init__(self, problems: list[str]):

@@ -14,6 +14,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from infra.core.errors import OperationFailed
 from infra.core.targets import CLIENT_SETTINGS, PostgresTarget, RedisTarget
 
 CONNECT_TIMEOUT_S = CLIENT_SETTINGS["postgres"]["connectionTimeoutMillis"] // 1000
@@ -24,7 +25,7 @@ REDIS_RETRY_MAX_S = CLIENT_SETTINGS["redis"]["retryMaxDelayMillis"] / 1000
 _PG_AUTH_FAILED = {"28P01", "28000"}
 
 
-class ConnectError(RuntimeError):
+class ConnectError(OperationFailed):
     """A service could not be reached in time, or it rejected the credentials."""
 
 

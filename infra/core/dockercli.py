@@ -16,12 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 from typing import IO, Mapping, Optional, Sequence, Union
+from infra.core.errors import OperationFailed
 
 # Every Docker object a stack declares carries this label (see components/common.py).
 STACK_LABEL = "sin-datastores.stack"
+# Containers a command creates for a while (scratch databases, copiers) carry this one too.
+SCRATCH_LABEL = "sin-datastores.role=scratch"
 
 
-class DockerError(RuntimeError):
+class DockerError(OperationFailed):
     """A docker command failed; the message carries its stderr."""
 
 

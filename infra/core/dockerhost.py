@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Iterator, Optional
 from urllib.parse import urlsplit
 
+from infra.core.errors import InputError
 from infra.core.targets import SSH_CONNECT_TIMEOUT_S, DockerHost, Target
 
 # How long the SSH tunnel may take to come up.
 READY_TIMEOUT_S = 15
 
 
-class DockerHostError(RuntimeError):
+class DockerHostError(InputError):
     """The stack's Docker host cannot be reached or used; the message names the host and the fix."""
 
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
+
 from pathlib import Path
 from typing import Callable
 
 import psycopg
 import redis
 
+from infra.core.errors import OperationFailed
 from infra.deploy import migration_files, migrations
 from infra.core.connect import AuthRejected, connect_postgres, connect_redis
+from infra.core.report import Check, Report
 from infra.core.targets import PostgresTarget, RedisTarget
 
 # The ADR's schema: tables with their columns, and the four indexes.
@@ -39,55 +41,12 @@ FROM pg_tables WHERE schemaname='public' ORDER BY tablename
 """
 
 
-class VerificationFailed(RuntimeError):
+class VerificationFailed(OperationFailed):
     """At least one check failed; ``report`` holds all of them."""
 
     def __init__(self, report: "Report"):
         self.report = report
         super().__init__(f"verification failed: {', '.join(c.name for c in report.failed)}\n{report.table()}")
-
-
-@dataclass(frozen=True)
-class Check:
-    """The outcome of one check."""
-
-    name: str
-    ok: bool
-    observed: str
-    expected: str
-    latency_ms: float
-
-
-@dataclass(frozen=True)
-class Report:
-    """All checks of one verification."""
-
-    checks: list[Check]
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks if not c.ok]
-
-    def get(self, name: str) -> Check:
-        return next(c for c in self.checks if c.name == name)
-
-    def to_dict(self) -> dict:
-        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def table(self) -> str:
-        rows = [("check", "result", "observed", "expected", "ms")] + [
-            (c.name, "ok" if c.ok else "FAIL", c.observed, c.expected, f"{c.latency_ms:.1f}") for c in self.checks]
-        widths = [min(max(len(r[i]) for r in rows), 60) for i in range(5)]
-        lines = ["  ".join(cell[:60].ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
 
 
 class _Recorder:

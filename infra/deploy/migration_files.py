@@ -12,13 +12,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from infra.core.errors import OperationFailed
 
 NO_TRANSACTION_MARKER = "-- sin:no-transaction"
 FILE_NAME = re.compile(r"^V(?P<version>[0-9]+)__(?P<description>[A-Za-z0-9_]+)\.sql$")
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 
-class MigrationError(RuntimeError):
+class MigrationError(OperationFailed):
     """Migrations cannot run or one failed; the message names the file and the fix."""
 
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
+from infra.core.errors import InputError
 
 # Where every process on this host looks (SIN_RESERVATIONS_DIR overrides it, e.g. for tests).
 DEFAULT_DIR = Path("/run/lock/sin-datastores")
@@ -32,7 +33,7 @@ LEASE_S = 12 * 3600
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
-class ReservationError(RuntimeError):
+class ReservationError(InputError):
     """Nothing left to reserve, or the reservation file cannot be used; the message says what to do."""
 
 

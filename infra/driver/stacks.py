@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from pulumi import automation as auto
 
+from infra.core.errors import InputError
 from infra.core import dockercli, dockerhost
 from infra.driver import drift
 from infra.core.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig,
@@ -37,7 +38,7 @@ LOCAL_IMAGE_ENV = {"postgresImage": "SIN_LOCAL_POSTGRES_IMAGE", "redisImage": "S
                    "backupImage": "SIN_LOCAL_BACKUP_IMAGE"}
 
 
-class StackError(RuntimeError):
+class StackError(InputError):
     """A stack cannot be used as asked; the message says why and what to do."""
 
 

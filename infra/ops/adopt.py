@@ -22,10 +22,12 @@ from typing import Callable, Optional
 
 from pulumi import automation as auto
 
+
+from infra.core.errors import InputError, OperationFailed
 from infra.core import dockercli
 from infra.deploy import migration_files, migrations
 from infra.driver import stacks
-from infra.ops.backup import schema_objects, table_counts
+from infra.ops.backup.postgres_dump import schema_objects, table_counts
 from infra.components.common import labels
 from infra.components.postgres import DATA_PATH as POSTGRES_DATA
 from infra.components.redis import DATA_PATH as REDIS_DATA, MAXMEMORY_SHARE
@@ -41,7 +43,7 @@ BASELINE_VERSION = 1
 POSTGRES_DEFAULT_USER = "postgres"
 
 
-class AdoptRefused(RuntimeError):
+class AdoptRefused(InputError):
     """The host does not look as the takeover expects; nothing was changed."""
 
     def __init__(self, problems: list[str]):
@@ -50,7 +52,7 @@ class AdoptRefused(RuntimeError):
                          + "\n".join(f"  - {p}" for p in problems))
 
 
-class AdoptFailed(RuntimeError):
+class AdoptFailed(OperationFailed):
     """A takeover step failed; the steps before it were undone (the message says which were not)."""
 
 
@@ -282,7 +284,7 @@ def _check_schema(target: PostgresTarget, problems: list[str]) -> dict[str, int]
 
 
 def schema_differences(expected: list[tuple], found: list[tuple], limit: int = 5) -> list[str]:
-    """What differs between two :func:`infra.ops.backup.schema_objects` lists, at most ``limit`` lines."""
+    """What differs between two :func:`infra.ops.backup.postgres_dump.schema_objects` lists, at most ``limit`` lines."""
     want, got = {(k, n): d for k, n, d in expected}, {(k, n): d for k, n, d in found}
     lines = [f"missing {k} {n}" for k, n in sorted(want.keys() - got.keys())]
     lines += [f"unexpected {k} {n}" for k, n in sorted(got.keys() - want.keys())]

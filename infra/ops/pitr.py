@@ -24,9 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
+from infra.ops.backup import BackupFailed, BackupRefused, commands, postgres_dump, redis_snapshot
+from infra.ops.backup.commands import Outcome
 from infra.core import dockercli
-from infra.ops import backup
-from infra.ops.backup import BackupError, BackupFailed, Outcome, SCRATCH_LABEL
+
+
 from infra.backupagent import layout
 from infra.backupagent.crypto import DecryptError, decrypt
 from infra.backupagent.store import DirStore, S3Store, StoreError, parse_s3_url
@@ -48,7 +50,7 @@ def open_store(source: str, config: Optional[BackupConfig]):
     """``s3://bucket/prefix`` with the stack's S3 endpoint and keys, or a local directory."""
     if source.startswith("s3://"):
         if config is None or config.s3 is None:
-            raise BackupError(f"restoring from {source} needs the S3 endpoint and keys in the stack's configuration; "
+            raise BackupRefused(f"restoring from {source} needs the S3 endpoint and keys in the stack's configuration; "
                               f"set backupSchedule, backupS3Bucket, backupS3AccessKeyId and backupS3SecretAccessKey "
                               f"(see README: Backups)")
         bucket, prefix = parse_s3_url(source)
@@ -64,7 +66,7 @@ def is_store(folder: Path) -> bool:
 
 def passphrase_of(config: Optional[BackupConfig]) -> str:
     if config is None or not config.passphrase:
-        raise BackupError("the stack's configuration has no backupPassphrase; set the one the backups were taken "
+        raise BackupRefused("the stack's configuration has no backupPassphrase; set the one the backups were taken "
                           "with: pulumi config set --secret backupPassphrase <passphrase>")
     return config.passphrase
 
@@ -93,18 +95,18 @@ def manifests(store) -> list[dict]:
 def choose(found: list[dict], to_time: Optional[datetime], where: str, name: Optional[str] = None) -> dict:
     """The newest backup finished by ``to_time`` (or the named one, or the newest)."""
     if not found:
-        raise BackupError(f"{where} holds no complete backup (no base/<time>/manifest.json); check the bucket and "
+        raise BackupRefused(f"{where} holds no complete backup (no base/<time>/manifest.json); check the bucket and "
                           f"prefix, or whether the agent ran (`python -m infra status`)")
     if name:
         match = [m for m in found if m["name"] == name]
         if not match:
-            raise BackupError(f"{where} has no backup named {name}; it has {', '.join(m['name'] for m in found)}")
+            raise BackupRefused(f"{where} has no backup named {name}; it has {', '.join(m['name'] for m in found)}")
         return match[0]
     if to_time is None:
         return found[-1]
     usable = [m for m in found if datetime.fromisoformat(m["finished_at"]) <= to_time]
     if not usable:
-        raise BackupError(f"no backup in {where} finished by {to_time.isoformat()}; the earliest finished at "
+        raise BackupRefused(f"no backup in {where} finished by {to_time.isoformat()}; the earliest finished at "
                           f"{found[0]['finished_at']}: pick a later --to-time")
     return usable[-1]
 
@@ -118,7 +120,7 @@ def fetch(store, manifest: dict, passphrase: str, into: Path, with_wal: bool, sa
         got = store.get(layout.backup_key(name, file), sealed)
         want = manifest["files"][file]
         if got["sha256"] != want["sha256"] or got["size"] != want["size"]:
-            raise BackupError(f"{where}/base/{name}/{file} does not match its manifest (sha256 {got['sha256'][:12]} vs "
+            raise BackupRefused(f"{where}/base/{name}/{file} does not match its manifest (sha256 {got['sha256'][:12]} vs "
                               f"{want['sha256'][:12]}): the object was modified or damaged; use another backup")
         plain[file] = into / suffix
         _decrypt(sealed, plain[file], passphrase, f"{where}/base/{name}/{file}")
@@ -137,7 +139,7 @@ def _decrypt(sealed: Path, plain: Path, passphrase: str, name: str) -> None:
             decrypt(source, out, passphrase, name=name)
     except DecryptError as exc:
         plain.unlink(missing_ok=True)
-        raise BackupError(f"{exc}; nothing was restored") from None
+        raise BackupRefused(f"{exc}; nothing was restored") from None
 
 
 def _fetch_wal(store, manifest: dict, passphrase: str, wal_dir: Path) -> int:
@@ -174,7 +176,7 @@ class ScratchRecovery:
                    "-c", f"restore_command=cp {WAL_DIR}/%f %p"]
         for setting in self.settings:
             command += ["-c", setting]
-        dockercli.docker("create", "--name", self.name, "--label", SCRATCH_LABEL,
+        dockercli.docker("create", "--name", self.name, "--label", dockercli.SCRATCH_LABEL,
                          "--label", f"{dockercli.STACK_LABEL}={self.target.stack}", "--network", "none",
                          image, *command)
         try:
@@ -222,13 +224,13 @@ class ScratchRecovery:
         """What the recovered database holds, in a manifest's terms."""
         database = self.target.postgres.database
         tables = {name: int(count) for name, count in self.rows(database, _COUNTS_SQL)}
-        schema = [list(row) for row in self.rows(database, backup._SCHEMA_SQL)]
+        schema = [list(row) for row in self.rows(database, postgres_dump.SCHEMA_SQL)]
         recovered_to = self.rows("postgres", "SELECT coalesce(pg_last_xact_replay_timestamp()::text, '')")
         return {"tables": tables, "schema_sha256": hashlib.sha256(json.dumps(schema).encode()).hexdigest(),
                 "last_transaction": recovered_to[0][0] if recovered_to else ""}
 
     def dump(self, path: Path) -> None:
-        dockercli.exec_to_file(self.name, backup._pg_client(self.target.postgres, "pg_dump", "--format=custom",
+        dockercli.exec_to_file(self.name, postgres_dump.pg_client(self.target.postgres, "pg_dump", "--format=custom",
                                                             f"--dbname={self.target.postgres.database}"), path)
 
     def __exit__(self, *exc) -> None:
@@ -265,10 +267,10 @@ def restore(target: Target, source: str, config: Optional[BackupConfig], to_time
             say: Callable[[str], None] = lambda _: None) -> Outcome:
     """Bring the stack's data back to ``to_time`` (None: everything archived) from ``source``."""
     store, passphrase = open_store(source, config), passphrase_of(config)
-    backup.require_containers(target)
+    commands.require_containers(target)
     try:
         manifest = choose(manifests(store), to_time, store.describe())
-        backup.check_versions(target, manifest)
+        commands.check_versions(target, manifest)
         with tempfile.TemporaryDirectory(prefix="sin-pitr-") as tmp:
             fetched = fetch(store, manifest, passphrase, Path(tmp), with_wal=True, say=say)
             with ScratchRecovery(target, fetched, _recovery_settings(to_time)) as scratch:
@@ -278,19 +280,19 @@ def restore(target: Target, source: str, config: Optional[BackupConfig], to_time
                 scratch.dump(Path(tmp) / "recovered.dump")
             _extract_rdb(fetched.redis_tar, Path(tmp) / "dump.rdb")
             expected = {"postgres": facts, "redis": manifest["redis"]}
-            return backup.switch_to(target, Path(tmp) / "recovered.dump", Path(tmp) / "dump.rdb", expected, say)
+            return commands.switch_to(target, Path(tmp) / "recovered.dump", Path(tmp) / "dump.rdb", expected, say)
     except StoreError as exc:
-        raise BackupError(f"{exc}; nothing was restored") from None
+        raise BackupRefused(f"{exc}; nothing was restored") from None
 
 
 def verify(target: Target, source: str, config: Optional[BackupConfig], name: Optional[str] = None,
            say: Callable[[str], None] = lambda _: None) -> Report:
     """Recover a backup (the newest, or ``name``) in scratch places and compare it with its manifest."""
     store, passphrase = open_store(source, config), passphrase_of(config)
-    backup.require_containers(target)
+    commands.require_containers(target)
     try:
         manifest = choose(manifests(store), None, store.describe(), name)
-        backup.check_versions(target, manifest)
+        commands.check_versions(target, manifest)
         with tempfile.TemporaryDirectory(prefix="sin-verify-") as tmp:
             fetched = fetch(store, manifest, passphrase, Path(tmp), with_wal=True, say=say)
             started = time.perf_counter()
@@ -302,8 +304,8 @@ def verify(target: Target, source: str, config: Optional[BackupConfig], name: Op
             checks = [Check(f"postgres base backup {manifest['name']} recovers", True,
                             f"{sum(facts['tables'].values())} rows in {len(facts['tables'])} tables",
                             "consistent at its stop position", ms)]
-            with backup.ScratchRedis(target.redis, target.stack, Path(tmp) / "dump.rdb") as client:
-                checks.append(backup.compare_redis(client, manifest))
+            with redis_snapshot.ScratchRedis(target.redis, target.stack, Path(tmp) / "dump.rdb") as client:
+                checks.append(redis_snapshot.compare_redis(client, manifest))
         return Report(checks)
     except StoreError as exc:
-        raise BackupError(f"{exc}; nothing was verified") from None
+        raise BackupRefused(f"{exc}; nothing was verified") from None

@@ -20,9 +20,11 @@ import pytest
 import redis as redis_lib
 import yaml
 
+from infra.ops.backup import BackupFailed
+from infra.ops.backup import commands
 from infra.core import dockercli
 from infra.driver import stacks, teststacks
-from infra.ops import backup
+
 from infra.core.connect import connect_postgres
 from tests.e2e.conftest import docker, inspect, local_images, objects_of, stack_config
 
@@ -286,11 +288,11 @@ def test_one_restore_at_a_time_and_a_crashed_ones_leftovers_are_cleared(live, se
     with connect_postgres(maintenance) as conn:
         conn.execute("CREATE DATABASE sinsolver_restore_deadbeef")
     stale = f"sin-scratch-{live.name}-redis-deadbeef"
-    docker("create", "--name", stale, "--label", backup.SCRATCH_LABEL, "--label",
+    docker("create", "--name", stale, "--label", dockercli.SCRATCH_LABEL, "--label",
            f"{dockercli.STACK_LABEL}={live.name}", local_images()["redisImage"])
 
     with connect_postgres(maintenance) as holder:
-        holder.execute("SELECT pg_advisory_lock(%s)", (backup.LOCK_KEY,))
+        holder.execute("SELECT pg_advisory_lock(%s)", (commands.LOCK_KEY,))
         busy = cli(settings, "restore", "--stack", live.name, "--from", str(folder))
     assert busy.returncode == 2 and "another restore or backup verification is running" in busy.stderr
 
@@ -334,8 +336,8 @@ def test_restore_is_all_or_nothing(live, settings, tmp_path, monkeypatch):
     def broken(*_):
         raise redis_lib.ResponseError("simulated failure during EXEC")
 
-    monkeypatch.setattr(backup, "_replace_redis", broken)
-    with pytest.raises(backup.BackupFailed, match="PostgreSQL was switched back, nothing live changed"):
-        backup.restore(target, folder)
+    monkeypatch.setattr(commands, "replace_redis", broken)
+    with pytest.raises(BackupFailed, match="PostgreSQL was switched back, nothing live changed"):
+        commands.restore(target, folder)
     assert read_data(target) == before
     assert [n for n in databases() if n not in names] == [], "no scratch or renamed database is left"

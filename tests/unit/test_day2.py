@@ -11,8 +11,10 @@ import pytest
 import yaml
 from pulumi.automation import events
 
+from infra.ops.backup import BackupRefused
+from infra.ops.backup.manifest import FILES, FORMAT, MANIFEST, PG_DUMP, REDIS_AOF, REDIS_RDB, file_digest, load_manifest
 from infra.driver import previews, teststacks
-from infra.ops import backup
+
 from infra.ops.status import Container, Status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,64 +26,64 @@ ROOT = Path(__file__).resolve().parents[2]
 def backup_folder(tmp_path) -> Path:
     folder = tmp_path / "20261126T010203Z"
     folder.mkdir()
-    for name, data in ((backup.PG_DUMP, b"PGDMP..."), (backup.REDIS_RDB, b"REDIS0010"), (backup.REDIS_AOF, b"tar")):
+    for name, data in ((PG_DUMP, b"PGDMP..."), (REDIS_RDB, b"REDIS0010"), (REDIS_AOF, b"tar")):
         (folder / name).write_bytes(data)
     manifest = {
-        "format": backup.FORMAT, "stack": "dev",
+        "format": FORMAT, "stack": "dev",
         "postgres": {"major": 16, "tables": {"public.services": 2}, "schema_sha256": "ab" * 32},
         "redis": {"major": 7, "keys": {"db0": 3}},
-        "files": {name: backup.file_digest(folder / name) for name in backup.FILES},
+        "files": {name: file_digest(folder / name) for name in FILES},
     }
-    (folder / backup.MANIFEST).write_text(json.dumps(manifest))
+    (folder / MANIFEST).write_text(json.dumps(manifest))
     return folder
 
 
 def test_a_complete_backup_loads(backup_folder):
-    manifest = backup.load_manifest(backup_folder)
-    assert manifest["files"][backup.REDIS_RDB] == {"size": 9, "sha256": backup.file_digest(
-        backup_folder / backup.REDIS_RDB)["sha256"]}
+    manifest = load_manifest(backup_folder)
+    assert manifest["files"][REDIS_RDB] == {"size": 9, "sha256": file_digest(
+        backup_folder / REDIS_RDB)["sha256"]}
 
 
 def test_a_missing_folder_is_named(tmp_path):
-    with pytest.raises(backup.BackupError, match=f"backup folder {tmp_path / 'nope'} does not exist"):
-        backup.load_manifest(tmp_path / "nope")
+    with pytest.raises(BackupRefused, match=f"backup folder {tmp_path / 'nope'} does not exist"):
+        load_manifest(tmp_path / "nope")
 
 
 def test_a_folder_without_manifest_is_incomplete(backup_folder):
-    (backup_folder / backup.MANIFEST).unlink()
-    with pytest.raises(backup.BackupError, match="has no manifest.json: the backup is incomplete"):
-        backup.load_manifest(backup_folder)
+    (backup_folder / MANIFEST).unlink()
+    with pytest.raises(BackupRefused, match="has no manifest.json: the backup is incomplete"):
+        load_manifest(backup_folder)
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda f: (f / backup.PG_DUMP).write_bytes(b"PGDMP!.."), r"postgres.dump does not match the manifest \(size 8 vs 8"),
-    (lambda f: (f / backup.REDIS_RDB).write_bytes(b"REDIS0010 plus"), "redis-dump.rdb does not match .*size 14 vs 9"),
-    (lambda f: (f / backup.REDIS_AOF).unlink(), "redis-appendonlydir.tar is missing"),
+    (lambda f: (f / PG_DUMP).write_bytes(b"PGDMP!.."), r"postgres.dump does not match the manifest \(size 8 vs 8"),
+    (lambda f: (f / REDIS_RDB).write_bytes(b"REDIS0010 plus"), "redis-dump.rdb does not match .*size 14 vs 9"),
+    (lambda f: (f / REDIS_AOF).unlink(), "redis-appendonlydir.tar is missing"),
 ])
 def test_a_tampered_or_incomplete_backup_is_refused_with_the_file_named(backup_folder, damage, message):
     damage(backup_folder)
-    with pytest.raises(backup.BackupError, match=message):
-        backup.load_manifest(backup_folder)
+    with pytest.raises(BackupRefused, match=message):
+        load_manifest(backup_folder)
 
 
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["postgres"].pop("major"), "postgres.major"),
-    (lambda m: m["files"].pop(backup.PG_DUMP), "files.postgres.dump"),
+    (lambda m: m["files"].pop(PG_DUMP), "files.postgres.dump"),
     (lambda m: m.update(format=99), "has format 99; this version reads format 1"),
 ])
 def test_a_manifest_missing_fields_or_of_another_format_is_refused(backup_folder, edit, message):
-    path = backup_folder / backup.MANIFEST
+    path = backup_folder / MANIFEST
     manifest = json.loads(path.read_text())
     edit(manifest)
     path.write_text(json.dumps(manifest))
-    with pytest.raises(backup.BackupError, match=message):
-        backup.load_manifest(backup_folder)
+    with pytest.raises(BackupRefused, match=message):
+        load_manifest(backup_folder)
 
 
 def test_a_manifest_that_is_not_json_is_refused(backup_folder):
-    (backup_folder / backup.MANIFEST).write_text("{not json")
-    with pytest.raises(backup.BackupError, match="is not a sin-datastores manifest: unreadable"):
-        backup.load_manifest(backup_folder)
+    (backup_folder / MANIFEST).write_text("{not json")
+    with pytest.raises(BackupRefused, match="is not a sin-datastores manifest: unreadable"):
+        load_manifest(backup_folder)
 
 
 # ------------------------------------------------------------------ test stacks
