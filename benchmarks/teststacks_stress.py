@@ -27,7 +27,7 @@ from pathlib import Path
 
 from infra.core import dockercli
 from infra.driver import reservations, stacks, teststacks
-from infra.deploy.checks import verify
+from infra.deploy.checks import run_checks
 
 HEALTH_TIMEOUT_S = 300
 
@@ -56,7 +56,7 @@ def bring_up(settings: stacks.Settings, say) -> dict:
         ports = [int(outputs["postgresHostPort"]), int(outputs["redisHostPort"])]
         published = published_ports(outputs["postgresContainerName"]) | published_ports(outputs["redisContainerName"])
         target = stacks.target_from_outputs(stack.name, result.outputs)
-        checks = verify(target.postgres, target.redis)
+        checks = run_checks(target.postgres, target.redis)
         report.update(ports=ports, subnet=outputs["networkSubnet"], retries=retries,
                       checks_in_up=outputs["verificationChecks"], verified=checks.ok and set(ports) == published,
                       published=sorted(published))

@@ -21,7 +21,7 @@ from infra.backupagent import BackupAgentError
 from infra.core import dockerhost
 from infra.core.errors import SinError
 from infra.deploy import migration_files, migrations
-from infra.deploy.checks import verify
+from infra.deploy.checks import run_checks
 from infra.deploy.registry import default_actor
 from infra.driver import previews, stacks, teststacks
 from infra.ops import adopt, agentstatus, pitr, status
@@ -54,7 +54,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     say(f"update {result.summary.result}; changes: {changes or 'none'}")
     print_endpoints(result.outputs)
     with dockerhost.reach(stacks.target_from_outputs(args.stack, result.outputs, stacks.docker_host_of(stack))) as target:
-        report = verify(target.postgres, target.redis)
+        report = run_checks(target.postgres, target.redis)
     print(report.table())
     return 0 if report.ok else 1
 
@@ -110,7 +110,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with stacks.reached(args.stack) as target:
-        report = verify(target.postgres, target.redis)
+        report = run_checks(target.postgres, target.redis)
     print(report.to_json() if args.json else report.table())
     return 0 if report.ok else 1
 
@@ -128,7 +128,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     target = stacks.target_from_outputs(args.stack, outputs, stacks.docker_host_of(stack))
     agent = outputs.get("backupContainerName")
     with dockerhost.reach(target) as reached:
-        result = status.status(reached, drift=stacks.drift_of(stack),
+        result = status.collect(reached, drift=stacks.drift_of(stack),
                                backup_agent=(agent.value, outputs["backupSchedule"].value) if agent else None)
     print(result.to_json() if args.json else result.table())
     return 0 if result.healthy else 1

@@ -223,7 +223,7 @@ def verify_redis(target: RedisTarget, client: redis.Redis, rec: _Recorder) -> No
     rec.run("redis.clients", "reported", clients)
 
 
-def verify(postgres: PostgresTarget, redis_target: RedisTarget, deadline_s: float = 30.0,
+def run_checks(postgres: PostgresTarget, redis_target: RedisTarget, deadline_s: float = 30.0,
            migration_dir: Path = migration_files.DEFAULT_DIR) -> Report:
     """Run every check against both services; a service that cannot be reached fails its checks."""
     rec = _Recorder()

@@ -11,7 +11,7 @@ from pathlib import Path
 from infra.deploy import credentials, migration_files, migrations, registry
 from infra.core.connect import connect_postgres
 from infra.core.targets import Target
-from infra.deploy.checks import Report, VerificationFailed, verify
+from infra.deploy.checks import Report, VerificationFailed, run_checks
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def run(target: Target, actor: str | None = None, migration_dir: Path = migratio
     actor = actor or registry.default_actor()
     reconciled = credentials.reconcile_postgres(target.postgres, deadline_s)
     outcome = migrations.migrate(target.postgres, actor, migration_dir, deadline_s=deadline_s)
-    report = verify(target.postgres, target.redis, deadline_s=deadline_s, migration_dir=migration_dir)
+    report = run_checks(target.postgres, target.redis, deadline_s=deadline_s, migration_dir=migration_dir)
     if not report.ok:
         raise VerificationFailed(report)
     result = Result([m.name for m, _ in outcome.applied], outcome.already_applied, report)

@@ -136,7 +136,7 @@ def _image_name(image_id: str) -> str:
     return tags[0] if tags else image_id.removeprefix("sha256:")[:12]
 
 
-def status(target: Target, audit_entries: int = 5, now: Optional[datetime] = None,
+def collect(target: Target, audit_entries: int = 5, now: Optional[datetime] = None,
            drift: Sequence[Finding] = (), backup_agent: Optional[tuple[str, str]] = None) -> Status:
     """``drift``: :func:`infra.driver.drift.find` for the stack; each finding is a problem.
     ``backup_agent``: (container, schedule) when the stack has scheduled backups."""

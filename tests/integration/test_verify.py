@@ -9,7 +9,7 @@ import pytest
 
 from infra.deploy import migrations, steps as postdeploy
 from infra.core.connect import connect_postgres, connect_redis
-from infra.deploy.checks import VerificationFailed, verify
+from infra.deploy.checks import VerificationFailed, run_checks
 from tests.integration.conftest import redis_target_for
 from tests.servers import RedisServer
 
@@ -21,7 +21,7 @@ def migrated(pg_target, migration_dir):
 
 
 def test_healthy_services_pass_every_check(migrated, redis_target, migration_dir):
-    report = verify(migrated, redis_target, migration_dir=migration_dir)
+    report = run_checks(migrated, redis_target, migration_dir=migration_dir)
 
     assert report.ok, report.table()
     names = {c.name for c in report.checks}
@@ -37,7 +37,7 @@ def test_healthy_services_pass_every_check(migrated, redis_target, migration_dir
 
 
 def test_report_is_a_table_and_json(migrated, redis_target, migration_dir):
-    report = verify(migrated, redis_target, migration_dir=migration_dir)
+    report = run_checks(migrated, redis_target, migration_dir=migration_dir)
 
     data = json.loads(report.to_json())
     assert data["ok"] is True
@@ -48,7 +48,7 @@ def test_report_is_a_table_and_json(migrated, redis_target, migration_dir):
 
 
 def test_throwaway_redis_keys_are_removed(migrated, redis_target, migration_dir):
-    verify(migrated, redis_target, migration_dir=migration_dir)
+    run_checks(migrated, redis_target, migration_dir=migration_dir)
 
     with connect_redis(redis_target) as client:
         assert [k for k in client.scan_iter("*sin-verify-*")] == []
@@ -57,7 +57,7 @@ def test_throwaway_redis_keys_are_removed(migrated, redis_target, migration_dir)
 def test_aof_off_is_caught(migrated, migration_dir):
     server = RedisServer.start(password="redis-test-password-0123456789", appendonly=False)
     try:
-        report = verify(migrated, redis_target_for(server), migration_dir=migration_dir)
+        report = run_checks(migrated, redis_target_for(server), migration_dir=migration_dir)
     finally:
         server.stop()
 
@@ -69,7 +69,7 @@ def test_aof_off_is_caught(migrated, migration_dir):
 def test_redis_without_password_is_caught(migrated, migration_dir):
     server = RedisServer.start(password=None)
     try:
-        report = verify(migrated, redis_target_for(server), migration_dir=migration_dir)
+        report = run_checks(migrated, redis_target_for(server), migration_dir=migration_dir)
     finally:
         server.stop()
 
@@ -81,7 +81,7 @@ def test_redis_without_password_is_caught(migrated, migration_dir):
 def test_wrong_postgres_password_is_caught(migrated, redis_target, migration_dir):
     wrong = dataclasses.replace(migrated, password="definitely-not-the-password")
 
-    report = verify(wrong, redis_target, migration_dir=migration_dir)
+    report = run_checks(wrong, redis_target, migration_dir=migration_dir)
 
     [failed] = report.failed
     assert failed.name == "postgres.reachable"
@@ -93,14 +93,14 @@ def test_missing_index_is_caught(migrated, redis_target, migration_dir):
     with connect_postgres(migrated) as conn:
         conn.execute("DROP INDEX idx_logs_level")
 
-    report = verify(migrated, redis_target, migration_dir=migration_dir)
+    report = run_checks(migrated, redis_target, migration_dir=migration_dir)
 
     assert [c.name for c in report.failed] == ["postgres.indexes"]
     assert report.get("postgres.indexes").observed == "missing idx_logs_level"
 
 
 def test_wrong_major_versions_are_caught(migrated, redis_target, migration_dir):
-    report = verify(dataclasses.replace(migrated, major_version=15),
+    report = run_checks(dataclasses.replace(migrated, major_version=15),
                     dataclasses.replace(redis_target, major_version=6), migration_dir=migration_dir)
 
     assert sorted(c.name for c in report.failed) == ["postgres.major_version", "redis.major_version"]
@@ -111,7 +111,7 @@ def test_wrong_major_versions_are_caught(migrated, redis_target, migration_dir):
 def test_unapplied_migration_is_caught(migrated, redis_target, migration_dir):
     (migration_dir / "V002__later.sql").write_text("SELECT 1;\n")
 
-    report = verify(migrated, redis_target, migration_dir=migration_dir)
+    report = run_checks(migrated, redis_target, migration_dir=migration_dir)
 
     assert report.get("postgres.migrations").observed == "V002__later.sql not applied"
 

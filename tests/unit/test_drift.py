@@ -9,7 +9,7 @@ from pulumi.automation import events
 
 from infra.driver import drift, previews
 from infra.core.connect import ConnectError
-from infra.ops.status import Container, status
+from infra.ops.status import Container, collect
 from infra.core.targets import PostgresTarget, RedisTarget, Target
 from tests.unit.test_day2 import CONTAINER, VOLUME, step
 
@@ -117,7 +117,7 @@ def test_status_names_foreign_containers_and_lost_volumes_but_not_twice_a_missin
     found = [drift.Finding("missing", "container", "s-redis", "is missing", "urn:c"),
              drift.Finding("missing", "data volume", "s-redis_data", "is missing: its data is gone", "urn:v"),
              drift.Finding("foreign", "container", "s-pg", "is not the one the stack created", "urn:p")]
-    result = status(unreachable, drift=found)
+    result = collect(unreachable, drift=found)
     drift_lines = [p for p in result.problems if p.startswith("drift:")]
     assert drift_lines == ["drift: data volume s-redis_data is missing: its data is gone",
                            "drift: container s-pg is not the one the stack created"]
