@@ -131,10 +131,13 @@ def switch_to(target: Target, dump: Path, rdb: Path, expected: dict, say: Callab
                                    datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
         try:
             replace_redis(target.redis, loaded.entries)
-        except BaseException as exc:
+        except Exception as exc:
             swap_back(target.postgres, previous)
             raise BackupFailed(f"replacing the Redis data failed ({exc}); PostgreSQL was switched back, "
                                f"nothing live changed") from None
+        except BaseException:  # Ctrl-C: PostgreSQL goes back too, then the interrupt goes on
+            swap_back(target.postgres, previous)
+            raise
         return Outcome(loaded.report, previous)
 
 

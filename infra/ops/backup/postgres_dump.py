@@ -149,7 +149,9 @@ def swap_databases(target: PostgresTarget, replacement: str, stamp: str) -> str:
                     break
                 except psycopg.errors.ObjectInUse:  # a client reconnected in between
                     if attempt == 4:
-                        raise
+                        raise BackupFailed(f"database {live} stayed in use by clients that reconnect at once (5 tries "
+                                           f"to switch it); nothing live was changed: stop those clients, or run "
+                                           f"the restore again") from None
                     time.sleep(0.2)
         finally:
             still_live = previous if _exists(admin, previous) else live
