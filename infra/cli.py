@@ -17,6 +17,7 @@ from typing import Optional
 
 from pulumi import automation as auto
 
+from infra.core.targets import POSTGRES_PORT, REDIS_PORT
 from infra.backupagent import BackupAgentError
 from infra.core import dockerhost
 from infra.core.errors import SinError
@@ -35,10 +36,10 @@ def say(message: str) -> None:
 def print_endpoints(outputs: dict[str, auto.OutputValue]) -> None:
     value = {k: v.value for k, v in outputs.items() if not v.secret}
     print(f"network     {value.get('networkName')} ({value.get('networkSubnet')})")
-    print(f"postgres    {value.get('postgresContainerName')} at {value.get('postgresIp')}:5432, "
+    print(f"postgres    {value.get('postgresContainerName')} at {value.get('postgresIp')}:{POSTGRES_PORT}, "
           f"published on {value.get('postgresHost')}:{value.get('postgresHostPort')}, "
           f"database {value.get('postgresDatabase')}, user {value.get('postgresUser')}")
-    print(f"redis       {value.get('redisContainerName')} at {value.get('redisIp')}:6379, "
+    print(f"redis       {value.get('redisContainerName')} at {value.get('redisIp')}:{REDIS_PORT}, "
           f"published on {value.get('redisHost')}:{value.get('redisHostPort')}")
     if value.get("backupContainerName"):
         print(f"backups     {value['backupContainerName']}, schedule '{value.get('backupSchedule')}' (UTC), "

@@ -15,7 +15,7 @@ from infra.components.network import NetworkArgs, SinNetwork
 from infra.components.postdeploy import PostDeploy, PostDeployArgs
 from infra.components.postgres import PostgresArgs, PostgresService
 from infra.components.redis import RedisArgs, RedisService
-from infra.core.targets import CLIENT_SETTINGS, PostgresTarget, RedisTarget, Target
+from infra.core.targets import CLIENT_SETTINGS, POSTGRES_PORT, REDIS_PORT, PostgresTarget, RedisTarget, Target
 from infra.deploy.registry import default_actor
 
 
@@ -123,7 +123,7 @@ def program() -> None:
     pulumi.export("postgresDatabase", pg.database)
     pulumi.export("postgresUser", pg.user)
     pulumi.export("postgresMajorVersion", pg.major_version)
-    pulumi.export("postgresUrl", pulumi.Output.secret(postgres_url(pg.user, pg.password, pg.ip, 5432, pg.database)))
+    pulumi.export("postgresUrl", pulumi.Output.secret(postgres_url(pg.user, pg.password, pg.ip, POSTGRES_PORT, pg.database)))
     pulumi.export("postgresHostUrl", pulumi.Output.secret(
         postgres_url(pg.user, pg.password, cfg.host_address, pg.host_port, pg.database)))
     pulumi.export("redisContainerName", redis.container_name)
@@ -131,7 +131,7 @@ def program() -> None:
     pulumi.export("redisHost", cfg.host_address)
     pulumi.export("redisHostPort", rd.host_port)
     pulumi.export("redisMajorVersion", rd.major_version)
-    pulumi.export("redisUrl", pulumi.Output.secret(redis_url(rd.password, rd.ip, 6379)))
+    pulumi.export("redisUrl", pulumi.Output.secret(redis_url(rd.password, rd.ip, REDIS_PORT)))
     pulumi.export("redisHostUrl", pulumi.Output.secret(redis_url(rd.password, cfg.host_address, rd.host_port)))
     pulumi.export("clientSettings", CLIENT_SETTINGS)
     pulumi.export("migrationsApplied", step.applied)

@@ -9,7 +9,8 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_docker as docker
 
-LABEL_PREFIX = "sin-datastores"
+from infra.core.dockercli import LABEL_PREFIX
+
 # Rotate container logs instead of letting json-file grow without bound.
 LOG_OPTS = {"max-size": "10m", "max-file": "3"}
 SECURITY_OPTS = ["no-new-privileges:true"]

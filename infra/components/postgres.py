@@ -10,7 +10,7 @@ import pulumi_docker as docker
 
 from infra.backupagent.layout import ARCHIVE_SUBDIR
 from infra.components.common import ServiceArgs, ServiceSpec, declare_service, healthcheck, named_volume
-from infra.core.targets import POSTGRES_DATA_PATH
+from infra.core.targets import POSTGRES_DATA_PATH, POSTGRES_PORT
 
 PASSWORD_FILE = "/run/secrets/postgres-password"
 DATA_PATH = POSTGRES_DATA_PATH
@@ -30,7 +30,7 @@ ARCHIVE_TIMEOUT_S = 30
 # agent never ships half a segment; a segment archived again after a crash must be identical.
 ARCHIVE_COMMAND = (f"mkdir -p {ARCHIVE_DIR} && if [ -f {ARCHIVE_DIR}/%f ]; then cmp -s %p {ARCHIVE_DIR}/%f; "
                    f"else cp %p {ARCHIVE_DIR}/%f.tmp && mv {ARCHIVE_DIR}/%f.tmp {ARCHIVE_DIR}/%f; fi")
-HEALTHCHECK = 'pg_isready -q -h 127.0.0.1 -p 5432 -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
+HEALTHCHECK = f'pg_isready -q -h 127.0.0.1 -p {POSTGRES_PORT} -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
 
 
 @dataclass
@@ -61,7 +61,7 @@ class PostgresService(pulumi.ComponentResource):
                                     args.retain_volume)]
         spec = ServiceSpec(
             alias="postgres",
-            internal_port=5432,
+            internal_port=POSTGRES_PORT,
             data_path=DATA_PATH,
             healthcheck=healthcheck(HEALTHCHECK, args.health_timeout_s),
             envs=[pulumi.Output.concat("POSTGRES_DB=", args.database),

@@ -8,9 +8,10 @@ from typing import Optional
 import pulumi
 import pulumi_docker as docker
 
+from infra.core.targets import REDIS_CONFIG_DIR, REDIS_PORT
 from infra.components.common import ServiceArgs, ServiceSpec, declare_service, healthcheck
 
-CONFIG_FILE = "/usr/local/etc/redis/redis.conf"
+CONFIG_FILE = f"{REDIS_CONFIG_DIR}/redis.conf"
 DATA_PATH = "/data"
 # Share of the container limit Redis may use for data; the rest covers AOF rewrites and buffers.
 MAXMEMORY_SHARE = 0.75
@@ -37,7 +38,7 @@ def render_config(password: str, memory_mb: int) -> str:
         "# Written by sin-datastores; changes are replaced on the next `pulumi up`.",
         "bind * -::*",
         "protected-mode yes",
-        "port 6379",
+        f"port {REDIS_PORT}",
         "dir /data",
         "appendonly yes",
         "appendfsync everysec",
@@ -60,7 +61,7 @@ class RedisService(pulumi.ComponentResource):
             lambda values: render_config(values[0], values[1])))
         spec = ServiceSpec(
             alias="redis",
-            internal_port=6379,
+            internal_port=REDIS_PORT,
             data_path=DATA_PATH,
             healthcheck=healthcheck(HEALTHCHECK, args.health_timeout_s),
             command=["redis-server", CONFIG_FILE],

@@ -82,7 +82,8 @@ DEFAULTS: dict[str, Optional[str]] = {
     "backupS3SecretAccessKey": "",
 }
 # Passwords generated when missing (scripts/up, `python -m infra up`).
-SECRET_KEYS = ("postgresPassword", "redisPassword")
+POSTGRES_PASSWORD_KEY, REDIS_PASSWORD_KEY = "postgresPassword", "redisPassword"
+SECRET_KEYS = (POSTGRES_PASSWORD_KEY, REDIS_PASSWORD_KEY)
 # Secrets of the backups: the passphrase is generated too when backups are on; the S3 keys never.
 BACKUP_PASSPHRASE_KEY = "backupPassphrase"
 S3_SECRET_KEYS = ("backupS3AccessKeyId", "backupS3SecretAccessKey")
@@ -414,7 +415,7 @@ def parse(raw: Mapping[str, str], stack: str, project: str = PROJECT,
         host_port=postgres_port,
         database=r.identifier("postgresDatabase"),
         user=r.identifier("postgresUser"),
-        password=r.password("postgresPassword"),
+        password=r.password(POSTGRES_PASSWORD_KEY),
         major_version=r.integer("postgresMajorVersion", 10, 99),
         memory_mb=r.integer("postgresMemoryMb", 64, 1 << 20),
     )
@@ -424,7 +425,7 @@ def parse(raw: Mapping[str, str], stack: str, project: str = PROJECT,
         volume_name=names["redisVolumeName"],
         ip=str(redis_ip),
         host_port=redis_port,
-        password=r.password("redisPassword"),
+        password=r.password(REDIS_PASSWORD_KEY),
         major_version=r.integer("redisMajorVersion", 2, 99),
         memory_mb=r.integer("redisMemoryMb", 32, 1 << 20),
     )

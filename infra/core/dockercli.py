@@ -19,9 +19,11 @@ from typing import IO, Mapping, Optional, Sequence, Union
 from infra.core.errors import OperationFailed
 
 # Every Docker object a stack declares carries this label (see components/common.py).
-STACK_LABEL = "sin-datastores.stack"
+# The label scheme of every Docker object a stack owns: <prefix>.project, .stack, .role.
+LABEL_PREFIX = "sin-datastores"
+STACK_LABEL = f"{LABEL_PREFIX}.stack"
 # Containers a command creates for a while (scratch databases, copiers) carry this one too.
-SCRATCH_LABEL = "sin-datastores.role=scratch"
+SCRATCH_LABEL = f"{LABEL_PREFIX}.role=scratch"
 
 
 class DockerError(OperationFailed):

@@ -12,6 +12,11 @@ from dataclasses import asdict, dataclass, field
 from urllib.parse import urlsplit
 
 # Where the official postgres image (and ours) keeps its data and its Unix socket.
+# The ports the services listen on inside their containers (and on the network).
+POSTGRES_PORT = 5432
+REDIS_PORT = 6379
+# Where the Redis image reads config files (the stack's, and a scratch one for restores).
+REDIS_CONFIG_DIR = "/usr/local/etc/redis"
 POSTGRES_DATA_PATH = "/var/lib/postgresql/data"
 POSTGRES_SOCKET_DIR = "/var/run/postgresql"
 

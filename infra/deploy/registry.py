@@ -7,7 +7,7 @@ import json
 import socket
 from typing import TYPE_CHECKING
 
-from infra.core.targets import Target
+from infra.core.targets import POSTGRES_PORT, REDIS_PORT, Target
 
 if TYPE_CHECKING:  # the Pulumi program imports this module for default_actor only
     import psycopg
@@ -31,9 +31,9 @@ def services(target: Target) -> list[dict]:
     """The two rows the services registry holds for a stack (addresses on its network)."""
     return [
         {"name": target.postgres.container_name, "category": "database",
-         "container_name": target.postgres.container_name, "ip": target.postgres.container_ip, "port": 5432},
+         "container_name": target.postgres.container_name, "ip": target.postgres.container_ip, "port": POSTGRES_PORT},
         {"name": target.redis.container_name, "category": "cache",
-         "container_name": target.redis.container_name, "ip": target.redis.container_ip, "port": 6379},
+         "container_name": target.redis.container_name, "ip": target.redis.container_ip, "port": REDIS_PORT},
     ]
 
 

@@ -23,6 +23,8 @@ from typing import Callable, Optional
 from pulumi import automation as auto
 
 
+from infra.core.config import POSTGRES_PASSWORD_KEY, REDIS_PASSWORD_KEY
+from infra.core.targets import POSTGRES_PORT, REDIS_PORT
 from infra.core.errors import InputError, OperationFailed
 from infra.core import dockercli
 from infra.deploy import migration_files, migrations
@@ -375,8 +377,8 @@ def inspect_host(stack: auto.Stack, images: str, rotate: bool, say: Callable[[st
         if want != got:
             problems.append(f"container {pg_name} was created with {key} '{got}', the stack has '{want}'; "
                             f"pulumi config set {key} {got}")
-    pg_port, rd_port = published(pg, 5432), published(rd, 6379)
-    for name, port, where in ((pg_name, pg_port, "5432"), (rd_name, rd_port, "6379")):
+    pg_port, rd_port = published(pg, POSTGRES_PORT), published(rd, REDIS_PORT)
+    for name, port, where in ((pg_name, pg_port, str(POSTGRES_PORT)), (rd_name, rd_port, str(REDIS_PORT))):
         if port is None:
             problems.append(f"container {name} does not publish port {where} on an IPv4 host address; the checks "
                             f"and the baseline connect through it: publish it (the ADR does, `ports: {where}:{where}`)")
@@ -388,7 +390,7 @@ def inspect_host(stack: auto.Stack, images: str, rotate: bool, say: Callable[[st
     except AdoptRefused as exc:
         raise AdoptRefused(problems + exc.problems) from None
     if not rotate:
-        problems += _secret_problems({"postgresPassword": pg_password, "redisPassword": rd_password}, raw,
+        problems += _secret_problems({POSTGRES_PASSWORD_KEY: pg_password, REDIS_PASSWORD_KEY: rd_password}, raw,
                                      stack.name, overrides)
     if problems:
         raise AdoptRefused(problems)
@@ -557,7 +559,7 @@ def take_over(stack: auto.Stack, found: Found, rotate: bool, images: str, say: C
         before = config_path.read_bytes() if config_path.exists() else None
         undo.add(f"Pulumi.{stack.name}.yaml as it was", lambda: stacks.put_back(config_path, before))
         passwords = ({key: secrets.token_urlsafe(32) for key in SECRET_KEYS} if rotate else
-                     {"postgresPassword": found.postgres_target.password, "redisPassword": found.redis_target.password})
+                     {POSTGRES_PASSWORD_KEY: found.postgres_target.password, REDIS_PASSWORD_KEY: found.redis_target.password})
         for key, value in passwords.items():
             stacks.set_secret(stack, key, value)
         say(f"{'generated' if rotate else 'stored'} postgresPassword and redisPassword as Pulumi secrets")

@@ -18,7 +18,9 @@ from infra.backupagent.agent import AgentError, bgsave
 from infra.core import dockercli, dockerhost
 from infra.core.connect import connect_redis
 from infra.core.report import Check
-from infra.core.targets import RedisTarget
+from infra.core.targets import REDIS_CONFIG_DIR, REDIS_PORT, RedisTarget
+
+SCRATCH_CONFIG = f"{REDIS_CONFIG_DIR}/scratch.conf"
 from infra.ops.backup import BackupFailed
 from infra.ops.backup.manifest import REDIS_AOF, REDIS_RDB
 
@@ -67,14 +69,14 @@ class ScratchRedis:
         image = dockercli.inspect("container", self.live.container_name)["Image"]
         dockercli.docker("create", "--name", self.name, "--label", dockercli.SCRATCH_LABEL,
                          "--label", f"{dockercli.STACK_LABEL}={self.stack}",
-                         "--publish", "127.0.0.1::6379", image, "/usr/local/etc/redis/scratch.conf")
+                         "--publish", f"127.0.0.1::{REDIS_PORT}", image, SCRATCH_CONFIG)
         try:
-            conf = "\n".join(["port 6379", "bind * -::*", "dir /data", "dbfilename dump.rdb", "appendonly no",
+            conf = "\n".join([f"port {REDIS_PORT}", "bind * -::*", "dir /data", "dbfilename dump.rdb", "appendonly no",
                               'save ""', f"requirepass {self.password}", ""]).encode()
-            dockercli.put_files(self.name, {"/usr/local/etc/redis/scratch.conf": (conf, 0o444),
+            dockercli.put_files(self.name, {SCRATCH_CONFIG: (conf, 0o444),
                                             "/data/dump.rdb": (self.rdb, 0o600)})
             dockercli.docker("start", self.name)
-            published = int(dockercli.docker("port", self.name, "6379/tcp").split()[0].rsplit(":", 1)[1])
+            published = int(dockercli.docker("port", self.name, f"{REDIS_PORT}/tcp").split()[0].rsplit(":", 1)[1])
             host, port = dockerhost.endpoint("127.0.0.1", published)  # on a remote host: through the tunnel
             self.client = connect_redis(RedisTarget(host, port, self.password, self.name, "",
                                                     self.live.major_version), deadline_s=60, decode=False)
