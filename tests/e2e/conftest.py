@@ -7,43 +7,17 @@ subnet, free host ports and stack-prefixed names, and is destroyed and removed i
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from pulumi import automation as auto
 
 from infra.core import dockercli
 from infra.driver import stacks, teststacks
-
-
-def docker(*args: str) -> str:
-    return dockercli.docker(*args)
-
-
-def inspect(kind: str, name: str) -> dict:
-    return json.loads(docker(kind, "inspect", name))[0]
-
-
-def objects_of(stack: str) -> dict[str, list[str]]:
-    """Names of the containers, networks and volumes labelled as the stack's."""
-    return {kind: sorted(names) for kind, names in dockercli.labelled_objects(stack).items()}
-
-
-def sweep(stack: str) -> None:
-    """Remove whatever Docker objects of the stack are left."""
-    dockercli.remove_objects(dockercli.labelled_objects(stack))
-
-
-def local_images() -> dict[str, str]:
-    try:
-        return stacks.local_images()
-    except stacks.StackError as exc:
-        pytest.fail(f"{exc}; run the tests through scripts/test", pytrace=False)
+from tests.e2e.support import put_data, stack_config, sweep
 
 
 @dataclass
@@ -72,10 +46,6 @@ class TestStack:
             finally:
                 sweep(self.name)
                 teststacks.release(self.name)
-
-
-def stack_config(retain_volumes: bool = False, stack: str = "") -> dict[str, str]:
-    return {**teststacks.isolated_config(retain_volumes, stack), "healthTimeoutSeconds": "90", **local_images()}
 
 
 @pytest.fixture(scope="session")
@@ -114,5 +84,16 @@ def make_stack(settings):
         assert not errors, errors
 
 
-def state_files(settings: stacks.Settings) -> list[Path]:
-    return [p for p in Path(settings.backend_url[len("file://"):]).rglob("*") if p.is_file()]
+@pytest.fixture
+def stack_with_data(make_stack):
+    """A stack brought up with a row and two Redis keys; torn down after the test, hand-made
+    containers under its names included (they carry neither its state nor its labels)."""
+    test_stack = make_stack()
+    test_stack.up()
+    target = stacks.target_from_outputs(test_stack.name, test_stack.stack.outputs())
+    try:
+        put_data(target)
+        yield test_stack
+    finally:
+        dockercli.docker("rm", "-f", "-v", target.postgres.container_name, target.redis.container_name, check=False)
+        test_stack.destroy_and_remove()

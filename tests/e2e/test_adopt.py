@@ -8,8 +8,6 @@ import json
 import os
 import secrets
 import socket
-import subprocess
-import sys
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from infra.core.connect import AuthRejected, connect_postgres, connect_redis
 from infra.deploy.migration_files import DEFAULT_DIR
 from infra.core.targets import PostgresTarget, RedisTarget
 from tests.e2e import conftest
-from tests.e2e.conftest import docker, inspect, objects_of
+from tests.e2e.support import cli, docker, inspect, objects_of
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,9 +33,6 @@ COMPOSE_VERSION = "2.29.7"
 PASSWORD_KEYS = ("postgresPassword", "redisPassword")
 
 
-def cli(settings: stacks.Settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infra", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **settings.env()}, timeout=900)
 
 
 @dataclass

@@ -7,9 +7,6 @@ alone, a wrong passphrase is refused, and archiving survives the bucket being aw
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +18,7 @@ from infra.driver import stacks
 from infra.ops import agentstatus
 from infra.backupagent import layout
 from infra.core.connect import connect_postgres
-from tests.e2e.conftest import docker, objects_of
+from tests.e2e.support import cli, docker, objects_of
 from tests.backups import complete_backups, keys, wait_for
 from tests.servers import S3Server
 
@@ -31,9 +28,6 @@ ROW_MARKER = "row-marker-7f3a9c"
 KEY_MARKER = "key-marker-5b1e2d"
 
 
-def cli(settings: stacks.Settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infra", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **settings.env()}, timeout=900)
 
 
 @pytest.fixture

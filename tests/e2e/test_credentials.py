@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,16 +15,13 @@ import pytest
 import redis as redis_lib
 
 from infra.driver import stacks, teststacks
-from tests.e2e.conftest import objects_of
+from tests.e2e.support import cli, objects_of
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "sin-datastores:"
 
 
-def cli(settings: stacks.Settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infra", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **settings.env()}, timeout=600)
 
 
 def passwords(test_stack) -> dict[str, str]:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import inspect
-from tests.e2e.test_drift import KEPT, change_summary, cli, data_of, live, target_of  # noqa: F401 (fixture)
+from tests.e2e.support import KEPT, change_summary, cli, data_of, inspect, target_of
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,8 +62,8 @@ def wait_healthy(name: str, seconds: float = 120) -> dict:
         time.sleep(1)
 
 
-def test_after_a_docker_daemon_restart_the_stack_is_back_healthy_and_up_changes_nothing(live, settings):
-    target = target_of(live)
+def test_after_a_docker_daemon_restart_the_stack_is_back_healthy_and_up_changes_nothing(stack_with_data, settings):
+    target = target_of(stack_with_data)
     names = (target.postgres.container_name, target.redis.container_name)
     ids = [inspect("container", name)["Id"] for name in names]
     try:
@@ -76,9 +75,9 @@ def test_after_a_docker_daemon_restart_the_stack_is_back_healthy_and_up_changes_
 
     # The restart policy brought back the very containers the stack created.
     assert [wait_healthy(name)["Id"] for name in names] == ids
-    status = cli(settings, "status", "--stack", live.name)
-    assert status.returncode == 0 and f"stack {live.name}: healthy" in status.stdout, status.stdout
-    up = cli(settings, "up", "--stack", live.name)
+    status = cli(settings, "status", "--stack", stack_with_data.name)
+    assert status.returncode == 0 and f"stack {stack_with_data.name}: healthy" in status.stdout, status.stdout
+    up = cli(settings, "up", "--stack", stack_with_data.name)
     assert up.returncode == 0, up.stdout + up.stderr
     assert change_summary(up) == "update succeeded; changes: none"
     assert "drift:" not in up.stderr

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -26,16 +25,13 @@ from infra.core import dockercli
 from infra.driver import stacks, teststacks
 
 from infra.core.connect import connect_postgres
-from tests.e2e.conftest import docker, inspect, local_images, objects_of, stack_config
+from tests.e2e.support import cli, docker, inspect, local_images, objects_of, stack_config
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("services", "configurations", "logs", "audit_trail", "sin_schema_history")
 
 
-def cli(settings: stacks.Settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infra", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **settings.env()}, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -5,81 +5,20 @@ preview says DATA LOSS, `--fail-on-risk` fails and `up` refuses unless told to s
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import redis as redis_lib
 
 from infra.core import dockercli
-from infra.driver import stacks
-from infra.core.connect import connect_postgres
-from tests.e2e.conftest import docker, inspect, local_images
+from tests.e2e.support import KEPT, change_summary, cli, data_of, docker, inspect, local_images, run, target_of
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(settings: stacks.Settings, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), cwd=ROOT, capture_output=True, text=True, env={**os.environ, **settings.env()},
-                          timeout=600)
-
-
-def cli(settings: stacks.Settings, *args: str) -> subprocess.CompletedProcess:
-    return run(settings, sys.executable, "-m", "infra", *args)
-
-
-@pytest.fixture
-def live(make_stack):
-    """A stack brought up with a row and two Redis keys; torn down after the test, hand-made
-    containers under its names included (they carry neither its state nor its labels)."""
-    test_stack = make_stack()
-    test_stack.up()
-    target = stacks.target_from_outputs(test_stack.name, test_stack.stack.outputs())
-    try:
-        put_data(target)
-        yield test_stack
-    finally:
-        dockercli.docker("rm", "-f", "-v", target.postgres.container_name, target.redis.container_name, check=False)
-        test_stack.destroy_and_remove()
-
-
-def target_of(test_stack):
-    return stacks.target_from_outputs(test_stack.name, test_stack.stack.outputs())
-
-
-def put_data(target) -> None:
-    with connect_postgres(target.postgres) as conn:
-        conn.execute("INSERT INTO services (name, category, container_name, ip_address, port) "
-                     "VALUES ('kept', 'e2e', 'c-kept', '172.20.1.1', 1234)")
-    client = redis_lib.Redis(host=target.redis.host, port=target.redis.port, password=target.redis.password)
-    client.set("session:kept", "yes")
-    client.rpush("queue:kept", "job-1", "job-2")
-    time.sleep(1.2)  # appendfsync everysec: the keys are on disk after at most a second
-
-
-def data_of(target) -> tuple:
-    with connect_postgres(target.postgres) as conn:
-        rows = conn.execute("SELECT name, port FROM services WHERE category = 'e2e'").fetchall()
-    client = redis_lib.Redis(host=target.redis.host, port=target.redis.port, password=target.redis.password)
-    return rows, client.get("session:kept"), client.lrange("queue:kept", 0, -1)
-
-
-KEPT = ([("kept", 1234)], b"yes", [b"job-1", b"job-2"])
 # Every resource of a stack: the stack, the docker provider, 3 components, network, 2 x (image,
 # volume, container), the post-deploy component and its step.
 RESOURCES = 14
-
-
-def change_summary(result: subprocess.CompletedProcess) -> str:
-    """The `preview: {...}` / `changes: ...` summary line the CLI prints."""
-    match = re.search(r"sin-datastores: (preview: .*|update .*)", result.stderr)
-    assert match, result.stdout + result.stderr
-    return match.group(1)
 
 
 def assert_running_as_declared(test_stack, name: str, ip: str) -> None:
@@ -101,124 +40,124 @@ def assert_repaired(settings, test_stack) -> None:
     assert healthy.returncode == 0, healthy.stdout
 
 
-def test_a_container_removed_by_hand_is_named_previewed_and_recreated_with_its_data(live, settings):
-    postgres = target_of(live).postgres
+def test_a_container_removed_by_hand_is_named_previewed_and_recreated_with_its_data(stack_with_data, settings):
+    postgres = target_of(stack_with_data).postgres
     docker("rm", "-f", postgres.container_name)
 
-    status = cli(settings, "status", "--stack", live.name)
+    status = cli(settings, "status", "--stack", stack_with_data.name)
     assert status.returncode == 1 and f"problem: container {postgres.container_name} is missing" in status.stdout
 
-    preview = cli(settings, "preview", "--stack", live.name)
+    preview = cli(settings, "preview", "--stack", stack_with_data.name)
     assert preview.returncode == 0, preview.stderr
     assert "'create': 1" in change_summary(preview)
     assert f"drift: container {postgres.container_name} is missing; `up` creates it again" in preview.stdout
     assert dockercli.inspect("container", postgres.container_name) is None  # preview touched nothing
 
-    up = cli(settings, "up", "--stack", live.name)
+    up = cli(settings, "up", "--stack", stack_with_data.name)
     assert up.returncode == 0, up.stdout + up.stderr
     assert "'create': 1" in change_summary(up)
-    assert_running_as_declared(live, postgres.container_name, postgres.container_ip)
-    assert_repaired(settings, live)
+    assert_running_as_declared(stack_with_data, postgres.container_name, postgres.container_ip)
+    assert_repaired(settings, stack_with_data)
 
 
-def test_a_container_stopped_by_hand_is_named_previewed_and_plain_pulumi_up_brings_it_back(live, settings):
-    redis = target_of(live).redis
+def test_a_container_stopped_by_hand_is_named_previewed_and_plain_pulumi_up_brings_it_back(stack_with_data, settings):
+    redis = target_of(stack_with_data).redis
     docker("stop", redis.container_name)
 
-    status = cli(settings, "status", "--stack", live.name)
+    status = cli(settings, "status", "--stack", stack_with_data.name)
     assert status.returncode == 1 and f"problem: container {redis.container_name} is exited" in status.stdout
 
-    preview = cli(settings, "preview", "--stack", live.name)
+    preview = cli(settings, "preview", "--stack", stack_with_data.name)
     assert preview.returncode == 0, preview.stderr
     assert change_summary(preview) != f"preview: {{'same': {RESOURCES}}}"
     assert f"drift: container {redis.container_name} is exited; `up` re-creates it" in preview.stdout
     assert not inspect("container", redis.container_name)["State"]["Running"]
 
     # Plain `pulumi up` refreshes too (Pulumi.yaml), so it repairs the same as `python -m infra up`.
-    up = run(settings, "pulumi", "up", "--yes", "--skip-preview", "--stack", live.name)
+    up = run(settings, "pulumi", "up", "--yes", "--skip-preview", "--stack", stack_with_data.name)
     assert up.returncode == 0, up.stdout + up.stderr
-    assert_running_as_declared(live, redis.container_name, redis.container_ip)
-    assert_repaired(settings, live)
+    assert_running_as_declared(stack_with_data, redis.container_name, redis.container_ip)
+    assert_repaired(settings, stack_with_data)
 
 
-def test_a_container_recreated_by_hand_with_other_settings_is_removed_by_up_and_declared_again(live, settings):
-    redis = target_of(live).redis
+def test_a_container_recreated_by_hand_with_other_settings_is_removed_by_up_and_declared_again(stack_with_data, settings):
+    redis = target_of(stack_with_data).redis
     volume = next(m["Name"] for m in inspect("container", redis.container_name)["Mounts"] if m["Type"] == "volume")
     docker("rm", "-f", redis.container_name)
     # Same name and data volume; default bridge network, no labels, no password.
     impostor = docker("run", "-d", "--name", redis.container_name, "-v", f"{volume}:/data",
                       local_images()["redisImage"], "redis-server", "--appendonly", "yes").strip()
 
-    status = cli(settings, "status", "--stack", live.name)
+    status = cli(settings, "status", "--stack", stack_with_data.name)
     assert status.returncode == 1
     assert f"problem: drift: container {redis.container_name} is not the one the stack created" in status.stdout
     assert "lacks the stack's labels" in status.stdout and "is not on network" in status.stdout
 
-    preview = cli(settings, "preview", "--stack", live.name)
+    preview = cli(settings, "preview", "--stack", stack_with_data.name)
     assert preview.returncode == 0, preview.stderr
     assert "'create': 1" in change_summary(preview)
     assert f"drift: container {redis.container_name} is not the one the stack created" in preview.stdout
     assert inspect("container", redis.container_name)["Id"] == impostor  # preview touched nothing
 
-    up = cli(settings, "up", "--stack", live.name)
+    up = cli(settings, "up", "--stack", stack_with_data.name)
     assert up.returncode == 0, up.stdout + up.stderr
     assert f"drift: container {redis.container_name} is not the one the stack created" in up.stderr
     assert inspect("container", redis.container_name)["Id"] != impostor
     assert dockercli.inspect("volume", volume) is not None
-    assert_running_as_declared(live, redis.container_name, redis.container_ip)
-    assert_repaired(settings, live)
+    assert_running_as_declared(stack_with_data, redis.container_name, redis.container_ip)
+    assert_repaired(settings, stack_with_data)
 
 
-def test_a_data_volume_removed_by_hand_is_data_loss_in_preview_and_up_refuses_it_unless_accepted(live, settings):
-    postgres = target_of(live).postgres
+def test_a_data_volume_removed_by_hand_is_data_loss_in_preview_and_up_refuses_it_unless_accepted(stack_with_data, settings):
+    postgres = target_of(stack_with_data).postgres
     volume = next(m["Name"] for m in inspect("container", postgres.container_name)["Mounts"] if m["Type"] == "volume")
     docker("rm", "-f", postgres.container_name)
     docker("volume", "rm", volume)
 
-    status = cli(settings, "status", "--stack", live.name)
+    status = cli(settings, "status", "--stack", stack_with_data.name)
     assert status.returncode == 1
     assert f"problem: drift: data volume {volume} is missing: its data is gone" in status.stdout
 
-    preview = cli(settings, "preview", "--stack", live.name)
+    preview = cli(settings, "preview", "--stack", stack_with_data.name)
     assert preview.returncode == 0, preview.stderr
     assert "!! WARNING: this change would re-create empty, replace or delete 1 data resource(s)" in preview.stdout
     assert f"CREATE data volume {volume}: DATA LOSS" in preview.stdout
-    assert f"python -m infra restore --stack {live.name}" in preview.stdout
+    assert f"python -m infra restore --stack {stack_with_data.name}" in preview.stdout
 
-    risky = cli(settings, "preview", "--stack", live.name, "--fail-on-risk")
+    risky = cli(settings, "preview", "--stack", stack_with_data.name, "--fail-on-risk")
     assert risky.returncode == 1 and f"CREATE data volume {volume}: DATA LOSS" in risky.stdout
 
-    refused = cli(settings, "up", "--stack", live.name)
+    refused = cli(settings, "up", "--stack", stack_with_data.name)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert f"error: data volume {volume} of stack '{live.name}' is gone from the Docker host" in refused.stderr
+    assert f"error: data volume {volume} of stack '{stack_with_data.name}' is gone from the Docker host" in refused.stderr
     assert "--accept-data-loss" in refused.stderr
     assert dockercli.inspect("volume", volume) is None  # neither the previews nor the refused up created anything
     assert dockercli.inspect("container", postgres.container_name) is None
 
-    accepted = cli(settings, "up", "--stack", live.name, "--accept-data-loss")
+    accepted = cli(settings, "up", "--stack", stack_with_data.name, "--accept-data-loss")
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert dockercli.inspect("volume", volume) is not None
-    rows, *redis_data = data_of(target_of(live))
+    rows, *redis_data = data_of(target_of(stack_with_data))
     assert rows == [] and redis_data == list(KEPT[1:])  # PostgreSQL starts empty, Redis kept its volume
 
 
-def test_the_stack_container_taken_off_its_network_by_hand_is_named_and_replaced_by_up(live, settings):
-    postgres = target_of(live).postgres
-    network = live.stack.outputs()["networkName"].value
+def test_the_stack_container_taken_off_its_network_by_hand_is_named_and_replaced_by_up(stack_with_data, settings):
+    postgres = target_of(stack_with_data).postgres
+    network = stack_with_data.stack.outputs()["networkName"].value
     before = inspect("container", postgres.container_name)["Id"]
     docker("network", "disconnect", network, postgres.container_name)
 
-    status = cli(settings, "status", "--stack", live.name)
+    status = cli(settings, "status", "--stack", stack_with_data.name)
     assert status.returncode == 1
     assert f"problem: drift: container {postgres.container_name} is not on network {network}" in status.stdout
 
-    preview = cli(settings, "preview", "--stack", live.name)
+    preview = cli(settings, "preview", "--stack", stack_with_data.name)
     assert preview.returncode == 0, preview.stderr
     assert f"drift: container {postgres.container_name} is not on network {network}; `up` removes it" in preview.stdout
     assert network not in inspect("container", postgres.container_name)["NetworkSettings"]["Networks"]
 
-    up = cli(settings, "up", "--stack", live.name)
+    up = cli(settings, "up", "--stack", stack_with_data.name)
     assert up.returncode == 0, up.stdout + up.stderr
     assert inspect("container", postgres.container_name)["Id"] != before
-    assert_running_as_declared(live, postgres.container_name, postgres.container_ip)
-    assert_repaired(settings, live)
+    assert_running_as_declared(stack_with_data, postgres.container_name, postgres.container_ip)
+    assert_repaired(settings, stack_with_data)

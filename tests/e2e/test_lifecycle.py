@@ -10,7 +10,7 @@ import pytest
 import redis as redis_lib
 
 from infra.driver import stacks
-from tests.e2e.conftest import docker, inspect, objects_of, state_files
+from tests.e2e.support import docker, inspect, objects_of, state_files
 
 pytestmark = pytest.mark.e2e
 

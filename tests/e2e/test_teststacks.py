@@ -15,7 +15,7 @@ from pulumi import automation as auto
 
 from infra.core import dockercli
 from infra.driver import reservations, stacks, teststacks
-from tests.e2e.conftest import docker, objects_of, stack_config
+from tests.e2e.support import docker, objects_of, stack_config
 
 ROOT = stacks.ROOT
 

@@ -13,7 +13,7 @@ import redis as redis_lib
 from pulumi import automation as auto
 
 from infra.driver import stacks, teststacks
-from tests.e2e.conftest import inspect, local_images, sweep
+from tests.e2e.support import inspect, local_images, sweep
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

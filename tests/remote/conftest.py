@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 
 from tests.remote_host import RemoteDockerHost
 
 
-@pytest.fixture
-def remote_host():
+@contextmanager
+def started_host() -> Iterator[RemoteDockerHost]:
     host = RemoteDockerHost()
     try:
         yield host.start()
     finally:
         host.close()
+
+
+@pytest.fixture
+def remote_host():
+    with started_host() as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def remote():
+    """One remote host for a module's stack tests (a host takes seconds to start)."""
+    with started_host() as host:
+        yield host
 
 
 @pytest.fixture(scope="session")

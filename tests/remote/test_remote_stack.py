@@ -10,7 +10,6 @@ import os
 import secrets
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,6 +23,7 @@ import redis as redis_lib
 from infra.driver import stacks, teststacks
 from infra.backupagent import layout
 from infra.components.backupagent import LOCAL_MOUNT
+from tests.e2e.support import cli, local_images
 from tests.backups import complete_backups, wait_for
 from tests.remote_host import RemoteDockerHost, RemoteHostError
 from tests.servers import S3Server
@@ -81,30 +81,9 @@ class Watched:
 
 
 @pytest.fixture(scope="module")
-def remote():
-    host = RemoteDockerHost()
-    try:
-        yield host.start()
-    finally:
-        host.close()
-
-
-@pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> stacks.Settings:
     base = tmp_path_factory.mktemp("pulumi-remote")
     return stacks.Settings(backend_url=f"file://{base / 'state'}", passphrase_file=base / "passphrase")
-
-
-def cli(settings: stacks.Settings, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infra", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **settings.env(), **(env or {})}, timeout=900)
-
-
-def local_images() -> dict[str, str]:
-    try:
-        return stacks.local_images()
-    except stacks.StackError as exc:
-        pytest.fail(f"{exc}; run the tests through scripts/test", pytrace=False)
 
 
 def remote_config(remote: RemoteDockerHost, **overrides: str) -> dict[str, str]:

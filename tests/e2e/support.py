@@ -1,0 +1,97 @@
+"""What the end-to-end tests share: the docker CLI, a stack's objects and config, the command
+line, and the data a stack is brought up with to show it is kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from infra.core import dockercli
+from infra.core.connect import connect_postgres
+from infra.driver import stacks, teststacks
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def docker(*args: str) -> str:
+    return dockercli.docker(*args)
+
+
+def inspect(kind: str, name: str) -> dict:
+    return json.loads(docker(kind, "inspect", name))[0]
+
+
+def objects_of(stack: str) -> dict[str, list[str]]:
+    """Names of the containers, networks and volumes labelled as the stack's."""
+    return {kind: sorted(names) for kind, names in dockercli.labelled_objects(stack).items()}
+
+
+def sweep(stack: str) -> None:
+    """Remove whatever Docker objects of the stack are left."""
+    dockercli.remove_objects(dockercli.labelled_objects(stack))
+
+
+def local_images() -> dict[str, str]:
+    try:
+        return stacks.local_images()
+    except stacks.StackError as exc:
+        pytest.fail(f"{exc}; run the tests through scripts/test", pytrace=False)
+
+
+def stack_config(retain_volumes: bool = False, stack: str = "") -> dict[str, str]:
+    return {**teststacks.isolated_config(retain_volumes, stack), "healthTimeoutSeconds": "90", **local_images()}
+
+
+def state_files(settings: stacks.Settings) -> list[Path]:
+    return [p for p in Path(settings.backend_url[len("file://"):]).rglob("*") if p.is_file()]
+
+
+def cli(settings: stacks.Settings, *args: str, env: dict | None = None, timeout_s: float = 900) -> subprocess.CompletedProcess:
+    """`python -m infra ARGS` as an operator runs it, against the tests' backend."""
+    return subprocess.run([sys.executable, "-m", "infra", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **settings.env(), **(env or {})}, timeout=timeout_s)
+
+
+def run(settings: stacks.Settings, *argv: str) -> subprocess.CompletedProcess:
+    """Any command (plain `pulumi` ...) with the tests' backend."""
+    return subprocess.run(list(argv), cwd=ROOT, capture_output=True, text=True, env={**os.environ, **settings.env()},
+                          timeout=600)
+
+
+def target_of(test_stack):
+    return stacks.target_from_outputs(test_stack.name, test_stack.stack.outputs())
+
+
+def put_data(target) -> None:
+    with connect_postgres(target.postgres) as conn:
+        conn.execute("INSERT INTO services (name, category, container_name, ip_address, port) "
+                     "VALUES ('kept', 'e2e', 'c-kept', '172.20.1.1', 1234)")
+    client = redis_lib.Redis(host=target.redis.host, port=target.redis.port, password=target.redis.password)
+    client.set("session:kept", "yes")
+    client.rpush("queue:kept", "job-1", "job-2")
+    time.sleep(1.2)  # appendfsync everysec: the keys are on disk after at most a second
+
+
+def data_of(target) -> tuple:
+    with connect_postgres(target.postgres) as conn:
+        rows = conn.execute("SELECT name, port FROM services WHERE category = 'e2e'").fetchall()
+    client = redis_lib.Redis(host=target.redis.host, port=target.redis.port, password=target.redis.password)
+    return rows, client.get("session:kept"), client.lrange("queue:kept", 0, -1)
+
+
+KEPT = ([("kept", 1234)], b"yes", [b"job-1", b"job-2"])
+
+
+def change_summary(result: subprocess.CompletedProcess) -> str:
+    """The `preview: {...}` / `changes: ...` summary line the CLI prints."""
+    match = re.search(r"sin-datastores: (preview: .*|update .*)", result.stderr)
+    assert match, result.stdout + result.stderr
+    return match.group(1)
