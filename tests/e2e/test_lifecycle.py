@@ -113,8 +113,9 @@ def test_secrets_appear_neither_in_docker_inspect_nor_in_the_state(deployed, set
         assert pg_password not in text and redis_password not in text, path
 
 
-def test_data_survives_replacement_of_both_containers(deployed):
-    test_stack, _, _, _, first = deployed
+def test_data_survives_replacement_of_both_containers(make_stack):
+    test_stack = make_stack()  # its own: this test changes the stack
+    first = test_stack.up()
     pg_password, redis_password = secrets_of(test_stack)
     pg_port, redis_port = int(test_stack.config["postgresHostPort"]), int(test_stack.config["redisHostPort"])
     with psycopg.connect(host="127.0.0.1", port=pg_port, dbname="sinsolver", user="sinadmin",
@@ -130,6 +131,7 @@ def test_data_survives_replacement_of_both_containers(deployed):
     assert result.summary.resource_changes.get("replace", 0) >= 1, result.summary.resource_changes
     ids_after = {r: inspect("container", result.outputs[f"{r}ContainerName"].value)["Id"] for r in ("postgres", "redis")}
     assert ids_before["redis"] != ids_after["redis"]
+    assert ids_before["postgres"] == ids_after["postgres"], "a new memory limit is applied in place"
     with psycopg.connect(host="127.0.0.1", port=pg_port, dbname="sinsolver", user="sinadmin",
                          password=pg_password) as conn:
         assert conn.execute("SELECT count(*) FROM logs WHERE message = 'survives replacement'").fetchone()[0] == 1
@@ -166,8 +168,9 @@ def test_two_more_stacks_run_at_the_same_time_without_colliding(deployed, make_s
         test_stack.destroy_and_remove()
 
 
-def test_destroy_removes_every_object_and_the_stack(deployed, settings):
-    test_stack, *_ = deployed
+def test_destroy_removes_every_object_and_the_stack(make_stack, settings):
+    test_stack = make_stack()  # its own: the module's stack stays for the other tests, in any order
+    test_stack.up()
     test_stack.destroy_and_remove()
     assert objects_of(test_stack.name) == {"containers": [], "networks": [], "volumes": []}
     with pytest.raises(stacks.StackError, match="does not exist"):
