@@ -22,11 +22,12 @@ class _PostDeployProvider(dynamic.ResourceProvider):
     """Runs in Pulumi's dynamic-provider process; imports the plain step lazily there."""
 
     def _run(self, props: dict[str, Any]) -> dict[str, Any]:
-        from infra import dockerhost, postdeploy
+        from infra.core import dockerhost
         from infra.core.targets import Target
+        from infra.deploy import steps
 
         with dockerhost.reach(Target.from_dict(props["target"])) as target:
-            result = postdeploy.run(target, actor=props["actor"])
+            result = steps.run(target, actor=props["actor"])
         return {**{k: props[k] for k in TRIGGERS}, "actor": props["actor"], **result.summary()}
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:

@@ -113,7 +113,7 @@ def test_secrets_appear_neither_in_docker_inspect_nor_in_the_state(deployed, set
         assert pg_password not in text and redis_password not in text, path
 
 
-def test_data_survives_replacement_of_both_containers(make_stack):
+def test_data_survives_a_replaced_redis_and_a_postgresql_updated_in_place(make_stack):
     test_stack = make_stack()  # its own: this test changes the stack
     first = test_stack.up()
     pg_password, redis_password = secrets_of(test_stack)

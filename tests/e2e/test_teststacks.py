@@ -104,7 +104,7 @@ def test_the_sweeper_spares_an_old_stack_another_live_process_uses(settings):
     old = teststacks.create(settings, teststacks.new_name(datetime(2001, 1, 3, tzinfo=timezone.utc)), stack_config())
     volume = f"{old.name}-leftover"
     docker("volume", "create", "--label", f"{dockercli.STACK_LABEL}={old.name}", volume)
-    user = subprocess.Popen([sys.executable, "-c", "import sys\nfrom infra import teststacks\n"
+    user = subprocess.Popen([sys.executable, "-c", "import sys\nfrom infra.driver import teststacks\n"
                              "teststacks.mark_in_use(sys.argv[1])\nprint('ready', flush=True)\nsys.stdin.read()", old.name],
                             cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ)
     try:
