@@ -134,5 +134,7 @@ def program() -> None:
     pulumi.export("redisUrl", pulumi.Output.secret(redis_url(rd.password, rd.ip, REDIS_PORT)))
     pulumi.export("redisHostUrl", pulumi.Output.secret(redis_url(rd.password, cfg.host_address, rd.host_port)))
     pulumi.export("clientSettings", CLIENT_SETTINGS)
+    # How the day-2 commands reach the services, passwords included: one structured secret.
+    pulumi.export("connection", pulumi.Output.secret(target_for(cfg).to_dict()))
     pulumi.export("migrationsApplied", step.applied)
     pulumi.export("verificationChecks", step.checks)

@@ -15,10 +15,9 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
-from urllib.parse import unquote, urlsplit
 
 import yaml
 from pulumi import automation as auto
@@ -28,7 +27,7 @@ from infra.core import dockercli, dockerhost
 from infra.driver import drift
 from infra.core.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig,
                           docker_host, parse)
-from infra.core.targets import DockerHost, PostgresTarget, RedisTarget, Target
+from infra.core.targets import DockerHost, Target
 
 ROOT = Path(__file__).resolve().parents[2]
 HOME = Path(os.environ.get("SIN_DATASTORES_HOME", Path.home() / ".sin-datastores"))
@@ -353,24 +352,16 @@ def repair_drift(stack: auto.Stack, say: Callable[[str], None], accept_data_loss
 
 
 def target_from_outputs(name: str, outputs: dict[str, auto.OutputValue], docker: DockerHost = DockerHost()) -> Target:
-    """Connection details of a deployed stack, read from its outputs; ``docker`` is its Docker host."""
-    required = ("postgresHostUrl", "redisHostUrl", "postgresContainerName", "postgresIp", "postgresMajorVersion",
-                "redisContainerName", "redisIp", "redisMajorVersion")
-    missing = [key for key in required if key not in outputs]
-    if missing:
-        raise StackError(f"stack '{name}' is not up (no outputs {', '.join(missing)}); "
-                         f"bring it up with `python -m infra up --stack {name}`")
-    value = {key: outputs[key].value for key in required}
-    pg, rd = urlsplit(value["postgresHostUrl"]), urlsplit(value["redisHostUrl"])
-    return Target(
-        stack=name,
-        postgres=PostgresTarget(pg.hostname, pg.port, pg.path.lstrip("/"), unquote(pg.username),
-                                unquote(pg.password), value["postgresContainerName"], value["postgresIp"],
-                                int(value["postgresMajorVersion"]), tunnel_required=docker.is_ssh),
-        redis=RedisTarget(rd.hostname, rd.port, unquote(rd.password), value["redisContainerName"], value["redisIp"],
-                          int(value["redisMajorVersion"]), tunnel_required=docker.is_ssh),
-        docker=docker,
-    )
+    """Connection details of a deployed stack, from its ``connection`` output; ``docker`` is its Docker host."""
+    if "connection" not in outputs:
+        if "postgresHostUrl" in outputs:
+            raise StackError(f"stack '{name}' was last brought up by an earlier release, whose outputs lack "
+                             f"`connection`; run `python -m infra up --stack {name}` once (it changes nothing else)")
+        raise StackError(f"stack '{name}' is not up (no outputs); bring it up with `python -m infra up --stack {name}`")
+    target = Target.from_dict(outputs["connection"].value)
+    remote = docker.is_ssh
+    return replace(target, docker=docker, postgres=replace(target.postgres, tunnel_required=remote),
+                   redis=replace(target.redis, tunnel_required=remote))
 
 
 def docker_host_of(stack: auto.Stack) -> DockerHost:

@@ -73,7 +73,7 @@ def require_containers(target: Target) -> None:
                               f"`python -m infra up --stack {target.stack}`")
 
 
-def backup(target: Target, root: Path, now: Optional[datetime] = None) -> tuple[Path, dict]:
+def take(target: Target, root: Path, now: Optional[datetime] = None) -> tuple[Path, dict]:
     """Take a backup of both services into ``<root>/<stack>/<UTC time>/``; return the folder and its manifest."""
     require_containers(target)
     now = now or datetime.now(timezone.utc)
@@ -101,7 +101,7 @@ def backup(target: Target, root: Path, now: Optional[datetime] = None) -> tuple[
     return final, manifest
 
 
-def verify_backup(target: Target, folder: Path) -> Report:
+def verify(target: Target, folder: Path) -> Report:
     """Restore the backup into scratch places next to the live stack and compare with its manifest."""
     manifest = _usable_manifest(target, folder)
     with _exclusive(target):
