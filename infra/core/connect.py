@@ -54,9 +54,12 @@ def _retry(what: str, attempt: Callable[[], T], is_auth_error: Callable[[Excepti
             return attempt()
         except transient as exc:
             if is_auth_error(exc):
-                raise AuthRejected(f"{what} rejected the credentials: {_first_line(exc)}") from None
+                raise AuthRejected(f"{what} rejected the credentials: {_first_line(exc)}; the stack's configured password "
+                                   f"differs from the service's: `python -m infra up` sets PostgreSQL's from the "
+                                   f"configuration (postgresPassword / redisPassword)") from None
             if time.monotonic() + 0.01 >= give_up:
-                raise ConnectError(f"{what} did not answer within {deadline_s:g} s: {_first_line(exc)}") from None
+                raise ConnectError(f"{what} did not answer within {deadline_s:g} s: {_first_line(exc)}; check that its "
+                                   f"container runs and is healthy (`python -m infra status`)") from None
             time.sleep(min(next(delays), max(0.0, give_up - time.monotonic())))
 
 

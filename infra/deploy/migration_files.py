@@ -42,7 +42,8 @@ class Migration:
 def load(directory: Path = DEFAULT_DIR) -> list[Migration]:
     """Read and check every migration file, ordered by version."""
     if not directory.is_dir():
-        raise MigrationError(f"migration directory {directory} does not exist")
+        raise MigrationError(f"migration directory {directory} does not exist; the migrations ship in the project's sql/ "
+                             f"folder: run from a complete checkout")
     migrations: dict[int, Migration] = {}
     for path in sorted(directory.iterdir()):
         if path.suffix != ".sql":
@@ -58,7 +59,7 @@ def load(directory: Path = DEFAULT_DIR) -> list[Migration]:
             raise MigrationError(
                 f"{path.name}: version {version} is also used by {migrations[version].name}; renumber one of them")
         if not text.strip():
-            raise MigrationError(f"{path.name}: the file is empty")
+            raise MigrationError(f"{path.name}: the file is empty; put its SQL in it, or delete it")
         migrations[version] = Migration(
             version=version,
             description=match["description"].replace("_", " "),

@@ -109,7 +109,8 @@ def restore_into_scratch(target: PostgresTarget, dump: Path) -> str:
                                  ["sh", "-c", RESTORE_SCRIPT, "sh", POSTGRES_SOCKET_DIR, target.user, scratch], dump)
     except dockercli.DockerError as exc:
         drop_database(target, scratch)
-        raise BackupFailed(f"pg_restore into a scratch database failed; nothing live was touched: {exc}") from None
+        raise BackupFailed(f"pg_restore into a scratch database failed; nothing live was touched: {exc}; check the "
+                           f"backup with `backup --verify`, or restore another one") from None
     return scratch
 
 
