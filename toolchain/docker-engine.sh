@@ -16,12 +16,7 @@
 #   SIN_DOCKERD_TIMEOUT    seconds to wait for the daemon (default 60)
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
-. "$here/versions.env"
-
-log() { printf '[docker-engine] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 dockerd_log="${SIN_DOCKERD_LOG:-/var/log/sin-dockerd.log}"
 deadline_s="${SIN_DOCKERD_TIMEOUT:-60}"
@@ -71,7 +66,7 @@ if daemon_answers "$client"; then
   exit 0
 fi
 
-[ "$(id -u)" = 0 ] || die "no Docker daemon answers and we are not root: start one or rerun as root"
+require_root "no Docker daemon answers: start one, or let this script install and start one"
 [ -r /etc/debian_version ] || die "no Docker daemon answers and this is not Debian: install Docker Engine yourself"
 
 # --- install (only what is missing)
@@ -80,22 +75,9 @@ command -v dockerd >/dev/null 2>&1 || need_pkgs+=("docker.io${DOCKER_IO_DEB_VERS
 # dockerd needs iptables for bridge networks and port publishing.
 [ -x /usr/sbin/iptables ] || need_pkgs+=(iptables)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
-  export DEBIAN_FRONTEND=noninteractive
-  candidate="$(apt-cache policy docker.io 2>/dev/null | awk '/Candidate:/ {print $2}')"
-  updated=0
-  if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
-    log "apt lists lack docker.io: apt-get update"
-    apt-get update -qq >&2; updated=1
-  fi
   log "installing ${need_pkgs[*]}"
-  # Stale package lists give 404s on install: refresh once and retry.
-  if ! apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2; then
-    [ "$updated" = 0 ] || die "apt-get install ${need_pkgs[*]} failed"
-    log "install failed with the existing lists: apt-get update and retry"
-    apt-get update -qq >&2
-    apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >&2 \
-      || die "apt-get install ${need_pkgs[*]} failed"
-  fi
+  # Lists that lack docker.io, or stale ones (404s), are refreshed once by apt_install.
+  apt_install "${need_pkgs[@]}"
 fi
 client="$(pick_client)"
 [ -n "$client" ] || die "no docker client after installing docker.io"

@@ -23,32 +23,25 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
-source "$here/versions.env"
-
-log() { echo "docker-provider.sh: $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+. "$here/lib.sh"
 
 force=0
 for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
-        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" >&2; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $arg" ;;
     esac
 done
 
-version="${DOCKER_PROVIDER_VERSION:?DOCKER_PROVIDER_VERSION is not set in versions.env}"
+version="$(pin DOCKER_PROVIDER_VERSION)"
 version="${version#v}"
 [[ "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "DOCKER_PROVIDER_VERSION='$DOCKER_PROVIDER_VERSION' is not X.Y.Z"
 
 src="$here/docker-provider"
 [ -f "$src/go.mod" ] || die "missing $src/go.mod"
 
-if command -v go >/dev/null 2>&1; then go_bin="$(command -v go)"
-elif [ -x /usr/local/go/bin/go ]; then go_bin=/usr/local/go/bin/go
-else die "no Go toolchain found (need Go >= 1.25.8; built with 1.26)"
-fi
+go_bin="$(require_go)"
 
 mod_path="$(sed -n 's/^module //p' "$src/go.mod")"
 build_tags="no_compose"   # leaves out upstream's docker_compose (plugin-framework) resource
@@ -76,8 +69,7 @@ fi
 
 mkdir -p "$cache_root"
 # One build at a time per cache (a second caller waits, then finds the cache filled).
-exec 9>"$cache_root/.lock"
-flock 9
+lock_build "$cache_root/.lock"
 if [ "$force" = 0 ] && [ -f "$out/.complete" ] && [ -x "$out/bin/pulumi-resource-docker" ]; then
     log "cached (built by a concurrent run): $out/bin"
     echo "$out/bin"

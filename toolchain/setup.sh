@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything this project needs on a fresh Debian machine, idempotently and cached:
 # the Python venv, the Pulumi CLI + Python language host + docker provider (built from Go
-# modules), a Docker Engine, the local PostgreSQL 16 / Redis 7 images, the host
+# modules; the provider installed into the engine's plugin cache), a Docker Engine, the local PostgreSQL 16 / Redis 7 images, the host
 # servers the integration tests start (PostgreSQL 16, Redis 7, the versitygw S3 server),
 # and sshd/iproute2 for the remote-host harness.
 # A second run takes seconds.
@@ -14,7 +14,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
-log() { printf '[setup] %s\n' "$*" >&2; }
+. "$here/lib.sh"
 skip() { case " ${SIN_SETUP_SKIP:-} " in *" $1 "*) return 0;; *) return 1;; esac; }
 last() { tail -n 1; }
 started=$(date +%s)
@@ -32,10 +32,37 @@ else
   log "venv up to date"
 fi
 
+# Link (or copy) the provider in $1 into the engine's plugin cache, $PULUMI_HOME/plugins (default
+# ~/.pulumi/plugins), where the engine finds it by the version pulumi-docker asks for. On $PATH it
+# would work too, but every pulumi command would then warn "using pulumi-resource-docker from $PATH".
+install_provider_plugin() {
+  local binary="$1/pulumi-resource-docker" home dir
+  home="$(getent passwd "$(id -u)" | cut -d: -f6)"   # the engine's default: the user's home
+  dir="${PULUMI_HOME:-${home:-$HOME}/.pulumi}/plugins/resource-docker-v$(pin DOCKER_PROVIDER_VERSION)"
+  if [ ! -e "$dir.partial" ] && { [ "$binary" -ef "$dir/pulumi-resource-docker" ] ||
+                                  cmp -s "$binary" "$dir/pulumi-resource-docker"; }; then
+    log "provider plugin installed in $dir"
+    return 0
+  fi
+  mkdir -p "$(dirname "$dir")"
+  (
+    # The engine's own lock and marker: it skips a plugin directory while <dir>.partial exists.
+    flock 9
+    : >"$dir.partial"
+    mkdir -p "$dir"
+    ln -f "$binary" "$dir/.pulumi-resource-docker.new" 2>/dev/null ||
+      cp "$binary" "$dir/.pulumi-resource-docker.new"
+    mv -f "$dir/.pulumi-resource-docker.new" "$dir/pulumi-resource-docker"
+    rm -f "$dir.partial"
+  ) 9>"$dir.lock"
+  log "installed the provider plugin into $dir"
+}
+
 # --- Pulumi CLI, Python language host and docker provider plugin
 pulumi_bin="$("$here/pulumi.sh" | last)"
 provider_bin="$("$here/docker-provider.sh" | last)"
-log "pulumi $("$pulumi_bin/pulumi" version) in $pulumi_bin; provider in $provider_bin"
+install_provider_plugin "$provider_bin"
+log "pulumi $("$pulumi_bin/pulumi" version) in $pulumi_bin; provider from $provider_bin"
 
 # --- Docker Engine and local images
 if ! skip docker; then
@@ -58,7 +85,7 @@ if ! skip host; then
   "$here/remote-host.sh" >/dev/null
 fi
 
-echo "export PATH='$pulumi_bin:$provider_bin:$venv/bin':\"\$PATH\""
+echo "export PATH='$pulumi_bin:$venv/bin':\"\$PATH\""
 echo "export PULUMI_SKIP_UPDATE_CHECK=true PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true"
 # Plain `pulumi config set --secret ...` / `pulumi up` use the same stack passphrase file as the
 # project's commands (created on the first `scripts/up`), unless one is already chosen.
