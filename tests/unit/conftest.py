@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pytest
 from pulumi.runtime import rpc
+from pulumi.runtime.mocks import MockMonitor
 
 from infra import config as stack_config
 
@@ -28,6 +29,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
     resources: dict[str, Registered] = field(default_factory=dict)
     exports: dict[str, pulumi.Output] = field(default_factory=dict)
     options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)
+    urns: dict[str, str] = field(default_factory=dict)
+    """Resource name -> URN as the engine builds it: its type part chains the parent's type."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         self.resources[args.name] = Registered(args.typ, args.name, args.inputs, args.provider or "")
@@ -41,6 +44,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def of_type(self, typ: str) -> list[Registered]:
         return [r for r in self.resources.values() if r.typ == typ]
+
+    def parent_type(self, name: str) -> str:
+        """The type of the resource's parent, read from its URN (`...::<parent type>$<type>::<name>`)."""
+        return self.urns[name].split("::")[2].split("$")[-2]
 
 
 def unwrap(value):
@@ -61,7 +68,8 @@ def run_program(config: dict | None = None, stack: str = "dev", mocks: Recording
 
     values = {**BASE_CONFIG, **(config or {})}
     mocks = mocks if mocks is not None else RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project=stack_config.PROJECT, stack=stack, preview=False)
+    monitor = MockMonitor(mocks)
+    pulumi.runtime.set_mocks(mocks, project=stack_config.PROJECT, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(
         {f"{stack_config.PROJECT}:{k}": str(v) for k, v in values.items()},
         secret_keys=[f"{stack_config.PROJECT}:{k}" for k in stack_config.ALL_SECRET_KEYS],
@@ -86,6 +94,7 @@ def run_program(config: dict | None = None, stack: str = "dev", mocks: Recording
         return pulumi.Output.all(*mocks.exports.values())
 
     deploy()
+    mocks.urns = {urn.rsplit("::", 1)[1]: urn for urn in monitor.resources}
     return mocks
 
 
