@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from infra.components.common import CHECK_INTERVAL_S, CHECK_WINDOW_S, healthcheck
+from infra.components.redis import render_config
 
 from tests.unit.conftest import (PG_PASSWORD, REDIS_PASSWORD, RecordingMocks, is_secret, output_value,
                                  run_program, unwrap)
@@ -186,6 +187,20 @@ def test_redis_config_file_has_aof_password_and_memory_cap(dev):
     lines = upload["content"].splitlines()
     assert upload["file"] == "/usr/local/etc/redis/redis.conf"
     assert {"appendonly yes", f"requirepass {REDIS_PASSWORD}", "maxmemory 192mb", "dir /data"} <= set(lines)
+
+
+def test_redis_config_file_is_written_whole_with_three_quarters_of_the_memory_limit():
+    assert render_config("redis-password-0123456789", 1000) == (
+        "# Written by sin-datastores; changes are replaced on the next `pulumi up`.\n"
+        "bind * -::*\n"
+        "protected-mode yes\n"
+        "port 6379\n"
+        "dir /data\n"
+        "appendonly yes\n"
+        "appendfsync everysec\n"
+        "maxmemory 750mb\n"
+        "maxmemory-policy volatile-lru\n"
+        "requirepass redis-password-0123456789\n")
 
 
 @pytest.mark.parametrize("password", [PG_PASSWORD, REDIS_PASSWORD])
