@@ -165,7 +165,7 @@ def test_pulumi_s_post_deploy_resource_runs_the_step_and_keeps_its_triggers(targ
 
     assert created.id == "itest"
     checks = created.outs["checks"]
-    assert checks > 20
+    assert checks >= 20, "every check of the verification ran"
     assert created.outs == {"target": props["target"], "migrations": props["migrations"],
                             "container_ids": ["pg-1", "redis-1"], "actor": "tester",
                             "applied": ["V001__adr006_schema.sql"], "already_applied": 0, "checks": checks,

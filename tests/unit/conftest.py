@@ -30,6 +30,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
     exports: dict[str, pulumi.Output] = field(default_factory=dict)
     options: dict[str, pulumi.ResourceOptions] = field(default_factory=dict)
     urns: dict[str, str] = field(default_factory=dict)
+    component_outputs: dict[str, dict] = field(default_factory=dict)
+    """Component name -> the outputs it registered (``register_outputs``)."""
     """Resource name -> URN as the engine builds it: its type part chains the parent's type."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
@@ -50,6 +52,18 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return self.urns[name].split("::")[2].split("$")[-2]
 
 
+class RecordingMonitor(MockMonitor):
+    """The mock monitor, also keeping what components register as their outputs (it drops them)."""
+
+    def __init__(self, mocks: RecordingMocks):
+        super().__init__(mocks)
+        self.outputs: dict[str, dict] = {}
+
+    def RegisterResourceOutputs(self, request):
+        self.outputs[request.urn] = rpc.deserialize_properties(request.outputs)
+        return super().RegisterResourceOutputs(request)
+
+
 def unwrap(value):
     """The plain value of a possibly secret-wrapped RPC value."""
     return rpc.unwrap_rpc_secret(value) if rpc.is_rpc_secret(value) else value
@@ -68,7 +82,7 @@ def run_program(config: dict | None = None, stack: str = "dev", mocks: Recording
 
     values = {**BASE_CONFIG, **(config or {})}
     mocks = mocks if mocks is not None else RecordingMocks()
-    monitor = MockMonitor(mocks)
+    monitor = RecordingMonitor(mocks)
     pulumi.runtime.set_mocks(mocks, project=stack_config.PROJECT, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(
         {f"{stack_config.PROJECT}:{k}": str(v) for k, v in values.items()},
@@ -78,9 +92,13 @@ def run_program(config: dict | None = None, stack: str = "dev", mocks: Recording
     def record_export(name, value):
         mocks.exports[name] = pulumi.Output.from_input(value)
 
+    running = True
+
     def record_options(args: pulumi.ResourceTransformationArgs):
         # Resource options never reach the mock monitor; an SDK-side transformation sees them.
-        mocks.options[args.name] = args.opts
+        # The SDK keeps stack transformations across runs in one process: record only this run's.
+        if running:
+            mocks.options[args.name] = args.opts
         return None
 
     @pulumi.runtime.test
@@ -93,8 +111,12 @@ def run_program(config: dict | None = None, stack: str = "dev", mocks: Recording
             pulumi.export = original
         return pulumi.Output.all(*mocks.exports.values())
 
-    deploy()
+    try:
+        deploy()
+    finally:
+        running = False
     mocks.urns = {urn.rsplit("::", 1)[1]: urn for urn in monitor.resources}
+    mocks.component_outputs = {urn.rsplit("::", 1)[1]: outputs for urn, outputs in monitor.outputs.items()}
     return mocks
 
 
