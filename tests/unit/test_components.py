@@ -107,6 +107,7 @@ def test_the_agent_runs_on_the_host_network_hardened_with_its_code_settings_and_
     assert uploads == {**code, **secrets}
     settings = json.loads(settings_text)
     assert settings_mode == "0444"
+    assert list(settings) == sorted(settings), "keys sorted, so the same settings never show as a change"
     assert {k: settings[k] for k in ("pgdata", "archive", "redis_data", "local_root")} == {
         "pgdata": "/sources/postgres/data", "archive": "/sources/postgres-archive", "redis_data": "/sources/redis",
         "local_root": "/backups"}
@@ -131,3 +132,10 @@ def test_the_post_deploy_step_keeps_its_target_secret_and_starts_without_results
         "applied": None, "already_applied": None, "checks": None, "failed": None}
     assert step.inputs["actor"]
     assert dev.options["post-deploy-step"].additional_secret_outputs == ["target"]
+
+
+def test_every_docker_resource_of_the_backups_goes_to_the_stack_s_docker_host(backed_up):
+    docker_resources = [r for r in backed_up.resources.values() if r.typ.startswith("docker:index/")]
+    assert len(docker_resources) == 11
+    for resource in docker_resources:
+        assert "pulumi:providers:docker::docker-host::" in resource.provider, resource.name
