@@ -279,15 +279,19 @@ def test_a_baseline_marks_only_the_files_up_to_its_version(pg_target, migration_
     file = migration_files.load(migration_dir)[0]
     assert full_history(pg_target) == [
         (1, file.description, file.name, file.checksum, "BASELINE", "tester", True)]
+    with connect_postgres(pg_target) as conn:
+        assert conn.execute("SELECT execution_ms FROM sin_schema_history").fetchall() == [(0,)]
     assert [m.name for m in migrations.plan(pg_target, migration_dir).pending] == ["V002__add_note.sql"]
     with connect_postgres(pg_target) as conn:
         assert conn.execute("SELECT pg_try_advisory_lock(%s)", (migrations.LOCK_KEY,)).fetchone()[0] is True
 
 
 def test_a_baseline_needs_an_existing_version_and_a_database_never_migrated(pg_target, migration_dir):
+    (migration_dir / "V003__third.sql").write_text("SELECT 3;\n")
     with pytest.raises(MigrationError) as caught:
         migrations.baseline(pg_target, "tester", 2, migration_dir)
-    assert str(caught.value) == "no migration file has version 2; pick one of 1"
+    assert str(caught.value) == "no migration file has version 2; pick one of 1, 3"
+    (migration_dir / "V003__third.sql").unlink()
 
     migrations.migrate(pg_target, "tester", migration_dir)
     with pytest.raises(MigrationError) as caught:
@@ -304,3 +308,15 @@ def test_a_baseline_without_files_says_there_are_none(pg_target, tmp_path):
 def test_the_history_of_a_database_never_migrated_is_empty(pg_target):
     with connect_postgres(pg_target) as conn:
         assert migrations.read_history(conn) == []
+
+
+@pytest.mark.parametrize("step", ["plan", "baseline"])
+def test_plan_and_baseline_give_up_on_an_unreachable_server_at_their_deadline(pg_target, migration_dir, step):
+    nowhere = dataclasses.replace(pg_target, port=free_port())
+    run = {"plan": lambda: migrations.plan(nowhere, migration_dir, deadline_s=1),
+           "baseline": lambda: migrations.baseline(nowhere, "tester", 1, migration_dir, deadline_s=1)}[step]
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"did not answer within 1 s"):
+        run()
+    assert time.monotonic() - started < 4
+

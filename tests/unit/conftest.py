@@ -126,6 +126,8 @@ def output_value(out: pulumi.Output):
     return data.value, data.is_secret
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def dev() -> RecordingMocks:
+    """A run of its own for each test: a shared run would be credited by coverage tools (mutmut
+    picks the tests to run against a mutant that way) to the first test that used it only."""
     return run_program()

@@ -14,7 +14,7 @@ S3 = {"backupS3Bucket": "sin-backups", "backupS3AccessKeyId": "AKIAEXAMPLE", "ba
 STACK = "pulumi:pulumi:Stack"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def backed_up():
     return run_program({"backupSchedule": "*/15 * * * *", "backupPassphrase": "b" * 20, "retainVolumes": "false",
                         **S3})
