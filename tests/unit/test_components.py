@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
+import dill
 import pytest
 
 from infra.components import backupagent, postgres
 from infra.components.common import container_labels, labels
-from tests.unit.conftest import run_program, unwrap
+from tests.unit.conftest import output_value, run_program, unwrap
 
 S3 = {"backupS3Bucket": "sin-backups", "backupS3AccessKeyId": "AKIAEXAMPLE", "backupS3SecretAccessKey": "s" * 30}
 STACK = "pulumi:pulumi:Stack"
@@ -126,12 +128,18 @@ def test_redis_reads_its_config_file_as_the_redis_user(dev):
     assert "envs" not in dev.resources["redis-container"].inputs
 
 
-def test_the_post_deploy_step_keeps_its_target_secret_and_starts_without_results(dev):
+def test_the_post_deploy_step_runs_in_its_own_provider_and_keeps_its_target_secret(dev):
     step = dev.resources["post-deploy-step"]
-    assert {k: step.inputs.get(k) for k in ("applied", "already_applied", "checks", "failed")} == {
-        "applied": None, "already_applied": None, "checks": None, "failed": None}
+    provider = dill.loads(base64.b64decode(unwrap(step.inputs["__provider"])))
+    assert type(provider).__name__ == "_PostDeployProvider"
     assert step.inputs["actor"]
     assert dev.options["post-deploy-step"].additional_secret_outputs == ["target"]
+
+
+def test_the_post_deploy_component_passes_on_what_the_step_applied_and_checked(dev):
+    assert dev.component_outputs["post-deploy"] == {"applied": ["V001__adr006_schema.sql"], "checks": 20}
+    assert output_value(dev.exports["migrationsApplied"]) == (["V001__adr006_schema.sql"], False)
+    assert output_value(dev.exports["verificationChecks"]) == (20, False)
 
 
 def test_every_docker_resource_of_the_backups_goes_to_the_stack_s_docker_host(backed_up):
