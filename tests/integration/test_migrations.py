@@ -13,6 +13,7 @@ from infra.connect import connect_postgres
 from infra.migration_files import MigrationError
 from infra.teststacks import free_port
 
+COPY_REFUSED = "COPY cannot be used with this method; use copy() instead"
 ADR_TABLES = {"services", "configurations", "logs", "audit_trail"}
 
 
@@ -320,3 +321,13 @@ def test_plan_and_baseline_give_up_on_an_unreachable_server_at_their_deadline(pg
         run()
     assert time.monotonic() - started < 4
 
+
+
+def test_an_error_raised_by_the_client_itself_is_named_without_a_sqlstate(pg_target, migration_dir):
+    # psycopg refuses COPY through execute() itself: the error carries no server diagnostics.
+    (migration_dir / "V002__copy.sql").write_text("COPY (SELECT 1) TO STDOUT;\n")
+
+    with pytest.raises(MigrationError) as caught:
+        migrations.migrate(pg_target, "tester", migration_dir)
+
+    assert str(caught.value).splitlines()[0] == "V002__copy.sql, line 1: statement failed: " + COPY_REFUSED

@@ -79,17 +79,19 @@ def is_secret(value) -> bool:
 BASE_CONFIG = {"postgresPassword": PG_PASSWORD, "redisPassword": REDIS_PASSWORD}
 
 
-def run_program(config: dict | None = None, stack: str = "dev", mocks: RecordingMocks | None = None) -> RecordingMocks:
-    """Run infra.program under mocks with the given stack config (passwords stored as secrets)."""
+def run_program(config: dict | None = None, stack: str = "dev", mocks: RecordingMocks | None = None,
+                project: str = stack_config.PROJECT, plain: tuple[str, ...] = ()) -> RecordingMocks:
+    """Run infra.program under mocks with the given stack config (the secret keys stored as
+    secrets, except those named in ``plain``)."""
     from infra.program import program
 
     values = {**BASE_CONFIG, **(config or {})}
     mocks = mocks if mocks is not None else RecordingMocks()
     monitor = RecordingMonitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project=stack_config.PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(
-        {f"{stack_config.PROJECT}:{k}": str(v) for k, v in values.items()},
-        secret_keys=[f"{stack_config.PROJECT}:{k}" for k in stack_config.ALL_SECRET_KEYS],
+        {f"{project}:{k}": str(v) for k, v in values.items()},
+        secret_keys=[f"{project}:{k}" for k in stack_config.ALL_SECRET_KEYS if k not in plain],
     )
 
     def record_export(name, value):

@@ -311,3 +311,16 @@ def test_volumes_are_retained_on_delete_unless_released():
     released = run_program({"retainVolumes": "false"})
     assert released.options["postgres-data"].retain_on_delete is False
     assert released.options["redis-data"].retain_on_delete is False
+
+
+def test_a_password_stored_in_plain_text_declares_nothing():
+    mocks = RecordingMocks()
+    with pytest.raises(Exception, match="postgresPassword: is stored in plain text in the stack configuration"):
+        run_program(plain=("postgresPassword",), mocks=mocks)
+    assert mocks.resources == {}
+
+
+def test_the_project_name_comes_from_pulumi_and_labels_every_object():
+    mocks = run_program(project="other-project")
+    assert labels_of(mocks.resources["postgres-data"])["sin-datastores.project"] == "other-project"
+    assert labels_of(mocks.resources["sin-network-network"])["sin-datastores.project"] == "other-project"
