@@ -317,3 +317,21 @@ def test_commands_needing_only_the_docker_host_read_just_that(monkeypatch):
     with pytest.raises(ConfigError) as caught:
         docker_host({"dockerHost": "ftp://db-2"})
     assert [p.split(":")[1] for p in caught.value.problems] == ["dockerHost"]
+
+
+def test_every_bad_address_is_reported_not_only_the_first():
+    assert problems({"networkGateway": "10.0.0.1", "postgresIp": "172.20.0.0", "redisIp": "172.20.130.5"}) == [
+        P + "networkGateway: 10.0.0.1 is outside networkSubnet 172.20.0.0/16; "
+            "fix: pulumi config set networkGateway <an address in 172.20.0.0/16>",
+        P + "postgresIp: 172.20.0.0 is the network or broadcast address of 172.20.0.0/16; "
+            "fix: pulumi config set postgresIp <a host address in 172.20.0.0/16>",
+        P + "redisIp: 172.20.130.5 is inside networkIpRange 172.20.128.0/17, where Docker hands out automatic "
+            "addresses; fix: pick an address outside 172.20.128.0/17 or shrink networkIpRange"]
+    assert [p.split(":")[1] for p in problems({"postgresIp": "x", "redisIp": "172.20.130.5"})] == [
+        "postgresIp", "redisIp"]
+    assert [p.split(":")[1] for p in problems({"postgresIp": "172.20.0.1", "redisIp": "172.20.130.5"})] == [
+        "postgresIp", "redisIp"]
+
+
+def test_the_gateway_may_sit_inside_the_automatic_range():
+    assert parse({**GOOD, "networkGateway": "172.20.128.1"}, "dev").network.gateway == "172.20.128.1"

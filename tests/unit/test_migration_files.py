@@ -126,3 +126,21 @@ def test_a_statement_after_comments_starts_at_the_comment_and_comment_only_chunk
 ])
 def test_an_unterminated_quote_or_comment_runs_to_the_end_of_the_file(text, last):
     assert statements("SELECT 0;\n" + text) == [(1, "SELECT 0"), (2, last)]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("SELECT /**/ 1; SELECT 2", [(1, "SELECT /**/ 1"), (1, "SELECT 2")]),
+    ("SELECT /* /**/ */ 1; SELECT 2", [(1, "SELECT /* /**/ */ 1"), (1, "SELECT 2")]),
+    ("SELECT 1 /* c */; SELECT 2", [(1, "SELECT 1 /* c */"), (1, "SELECT 2")]),
+    ("SELECT 'it'''; SELECT 2", [(1, "SELECT 'it'''"), (1, "SELECT 2")]),
+    ('SELECT "a"""; SELECT 2', [(1, 'SELECT "a"""'), (1, "SELECT 2")]),
+    ("SELECT $;\nSELECT 2;", [(1, "SELECT $"), (2, "SELECT 2")]),
+    ("SELECT $$a$$;SELECT 2", [(1, "SELECT $$a$$"), (1, "SELECT 2")]),
+    ("-- c\n;SELECT 2", [(2, "SELECT 2")]),
+])
+def test_quotes_and_comments_end_exactly_where_they_close(text, expected):
+    assert statements(text) == expected
+
+
+def test_a_chunk_holding_only_a_block_comment_over_several_lines_is_dropped():
+    assert statements("SELECT 1;\n/* a comment\n   over lines */;\nSELECT 2;") == [(1, "SELECT 1"), (4, "SELECT 2")]
