@@ -169,9 +169,9 @@ def test_a_schedule_without_a_passphrase_names_the_schedule():
 
 
 def test_an_invalid_schedule_says_why_and_how_to_write_one():
-    [problem] = problems({**ON, "backupSchedule": "61 * * * *"})
-    assert problem.startswith(P + "backupSchedule: ")
-    assert problem.endswith('; fix: pulumi config set backupSchedule "0 3 * * *" (cron, UTC)')
+    assert problems({**ON, "backupSchedule": "61 * * * *"}) == [
+        P + 'backupSchedule: backupSchedule "61 * * * *": minute 61 is outside 0-59; e.g. "0 3 * * *" for 03:00 '
+            'UTC daily; fix: pulumi config set backupSchedule "0 3 * * *" (cron, UTC)']
 
 
 @pytest.mark.parametrize("key, value, taken", [
