@@ -137,13 +137,13 @@ def test_scheduled_backups_declare_the_agent_and_wal_archiving():
 
 def test_backup_settings_are_read_into_their_fields():
     backup = parse({**ON, **S3, "backupKeepLast": "3", "backupKeepDaily": "10", "backupKeepWeekly": "0",
-                    "backupImage": "registry.example:5000/agent:2", "backupS3Prefix": "/team/prod/",
+                    "backupImage": "registry.example:5000/agent:2", "backupS3Prefix": "/Xteam/prod-X/",
                     "backupS3Endpoint": "http://127.0.0.1:9000", "backupS3Region": "eu-central-1"}, "dev").backup
     assert (backup.keep_last, backup.keep_daily, backup.keep_weekly, backup.image) == (
         3, 10, 0, "registry.example:5000/agent:2")
     assert backup.passphrase == "b" * 20
     assert (backup.s3.bucket, backup.s3.prefix, backup.s3.endpoint, backup.s3.region) == (
-        "sin-backups", "team/prod", "http://127.0.0.1:9000", "eu-central-1")
+        "sin-backups", "Xteam/prod-X", "http://127.0.0.1:9000", "eu-central-1")
     assert (backup.s3.access_key_id, backup.s3.secret_access_key) == ("AKIAEXAMPLE", "s" * 30)
 
 
@@ -203,3 +203,8 @@ def test_a_plain_text_passphrase_is_refused_naming_a_value_not_a_password():
     assert problems(ON, secret_keys={"postgresPassword", "redisPassword"}) == [
         P + "backupPassphrase: is stored in plain text in the stack configuration; "
             "fix: pulumi config set --secret backupPassphrase <value>"]
+
+
+def test_an_https_endpoint_is_accepted():
+    assert parse({**ON, **S3, "backupS3Endpoint": "https://s3.example.net"}, "dev").backup.s3.endpoint == (
+        "https://s3.example.net")
