@@ -331,3 +331,16 @@ def test_an_error_raised_by_the_client_itself_is_named_without_a_sqlstate(pg_tar
         migrations.migrate(pg_target, "tester", migration_dir)
 
     assert str(caught.value).splitlines()[0] == "V002__copy.sql, line 1: statement failed: " + COPY_REFUSED
+
+
+def test_a_failed_file_outside_a_transaction_records_how_long_it_ran(pg_target, migration_dir):
+    (migration_dir / "V002__slow_then_bad.sql").write_text(
+        "-- sin:no-transaction\nSELECT pg_sleep(0.3);\nSELECT * FROM no_such_table;\n")
+
+    with pytest.raises(MigrationError):
+        migrations.migrate(pg_target, "tester", migration_dir)
+
+    with connect_postgres(pg_target) as conn:
+        [(ms, success)] = conn.execute(
+            "SELECT execution_ms, success FROM sin_schema_history WHERE version = 2").fetchall()
+    assert success is False and 300 <= ms < 3000
