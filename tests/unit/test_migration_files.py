@@ -137,6 +137,7 @@ def test_an_unterminated_quote_or_comment_runs_to_the_end_of_the_file(text, last
     ("SELECT $;\nSELECT 2;", [(1, "SELECT $"), (2, "SELECT 2")]),
     ("SELECT $$a$$;SELECT 2", [(1, "SELECT $$a$$"), (1, "SELECT 2")]),
     ("-- c\n;SELECT 2", [(2, "SELECT 2")]),
+    ("SELECT 1 -- a quote'\n;SELECT 2", [(1, "SELECT 1 -- a quote'"), (2, "SELECT 2")]),
 ])
 def test_quotes_and_comments_end_exactly_where_they_close(text, expected):
     assert statements(text) == expected
