@@ -139,6 +139,7 @@ def test_an_unterminated_quote_or_comment_runs_to_the_end_of_the_file(text, last
     ("SELECT $$a$$;SELECT $$b$$", [(1, "SELECT $$a$$"), (1, "SELECT $$b$$")]),
     ("DO $Body$ a; $Body$;SELECT 2", [(1, "DO $Body$ a; $Body$"), (1, "SELECT 2")]),
     ("'';SELECT 2", [(1, "''"), (1, "SELECT 2")]),
+    ("\nSELECT 1;", [(2, "SELECT 1")]),
     ("-- c\n;SELECT 2", [(2, "SELECT 2")]),
     ("SELECT 1 -- a quote'\n;SELECT 2", [(1, "SELECT 1 -- a quote'"), (2, "SELECT 2")]),
 ])
