@@ -13,6 +13,7 @@ from infra.core.connect import connect_postgres
 from infra.deploy.migration_files import MigrationError
 from infra.driver.teststacks import free_port
 
+COPY_REFUSED = "COPY cannot be used with this method; use copy() instead"
 ADR_TABLES = {"services", "configurations", "logs", "audit_trail"}
 
 
@@ -189,3 +190,157 @@ def test_unreachable_server_gives_up_at_the_deadline(pg_target, migration_dir):
     with pytest.raises(Exception, match=r"did not answer within 1 s"):
         migrations.migrate(nowhere, "tester", migration_dir, deadline_s=1)
     assert 0.9 < time.monotonic() - started < 4
+
+
+def full_history(target) -> list[tuple]:
+    with connect_postgres(target) as conn:
+        return conn.execute(
+            "SELECT version, description, script, checksum, kind, installed_by, success "
+            "FROM sin_schema_history ORDER BY version").fetchall()
+
+
+def test_history_rows_describe_each_file_and_how_long_it_took(pg_target, migration_dir):
+    (migration_dir / "V002__slow_step.sql").write_text("SELECT pg_sleep(0.3);\n")
+    (migration_dir / "V003__slow_outside.sql").write_text("-- sin:no-transaction\nSELECT pg_sleep(0.3);\n")
+
+    outcome = migrations.migrate(pg_target, "tester", migration_dir)
+
+    files = {m.version: m for m in migration_files.load(migration_dir)}
+    assert full_history(pg_target) == [
+        (v, files[v].description, files[v].name, files[v].checksum, "SQL", "tester", True) for v in (1, 2, 3)]
+    with connect_postgres(pg_target) as conn:
+        recorded = dict(conn.execute("SELECT version, execution_ms FROM sin_schema_history").fetchall())
+    assert [ms for _, ms in outcome.applied][1:] == [recorded[2], recorded[3]]
+    assert 300 <= recorded[2] < 3000 and 300 <= recorded[3] < 3000
+
+
+def test_a_failing_statement_is_named_with_its_line_first_line_and_sqlstate(pg_target, migration_dir):
+    migrations.migrate(pg_target, "tester", migration_dir)
+    (migration_dir / "V002__broken.sql").write_text("SELECT 1;\n\nUPDATE no_such_table\n   SET x = 1;\n")
+
+    with pytest.raises(MigrationError) as caught:
+        migrations.migrate(pg_target, "tester", migration_dir)
+
+    assert str(caught.value) == (
+        'V002__broken.sql, line 3: statement failed: relation "no_such_table" does not exist (SQLSTATE 42P01)\n'
+        "    UPDATE no_such_table ...\n"
+        "nothing of V002__broken.sql was applied")
+
+
+def test_a_failed_file_outside_a_transaction_says_what_stays_applied(pg_target, migration_dir):
+    (migration_dir / "V002__half.sql").write_text(
+        "-- sin:no-transaction\nCREATE TABLE kept (id INT);\nSELECT * FROM no_such_table;\n")
+
+    with pytest.raises(MigrationError) as caught:
+        migrations.migrate(pg_target, "tester", migration_dir)
+
+    assert str(caught.value).endswith(
+        "    SELECT * FROM no_such_table\n"
+        "V002__half.sql runs outside a transaction: statements before line 3 stay applied")
+    assert "kept" in tables(pg_target)
+
+
+def test_the_timeouts_apply_to_the_migration_s_own_transaction_only(pg_target, migration_dir):
+    (migration_dir / "V002__show.sql").write_text(
+        "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock, "
+        "current_setting('statement_timeout') AS statement;\n")
+
+    migrations.migrate(pg_target, "tester", migration_dir, lock_timeout_s=1.5, statement_timeout_s=2)
+
+    with connect_postgres(pg_target) as conn:
+        assert conn.execute("SELECT lock, statement FROM seen").fetchone() == ("1500ms", "2s")
+
+
+def test_a_lock_held_briefly_is_waited_for(pg_target, migration_dir):
+    holder = connect_postgres(pg_target)
+    holder.execute("SELECT pg_advisory_lock(%s)", (migrations.LOCK_KEY,))
+    release = threading.Timer(0.5, holder.close)
+    release.start()
+    try:
+        outcome = migrations.migrate(pg_target, "tester", migration_dir, lock_wait_s=10)
+    finally:
+        release.join()
+    assert [m.name for m, _ in outcome.applied] == ["V001__adr006_schema.sql"]
+
+
+def test_the_lock_is_released_after_a_run(pg_target, migration_dir):
+    migrations.migrate(pg_target, "tester", migration_dir)
+    with connect_postgres(pg_target) as conn:
+        assert conn.execute("SELECT pg_try_advisory_lock(%s)", (migrations.LOCK_KEY,)).fetchone()[0] is True
+
+
+def test_a_baseline_marks_only_the_files_up_to_its_version(pg_target, migration_dir):
+    with connect_postgres(pg_target) as conn:
+        conn.execute((migration_dir / "V001__adr006_schema.sql").read_text())
+    (migration_dir / "V002__add_note.sql").write_text("ALTER TABLE services ADD COLUMN note TEXT;\n")
+
+    chosen = migrations.baseline(pg_target, "tester", 1, migration_dir)
+
+    assert [m.version for m in chosen] == [1]
+    file = migration_files.load(migration_dir)[0]
+    assert full_history(pg_target) == [
+        (1, file.description, file.name, file.checksum, "BASELINE", "tester", True)]
+    with connect_postgres(pg_target) as conn:
+        assert conn.execute("SELECT execution_ms FROM sin_schema_history").fetchall() == [(0,)]
+    assert [m.name for m in migrations.plan(pg_target, migration_dir).pending] == ["V002__add_note.sql"]
+    with connect_postgres(pg_target) as conn:
+        assert conn.execute("SELECT pg_try_advisory_lock(%s)", (migrations.LOCK_KEY,)).fetchone()[0] is True
+
+
+def test_a_baseline_needs_an_existing_version_and_a_database_never_migrated(pg_target, migration_dir):
+    (migration_dir / "V003__third.sql").write_text("SELECT 3;\n")
+    with pytest.raises(MigrationError) as caught:
+        migrations.baseline(pg_target, "tester", 2, migration_dir)
+    assert str(caught.value) == "no migration file has version 2; pick one of 1, 3"
+    (migration_dir / "V003__third.sql").unlink()
+
+    migrations.migrate(pg_target, "tester", migration_dir)
+    with pytest.raises(MigrationError) as caught:
+        migrations.baseline(pg_target, "tester", 1, migration_dir)
+    assert str(caught.value) == ("sin_schema_history already has rows; a baseline is only for a database "
+                                 "that has never been migrated by this tool")
+
+
+def test_a_baseline_without_files_says_there_are_none(pg_target, tmp_path):
+    with pytest.raises(MigrationError, match=r"no migration file has version 1; pick one of \(none\)$"):
+        migrations.baseline(pg_target, "tester", 1, tmp_path)
+
+
+def test_the_history_of_a_database_never_migrated_is_empty(pg_target):
+    with connect_postgres(pg_target) as conn:
+        assert migrations.read_history(conn) == []
+
+
+@pytest.mark.parametrize("step", ["plan", "baseline"])
+def test_plan_and_baseline_give_up_on_an_unreachable_server_at_their_deadline(pg_target, migration_dir, step):
+    nowhere = dataclasses.replace(pg_target, port=free_port())
+    run = {"plan": lambda: migrations.plan(nowhere, migration_dir, deadline_s=1),
+           "baseline": lambda: migrations.baseline(nowhere, "tester", 1, migration_dir, deadline_s=1)}[step]
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"did not answer within 1 s"):
+        run()
+    assert time.monotonic() - started < 4
+
+
+
+def test_an_error_raised_by_the_client_itself_is_named_without_a_sqlstate(pg_target, migration_dir):
+    # psycopg refuses COPY through execute() itself: the error carries no server diagnostics.
+    (migration_dir / "V002__copy.sql").write_text("COPY (SELECT 1) TO STDOUT;\n")
+
+    with pytest.raises(MigrationError) as caught:
+        migrations.migrate(pg_target, "tester", migration_dir)
+
+    assert str(caught.value).splitlines()[0] == "V002__copy.sql, line 1: statement failed: " + COPY_REFUSED
+
+
+def test_a_failed_file_outside_a_transaction_records_how_long_it_ran(pg_target, migration_dir):
+    (migration_dir / "V002__slow_then_bad.sql").write_text(
+        "-- sin:no-transaction\nSELECT pg_sleep(0.3);\nSELECT * FROM no_such_table;\n")
+
+    with pytest.raises(MigrationError):
+        migrations.migrate(pg_target, "tester", migration_dir)
+
+    with connect_postgres(pg_target) as conn:
+        [(ms, success)] = conn.execute(
+            "SELECT execution_ms, success FROM sin_schema_history WHERE version = 2").fetchall()
+    assert success is False and 300 <= ms < 3000

@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from infra.deploy import migrations, steps as postdeploy
+from infra.components.postdeploy import _PostDeployProvider
 from infra.core.connect import connect_postgres, connect_redis
+from infra.deploy import migration_files, migrations
+from infra.deploy import steps as postdeploy
 from infra.deploy.checks import VerificationFailed, run_checks
 from tests.integration.conftest import redis_target_for
 from tests.servers import RedisServer
@@ -151,3 +153,24 @@ def test_failed_verification_fails_the_step_and_registers_nothing(target, migrat
         postdeploy.run(broken, actor="tester", migration_dir=migration_dir)
     with connect_postgres(target.postgres) as conn:
         assert conn.execute("SELECT count(*) FROM services").fetchone()[0] == 0
+
+
+def test_pulumi_s_post_deploy_resource_runs_the_step_and_keeps_its_triggers(target):
+    provider = _PostDeployProvider()
+    props = {"target": target.to_dict(), "migrations": migration_files.fingerprint(migration_files.load()),
+             "container_ids": ["pg-1", "redis-1"], "actor": "tester",
+             "applied": None, "already_applied": None, "checks": None, "failed": None}
+
+    created = provider.create(props)
+    updated = provider.update("itest", created.outs, {**props, "container_ids": ["pg-2", "redis-1"]})
+
+    assert created.id == "itest"
+    checks = created.outs["checks"]
+    assert checks >= 20, "every check of the verification ran"
+    assert created.outs == {"target": props["target"], "migrations": props["migrations"],
+                            "container_ids": ["pg-1", "redis-1"], "actor": "tester",
+                            "applied": ["V001__adr006_schema.sql"], "already_applied": 0, "checks": checks,
+                            "failed": []}
+    assert updated.outs == {**created.outs, "container_ids": ["pg-2", "redis-1"], "applied": [], "already_applied": 1}
+    with connect_postgres(target.postgres) as conn:
+        assert conn.execute("SELECT actor FROM audit_trail ORDER BY id").fetchall() == [("tester",), ("tester",)]

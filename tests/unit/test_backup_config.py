@@ -136,3 +136,78 @@ def test_scheduled_backups_declare_the_agent_and_wal_archiving():
     settings = unwrap(uploads["/etc/sin-backup/agent.json"])
     assert "b" * 20 not in settings and "s" * 30 not in settings and "AKIAEXAMPLE" not in settings
     assert '"prefix": "dev"' in settings and '"schedule": "*/15 * * * *"' in settings
+
+
+def test_backup_settings_are_read_into_their_fields():
+    backup = parse({**ON, **S3, "backupKeepLast": "3", "backupKeepDaily": "10", "backupKeepWeekly": "0",
+                    "backupImage": "registry.example:5000/agent:2", "backupS3Prefix": "/Xteam/prod-X/",
+                    "backupS3Endpoint": "http://127.0.0.1:9000", "backupS3Region": "eu-central-1"}, "dev").backup
+    assert (backup.keep_last, backup.keep_daily, backup.keep_weekly, backup.image) == (
+        3, 10, 0, "registry.example:5000/agent:2")
+    assert backup.passphrase == "b" * 20
+    assert (backup.s3.bucket, backup.s3.prefix, backup.s3.endpoint, backup.s3.region) == (
+        "sin-backups", "Xteam/prod-X", "http://127.0.0.1:9000", "eu-central-1")
+    assert (backup.s3.access_key_id, backup.s3.secret_access_key) == ("AKIAEXAMPLE", "s" * 30)
+
+
+@pytest.mark.parametrize("key", ["backupKeepLast", "backupKeepDaily", "backupKeepWeekly"])
+def test_retention_counts_run_from_0_to_10000(key):
+    assert getattr(parse({**ON, key: "10000"}, "dev").backup, key.replace("backupKeep", "keep_").lower()) == 10000
+    assert problems({**ON, key: "10001"}) == [
+        f"{P}{key}: 10001 is outside 0-10000; fix: pulumi config set {key} <0-10000>"]
+
+
+def test_a_passphrase_of_the_minimum_length_is_accepted():
+    assert parse({**ON, "backupPassphrase": "b" * 16}, "dev").backup.passphrase == "b" * 16
+    assert problems({**ON, "backupPassphrase": "b" * 15}) == [
+        P + "backupPassphrase: is 15 characters long, shorter than 16; fix: pulumi config set --secret "
+            "backupPassphrase <at least 16 characters>"]
+
+
+def test_a_schedule_without_a_passphrase_names_the_schedule():
+    assert problems({**GOOD, "backupSchedule": "@daily"}) == [
+        P + "backupPassphrase: is required when backupSchedule is set; fix: pulumi config set --secret "
+            "backupPassphrase <at least 16 characters> (with backupSchedule `python -m infra up` generates one; "
+            "to restore, the one the backups were taken with)"]
+
+
+def test_an_invalid_schedule_says_why_and_how_to_write_one():
+    assert problems({**ON, "backupSchedule": "61 * * * *"}) == [
+        P + 'backupSchedule: backupSchedule "61 * * * *": minute 61 is outside 0-59; e.g. "0 3 * * *" for 03:00 '
+            'UTC daily; fix: pulumi config set backupSchedule "0 3 * * *" (cron, UTC)']
+
+
+@pytest.mark.parametrize("key, value, taken", [
+    ("postgresArchiveVolumeName", "redis_data", "redisVolumeName"),
+    ("postgresArchiveVolumeName", "sin_backups", "backupVolumeName"),
+])
+def test_backup_volumes_may_not_share_a_name(key, value, taken):
+    assert problems({**ON, key: value}) == [
+        f"{P}{key}: '{value}' equals {taken}; fix: pulumi config set {key} <a different name>"]
+
+
+@pytest.mark.parametrize("key", ["backupS3Endpoint", "backupS3AccessKeyId", "backupS3SecretAccessKey"])
+def test_s3_settings_without_a_bucket_are_refused(key):
+    assert problems({**ON, key: "x"}) == [
+        f"{P}{key}: is set but backupS3Bucket is not; fix: pulumi config set backupS3Bucket <bucket>"]
+
+
+def test_a_bucket_needs_both_s3_keys_and_a_valid_name():
+    assert problems({**ON, "backupS3Bucket": "ab"}) == [
+        P + "backupS3Bucket: 'ab' is not a valid S3 bucket name; fix: use 3-63 characters: a-z, 0-9, '.', '-', "
+            "starting and ending with a letter or digit",
+        P + "backupS3AccessKeyId: is required when backupS3Bucket is set; fix: pulumi config set --secret "
+            "backupS3AccessKeyId <value>",
+        P + "backupS3SecretAccessKey: is required when backupS3Bucket is set; fix: pulumi config set --secret "
+            "backupS3SecretAccessKey <value>"]
+
+
+def test_a_plain_text_passphrase_is_refused_naming_a_value_not_a_password():
+    assert problems(ON, secret_keys={"postgresPassword", "redisPassword"}) == [
+        P + "backupPassphrase: is stored in plain text in the stack configuration; "
+            "fix: pulumi config set --secret backupPassphrase <value>"]
+
+
+def test_an_https_endpoint_is_accepted():
+    assert parse({**ON, **S3, "backupS3Endpoint": "https://s3.example.net"}, "dev").backup.s3.endpoint == (
+        "https://s3.example.net")

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra.core.config import ConfigError, parse
+from infra.core.config import ConfigError, docker_host, parse
+from infra.core.targets import DockerHost
 
 GOOD = {"postgresPassword": "p" * 16, "redisPassword": "r" * 16}
 
@@ -212,3 +213,125 @@ def test_docker_host_defaults_to_docker_host_of_the_environment_then_the_local_s
 
 def test_a_local_engine_over_tcp_is_accepted():
     assert parse({**GOOD, "dockerHost": "tcp://127.0.0.1:2375"}, "dev").docker.url == "tcp://127.0.0.1:2375"
+
+
+def test_the_error_counts_its_problems_in_its_first_line():
+    assert str(ConfigError(["one"])) == "invalid stack configuration (1 problem):\n  - one"
+    assert str(ConfigError(["one", "two"])) == "invalid stack configuration (2 problems):\n  - one\n  - two"
+
+
+# (key, lowest accepted, highest accepted)
+RANGES = [("postgresHostPort", 1, 65535), ("redisHostPort", 1, 65535), ("postgresMajorVersion", 10, 99),
+          ("postgresMemoryMb", 64, 1 << 20), ("redisMajorVersion", 2, 99), ("redisMemoryMb", 32, 1 << 20),
+          ("healthTimeoutSeconds", 5, 3600)]
+
+
+@pytest.mark.parametrize("key, low, high", RANGES, ids=[r[0] for r in RANGES])
+def test_whole_numbers_are_accepted_exactly_within_their_range(key, low, high):
+    other_port = {"redisHostPort": "6380"} if key == "postgresHostPort" else {"postgresHostPort": "5433"}
+    for accepted in (low, high):
+        parse({**GOOD, **other_port, key: str(accepted)}, "dev")
+    for refused in (low - 1, high + 1):
+        assert problems({**other_port, key: str(refused)}) == [
+            f"{P}{key}: {refused} is outside {low}-{high}; fix: pulumi config set {key} <{low}-{high}>"]
+
+
+def test_settings_are_read_into_their_fields_with_surrounding_spaces_trimmed():
+    cfg = parse({**GOOD, "postgresDatabase": " app ", "postgresUser": "owner", "postgresMajorVersion": "17",
+                 "postgresMemoryMb": " 1024", "redisMajorVersion": "8", "redisMemoryMb": "300",
+                 "healthTimeoutSeconds": "60", "retainVolumes": "False", "networkName": "net-a",
+                 "redisVolumeName": "cache", "redisImage": "redis:8"}, "dev")
+    assert (cfg.postgres.database, cfg.postgres.user, cfg.postgres.major_version, cfg.postgres.memory_mb) == (
+        "app", "owner", 17, 1024)
+    assert (cfg.redis.major_version, cfg.redis.memory_mb, cfg.redis.volume_name, cfg.redis.image) == (
+        8, 300, "cache", "redis:8")
+    assert (cfg.health_timeout_seconds, cfg.retain_volumes, cfg.network.name) == (60, False, "net-a")
+    assert (cfg.postgres.password, cfg.redis.password) == ("p" * 16, "r" * 16)
+    assert (cfg.project, cfg.stack, cfg.network.ip_range) == ("sin-datastores", "dev", "172.20.128.0/17")
+    assert (cfg.redis.container_name, cfg.redis.ip, cfg.postgres.volume_name) == (
+        "room-04-memory-redis", "172.20.0.200", "postgres_data")
+    assert parse({**GOOD, "retainVolumes": "TRUE"}, "dev").retain_volumes is True
+
+
+def test_the_project_name_given_is_the_one_the_configuration_carries():
+    assert parse(GOOD, "dev", project="other-project").project == "other-project"
+
+
+def test_a_password_of_exactly_the_minimum_length_is_accepted():
+    assert parse({**GOOD, "redisPassword": "x" * 16}, "dev").redis.password == "x" * 16
+    assert problems({"redisPassword": "x" * 15}) == [
+        P + "redisPassword: is 15 characters long, shorter than 16; "
+            "fix: pulumi config set --secret redisPassword <at least 16 characters>"]
+
+
+@pytest.mark.parametrize("password", ["quote'in-the-middle-1", 'double"quote-inside-1', "back\\slash-inside-12",
+                                      "tab\tinside-the-password"])
+def test_passwords_with_quotes_backslashes_or_whitespace_are_refused(password):
+    assert problems({"postgresPassword": password}) == [
+        P + "postgresPassword: contains whitespace, a quote or a backslash; "
+            "fix: pulumi config set --secret postgresPassword <password without those characters>"]
+
+
+def test_equal_container_names_are_refused():
+    assert problems({"redisContainerName": "room-03-archiv-postgres"}) == [
+        P + "redisContainerName: 'room-03-archiv-postgres' equals postgresContainerName; "
+            "fix: pulumi config set redisContainerName <a different name>"]
+
+
+def test_an_invalid_database_name_is_refused():
+    assert problems({"postgresDatabase": "1db"}) == [
+        P + "postgresDatabase: '1db' is not a plain lower-case SQL identifier; "
+            "fix: use a-z, 0-9 and '_', starting with a letter, at most 63 characters"]
+
+
+def test_an_empty_redis_image_is_refused():
+    assert problems({"redisImage": " "}) == [P + "redisImage: is empty; fix: pulumi config set redisImage <repository:tag>"]
+
+
+@pytest.mark.parametrize("bind, reached_at", [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"),
+                                              ("192.0.2.10", "192.0.2.10"), ("::", "127.0.0.1")])
+def test_the_host_reaches_the_published_ports_at_the_bind_address_or_loopback_for_a_wildcard(bind, reached_at):
+    assert parse({**GOOD, "bindAddress": bind}, "dev").host_address == reached_at
+
+
+@pytest.mark.parametrize("url", ["unix:///var/run/docker.sock", "tcp://localhost:2375", "tcp://[::1]:2375",
+                                 "ssh://deploy@db-1"])
+def test_local_engines_and_engines_over_ssh_are_accepted(url):
+    assert parse({**GOOD, "dockerHost": url}, "dev").docker.url == url
+
+
+def test_ssh_key_and_known_hosts_files_go_with_an_ssh_docker_host():
+    cfg = parse({**GOOD, "dockerHost": "ssh://deploy@db-1", "dockerSshKeyFile": "/keys/id",
+                 "dockerSshKnownHostsFile": "/keys/known"}, "dev")
+    assert (cfg.docker.url, cfg.docker.ssh_key_file, cfg.docker.ssh_known_hosts_file) == (
+        "ssh://deploy@db-1", "/keys/id", "/keys/known")
+    assert problems({"dockerSshKnownHostsFile": "/keys/known"}) == [
+        P + "dockerSshKnownHostsFile: is set but dockerHost is not an ssh:// address; "
+            "fix: pulumi config rm dockerSshKnownHostsFile, or set dockerHost to ssh://<user>@<host>"]
+
+
+def test_commands_needing_only_the_docker_host_read_just_that(monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert docker_host({"dockerHost": "ssh://ops@db-2", "postgresHostPort": "not checked here"}) == DockerHost(
+        "ssh://ops@db-2", "", "")
+    with pytest.raises(ConfigError) as caught:
+        docker_host({"dockerHost": "ftp://db-2"})
+    assert [p.split(":")[1] for p in caught.value.problems] == ["dockerHost"]
+
+
+def test_every_bad_address_is_reported_not_only_the_first():
+    assert problems({"networkGateway": "10.0.0.1", "postgresIp": "172.20.0.0", "redisIp": "172.20.130.5"}) == [
+        P + "networkGateway: 10.0.0.1 is outside networkSubnet 172.20.0.0/16; "
+            "fix: pulumi config set networkGateway <an address in 172.20.0.0/16>",
+        P + "postgresIp: 172.20.0.0 is the network or broadcast address of 172.20.0.0/16; "
+            "fix: pulumi config set postgresIp <a host address in 172.20.0.0/16>",
+        P + "redisIp: 172.20.130.5 is inside networkIpRange 172.20.128.0/17, where Docker hands out automatic "
+            "addresses; fix: pick an address outside 172.20.128.0/17 or shrink networkIpRange"]
+    assert [p.split(":")[1] for p in problems({"postgresIp": "x", "redisIp": "172.20.130.5"})] == [
+        "postgresIp", "redisIp"]
+    assert [p.split(":")[1] for p in problems({"postgresIp": "172.20.0.1", "redisIp": "172.20.130.5"})] == [
+        "postgresIp", "redisIp"]
+
+
+def test_the_gateway_may_sit_inside_the_automatic_range():
+    assert parse({**GOOD, "networkGateway": "172.20.128.1"}, "dev").network.gateway == "172.20.128.1"

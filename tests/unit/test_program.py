@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from infra.components.common import CHECK_INTERVAL_S, CHECK_WINDOW_S, healthcheck
+from infra.components.redis import render_config
 
 from tests.unit.conftest import (PG_PASSWORD, REDIS_PASSWORD, RecordingMocks, is_secret, output_value,
                                  run_program, unwrap)
@@ -25,19 +26,27 @@ def labels_of(resource) -> dict[str, str]:
     return {entry["label"]: entry["value"] for entry in resource.inputs["labels"]}
 
 
+STACK = "pulumi:pulumi:Stack"
+SIN_NETWORK = "sin-datastores:index:SinNetwork"
+POSTGRES = "sin-datastores:index:PostgresService"
+REDIS = "sin-datastores:index:RedisService"
+POST_DEPLOY = "sin-datastores:index:PostDeploy"
+
+
 def test_declares_the_adr_resources_under_their_components(dev):
-    # Policy: one component per concern, each owning its Docker resources.
-    kinds = sorted((r.name, r.typ) for r in dev.resources.values())
-    assert kinds == sorted([
-        ("docker-host", "pulumi:providers:docker"),
-        ("sin-network", "sin-datastores:index:SinNetwork"),
-        ("sin-network-network", NETWORK),
-        ("postgres", "sin-datastores:index:PostgresService"),
-        ("postgres-image", IMAGE), ("postgres-data", VOLUME), ("postgres-container", CONTAINER),
-        ("redis", "sin-datastores:index:RedisService"),
-        ("redis-image", IMAGE), ("redis-data", VOLUME), ("redis-container", CONTAINER),
-        ("post-deploy", "sin-datastores:index:PostDeploy"),
-        ("post-deploy-step", "pulumi-python:dynamic:Resource"),
+    # Policy: one component per concern, each owning its Docker resources (the parent is part of the URN).
+    declared = sorted((r.name, r.typ, dev.parent_type(r.name)) for r in dev.resources.values())
+    assert declared == sorted([
+        ("docker-host", "pulumi:providers:docker", STACK),
+        ("sin-network", SIN_NETWORK, STACK),
+        ("sin-network-network", NETWORK, SIN_NETWORK),
+        ("postgres", POSTGRES, STACK),
+        ("postgres-image", IMAGE, POSTGRES), ("postgres-data", VOLUME, POSTGRES),
+        ("postgres-container", CONTAINER, POSTGRES),
+        ("redis", REDIS, STACK),
+        ("redis-image", IMAGE, REDIS), ("redis-data", VOLUME, REDIS), ("redis-container", CONTAINER, REDIS),
+        ("post-deploy", POST_DEPLOY, STACK),
+        ("post-deploy-step", "pulumi-python:dynamic:Resource", POST_DEPLOY),
     ])
 
 
@@ -115,29 +124,41 @@ def test_redis_healthcheck_authenticates_without_a_command_line_password(dev):
     assert " -a " not in test
 
 
-def run_check(command: str, tmp_path) -> tuple[int, float]:
-    """Run a healthcheck's shell line as Docker's CMD-SHELL does; (exit code, seconds)."""
-    started = time.monotonic()
-    code = subprocess.run(["/bin/sh", "-c", healthcheck(command, 120).tests[1]], cwd=tmp_path).returncode
-    return code, time.monotonic() - started
+def run_check(ready_on_try: int, tmp_path) -> tuple[int, int, list[str]]:
+    """Run a healthcheck's shell line as Docker's CMD-SHELL does, for a service that answers on the
+    given try (0: never), with `sleep` recording its argument instead of sleeping.
+    Returns (exit code, tries, sleeps)."""
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "sleep").write_text('#!/bin/sh\necho "$1" >> sleeps\n')
+    (shims / "sleep").chmod(0o755)
+    service = f'echo try >> tries; [ {ready_on_try} -gt 0 ] && [ "$(wc -l < tries)" -ge {ready_on_try} ]'
+    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"}
+    code = subprocess.run(["/bin/sh", "-c", healthcheck(service, 120).tests[1]], cwd=tmp_path, env=env).returncode
+    tries = (tmp_path / "tries").read_text().splitlines()
+    sleeps = (tmp_path / "sleeps").read_text().splitlines() if (tmp_path / "sleeps").exists() else []
+    return code, len(tries), sleeps
 
 
-def test_a_check_waits_briefly_for_a_service_that_is_almost_ready(tmp_path):
-    toucher = subprocess.Popen(["/bin/sh", "-c", "sleep 0.4; touch ready"], cwd=tmp_path)
-    code, took = run_check("test -e ready", tmp_path)
-    toucher.wait()
-    assert code == 0 and 0.3 < took < CHECK_WINDOW_S
+def test_a_check_tries_again_every_step_for_a_service_that_is_almost_ready(tmp_path):
+    assert run_check(ready_on_try=5, tmp_path=tmp_path) == (0, 5, ["0.1"] * 4)
 
 
 def test_a_check_fails_once_its_window_has_passed(tmp_path):
-    code, took = run_check("test -e never", tmp_path)
-    assert code == 1 and CHECK_WINDOW_S - 0.2 < took < CHECK_WINDOW_S + 1
+    # 15 tries 0.1 s apart: the 1.5 s window.
+    assert run_check(ready_on_try=0, tmp_path=tmp_path) == (1, 15, ["0.1"] * 14)
 
 
 def test_a_healthy_service_answers_the_first_try(tmp_path):
-    (tmp_path / "ready").touch()
-    code, took = run_check("test -e ready", tmp_path)
-    assert code == 0 and took < 0.1
+    assert run_check(ready_on_try=1, tmp_path=tmp_path) == (0, 1, [])
+
+
+def test_the_checks_span_the_health_wait():
+    check = healthcheck("true", 120)
+    assert (check.interval, check.timeout, check.start_period) == ("2s", "5s", "5s")
+    # A failing check takes one interval plus its window: 3.5 s, so 35 of them cover 120 s.
+    assert check.retries == 35
+    assert healthcheck("true", 5).retries == 3, "never fewer than Docker's default of 3"
 
 
 def test_the_program_loads_no_database_client():
@@ -168,6 +189,20 @@ def test_redis_config_file_has_aof_password_and_memory_cap(dev):
     assert {"appendonly yes", f"requirepass {REDIS_PASSWORD}", "maxmemory 192mb", "dir /data"} <= set(lines)
 
 
+def test_redis_config_file_is_written_whole_with_three_quarters_of_the_memory_limit():
+    assert render_config("redis-password-0123456789", 1000) == (
+        "# Written by sin-datastores; changes are replaced on the next `pulumi up`.\n"
+        "bind * -::*\n"
+        "protected-mode yes\n"
+        "port 6379\n"
+        "dir /data\n"
+        "appendonly yes\n"
+        "appendfsync everysec\n"
+        "maxmemory 750mb\n"
+        "maxmemory-policy volatile-lru\n"
+        "requirepass redis-password-0123456789\n")
+
+
 @pytest.mark.parametrize("password", [PG_PASSWORD, REDIS_PASSWORD])
 def test_no_password_in_env_command_labels_or_healthcheck(dev, password):
     for container in dev.of_type(CONTAINER):
@@ -176,11 +211,12 @@ def test_no_password_in_env_command_labels_or_healthcheck(dev, password):
 
 
 def test_every_input_carrying_a_password_is_secret(dev):
-    for resource in dev.resources.values():
-        for key, value in resource.inputs.items():
-            text = json.dumps(unwrap(value), default=str)
-            if PG_PASSWORD in text or REDIS_PASSWORD in text:
-                assert is_secret(value), f"{resource.name}.{key} carries a password in plain text"
+    carriers = {(resource.name, key): is_secret(value)
+                for resource in dev.resources.values() for key, value in resource.inputs.items()
+                if PG_PASSWORD in json.dumps(unwrap(value), default=str)
+                or REDIS_PASSWORD in json.dumps(unwrap(value), default=str)}
+    assert carriers == {("postgres-container", "uploads"): True, ("redis-container", "uploads"): True,
+                        ("post-deploy-step", "target"): True}
 
 
 def test_volumes_are_named_mounted_and_retained_by_default(dev):
@@ -223,9 +259,13 @@ def test_stack_outputs_are_the_contract_and_urls_are_secret(dev):
     assert values["clientSettings"][0]["postgres"] == {
         "poolMax": 20, "idleTimeoutMillis": 30000, "connectionTimeoutMillis": 2000}
     assert values["clientSettings"][0]["redis"]["retryMaxDelayMillis"] == 2000
-    for name, (value, secret) in values.items():
-        if not secret:
-            assert PG_PASSWORD not in json.dumps(value) and REDIS_PASSWORD not in json.dumps(value), name
+    carrying_a_password = {name for name, (value, _) in values.items()
+                           if PG_PASSWORD in json.dumps(value) or REDIS_PASSWORD in json.dumps(value)}
+    assert carrying_a_password == {"postgresUrl", "redisUrl", "postgresHostUrl", "redisHostUrl", "connection"}
+    connection = values["connection"][0]
+    assert (connection["postgres"]["password"], connection["redis"]["password"]) == (PG_PASSWORD, REDIS_PASSWORD)
+    assert (connection["postgres"]["port"], connection["redis"]["port"]) == (5432, 6379)
+    assert all(values[name][1] for name in carrying_a_password), "outputs carrying a password must be secret"
 
 
 def test_non_dev_stack_prefixes_names_unless_pinned():
@@ -274,3 +314,16 @@ def test_volumes_are_retained_on_delete_unless_released():
     released = run_program({"retainVolumes": "false"})
     assert released.options["postgres-data"].retain_on_delete is False
     assert released.options["redis-data"].retain_on_delete is False
+
+
+def test_a_password_stored_in_plain_text_declares_nothing():
+    mocks = RecordingMocks()
+    with pytest.raises(Exception, match="postgresPassword: is stored in plain text in the stack configuration"):
+        run_program(plain=("postgresPassword",), mocks=mocks)
+    assert mocks.resources == {}
+
+
+def test_the_project_name_comes_from_pulumi_and_labels_every_object():
+    mocks = run_program(project="other-project")
+    assert labels_of(mocks.resources["postgres-data"])["sin-datastores.project"] == "other-project"
+    assert labels_of(mocks.resources["sin-network-network"])["sin-datastores.project"] == "other-project"
