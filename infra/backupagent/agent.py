@@ -17,13 +17,11 @@ reads it. Layout in every store: see :mod:`.layout`.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
 import signal
 import tarfile
-import tempfile
 import threading
 import time
 import traceback
@@ -38,7 +36,7 @@ import redis
 from . import BackupAgentError, layout
 from .crypto import SCHEME, encrypt
 from .schedule import Cron, select_kept
-from .store import DirStore, S3Store, StoreError
+from .store import DirStore, S3Store, StoreError, file_digest, read_json
 
 CONFIG_FILE = Path("/etc/sin-backup/agent.json")
 SECRETS_DIR = Path("/run/secrets")
@@ -137,20 +135,6 @@ class Status:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
         os.replace(tmp, self.path)
-
-
-def file_digest(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
-
-
-def read_json(store, key: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        store.get(key, Path(tmp) / "object")
-        return json.loads((Path(tmp) / "object").read_text())
 
 
 def _now() -> datetime:

@@ -8,6 +8,7 @@ mismatch deletes the object and raises, so a key that exists was stored intact.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -68,7 +69,7 @@ def _check_key(key: str, where: str) -> str:
     return key
 
 
-def _digest_file(path: Path) -> dict:
+def file_digest(path: Path) -> dict:
     """Size and sha256 of a file's content."""
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as stream:
@@ -345,7 +346,7 @@ class DirStore:
     def digest(self, key: str) -> dict:
         """{"size", "sha256"} of the stored file."""
         try:
-            return _digest_file(self._path(key))
+            return file_digest(self._path(key))
         except OSError as exc:
             raise StoreError(f"cannot read {key!r} back from {self.describe()}: {exc.strerror}; "
                              "it was deleted or the volume is unreadable") from None
@@ -392,3 +393,10 @@ class DirStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+
+def read_json(store, key: str) -> dict:
+    """A small JSON object (a manifest) from either store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store.get(key, Path(tmp) / "object")
+        return json.loads((Path(tmp) / "object").read_text())

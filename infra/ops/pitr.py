@@ -31,7 +31,7 @@ from infra.core import dockercli
 
 from infra.backupagent import layout
 from infra.backupagent.crypto import DecryptError, decrypt
-from infra.backupagent.store import DirStore, S3Store, StoreError, parse_s3_url
+from infra.backupagent.store import DirStore, S3Store, StoreError, parse_s3_url, read_json
 from infra.core.config import BackupConfig
 from infra.core.targets import POSTGRES_SOCKET_DIR, Target
 from infra.deploy.checks import Check, Report
@@ -82,14 +82,8 @@ class Fetched:
 def manifests(store) -> list[dict]:
     """Manifests of the complete backups in ``store``, oldest first."""
     keys = store.list()
-    found = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in layout.backup_names(keys):
-            key = layout.backup_key(name, layout.MANIFEST)
-            if key in keys:
-                store.get(key, Path(tmp) / "manifest.json")
-                found.append(json.loads((Path(tmp) / "manifest.json").read_text()))
-    return found
+    return [read_json(store, layout.backup_key(name, layout.MANIFEST)) for name in layout.backup_names(keys)
+            if layout.backup_key(name, layout.MANIFEST) in keys]
 
 
 def choose(found: list[dict], to_time: Optional[datetime], where: str, name: Optional[str] = None) -> dict:

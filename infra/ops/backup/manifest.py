@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
+from infra.backupagent.store import file_digest
 from infra.ops.backup import BackupRefused
 
 
@@ -30,14 +30,6 @@ FILES = (PG_DUMP, REDIS_RDB, REDIS_AOF)
 _REQUIRED = {"postgres": ("major", "tables", "schema_sha256"), "redis": ("major", "keys"), "files": FILES}
 
 
-
-
-def file_digest(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def load_manifest(folder: Path) -> dict:
