@@ -25,6 +25,7 @@ import botocore.exceptions
 import psycopg
 import redis as redis_lib
 
+from infra.core.targets import RedisTarget
 from infra.driver.teststacks import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,6 +144,12 @@ class RedisServer:
                     server.stop()
                     raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port}")
                 time.sleep(0.02)
+
+    def target(self, major_version: int = 7) -> RedisTarget:
+        """This server as the checks see the stack's Redis (the ADR's container name and address)."""
+        return RedisTarget(host="127.0.0.1", port=self.port, password=self.password or "",
+                           container_name="room-04-memory-redis", container_ip="172.20.0.200",
+                           major_version=major_version)
 
     def stop(self) -> None:
         self.process.terminate()

@@ -63,15 +63,9 @@ def pg_target(pg_server) -> PostgresTarget:
         pg_server.drop_database(name)
 
 
-def redis_target_for(server: RedisServer, major_version: int = 7) -> RedisTarget:
-    return RedisTarget(host="127.0.0.1", port=server.port, password=server.password or "",
-                       container_name="room-04-memory-redis", container_ip="172.20.0.200",
-                       major_version=major_version)
-
-
 @pytest.fixture
 def redis_target(redis_server) -> RedisTarget:
-    return redis_target_for(redis_server)
+    return redis_server.target()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from infra.core.connect import connect_postgres, connect_redis
 from infra.deploy import migration_files, migrations
 from infra.deploy import steps as postdeploy
 from infra.deploy.checks import VerificationFailed, run_checks
-from tests.integration.conftest import redis_target_for
 from tests.servers import RedisServer
 
 
@@ -59,7 +58,7 @@ def test_throwaway_redis_keys_are_removed(migrated, redis_target, migration_dir)
 def test_aof_off_is_caught(migrated, migration_dir):
     server = RedisServer.start(password="redis-test-password-0123456789", appendonly=False)
     try:
-        report = run_checks(migrated, redis_target_for(server), migration_dir=migration_dir)
+        report = run_checks(migrated, server.target(), migration_dir=migration_dir)
     finally:
         server.stop()
 
@@ -71,7 +70,7 @@ def test_aof_off_is_caught(migrated, migration_dir):
 def test_redis_without_password_is_caught(migrated, migration_dir):
     server = RedisServer.start(password=None)
     try:
-        report = run_checks(migrated, redis_target_for(server), migration_dir=migration_dir)
+        report = run_checks(migrated, server.target(), migration_dir=migration_dir)
     finally:
         server.stop()
 

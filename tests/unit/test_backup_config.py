@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from infra.core.config import ADR_NAMES, BACKUP_PASSPHRASE_KEY, DEFAULTS, S3_SECRET_KEYS, ConfigError, parse
-from tests.unit.conftest import is_secret, run_program, unwrap
+from tests.unit.program_mocks import is_secret, run_program, unwrap
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"postgresPassword": "p" * 16, "redisPassword": "r" * 16}

@@ -10,7 +10,7 @@ import pytest
 
 from infra.components import backupagent, postgres
 from infra.components.common import container_labels, labels
-from tests.unit.conftest import output_value, run_program, unwrap
+from tests.unit.program_mocks import output_value, run_program, unwrap
 
 S3 = {"backupS3Bucket": "sin-backups", "backupS3AccessKeyId": "AKIAEXAMPLE", "backupS3SecretAccessKey": "s" * 30}
 STACK = "pulumi:pulumi:Stack"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infra.core.config import ConfigError, docker_host, parse
+from infra.core.config import ADR_NAMES, DEFAULTS, ConfigError, docker_host, parse
 from infra.core.targets import DockerHost
 
 GOOD = {"postgresPassword": "p" * 16, "redisPassword": "r" * 16}
@@ -335,3 +338,29 @@ def test_every_bad_address_is_reported_not_only_the_first():
 
 def test_the_gateway_may_sit_inside_the_automatic_range():
     assert parse({**GOOD, "networkGateway": "172.20.128.1"}, "dev").network.gateway == "172.20.128.1"
+
+
+def readme_config_table() -> dict[str, str]:
+    """Key -> the README's default for it, from the Configuration table (a cell naming several
+    keys `a` / `b` gives one default per key, or one for all)."""
+    lines = (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines()
+    start = lines.index("| key | default | meaning |") + 2
+    table: dict[str, str] = {}
+    for line in itertools.takewhile(lambda l: l.startswith("|"), lines[start:]):
+        keys_cell, default_cell = line.split(" | ")[:2]
+        keys = re.findall(r"`(\w+)`", keys_cell)
+        defaults = default_cell.split(" / ")
+        assert len(defaults) in (1, len(keys)), line
+        table.update(zip(keys, defaults * len(keys) if len(defaults) == 1 else defaults))
+    return table
+
+
+def test_the_readme_configuration_table_gives_the_code_s_defaults():
+    table = readme_config_table()
+    assert set(table) == set(DEFAULTS)
+    for key, default in DEFAULTS.items():
+        value = ADR_NAMES.get(key) if default is None else default
+        if value:
+            assert table[key].startswith(f"`{value}`"), (key, table[key])
+        else:  # unset, generated or required: described in words, no value claimed
+            assert not table[key].startswith("`"), (key, table[key])

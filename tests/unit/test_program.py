@@ -13,7 +13,7 @@ import pytest
 from infra.components.common import CHECK_INTERVAL_S, CHECK_WINDOW_S, healthcheck
 from infra.components.redis import render_config
 
-from tests.unit.conftest import (PG_PASSWORD, REDIS_PASSWORD, RecordingMocks, is_secret, output_value,
+from tests.unit.program_mocks import (PG_PASSWORD, REDIS_PASSWORD, RecordingMocks, is_secret, output_value,
                                  run_program, unwrap)
 
 CONTAINER = "docker:index/container:Container"
