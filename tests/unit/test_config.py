@@ -364,3 +364,9 @@ def test_the_readme_configuration_table_gives_the_code_s_defaults():
             assert table[key].startswith(f"`{value}`"), (key, table[key])
         else:  # unset, generated or required: described in words, no value claimed
             assert not table[key].startswith("`"), (key, table[key])
+
+
+def test_a_value_that_is_not_a_number_is_reported_once_without_follow_on_complaints():
+    # The unreadable port must not stand in as a number that then "equals" the other port.
+    assert problems({"postgresHostPort": "abc", "redisHostPort": "1"}) == [
+        "sin-datastores:postgresHostPort: 'abc' is not a whole number; fix: pulumi config set postgresHostPort <1-65535>"]
