@@ -3,24 +3,24 @@
 Same two services, same host, same run, images already present, nothing of the stack on
 the Docker host before a cold bring-up. The Pulumi side is the `pulumi` command an operator
 runs (`up --yes --skip-preview`, `preview`, `destroy --yes --skip-preview`) against a
-throwaway stack in a private file backend. Prints medians over ROUNDS (env SIN_BENCH_ROUNDS):
-  cold up     `pulumi up` of a new stack until verified (migrate + 20 checks; the command
-              fails otherwise) vs network create, volume create x2, create + copy
-              secret/config + start with the same healthchecks, wait healthy, `psql -f` the schema
-  no-op up    `pulumi up --expect-no-changes`   vs `docker inspect` of the five objects
-  preview     `pulumi preview --expect-no-changes` vs the same inspect
-  destroy     `pulumi destroy`                  vs `docker rm -f`, network rm, volume rm
-  cold up through the Automation API (what `python -m infra up` runs; it also reads the
-  outputs and the update summary back with three more CLI calls), for reference,
-and the wall time of 4 stacks brought up in parallel (once per round) against one stack's
-cold up, beside 4 plain-docker bring-ups at once against one, with the host CPU one cold up
-takes: on a host with few cores neither can beat 4 x that / cores.
-Targets: cold up <= 1.5x plain docker (issue 5), no-op up and preview < 2 s with the refresh
-that finds drift (issue 10), 4 parallel stacks <= 2x one stack (issue 5). Run: scripts/bench lifecycle
+throwaway stack in a private file backend. Two plain-docker baselines do the same objects
+(network, two volumes, both containers with the password file and the Redis config):
+  floor   what this machine can do: start, then an authenticated `SELECT 1` and Redis
+          AUTH + PING polled every 50 ms from the host, then `psql -f` the schema
+  plain   what a shell script waiting for Docker does: a healthcheck tuned for start-up
+          (every 2 s, retried 0.1 s apart within a check), wait until Docker says healthy,
+          then `psql -f`; destroy = `docker stop` (graceful) + `rm` + network and volume removal
+Prints medians over ROUNDS (env SIN_BENCH_ROUNDS) of cold up (to verified: migrate + 20
+checks, or the command fails), no-op up, preview, destroy and a cold up through the Automation
+API; 4 bring-ups at once of each kind; the host CPU per cold up; the idle CPU Docker's
+healthchecks cost; and a profile of one cold up (where its time goes).
+Targets (issue 14): cold up <= 1.5x floor, CPU <= 1.5x plain, destroy <= 1.5x plain,
+no-op up and preview < 1 s, 4 at once <= 1.3x 4 plain at once. Run: scripts/bench lifecycle
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import statistics
@@ -31,16 +31,25 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import psycopg
+import redis as redis_lib
+
+from infra.components import postgres, redis
+from infra.components.common import HEALTH_INTERVAL_S, healthcheck
 from infra.core import dockercli
+from infra.core.config import DEFAULTS
 from infra.deploy import migration_files
 from infra.driver import stacks, teststacks
-from infra.components import postgres, redis
-from infra.components.common import healthcheck
-from infra.core.config import DEFAULTS
 
 ROUNDS = int(os.environ.get("SIN_BENCH_ROUNDS", "3"))
 PARALLEL = 4
 HEALTH_TIMEOUT_S = 90
+POLL_S = 0.05
+IDLE_WINDOW_S = 60
+# The plain baseline's healthcheck: tuned for start-up, as the stack's own was before issue 14.
+PLAIN_HEALTH_FLAGS = ["--health-interval", "2s", "--health-timeout", "5s", "--health-start-period", "5s",
+                      "--health-retries", "35"]
+PLAIN_HEALTH_PATIENCE = 15  # tries 0.1 s apart within one check
 
 
 def timed(fn) -> float:
@@ -86,8 +95,8 @@ class PulumiStack:
         if done.returncode != 0:
             raise RuntimeError(f"pulumi {args[0]} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
-    def up(self) -> None:
-        teststacks.up_with_retries(self.stack, lambda: self.pulumi("up", "--yes", "--skip-preview"), print)
+    def up(self, *extra: str) -> None:
+        teststacks.up_with_retries(self.stack, lambda: self.pulumi("up", "--yes", "--skip-preview", *extra), print)
 
     def check_verified(self) -> None:
         assert_verified(self.stack.outputs())
@@ -104,6 +113,18 @@ class PulumiStack:
     def automation_up(self) -> None:
         assert_verified(self.stack.up(color="never").outputs)
 
+    def containers(self) -> list[str]:
+        outputs = self.stack.outputs()
+        return [outputs["postgresContainerName"].value, outputs["redisContainerName"].value]
+
+    def post_deploy_timings(self) -> dict[str, int]:
+        """The post-deploy step's phases of its last run (infra.deploy.steps.Result.timings_ms)."""
+        export = subprocess.run(["pulumi", "stack", "export", "--stack", self.stack.name], cwd=stacks.ROOT,
+                                env=self.env, capture_output=True, text=True, check=True)
+        resources = json.loads(export.stdout)["deployment"]["resources"]
+        step = next(r for r in resources if r["type"] == "pulumi-python:dynamic:Resource")
+        return step["outputs"]["timings_ms"]
+
     def remove(self) -> None:
         self.stack.workspace.remove_stack(self.stack.name, force=True)
         dockercli.remove_objects(dockercli.labelled_objects(self.stack.name))
@@ -111,10 +132,13 @@ class PulumiStack:
 
 
 class PlainDocker:
-    """The same two services with docker CLI commands, as a shell script would do it."""
+    """The same two services with docker CLI commands, as a shell script would do it; ``floor``
+    polls the services from the host, otherwise it waits for Docker's start-up healthcheck."""
 
-    def __init__(self):
-        self.prefix = f"bench-plain-{secrets.token_hex(3)}"
+    def __init__(self, floor: bool, healthcheck: bool = True):
+        self.floor = floor
+        self.healthcheck = healthcheck
+        self.prefix = f"bench-{'floor' if floor else 'plain'}-{secrets.token_hex(3)}"
         self.config = teststacks.isolated_config(stack=self.prefix)
         self.password = secrets.token_urlsafe(24)
 
@@ -122,6 +146,15 @@ class PlainDocker:
         p = self.prefix
         return {"network": f"{p}-net", "pg_volume": f"{p}-pg", "redis_volume": f"{p}-redis",
                 "pg": f"{p}-postgres", "redis": f"{p}-redis"}
+
+    def health(self, command: str) -> list[str]:
+        if not self.healthcheck:
+            return ["--no-healthcheck"]
+        if self.floor:
+            return health_flags(command)
+        patient = (f"n=0; until {command}; do n=$((n+1)); [ $n -ge {PLAIN_HEALTH_PATIENCE} ] && exit 1; "
+                   f"sleep 0.1; done")
+        return ["--health-cmd", patient, *PLAIN_HEALTH_FLAGS]
 
     def up(self) -> None:
         n, c, image = self.names(), self.config, stacks.local_images()
@@ -135,23 +168,59 @@ class PlainDocker:
                          "-p", f"127.0.0.1:{c['postgresHostPort']}:5432", "-v", f"{n['pg_volume']}:{postgres.DATA_PATH}",
                          "-e", "POSTGRES_DB=sinsolver", "-e", "POSTGRES_USER=sinadmin",
                          "-e", f"POSTGRES_PASSWORD_FILE={postgres.PASSWORD_FILE}",
-                         *health_flags(postgres.HEALTHCHECK), image["postgresImage"])
+                         *self.health(postgres.HEALTHCHECK), image["postgresImage"])
         dockercli.put_files(n["pg"], {postgres.PASSWORD_FILE: (self.password.encode(), 0o400)})
         dockercli.docker("create", "--name", n["redis"], *common, *memory(DEFAULTS["redisMemoryMb"]),
                          "--ip", c["redisIp"],
                          "-p", f"127.0.0.1:{c['redisHostPort']}:6379", "-v", f"{n['redis_volume']}:{redis.DATA_PATH}",
-                         *health_flags(redis.HEALTHCHECK), image["redisImage"], redis.CONFIG_FILE)
+                         *self.health(redis.HEALTHCHECK), image["redisImage"], redis.CONFIG_FILE)
         dockercli.put_files(n["redis"], {redis.CONFIG_FILE: (redis.render_config(self.password, int(DEFAULTS["redisMemoryMb"])).encode(), 0o444)})
         dockercli.docker("start", n["pg"], n["redis"])
+        if self.floor:
+            self.poll_services()
+        else:
+            self.wait_healthy()
+        schema = migration_files.DEFAULT_DIR / "V001__adr006_schema.sql"
+        dockercli.exec_from_file(n["pg"], ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "sinadmin",
+                                           "-d", "sinsolver"], schema)
+
+    def poll_services(self) -> None:
+        """An authenticated SELECT 1 and an authenticated PING, each tried every POLL_S."""
+        give_up = time.monotonic() + HEALTH_TIMEOUT_S
+
+        def until(answers: Callable[[], None]) -> None:
+            while True:
+                try:
+                    return answers()
+                except (psycopg.OperationalError, redis_lib.ConnectionError):
+                    if time.monotonic() > give_up:
+                        raise SystemExit("floor: the services did not answer")
+                    time.sleep(POLL_S)
+
+        def select_one() -> None:
+            with psycopg.connect(host="127.0.0.1", port=int(self.config["postgresHostPort"]), dbname="sinsolver",
+                                 user="sinadmin", password=self.password, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+
+        def ping() -> None:
+            client = redis_lib.Redis(host="127.0.0.1", port=int(self.config["redisHostPort"]),
+                                     password=self.password, socket_connect_timeout=2)
+            try:
+                client.ping()
+            finally:
+                client.close()
+
+        until(select_one)
+        until(ping)
+
+    def wait_healthy(self) -> None:
+        n = self.names()
         give_up = time.monotonic() + HEALTH_TIMEOUT_S
         while any(dockercli.inspect("container", n[k])["State"]["Health"]["Status"] != "healthy"
                   for k in ("pg", "redis")):
             if time.monotonic() > give_up:
                 raise SystemExit("plain docker: containers did not become healthy")
-            time.sleep(0.2)
-        schema = migration_files.DEFAULT_DIR / "V001__adr006_schema.sql"
-        dockercli.exec_from_file(n["pg"], ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "sinadmin",
-                                           "-d", "sinsolver"], schema)
+            time.sleep(0.1)
 
     def inspect_all(self) -> None:
         n = self.names()
@@ -159,9 +228,14 @@ class PlainDocker:
         dockercli.docker("volume", "inspect", n["pg_volume"], n["redis_volume"])
         dockercli.docker("container", "inspect", n["pg"], n["redis"])
 
+    def containers(self) -> list[str]:
+        return [self.names()["pg"], self.names()["redis"]]
+
     def destroy(self, check: bool = True) -> None:
+        """Graceful, as `destroy` is: stop (PostgreSQL shuts down cleanly), remove, then network and volumes."""
         n = self.names()
-        dockercli.docker("rm", "-f", "-v", n["pg"], n["redis"], check=check)
+        dockercli.docker("stop", n["pg"], n["redis"], check=check)
+        dockercli.docker("rm", "-v", n["pg"], n["redis"], check=check)
         dockercli.docker("network", "rm", n["network"], check=check)
         dockercli.docker("volume", "rm", n["pg_volume"], n["redis_volume"], check=check)
         teststacks.release(self.prefix)
@@ -186,7 +260,7 @@ def in_parallel(actions: list[Callable[[], None]]) -> float:
     def run(action: Callable[[], None]) -> None:
         try:
             action()
-        except Exception as exc:  # reported after the join
+        except BaseException as exc:  # reported after the join
             errors.append(str(exc))
 
     threads = [threading.Thread(target=run, args=(a,)) for a in actions]
@@ -215,9 +289,9 @@ def parallel_up(settings: stacks.Settings) -> float:
     return wall
 
 
-def parallel_plain() -> float:
-    """The same for the plain docker commands: the baseline of what this host can do at once."""
-    group = [PlainDocker() for _ in range(PARALLEL)]
+def parallel_plain(floor: bool) -> float:
+    """The same for the plain commands: what this host can do at once."""
+    group = [PlainDocker(floor) for _ in range(PARALLEL)]
     try:
         return in_parallel([p.up for p in group])
     finally:
@@ -225,13 +299,84 @@ def parallel_plain() -> float:
             p.destroy(check=False)
 
 
+def idle_cpu(containers: list[str]) -> float:
+    """Host CPU per second over IDLE_WINDOW_S with ``containers`` up and nothing else going on,
+    after their first health check (one interval after the start) has passed."""
+    time.sleep(HEALTH_INTERVAL_S + 1)
+    busy = host_busy_s()
+    time.sleep(IDLE_WINDOW_S)
+    return (host_busy_s() - busy) / IDLE_WINDOW_S
+
+
+class EventClock:
+    """Reads `pulumi up --event-log` through a FIFO and notes when each event arrives."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / "events"
+        os.mkfifo(self.path)
+        self.events: list[tuple[float, dict]] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        with open(self.path) as fifo:
+            for line in fifo:
+                if line.strip():
+                    self.events.append((time.perf_counter(), json.loads(line)))
+
+    def first(self, kind: str, urn_end: str = "", op: str = "") -> float:
+        for at, event in self.events:
+            body = event.get(kind)
+            if body is None:
+                continue
+            meta = body.get("metadata", {})
+            if meta.get("urn", "").endswith(urn_end) and (not op or meta.get("op") == op):
+                return at
+        raise LookupError(f"no {kind} for {urn_end or 'any resource'} in the event log")
+
+
+def profile(settings: stacks.Settings) -> list[tuple[str, float]]:
+    """Where one cold up spends its time, from the engine's events as they arrive and the
+    post-deploy step's own phases."""
+    stack = PulumiStack(settings)
+    stack.env["PULUMI_DEBUG_COMMANDS"] = "true"  # `--event-log` is a debug flag
+    try:
+        with tempfile.TemporaryDirectory(prefix="sin-bench-events-") as tmp:
+            clock = EventClock(Path(tmp))
+            started = time.perf_counter()
+            stack.up("--event-log", str(clock.path))
+            ended = time.perf_counter()
+            clock.thread.join(5)
+        stack.check_verified()
+        timings = stack.post_deploy_timings()
+        program = clock.first("resourcePreEvent", "::sin-datastores-" + stack.stack.name)
+        containers_begin = clock.first("resourcePreEvent", "::postgres-container")
+        containers_done = max(clock.first("resOutputsEvent", "::postgres-container"),
+                              clock.first("resOutputsEvent", "::redis-container"))
+        step_begin = clock.first("resourcePreEvent", "::post-deploy-step")
+        step_done = clock.first("resOutputsEvent", "::post-deploy-step")
+        in_step = sum(timings.values()) / 1000
+        rows = [("CLI, engine, language host, program start (until the stack registers)", program - started),
+                ("network, volumes, images (until the first container is created)", containers_begin - program),
+                ("containers: create, upload, start", containers_done - containers_begin),
+                ("until the post-deploy step begins", step_begin - containers_done),
+                ("post-deploy: its provider process and the step's inputs", step_done - step_begin - in_step)]
+        rows += [(f"post-deploy: {phase}", ms / 1000) for phase, ms in timings.items()]
+        rows.append(("after the last resource: outputs, state, exit", ended - step_done))
+        rows.append(("total", ended - started))
+        return rows
+    finally:
+        stack.destroy()
+        stack.remove()
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sin-bench-") as tmp:
         settings = stacks.Settings(f"file://{tmp}/state", Path(tmp) / "passphrase")
         figures: dict[str, list[float]] = {k: [] for k in (
-            "cold up", "no-op up", "preview", "destroy", "automation up",
-            "plain up", "plain inspect", "plain destroy", "parallel up", "parallel plain")}
-        cpu: dict[str, list[float]] = {"cold up": [], "plain up": []}
+            "cold up", "no-op up", "preview", "destroy", "automation up", "floor up", "plain up", "plain inspect",
+            "plain destroy", "parallel up", "parallel floor", "parallel plain")}
+        cpu: dict[str, list[float]] = {"cold up": [], "floor up": [], "plain up": []}
         for _ in range(ROUNDS):
             stack = PulumiStack(settings)
             try:
@@ -244,42 +389,86 @@ def main() -> None:
                 stack.destroy()
             finally:
                 stack.remove()
-            plain = PlainDocker()
-            try:
-                figures["plain up"].append(timed_with_cpu(plain.up, cpu["plain up"]))
-                figures["plain inspect"].append(timed(plain.inspect_all))
-                figures["plain destroy"].append(timed(plain.destroy))
-            except BaseException:
-                plain.destroy(check=False)
-                raise
+            for floor, key in ((True, "floor up"), (False, "plain up")):
+                plain = PlainDocker(floor)
+                try:
+                    figures[key].append(timed_with_cpu(plain.up, cpu[key]))
+                    if not floor:
+                        figures["plain inspect"].append(timed(plain.inspect_all))
+                    destroyed = timed(plain.destroy)
+                    if not floor:
+                        figures["plain destroy"].append(destroyed)
+                except BaseException:
+                    plain.destroy(check=False)
+                    raise
             figures["parallel up"].append(parallel_up(settings))
-            figures["parallel plain"].append(parallel_plain())
+            figures["parallel floor"].append(parallel_plain(floor=True))
+            figures["parallel plain"].append(parallel_plain(floor=False))
+
+        idle = measure_idle(settings)
+        steps = profile(settings)
 
     med = {k: statistics.median(v) for k, v in figures.items()}
-    row = "{:<14} {:>10} {:>14} {:>7}   {}"
-    print(row.format("operation", "pulumi s", "plain docker s", "ratio", f"(medians of {ROUNDS} rounds)"))
-    for name, plain_key, target in (("cold up", "plain up", "ratio <= 1.5"),
-                                    ("no-op up", "plain inspect", "< 2 s"),
-                                    ("preview", "plain inspect", "< 2 s"),
-                                    ("destroy", "plain destroy", None),
-                                    ("automation up", "plain up", None)):
-        ratio = med[name] / med[plain_key]
-        if target == "ratio <= 1.5":
-            verdict = f"target {target}: {'met' if ratio <= 1.5 else 'MISSED'}"
-        elif target:
-            verdict = f"target {target}: {'met' if med[name] < 2 else 'MISSED'}"
-        else:
-            verdict = ""
-        print(row.format(name, f"{med[name]:.2f}", f"{med[plain_key]:.2f}", f"{ratio:.2f}x", verdict))
-    ratio = med["parallel up"] / med["cold up"]
-    plain_ratio = med["parallel plain"] / med["plain up"]
-    print(f"{PARALLEL} stacks in parallel: {med['parallel up']:.2f} s wall vs {med['cold up']:.2f} s for one "
-          f"({ratio:.2f}x; target <= 2x: {'met' if ratio <= 2 else 'MISSED'}); plain docker "
-          f"{med['parallel plain']:.2f} s vs {med['plain up']:.2f} s ({plain_ratio:.2f}x)")
-    cores = os.cpu_count() or 1
-    up_cpu, plain_cpu = statistics.median(cpu["cold up"]), statistics.median(cpu["plain up"])
-    print(f"host CPU per cold up: pulumi {up_cpu:.2f} s, plain docker {plain_cpu:.2f} s; on {cores} cores "
-          f"{PARALLEL} at once need >= {PARALLEL * up_cpu / cores:.2f} s and {PARALLEL * plain_cpu / cores:.2f} s")
+    report(med, {k: statistics.median(v) for k, v in cpu.items()}, idle, steps)
+
+
+def measure_idle(settings: stacks.Settings) -> dict[str, float]:
+    """Host CPU per second of an idle stack with its healthchecks, and of the same containers without."""
+    stack = PulumiStack(settings)
+    try:
+        stack.up()
+        with_checks = idle_cpu(stack.containers())
+    finally:
+        stack.destroy()
+        stack.remove()
+    bare = PlainDocker(floor=True, healthcheck=False)
+    try:
+        bare.up()
+        without = idle_cpu(bare.containers())
+    finally:
+        bare.destroy(check=False)
+    return {"with": with_checks, "without": without}
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def report(med: dict[str, float], cpu: dict[str, float], idle: dict[str, float],
+           steps: list[tuple[str, float]]) -> None:
+    row = "{:<16} {:>9} {:>12} {:>12}   {}"
+    print(f"medians of {ROUNDS} rounds; floor = poll the services from the host every {POLL_S * 1000:.0f} ms; "
+          f"plain = wait for Docker's start-up healthcheck")
+    print(row.format("operation", "pulumi s", "floor s", "plain s", "ratio and target"))
+    up_floor = med["cold up"] / med["floor up"]
+    print(row.format("cold up", f"{med['cold up']:.2f}", f"{med['floor up']:.2f}", f"{med['plain up']:.2f}",
+                     f"{up_floor:.2f}x floor (target <= 1.5x: {verdict(up_floor <= 1.5)}), "
+                     f"{med['cold up'] / med['plain up']:.2f}x plain"))
+    for name in ("no-op up", "preview"):
+        print(row.format(name, f"{med[name]:.2f}", "", f"{med['plain inspect']:.2f}",
+                         f"target < 1 s: {verdict(med[name] < 1)} (plain: docker inspect of the five objects)"))
+    down = med["destroy"] / med["plain destroy"]
+    print(row.format("destroy", f"{med['destroy']:.2f}", "", f"{med['plain destroy']:.2f}",
+                     f"{down:.2f}x plain stop + rm (target <= 1.5x: {verdict(down <= 1.5)})"))
+    print(row.format("automation up", f"{med['automation up']:.2f}", f"{med['floor up']:.2f}", "",
+                     f"{med['automation up'] / med['floor up']:.2f}x floor (reference: `python -m infra up` "
+                     f"also reads outputs back)"))
+    at_once = med["parallel up"] / med["parallel plain"]
+    print(f"{PARALLEL} at once: pulumi {med['parallel up']:.2f} s, floor {med['parallel floor']:.2f} s, plain "
+          f"{med['parallel plain']:.2f} s; {at_once:.2f}x plain (target <= 1.3x: {verdict(at_once <= 1.3)}), "
+          f"{med['parallel up'] / med['parallel floor']:.2f}x floor")
+    ratio = cpu["cold up"] / cpu["plain up"]
+    print(f"host CPU per cold up: pulumi {cpu['cold up']:.2f} s, floor {cpu['floor up']:.2f} s, plain "
+          f"{cpu['plain up']:.2f} s; {ratio:.2f}x plain (target <= 1.5x: {verdict(ratio <= 1.5)}), "
+          f"{cpu['cold up'] / cpu['floor up']:.2f}x floor")
+    cost = idle["with"] - idle["without"]
+    print(f"idle stack, host CPU over {IDLE_WINDOW_S} s: {idle['with'] * 100:.2f}% of one core with the healthchecks "
+          f"(every {HEALTH_INTERVAL_S} s), {idle['without'] * 100:.2f}% without; the checks cost "
+          f"{cost * 100:.2f}% of one core, {cost * HEALTH_INTERVAL_S / 2 * 1000:.0f} ms of CPU per check")
+    print("one cold up, where the time goes:")
+    for name, seconds in steps:
+        print(f"  {seconds:6.2f} s  {name}")
+
 
 if __name__ == "__main__":
     main()

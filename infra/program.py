@@ -105,7 +105,9 @@ def program() -> None:
         migrations=migration_files.fingerprint(migration_files.load()),
         container_ids=pulumi.Output.all(postgres.container_id, redis.container_id),
         actor=default_actor(),
-    ), pulumi.ResourceOptions(depends_on=[postgres, redis]))
+        ready_timeout_s=cfg.health_timeout_seconds,
+        services=[postgres, redis],
+    ))
 
     if scheduled:
         agent = backup_agent(cfg, postgres, redis, on_host)

@@ -119,12 +119,12 @@ class RedisServer:
     password: str | None
 
     @classmethod
-    def start(cls, password: str | None = None, appendonly: bool = True) -> "RedisServer":
+    def start(cls, password: str | None = None, appendonly: bool = True, port: int | None = None) -> "RedisServer":
         binary = shutil.which("redis-server")
         if not binary:
             raise MissingServer("redis-server is not installed; run toolchain/host-services.sh")
         workdir = Path(tempfile.mkdtemp(prefix="sin-redis-"))
-        port = free_port()
+        port = port or free_port()
         conf = [f"port {port}", "bind 127.0.0.1", f"dir {workdir}", "save ''", "daemonize no",
                 f"appendonly {'yes' if appendonly else 'no'}", "logfile ''"]
         if password:

@@ -12,7 +12,7 @@ import pulumi
 import pulumi_docker as docker
 
 from infra.backupagent.layout import HEARTBEAT_FILE
-from infra.components.common import container_defaults, named_volume
+from infra.components.common import container_defaults, healthcheck, named_volume
 
 CODE_DIR = Path(__file__).resolve().parent.parent / "backupagent"
 CODE_MOUNT = "/opt/sin-backup/backupagent"
@@ -24,8 +24,10 @@ ARCHIVE_MOUNT = "/sources/postgres-archive"
 REDIS_MOUNT = "/sources/redis"
 LOCAL_MOUNT = "/backups"
 # Healthy while the WAL shipper's loop (every 2 s) has touched its heartbeat within a minute; a
-# check every 10 s costs one `sh`, `date` and `stat` (a few ms of CPU).
+# check costs one `sh`, `date` and `stat` (a few ms of CPU). Its first heartbeat comes within
+# START_PERIOD_S of a start.
 HEALTHCHECK = f'test $(( $(date +%s) - $(stat -c %Y {LOCAL_MOUNT}/{HEARTBEAT_FILE}) )) -lt 60'
+START_PERIOD_S = 10
 
 
 @dataclass
@@ -80,8 +82,7 @@ class BackupAgent(pulumi.ComponentResource):
             name=args.container_name,
             image=image.image_id,
             network_mode="host",
-            healthcheck=docker.ContainerHealthcheckArgs(tests=["CMD-SHELL", HEALTHCHECK], interval="10s",
-                                                        timeout="5s", start_period="10s", retries=3),
+            healthcheck=healthcheck(HEALTHCHECK, START_PERIOD_S),
             uploads=uploads,
             volumes=[docker.ContainerVolumeArgs(volume_name=v, container_path=p, read_only=ro) for v, p, ro in mounts],
             **container_defaults(args.memory_mb, args.labels),

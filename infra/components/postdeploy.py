@@ -27,8 +27,8 @@ class _PostDeployProvider(dynamic.ResourceProvider):
         from infra.deploy import steps
 
         with dockerhost.reach(Target.from_dict(props["target"])) as target:
-            result = steps.run(target, actor=props["actor"])
-        return {**{k: props[k] for k in TRIGGERS}, "actor": props["actor"], **result.summary()}
+            result = steps.run(target, actor=props["actor"], deadline_s=props["ready_timeout_s"])
+        return {**{k: props[k] for k in (*TRIGGERS, "actor", "ready_timeout_s")}, **result.summary()}
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         return dynamic.CreateResult(id_=props["target"]["stack"], outs=self._run(props))
@@ -56,6 +56,11 @@ class PostDeployArgs:
     """Both containers' ids: a replaced container is verified again."""
     actor: str
     """Who runs the deployment, for the history and the audit trail."""
+    ready_timeout_s: int
+    """How long the step waits for containers just (re)started to answer (healthTimeoutSeconds)."""
+    services: list[pulumi.Resource]
+    """The services the step runs after. Only the step depends on them: a dependency of the
+    component would hold back its provider too (see :class:`PostDeploy`)."""
 
 
 class PostDeployStep(dynamic.Resource):
@@ -66,21 +71,27 @@ class PostDeployStep(dynamic.Resource):
         super().__init__(
             _PostDeployProvider(), name,
             {"target": pulumi.Output.secret(args.target), "migrations": args.migrations,
-             "container_ids": args.container_ids, "actor": args.actor,
-             "applied": None, "already_applied": None, "checks": None, "failed": None},
+             "container_ids": args.container_ids, "actor": args.actor, "ready_timeout_s": args.ready_timeout_s,
+             "applied": None, "already_applied": None, "checks": None, "failed": None, "timings_ms": None},
             pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["target"])),
         )
 
 
 class PostDeploy(pulumi.ComponentResource):
-    """Apply the schema and verify both services once the containers are healthy."""
+    """Apply the schema and verify both services as soon as the containers answer."""
 
     applied: pulumi.Output[list[str]]
     checks: pulumi.Output[int]
 
     def __init__(self, name: str, args: PostDeployArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("sin-datastores:index:PostDeploy", name, None, opts)
-        step = PostDeployStep(f"{name}-step", args, pulumi.ResourceOptions(parent=self))
+        # The step registers only once the containers exist (its inputs hold their ids), and the
+        # engine would start its provider process (a Python interpreter importing the SDK, ~0.3 s)
+        # only then. This provider has no inputs and depends on nothing, so it registers at once and
+        # that process starts while the rest of the program runs.
+        provider = pulumi.ProviderResource("pulumi-python", f"{name}-provider", opts=pulumi.ResourceOptions(parent=self))
+        step = PostDeployStep(f"{name}-step", args, pulumi.ResourceOptions(
+            parent=self, provider=provider, depends_on=args.services))
         self.applied = step.applied
         self.checks = step.checks
         self.register_outputs({"applied": self.applied, "checks": self.checks})

@@ -14,11 +14,10 @@ from infra.core.targets import POSTGRES_DATA_PATH, POSTGRES_PORT
 
 PASSWORD_FILE = "/run/secrets/postgres-password"
 DATA_PATH = POSTGRES_DATA_PATH
-# Ready = the server accepts TCP connections. The init server listens on the socket only, so
-# this is false during init. It does not depend on the password: when a re-attached volume or
-# a rotation leaves the data with another password, the container still becomes healthy at
-# once and the post-deploy step sets the configured password (infra/credentials.py) instead
-# of `up` waiting out the health timeout. Authentication is what the verification checks.
+# Healthy = the server accepts TCP connections (the init server listens on the socket only). It
+# does not depend on the password: a re-attached volume or a rotation that leaves the data with
+# another password is still a running server, whose password the post-deploy step sets
+# (infra/deploy/credentials.py). Authentication is what the verification checks.
 # The WAL archive volume is mounted on the data volume's parent: the image owns that directory
 # (postgres:16-alpine and ours), so a new volume starts out writable by the postgres user.
 ARCHIVE_MOUNT = "/var/lib/postgresql"

@@ -5,11 +5,12 @@ Runs from ``pulumi up`` (through a thin adapter), from the command line and from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.deploy import credentials, migration_files, migrations, registry
-from infra.core.connect import connect_postgres
+from infra.core.connect import connect_postgres, wait_until_answering
 from infra.core.targets import Target
 from infra.deploy.checks import Report, VerificationFailed, run_checks
 
@@ -21,27 +22,50 @@ class Result:
     applied: list[str]
     already_applied: int
     report: Report
+    timings_ms: dict[str, int] = field(default_factory=dict)
+    """How long each phase took (ready, credentials, migrate, verify, register): where `up` spends its time."""
 
     def summary(self) -> dict:
         return {"applied": self.applied, "already_applied": self.already_applied,
-                "checks": len(self.report.checks), "failed": [c.name for c in self.report.failed]}
+                "checks": len(self.report.checks), "failed": [c.name for c in self.report.failed],
+                "timings_ms": self.timings_ms}
+
+
+class _Phases:
+    """Milliseconds per phase, in order."""
+
+    def __init__(self) -> None:
+        self.timings_ms: dict[str, int] = {}
+        self._last = time.perf_counter()
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.timings_ms[phase] = round((now - self._last) * 1000)
+        self._last = now
 
 
 def run(target: Target, actor: str | None = None, migration_dir: Path = migration_files.DEFAULT_DIR,
         deadline_s: float = 60.0) -> Result:
-    """Bring the stored PostgreSQL password in line with the configuration, apply pending
-    migrations, verify both services, then record the deployment.
+    """Wait for both services to answer, bring the stored PostgreSQL password in line with the
+    configuration, apply pending migrations, verify both services, then record the deployment.
+    ``deadline_s`` bounds each wait for a service.
 
     Raises :class:`infra.deploy.credentials.CredentialsMismatch`,
     :class:`infra.deploy.migration_files.MigrationError` or :class:`VerificationFailed`.
     """
     actor = actor or registry.default_actor()
+    phases = _Phases()
+    wait_until_answering(target, deadline_s)
+    phases.done("ready")
     reconciled = credentials.reconcile_postgres(target.postgres, deadline_s)
+    phases.done("credentials")
     outcome = migrations.migrate(target.postgres, actor, migration_dir, deadline_s=deadline_s)
+    phases.done("migrate")
     report = run_checks(target.postgres, target.redis, deadline_s=deadline_s, migration_dir=migration_dir)
+    phases.done("verify")
     if not report.ok:
         raise VerificationFailed(report)
-    result = Result([m.name for m, _ in outcome.applied], outcome.already_applied, report)
+    result = Result([m.name for m, _ in outcome.applied], outcome.already_applied, report, phases.timings_ms)
     with connect_postgres(target.postgres, deadline_s) as conn:
         registry.register(conn, target, actor, {
             "migrations_applied": result.applied,
@@ -50,4 +74,5 @@ def run(target: Target, actor: str | None = None, migration_dir: Path = migratio
             "postgres": {"container": target.postgres.container_name, "ip": target.postgres.container_ip},
             "redis": {"container": target.redis.container_name, "ip": target.redis.container_ip},
         })
+    phases.done("register")
     return result

@@ -151,6 +151,10 @@ def collect(target: Target, audit_entries: int = 5, now: Optional[datetime] = No
         if c.state != "running":
             result.problems.append(f"container {c.name} is {c.state}; `python -m infra up --stack {target.stack}` "
                                    f"recreates or restarts it")
+        elif c.health == "starting":
+            # Docker runs its first check one interval after a start; whether the service answers
+            # is what the connections below find out.
+            result.warnings.append(f"container {c.name}: Docker's first health check is still to come")
         elif c.health not in ("healthy", "none"):
             result.problems.append(f"container {c.name} is {c.health}; see `docker logs {c.name}`")
     # A missing or stopped container has its line above already.

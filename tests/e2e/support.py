@@ -29,6 +29,18 @@ def inspect(kind: str, name: str) -> dict:
     return json.loads(docker(kind, "inspect", name))[0]
 
 
+def wait_healthy(name: str, seconds: float = 120) -> dict:
+    """The container's inspect data once Docker's healthcheck says healthy (its first check runs
+    one interval after a start: `up` does not wait for it)."""
+    give_up = time.monotonic() + seconds
+    while True:
+        data = inspect("container", name)
+        if (data["State"].get("Health") or {}).get("Status") == "healthy":
+            return data
+        assert time.monotonic() < give_up, f"{name} is {data['State']['Status']} {data['State'].get('Health')}"
+        time.sleep(0.5)
+
+
 def objects_of(stack: str) -> dict[str, list[str]]:
     """Names of the containers, networks and volumes labelled as the stack's."""
     return {kind: sorted(names) for kind, names in dockercli.labelled_objects(stack).items()}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.support import KEPT, change_summary, cli, data_of, inspect, target_of
+from tests.e2e.support import KEPT, change_summary, cli, data_of, inspect, target_of, wait_healthy
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,16 +50,6 @@ def stop_daemon() -> None:
     while alive(pid):
         assert time.monotonic() < give_up, f"dockerd (pid {pid}) did not exit within 120 s of SIGTERM"
         time.sleep(0.5)
-
-
-def wait_healthy(name: str, seconds: float = 120) -> dict:
-    give_up = time.monotonic() + seconds
-    while True:
-        data = inspect("container", name)
-        if (data["State"].get("Health") or {}).get("Status") == "healthy":
-            return data
-        assert time.monotonic() < give_up, f"{name} is {data['State']['Status']} {data['State'].get('Health')}"
-        time.sleep(1)
 
 
 def test_after_a_docker_daemon_restart_the_stack_is_back_healthy_and_up_changes_nothing(stack_with_data, settings):

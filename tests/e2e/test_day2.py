@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,7 +24,7 @@ from infra.core import dockercli
 from infra.driver import stacks, teststacks
 
 from infra.core.connect import connect_postgres
-from tests.e2e.support import cli, docker, inspect, local_images, objects_of, stack_config
+from tests.e2e.support import cli, docker, inspect, local_images, objects_of, stack_config, target_of, wait_healthy
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,10 +38,6 @@ def live(make_stack):
     test_stack = make_stack()
     test_stack.up()
     return test_stack
-
-
-def target_of(test_stack):
-    return stacks.target_from_outputs(test_stack.name, test_stack.stack.outputs())
 
 
 def write_data(target) -> None:
@@ -112,6 +107,8 @@ def test_backup_destroy_up_restore_brings_back_every_row_and_key(live, settings,
 
 
 def test_status_is_a_probe_healthy_then_failing_when_a_container_stops(live, settings, tmp_path):
+    for name in (target_of(live).postgres.container_name, target_of(live).redis.container_name):
+        wait_healthy(name)
     healthy = cli(settings, "status", "--stack", live.name, "--json")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     report = json.loads(healthy.stdout)
@@ -135,10 +132,7 @@ def test_status_is_a_probe_healthy_then_failing_when_a_container_stops(live, set
         assert not (tmp_path / live.name).exists() or not list((tmp_path / live.name).iterdir())
     finally:
         docker("start", redis_container)
-        give_up = time.monotonic() + 90
-        while inspect("container", redis_container)["State"].get("Health", {}).get("Status") != "healthy":
-            assert time.monotonic() < give_up, "redis did not become healthy again"
-            time.sleep(1)
+        wait_healthy(redis_container)
 
 
 def test_bad_input_is_refused_with_a_clear_message_and_changes_nothing(live, make_stack, settings, tmp_path):

@@ -10,20 +10,21 @@ from pathlib import Path
 import pytest
 
 from infra.core import dockercli
-from tests.e2e.support import KEPT, change_summary, cli, data_of, docker, inspect, local_images, run, target_of
+from tests.e2e.support import (KEPT, change_summary, cli, data_of, docker, inspect, local_images, run, target_of,
+                               wait_healthy)
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
 # Every resource of a stack: the stack, the docker provider, 3 components, network, 2 x (image,
-# volume, container), the post-deploy component and its step.
-RESOURCES = 14
+# volume, container), the post-deploy component, its provider and its step.
+RESOURCES = 15
 
 
 def assert_running_as_declared(test_stack, name: str, ip: str) -> None:
-    data = inspect("container", name)
-    assert data["State"]["Running"] and data["State"]["Health"]["Status"] == "healthy"
+    data = wait_healthy(name)
+    assert data["State"]["Running"]
     assert data["Config"]["Labels"]["sin-datastores.stack"] == test_stack.name
     network = test_stack.stack.outputs()["networkName"].value
     assert data["NetworkSettings"]["Networks"][network]["IPAMConfig"]["IPv4Address"] == ip

@@ -3,6 +3,7 @@ stacks, destroy. Real Pulumi engine, real language host and docker provider, rea
 
 from __future__ import annotations
 
+import subprocess
 import threading
 
 import psycopg
@@ -10,7 +11,7 @@ import pytest
 import redis as redis_lib
 
 from infra.driver import stacks
-from tests.e2e.support import docker, inspect, objects_of, state_files
+from tests.e2e.support import docker, inspect, objects_of, state_files, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -65,8 +66,7 @@ def test_up_brings_both_services_up_healthy_at_fixed_ips_on_loopback_ports(deplo
     assert network == f"{test_stack.name}-sin-network"
     for role, ip_key, port_key, internal in (("postgres", "postgresIp", "postgresHostPort", "5432/tcp"),
                                              ("redis", "redisIp", "redisHostPort", "6379/tcp")):
-        container = inspect("container", result.outputs[f"{role}ContainerName"].value)
-        assert container["State"]["Health"]["Status"] == "healthy", role
+        container = wait_healthy(result.outputs[f"{role}ContainerName"].value)
         assert container["NetworkSettings"]["Networks"][network]["IPAMConfig"]["IPv4Address"] == config[ip_key]
         assert container["NetworkSettings"]["Networks"][network]["IPAddress"] == config[ip_key]
         assert container["HostConfig"]["PortBindings"] == {
@@ -162,7 +162,7 @@ def test_two_more_stacks_run_at_the_same_time_without_colliding(deployed, make_s
         assert len(found["containers"]) == 2 and len(found["networks"]) == 1 and len(found["volumes"]) == 2
         names.update(found["containers"] + found["networks"] + found["volumes"])
         for container in found["containers"]:
-            assert inspect("container", container)["State"]["Health"]["Status"] == "healthy", container
+            wait_healthy(container)
     assert len(names) == 15, "every stack's objects have names of their own"
     for test_stack in others:
         test_stack.destroy_and_remove()
@@ -184,3 +184,11 @@ def test_destroy_of_a_protected_stack_keeps_its_volumes(make_stack):
     left = objects_of(test_stack.name)
     assert left["containers"] == [] and left["networks"] == []
     assert sorted(left["volumes"]) == sorted([f"{test_stack.name}-postgres_data", f"{test_stack.name}-redis_data"])
+
+    # PostgreSQL was stopped, not killed: started again on its volume, it finds a clean shutdown.
+    again = test_stack.up()
+    log = subprocess.run(["docker", "logs", again.outputs["postgresContainerName"].value],
+                         capture_output=True, text=True, check=True)
+    startup = log.stdout + log.stderr
+    assert "database system was shut down at" in startup, startup[-2000:]
+    assert "not properly shut down" not in startup and "automatic recovery" not in startup, startup[-2000:]

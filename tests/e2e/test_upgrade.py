@@ -12,13 +12,14 @@ import pytest
 import redis as redis_lib
 from pulumi import automation as auto
 
+from infra.components.common import HEALTH_INTERVAL_S
 from infra.driver import stacks, teststacks
 from tests.e2e.support import inspect, local_images, sweep
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-# The last release of main (before the scheduled backups of issue 13); bump it with each release.
-PREVIOUS_RELEASE = "652e2ae"
+# The last release of main (before issue 14's healthchecks and graceful stops); bump it with each release.
+PREVIOUS_RELEASE = "eaabe8a"
 
 
 def volume_steps(events: list) -> dict[str, str]:
@@ -72,8 +73,12 @@ def test_a_stack_of_the_previous_release_upgrades_without_touching_its_volumes_o
         result = stack.up(color="never", on_event=events.append)
         assert set(volume_steps(events).values()) == {"same"}, volume_steps(events)
         assert result.outputs["verificationChecks"].value == 20
-        healthcheck = inspect("container", result.outputs["postgresContainerName"].value)["Config"]["Healthcheck"]
-        assert "pg_isready" in healthcheck["Test"][1], "the running container has this release's healthcheck"
+        pg_container = result.outputs["postgresContainerName"].value
+        healthcheck = inspect("container", pg_container)["Config"]["Healthcheck"]
+        assert healthcheck["Interval"] == HEALTH_INTERVAL_S * 10**9, "the running container has this release's healthcheck"
+        # The previous release's container was replaced: stopped, not killed (its state declares no grace period).
+        log = subprocess.run(["docker", "logs", pg_container], capture_output=True, text=True, check=True)
+        assert "database system was shut down at" in log.stdout + log.stderr, (log.stdout + log.stderr)[-2000:]
 
         with psycopg.connect(host="127.0.0.1", port=pg_port, dbname="sinsolver", user="sinadmin",
                              password=pw["sin-datastores:postgresPassword"]) as conn:

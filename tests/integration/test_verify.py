@@ -157,8 +157,8 @@ def test_failed_verification_fails_the_step_and_registers_nothing(target, migrat
 def test_pulumi_s_post_deploy_resource_runs_the_step_and_keeps_its_triggers(target):
     provider = _PostDeployProvider()
     props = {"target": target.to_dict(), "migrations": migration_files.fingerprint(migration_files.load()),
-             "container_ids": ["pg-1", "redis-1"], "actor": "tester",
-             "applied": None, "already_applied": None, "checks": None, "failed": None}
+             "container_ids": ["pg-1", "redis-1"], "actor": "tester", "ready_timeout_s": 30,
+             "applied": None, "already_applied": None, "checks": None, "failed": None, "timings_ms": None}
 
     created = provider.create(props)
     updated = provider.update("itest", created.outs, {**props, "container_ids": ["pg-2", "redis-1"]})
@@ -166,10 +166,14 @@ def test_pulumi_s_post_deploy_resource_runs_the_step_and_keeps_its_triggers(targ
     assert created.id == "itest"
     checks = created.outs["checks"]
     assert checks >= 20, "every check of the verification ran"
+    timings = created.outs.pop("timings_ms")
+    assert list(timings) == ["ready", "credentials", "migrate", "verify", "register"]
+    assert all(isinstance(ms, int) and ms >= 0 for ms in timings.values())
     assert created.outs == {"target": props["target"], "migrations": props["migrations"],
-                            "container_ids": ["pg-1", "redis-1"], "actor": "tester",
+                            "container_ids": ["pg-1", "redis-1"], "actor": "tester", "ready_timeout_s": 30,
                             "applied": ["V001__adr006_schema.sql"], "already_applied": 0, "checks": checks,
                             "failed": []}
+    updated.outs.pop("timings_ms")
     assert updated.outs == {**created.outs, "container_ids": ["pg-2", "redis-1"], "applied": [], "already_applied": 1}
     with connect_postgres(target.postgres) as conn:
         assert conn.execute("SELECT actor FROM audit_trail ORDER BY id").fetchall() == [("tester",), ("tester",)]

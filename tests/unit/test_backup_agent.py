@@ -7,7 +7,7 @@ import gzip
 import io
 import json
 import tarfile
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest

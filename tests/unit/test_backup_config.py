@@ -122,6 +122,8 @@ def test_scheduled_backups_declare_the_agent_and_wal_archiving():
     agent = _container(mocks, "backup-container").inputs
     assert agent["networkMode"] == "host" and "envs" not in agent
     assert "/backups/heartbeat" in agent["healthcheck"]["tests"][1]
+    assert {k: agent["healthcheck"][k] for k in ("interval", "timeout", "startPeriod", "retries")} == {
+        "interval": "10s", "timeout": "5s", "startPeriod": "10s", "retries": 3}, "as declared before: no replacement"
     options = mocks.options["backup-container"]
     assert options.delete_before_replace is True and options.replace_on_changes == ["healthcheck"]
     mounts = {v["containerPath"]: (v["volumeName"], v.get("readOnly", False)) for v in agent["volumes"]}

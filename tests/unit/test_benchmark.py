@@ -1,4 +1,4 @@
-"""The life-cycle benchmark compares like with like: its plain-docker side uses the same checks."""
+"""The life-cycle benchmark compares like with like: its floor creates the containers with the same checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from infra.components.common import healthcheck
 
 
 @pytest.mark.parametrize("command", [postgres.HEALTHCHECK, redis.HEALTHCHECK])
-def test_plain_docker_runs_the_healthcheck_the_components_declare(command):
+def test_the_floor_declares_the_healthcheck_the_components_declare(command):
     declared = healthcheck(command, HEALTH_TIMEOUT_S)
     flags = dict(zip(health_flags(command)[::2], health_flags(command)[1::2]))
     assert flags == {"--health-cmd": declared.tests[1], "--health-interval": declared.interval,

@@ -15,6 +15,9 @@ from infra.ops.backup import BackupRefused
 from infra.ops.backup.manifest import FILES, FORMAT, MANIFEST, PG_DUMP, REDIS_AOF, REDIS_RDB, file_digest, load_manifest
 from infra.driver import previews, teststacks
 
+from infra.core.connect import ConnectError
+from infra.core.targets import PostgresTarget, RedisTarget, Target
+from infra.ops import status as status_module
 from infra.ops.status import Container, Status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,6 +162,24 @@ def test_status_is_unhealthy_exactly_when_it_has_problems():
     assert "migrations  1 pending: V002__x.sql" in table and "problem: container redis is exited" in table
 
 
+def test_a_container_before_docker_s_first_health_check_is_a_warning_an_unhealthy_one_a_problem(monkeypatch):
+    health = {"pg": "starting", "redis": "unhealthy"}
+    monkeypatch.setattr(status_module, "container",
+                        lambda name, now: Container(name, "running", health[name], 5, 0, "img"))
+
+    def unreachable(*_args, **_kwargs):
+        raise ConnectError("not contacted in this test")
+
+    monkeypatch.setattr(status_module, "connect_postgres", unreachable)
+    monkeypatch.setattr(status_module, "connect_redis", unreachable)
+    target = Target("dev", PostgresTarget("127.0.0.1", 1, "sinsolver", "sinadmin", "p" * 16, "pg", "172.20.0.100", 16),
+                    RedisTarget("127.0.0.1", 2, "r" * 16, "redis", "172.20.0.200", 7))
+    found = status_module.collect(target)
+    assert found.warnings == ["container pg: Docker's first health check is still to come"]
+    assert [p for p in found.problems if p.startswith("container")] == [
+        "container redis is unhealthy; see `docker logs redis`"]
+
+
 # ------------------------------------------------------------------ the PR workflow
 
 def test_the_pr_workflow_runs_the_unit_tests_and_the_local_preview_command_for_dev():
@@ -185,3 +206,4 @@ def test_failing_wal_archiving_is_a_problem_until_an_archive_succeeds_again():
     [problem] = archiver_problems((t, t + timedelta(seconds=5), "000000010000000000000004"))
     assert "since 2026-11-26T10:00:05+00:00 (segment 000000010000000000000004)" in problem
     assert archiver_problems((None, t, "000000010000000000000001"))
+

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from infra.components.common import CHECK_INTERVAL_S, CHECK_WINDOW_S, healthcheck
+from infra.components.common import go_duration
 from infra.components.redis import render_config
 
 from tests.unit.program_mocks import (PG_PASSWORD, REDIS_PASSWORD, RecordingMocks, is_secret, output_value,
@@ -46,6 +45,7 @@ def test_declares_the_adr_resources_under_their_components(dev):
         ("redis", REDIS, STACK),
         ("redis-image", IMAGE, REDIS), ("redis-data", VOLUME, REDIS), ("redis-container", CONTAINER, REDIS),
         ("post-deploy", POST_DEPLOY, STACK),
+        ("post-deploy-provider", "pulumi:providers:pulumi-python", POST_DEPLOY),
         ("post-deploy-step", "pulumi-python:dynamic:Resource", POST_DEPLOY),
     ])
 
@@ -93,11 +93,11 @@ def test_containers_have_fixed_ip_alias_and_loopback_port(dev, name, container_n
 
 
 @pytest.mark.parametrize("name", ["postgres", "redis"])
-def test_containers_are_hardened_and_wait_for_health(dev, name):
+def test_containers_are_hardened_stop_gracefully_and_up_does_not_wait_for_docker_health(dev, name):
     container = dev.resources[f"{name}-container"].inputs
     assert container["restart"] == "unless-stopped"
-    assert container["wait"] is True
-    assert container["waitTimeout"] == 120
+    assert "wait" not in container, "up waits for the services themselves (post-deploy), not for Docker's checks"
+    assert container["destroyGraceSeconds"] == 60, "PostgreSQL must shut down cleanly on destroy and replacement"
     assert container["securityOpts"] == ["no-new-privileges:true"]
     assert container["logDriver"] == "json-file"
     assert container["logOpts"] == {"max-size": "10m", "max-file": "3"}
@@ -105,7 +105,8 @@ def test_containers_are_hardened_and_wait_for_health(dev, name):
     assert container["memorySwap"] == container["memory"], "no swap, and no drift on the next up"
     health = container["healthcheck"]
     assert health["tests"][0] == "CMD-SHELL"
-    assert health["retries"] * (CHECK_INTERVAL_S + CHECK_WINDOW_S) >= 120, "failing checks must span the health wait"
+    assert (health["interval"], health["timeout"], health["retries"]) == ("10s", "5s", 3)
+    assert health["startPeriod"] == "2m0s", "a (re)start may take healthTimeoutSeconds before failures count"
     assert labels_of(dev.resources[f"{name}-container"]) == {
         "sin-datastores.project": "sin-datastores", "sin-datastores.stack": "dev", "sin-datastores.role": name}
 
@@ -124,41 +125,22 @@ def test_redis_healthcheck_authenticates_without_a_command_line_password(dev):
     assert " -a " not in test
 
 
-def run_check(ready_on_try: int, tmp_path) -> tuple[int, int, list[str]]:
-    """Run a healthcheck's shell line as Docker's CMD-SHELL does, for a service that answers on the
-    given try (0: never), with `sleep` recording its argument instead of sleeping.
-    Returns (exit code, tries, sleeps)."""
-    shims = tmp_path / "bin"
-    shims.mkdir()
-    (shims / "sleep").write_text('#!/bin/sh\necho "$1" >> sleeps\n')
-    (shims / "sleep").chmod(0o755)
-    service = f'echo try >> tries; [ {ready_on_try} -gt 0 ] && [ "$(wc -l < tries)" -ge {ready_on_try} ]'
-    env = {**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"}
-    code = subprocess.run(["/bin/sh", "-c", healthcheck(service, 120).tests[1]], cwd=tmp_path, env=env).returncode
-    tries = (tmp_path / "tries").read_text().splitlines()
-    sleeps = (tmp_path / "sleeps").read_text().splitlines() if (tmp_path / "sleeps").exists() else []
-    return code, len(tries), sleeps
+def test_the_health_start_period_follows_health_timeout_seconds():
+    health = run_program({"healthTimeoutSeconds": "3599"}).resources["postgres-container"].inputs["healthcheck"]
+    assert health["startPeriod"] == "59m59s"
 
 
-def test_a_check_tries_again_every_step_for_a_service_that_is_almost_ready(tmp_path):
-    assert run_check(ready_on_try=5, tmp_path=tmp_path) == (0, 5, ["0.1"] * 4)
+@pytest.mark.parametrize("seconds, printed", [(5, "5s"), (59, "59s"), (60, "1m0s"), (120, "2m0s"), (3600, "1h0m0s"),
+                                              (7322, "2h2m2s")])
+def test_durations_are_written_as_docker_reads_them_back(seconds, printed):
+    # The provider reads a healthcheck back as Go's time.Duration prints it; anything else is a
+    # diff on every refresh, and a healthcheck diff replaces the container.
+    assert go_duration(seconds) == printed
 
 
-def test_a_check_fails_once_its_window_has_passed(tmp_path):
-    # 15 tries 0.1 s apart: the 1.5 s window.
-    assert run_check(ready_on_try=0, tmp_path=tmp_path) == (1, 15, ["0.1"] * 14)
-
-
-def test_a_healthy_service_answers_the_first_try(tmp_path):
-    assert run_check(ready_on_try=1, tmp_path=tmp_path) == (0, 1, [])
-
-
-def test_the_checks_span_the_health_wait():
-    check = healthcheck("true", 120)
-    assert (check.interval, check.timeout, check.start_period) == ("2s", "5s", "5s")
-    # A failing check takes one interval plus its window: 3.5 s, so 35 of them cover 120 s.
-    assert check.retries == 35
-    assert healthcheck("true", 5).retries == 3, "never fewer than Docker's default of 3"
+def test_the_post_deploy_step_waits_health_timeout_seconds_for_the_services():
+    step = run_program({"healthTimeoutSeconds": "300"}).of_type("pulumi-python:dynamic:Resource")[0]
+    assert step.inputs["ready_timeout_s"] == 300
 
 
 def test_the_program_loads_no_database_client():
@@ -305,7 +287,10 @@ def test_containers_are_deleted_before_replacement_and_wait_for_their_dependenci
     for name in ("postgres-container", "redis-container"):
         assert dev.options[name].delete_before_replace is True, name
         assert dev.options[name].replace_on_changes == ["healthcheck"], name
-    assert {r._name for r in dev.options["post-deploy"].depends_on} == {"postgres", "redis"}
+    assert {r._name for r in dev.options["post-deploy-step"].depends_on} == {"postgres", "redis"}
+    # Nothing holds back the component and its provider: the provider process starts early.
+    assert not dev.options["post-deploy"].depends_on and not dev.options["post-deploy-provider"].depends_on
+    assert "pulumi:providers:pulumi-python::post-deploy-provider::" in dev.resources["post-deploy-step"].provider
     assert {r._name for r in dev.options["postgres"].depends_on} == {"sin-network"}
 
 

@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -291,25 +292,9 @@ func (h *languageHost) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pul
 
 // pluginScan lists the resource plugins that installed Python packages declare in their
 // pulumi-plugin.json (that is how generated provider SDKs announce their provider).
-const pluginScan = `
-import json, importlib.metadata as md
-found = []
-for dist in md.distributions():
-    for f in dist.files or []:
-        if f.name != "pulumi-plugin.json":
-            continue
-        try:
-            data = json.loads(f.read_text() or "{}")
-        except Exception:
-            continue
-        if not data.get("resource"):
-            continue
-        pkg = (dist.metadata["Name"] or "").lower().replace("_", "-")
-        data.setdefault("name", pkg[len("pulumi-"):] if pkg.startswith("pulumi-") else pkg)
-        data.setdefault("version", dist.version)
-        found.append(data)
-print(json.dumps(found))
-`
+//
+//go:embed plugin_scan.py
+var pluginScan string
 
 type pluginJSON struct {
 	Name             string `json:"name"`
