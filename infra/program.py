@@ -86,7 +86,8 @@ def program() -> None:
     network = SinNetwork("sin-network", NetworkArgs(
         name=cfg.network.name, subnet=cfg.network.subnet, gateway=cfg.network.gateway,
         ip_range=cfg.network.ip_range, labels=labels(cfg.project, cfg.stack, "network")), on_host)
-    after_network = pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=[network]))
+    # No depends_on the network: images and volumes are created beside it, and each container waits
+    # for it through its input (network.network_name).
     pg, rd = cfg.postgres, cfg.redis
     scheduled = cfg.backup is not None and cfg.backup.scheduled
     postgres = PostgresService("postgres", PostgresArgs(
@@ -94,12 +95,12 @@ def program() -> None:
         network_name=network.network_name, ip=pg.ip, host_port=pg.host_port, memory_mb=pg.memory_mb,
         labels=labels(cfg.project, cfg.stack, "postgres"), database=pg.database, user=pg.user,
         password=pulumi.Output.secret(pg.password),
-        archive_volume_name=cfg.backup.archive_volume_name if scheduled else None, **common), after_network)
+        archive_volume_name=cfg.backup.archive_volume_name if scheduled else None, **common), on_host)
     redis = RedisService("redis", RedisArgs(
         image=rd.image, container_name=rd.container_name, volume_name=rd.volume_name,
         network_name=network.network_name, ip=rd.ip, host_port=rd.host_port, memory_mb=rd.memory_mb,
         labels=labels(cfg.project, cfg.stack, "redis"), password=pulumi.Output.secret(rd.password),
-        **common), after_network)
+        **common), on_host)
     step = PostDeploy("post-deploy", PostDeployArgs(
         target=target_for(cfg).to_dict(),
         migrations=migration_files.fingerprint(migration_files.load()),

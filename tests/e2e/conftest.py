@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -64,7 +63,9 @@ def make_stack(settings):
     created: list[TestStack] = []
 
     def make(retain_volumes: bool = False, **overrides: str) -> TestStack:
-        name = f"e2e-{uuid.uuid4().hex[:8]}"
+        # A test stack's name (it carries its age): if this run dies before its teardown,
+        # `python -m infra test-stack sweep` finds what it left.
+        name = teststacks.new_name()
         config = {**stack_config(retain_volumes, name), **overrides}
         test_stack = TestStack(teststacks.create(settings, name, config), name, config)
         created.append(test_stack)

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from infra.components.postdeploy import _PostDeployProvider
 from infra.core import connect
 from infra.core.connect import ConnectError, wait_until_answering
 from infra.driver.teststacks import free_port
@@ -49,3 +50,11 @@ def test_a_service_that_never_answers_fails_the_wait_naming_it(target):
 def test_a_starting_service_is_asked_every_poll_not_at_the_backoff_s_growing_steps():
     assert list(itertools.islice(connect._delays(connect.READY_POLL_S), 5)) == [0.05] * 5
     assert list(itertools.islice(connect._delays(None), 3)) == pytest.approx([0.05, 0.1, 0.15])
+
+
+def test_the_post_deploy_step_waits_as_long_as_the_stack_says(target):
+    silent = dataclasses.replace(target, redis=dataclasses.replace(target.redis, port=free_port()))
+    props = {"target": silent.to_dict(), "migrations": [], "container_ids": ["pg", "redis"], "actor": "tester",
+             "ready_timeout_s": 1}
+    with pytest.raises(ConnectError, match=f"Redis 127.0.0.1:{silent.redis.port} did not answer within 1 s"):
+        _PostDeployProvider().create(props)

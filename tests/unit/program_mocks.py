@@ -33,6 +33,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
     urns: dict[str, str] = field(default_factory=dict)
     component_outputs: dict[str, dict] = field(default_factory=dict)
     """Component name -> the outputs it registered (``register_outputs``)."""
+    dependencies: dict[str, list[str]] = field(default_factory=dict)
+    """Resource name -> the URNs it waits for, explicit and through its inputs."""
     """Resource name -> URN as the engine builds it: its type part chains the parent's type."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
@@ -62,6 +64,10 @@ class RecordingMonitor(MockMonitor):
     def __init__(self, mocks: RecordingMocks):
         super().__init__(mocks)
         self.outputs: dict[str, dict] = {}
+
+    def RegisterResource(self, request):
+        self.mocks.dependencies[request.name] = list(request.dependencies)
+        return super().RegisterResource(request)
 
     def RegisterResourceOutputs(self, request):
         self.outputs[request.urn] = rpc.deserialize_properties(request.outputs)

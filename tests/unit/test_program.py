@@ -291,7 +291,12 @@ def test_containers_are_deleted_before_replacement_and_wait_for_their_dependenci
     # Nothing holds back the component and its provider: the provider process starts early.
     assert not dev.options["post-deploy"].depends_on and not dev.options["post-deploy-provider"].depends_on
     assert "pulumi:providers:pulumi-python::post-deploy-provider::" in dev.resources["post-deploy-step"].provider
-    assert {r._name for r in dev.options["postgres"].depends_on} == {"sin-network"}
+    # Images and volumes do not wait for the network; the containers do, through their input.
+    assert not dev.options["postgres"].depends_on and not dev.options["redis"].depends_on
+    for name in ("postgres-container", "redis-container"):
+        assert dev.urns["sin-network-network"] in dev.dependencies[name], name
+    for name in ("postgres-image", "postgres-data", "redis-image", "redis-data"):
+        assert dev.urns["sin-network-network"] not in dev.dependencies[name], name
 
 
 def test_volumes_are_retained_on_delete_unless_released():
