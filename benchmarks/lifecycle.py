@@ -113,10 +113,6 @@ class PulumiStack:
     def automation_up(self) -> None:
         assert_verified(self.stack.up(color="never").outputs)
 
-    def containers(self) -> list[str]:
-        outputs = self.stack.outputs()
-        return [outputs["postgresContainerName"].value, outputs["redisContainerName"].value]
-
     def post_deploy_timings(self) -> dict[str, int]:
         """The post-deploy step's phases of its last run (infra.deploy.steps.Result.timings_ms)."""
         export = subprocess.run(["pulumi", "stack", "export", "--stack", self.stack.name], cwd=stacks.ROOT,
@@ -228,9 +224,6 @@ class PlainDocker:
         dockercli.docker("volume", "inspect", n["pg_volume"], n["redis_volume"])
         dockercli.docker("container", "inspect", n["pg"], n["redis"])
 
-    def containers(self) -> list[str]:
-        return [self.names()["pg"], self.names()["redis"]]
-
     def destroy(self, check: bool = True) -> None:
         """Graceful, as `destroy` is: stop (PostgreSQL shuts down cleanly), remove, then network and volumes."""
         n = self.names()
@@ -299,9 +292,9 @@ def parallel_plain(floor: bool) -> float:
             p.destroy(check=False)
 
 
-def idle_cpu(containers: list[str]) -> float:
-    """Host CPU per second over IDLE_WINDOW_S with ``containers`` up and nothing else going on,
-    after their first health check (one interval after the start) has passed."""
+def idle_cpu() -> float:
+    """Host CPU per second over IDLE_WINDOW_S with one stack's containers up and nothing else going
+    on, after their first health check (one interval after the start) has passed."""
     time.sleep(HEALTH_INTERVAL_S + 1)
     busy = host_busy_s()
     time.sleep(IDLE_WINDOW_S)
@@ -324,15 +317,15 @@ class EventClock:
                 if line.strip():
                     self.events.append((time.perf_counter(), json.loads(line)))
 
-    def first(self, kind: str, urn_end: str = "", op: str = "") -> float:
+    def first(self, kind: str, urn_end: str) -> float:
         for at, event in self.events:
             body = event.get(kind)
             if body is None:
                 continue
             meta = body.get("metadata", {})
-            if meta.get("urn", "").endswith(urn_end) and (not op or meta.get("op") == op):
+            if meta.get("urn", "").endswith(urn_end):
                 return at
-        raise LookupError(f"no {kind} for {urn_end or 'any resource'} in the event log")
+        raise LookupError(f"no {kind} for {urn_end} in the event log")
 
 
 def profile(settings: stacks.Settings) -> list[tuple[str, float]]:
@@ -417,14 +410,14 @@ def measure_idle(settings: stacks.Settings) -> dict[str, float]:
     stack = PulumiStack(settings)
     try:
         stack.up()
-        with_checks = idle_cpu(stack.containers())
+        with_checks = idle_cpu()
     finally:
         stack.destroy()
         stack.remove()
     bare = PlainDocker(floor=True, healthcheck=False)
     try:
         bare.up()
-        without = idle_cpu(bare.containers())
+        without = idle_cpu()
     finally:
         bare.destroy(check=False)
     return {"with": with_checks, "without": without}
