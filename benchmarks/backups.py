@@ -186,4 +186,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with teststacks.private_pulumi_home():
+        main()

@@ -10,6 +10,11 @@ throwaway stack in a private file backend. Two plain-docker baselines do the sam
   plain   what a shell script waiting for Docker does: a healthcheck tuned for start-up
           (every 2 s, retried 0.1 s apart within a check), wait until Docker says healthy,
           then `psql -f`; destroy = `docker stop` (graceful) + `rm` + network and volume removal
+and one Pulumi baseline:
+  bare    the same Docker objects declared with pulumi_docker alone (benchmarks/bare_program):
+          what the engine, the Python SDK, the provider and the refresh cost before any of ours
+Pulumi runs in a private PULUMI_HOME (teststacks.private_pulumi_home): the CLI lists its log
+directory at every start, so a home filled by earlier test runs would slow every command.
 Prints medians over ROUNDS (env SIN_BENCH_ROUNDS) of cold up (to verified: migrate + 20
 checks, or the command fails), no-op up, preview, destroy and a cold up through the Automation
 API; 4 bring-ups at once of each kind; the host CPU per cold up; the idle CPU Docker's
@@ -35,7 +40,7 @@ import psycopg
 import redis as redis_lib
 
 from infra.components import postgres, redis
-from infra.components.common import HEALTH_INTERVAL_S, healthcheck
+from infra.components.common import HEALTH_INTERVAL_S, STOP_GRACE_S, healthcheck
 from infra.core import dockercli
 from infra.core.config import DEFAULTS
 from infra.deploy import migration_files
@@ -79,7 +84,30 @@ def assert_verified(outputs: dict) -> None:
     assert checks == 20, f"up must end verified, got {checks} checks"
 
 
-class PulumiStack:
+def run_pulumi(project: Path, env: dict[str, str], stack: str, *args: str) -> None:
+    done = subprocess.run(["pulumi", *args, "--stack", stack, "--non-interactive", "--color", "never"],
+                          cwd=project, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"pulumi {args[0]} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+
+class OperatorCommands:
+    """The `pulumi` commands the benchmark times, the same for every kind of stack."""
+
+    def pulumi(self, *args: str) -> None:
+        raise NotImplementedError
+
+    def noop_up(self) -> None:
+        self.pulumi("up", "--yes", "--skip-preview", "--expect-no-changes")
+
+    def preview(self) -> None:
+        self.pulumi("preview", "--expect-no-changes")
+
+    def destroy(self) -> None:
+        self.pulumi("destroy", "--yes", "--skip-preview")
+
+
+class PulumiStack(OperatorCommands):
     """A throwaway stack in a private file backend, driven by the `pulumi` command."""
 
     def __init__(self, settings: stacks.Settings):
@@ -90,25 +118,13 @@ class PulumiStack:
                                                                **stacks.local_images()})
 
     def pulumi(self, *args: str) -> None:
-        done = subprocess.run(["pulumi", *args, "--stack", self.stack.name, "--non-interactive", "--color", "never"],
-                              cwd=stacks.ROOT, env=self.env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"pulumi {args[0]} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        run_pulumi(stacks.ROOT, self.env, self.stack.name, *args)
 
     def up(self, *extra: str) -> None:
         teststacks.up_with_retries(self.stack, lambda: self.pulumi("up", "--yes", "--skip-preview", *extra), print)
 
     def check_verified(self) -> None:
         assert_verified(self.stack.outputs())
-
-    def noop_up(self) -> None:
-        self.pulumi("up", "--yes", "--skip-preview", "--expect-no-changes")
-
-    def preview(self) -> None:
-        self.pulumi("preview", "--expect-no-changes")
-
-    def destroy(self) -> None:
-        self.pulumi("destroy", "--yes", "--skip-preview")
 
     def automation_up(self) -> None:
         assert_verified(self.stack.up(color="never").outputs)
@@ -125,6 +141,39 @@ class PulumiStack:
         self.stack.workspace.remove_stack(self.stack.name, force=True)
         dockercli.remove_objects(dockercli.labelled_objects(self.stack.name))
         teststacks.release(self.stack.name)
+
+
+class BarePulumi(OperatorCommands):
+    """benchmarks/bare_program as a throwaway stack, driven by the same commands as PulumiStack:
+    the same Docker objects declared with pulumi_docker alone, i.e. what Pulumi itself costs.
+    Its objects carry the test stack's name, so a crashed run's leftovers are swept."""
+
+    PROJECT = Path(__file__).resolve().parent / "bare_program"
+
+    def __init__(self, settings: stacks.Settings):
+        self.name = teststacks.new_name()
+        config = teststacks.isolated_config(stack=self.name)
+        images = stacks.local_images()
+        spec = {"prefix": self.name, "label": dockercli.STACK_LABEL, "subnet": config["networkSubnet"], "gateway": config["networkGateway"],
+                "ip_range": config["networkIpRange"], "stop_grace_s": STOP_GRACE_S,
+                "postgres": {"image": images["postgresImage"], "ip": config["postgresIp"],
+                             "data_path": postgres.DATA_PATH, "envs": ["POSTGRES_HOST_AUTH_METHOD=trust"]},
+                "redis": {"image": images["redisImage"], "ip": config["redisIp"], "data_path": redis.DATA_PATH,
+                          "envs": []}}
+        self.env = {**os.environ, **settings.env(), "SIN_BENCH_BARE": json.dumps(spec)}
+        self.pulumi("stack", "init")
+
+    def pulumi(self, *args: str) -> None:
+        run_pulumi(self.PROJECT, self.env, self.name, *args)
+
+    def up(self) -> None:
+        self.pulumi("up", "--yes", "--skip-preview")
+
+
+    def remove(self) -> None:
+        self.pulumi("stack", "rm", "--yes", "--force")
+        dockercli.remove_objects(dockercli.labelled_objects(self.name))
+        teststacks.release(self.name)
 
 
 class PlainDocker:
@@ -368,7 +417,8 @@ def main() -> None:
         settings = stacks.Settings(f"file://{tmp}/state", Path(tmp) / "passphrase")
         figures: dict[str, list[float]] = {k: [] for k in (
             "cold up", "no-op up", "preview", "destroy", "automation up", "floor up", "plain up", "plain inspect",
-            "plain destroy", "parallel up", "parallel floor", "parallel plain")}
+            "plain destroy", "parallel up", "parallel floor", "parallel plain", "bare no-op up", "bare preview",
+            "bare destroy")}
         cpu: dict[str, list[float]] = {"cold up": [], "floor up": [], "plain up": []}
         for _ in range(ROUNDS):
             stack = PulumiStack(settings)
@@ -382,6 +432,14 @@ def main() -> None:
                 stack.destroy()
             finally:
                 stack.remove()
+            bare = BarePulumi(settings)
+            try:
+                bare.up()
+                figures["bare no-op up"].append(timed(bare.noop_up))
+                figures["bare preview"].append(timed(bare.preview))
+                figures["bare destroy"].append(timed(bare.destroy))
+            finally:
+                bare.remove()
             for floor, key in ((True, "floor up"), (False, "plain up")):
                 plain = PlainDocker(floor)
                 try:
@@ -429,21 +487,25 @@ def verdict(ok: bool) -> str:
 
 def report(med: dict[str, float], cpu: dict[str, float], idle: dict[str, float],
            steps: list[tuple[str, float]]) -> None:
-    row = "{:<16} {:>9} {:>12} {:>12}   {}"
+    row = "{:<16} {:>9} {:>8} {:>8} {:>8}   {}"
     print(f"medians of {ROUNDS} rounds; floor = poll the services from the host every {POLL_S * 1000:.0f} ms; "
-          f"plain = wait for Docker's start-up healthcheck")
-    print(row.format("operation", "pulumi s", "floor s", "plain s", "ratio and target"))
+          f"plain = wait for Docker's start-up healthcheck; bare = the same objects declared with pulumi_docker "
+          f"alone (benchmarks/bare_program: same engine, SDK, provider, refresh)")
+    print(row.format("operation", "pulumi s", "floor s", "plain s", "bare s", "ratio and target"))
     up_floor = med["cold up"] / med["floor up"]
-    print(row.format("cold up", f"{med['cold up']:.2f}", f"{med['floor up']:.2f}", f"{med['plain up']:.2f}",
+    print(row.format("cold up", f"{med['cold up']:.2f}", f"{med['floor up']:.2f}", f"{med['plain up']:.2f}", "",
                      f"{up_floor:.2f}x floor (target <= 1.5x: {verdict(up_floor <= 1.5)}), "
                      f"{med['cold up'] / med['plain up']:.2f}x plain"))
     for name in ("no-op up", "preview"):
-        print(row.format(name, f"{med[name]:.2f}", "", f"{med['plain inspect']:.2f}",
-                         f"target < 1 s: {verdict(med[name] < 1)} (plain: docker inspect of the five objects)"))
+        print(row.format(name, f"{med[name]:.2f}", "", f"{med['plain inspect']:.2f}", f"{med['bare ' + name]:.2f}",
+                         f"target < 1 s: {verdict(med[name] < 1)}; {med[name] / med['bare ' + name]:.2f}x bare "
+                         f"(plain: docker inspect of the five objects)"))
     down = med["destroy"] / med["plain destroy"]
     print(row.format("destroy", f"{med['destroy']:.2f}", "", f"{med['plain destroy']:.2f}",
-                     f"{down:.2f}x plain stop + rm (target <= 1.5x: {verdict(down <= 1.5)})"))
-    print(row.format("automation up", f"{med['automation up']:.2f}", f"{med['floor up']:.2f}", "",
+                     f"{med['bare destroy']:.2f}",
+                     f"{down:.2f}x plain stop + rm (target <= 1.5x: {verdict(down <= 1.5)}); "
+                     f"{med['destroy'] / med['bare destroy']:.2f}x bare"))
+    print(row.format("automation up", f"{med['automation up']:.2f}", f"{med['floor up']:.2f}", "", "",
                      f"{med['automation up'] / med['floor up']:.2f}x floor (reference: `python -m infra up` "
                      f"also reads outputs back)"))
     at_once = med["parallel up"] / med["parallel plain"]
@@ -464,4 +526,5 @@ def report(med: dict[str, float], cpu: dict[str, float], idle: dict[str, float],
 
 
 if __name__ == "__main__":
-    main()
+    with teststacks.private_pulumi_home():
+        main()

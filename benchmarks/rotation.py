@@ -27,7 +27,7 @@ import redis as redis_lib
 
 from benchmarks.lifecycle import PulumiStack
 from infra.core import dockercli
-from infra.driver import stacks
+from infra.driver import stacks, teststacks
 
 ROUNDS = int(os.environ.get("SIN_BENCH_ROUNDS", "3"))
 PROBE_S = 0.02
@@ -152,4 +152,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with teststacks.private_pulumi_home():
+        main()

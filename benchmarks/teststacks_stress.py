@@ -199,4 +199,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with teststacks.private_pulumi_home():
+        sys.exit(main())

@@ -13,13 +13,19 @@ or label does not match it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
+import os
+import pwd
 import re
 import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Optional, Sequence, TypeVar
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 from pulumi import automation as auto
 
@@ -31,6 +37,31 @@ PREFIX = "test"
 NAME = re.compile(rf"^{PREFIX}-(\d{{8}}t\d{{6}})-[0-9a-f]{{6}}$")
 # Test subnets come from here, away from the ADR's 172.20.0.0/16.
 SUBNET_POOL = "172.29.0.0/16"
+
+
+@contextlib.contextmanager
+def private_pulumi_home() -> Iterator[Path]:
+    """Point PULUMI_HOME, for this process and its children, at a new directory that shares this
+    user's plugin cache; remove it afterwards.
+
+    The CLI writes a log file per command into $PULUMI_HOME/logs, keeps a week of them and lists
+    the directory at every start: the thousands of commands of a test or benchmark run would
+    otherwise fill the user's ~/.pulumi/logs and slow down each of their later commands.
+    """
+    shared = Path(os.environ.get("PULUMI_HOME") or Path(pwd.getpwuid(os.getuid()).pw_dir) / ".pulumi")
+    (shared / "plugins").mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="sin-pulumi-home-"))
+    (home / "plugins").symlink_to(shared / "plugins")
+    before = os.environ.get("PULUMI_HOME")
+    os.environ["PULUMI_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if before is None:
+            os.environ.pop("PULUMI_HOME", None)
+        else:
+            os.environ["PULUMI_HOME"] = before
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -413,8 +413,8 @@ func (h *languageHost) InstallDependencies(
 }
 
 // aboutScript reports what toolchain.About reports for pip in one interpreter start: the
-// toolchain's version asks `python -m pip --version`, which imports pip (~0.25 s), and the
-// CLI waits for About before every update, preview and destroy.
+// toolchain's version asks `python -m pip --version`, which imports pip (~0.25 s). Used only when
+// the virtualenv's files do not say (see aboutVirtualenv).
 const aboutScript = `
 import importlib.metadata as md, json, platform, sys
 try:
@@ -423,6 +423,34 @@ except md.PackageNotFoundError:
     pip = ""
 print(json.dumps({"executable": sys.executable, "version": platform.python_version(), "pip": pip}))
 `
+
+type aboutPython struct{ Executable, Version, Pip string }
+
+// aboutVirtualenv answers About from a virtualenv's files, starting no interpreter (~0.05 s, and
+// the CLI waits for About before every update, preview and destroy): the version pyvenv.cfg
+// records, pip's from its one dist-info directory. ok is false when the files do not say.
+func aboutVirtualenv(venv string) (about aboutPython, ok bool) {
+	cfg, err := os.ReadFile(filepath.Join(venv, "pyvenv.cfg"))
+	if err != nil {
+		return about, false
+	}
+	for _, line := range strings.Split(string(cfg), "\n") {
+		key, value, found := strings.Cut(line, "=")
+		if found && (strings.TrimSpace(key) == "version" || strings.TrimSpace(key) == "version_info") {
+			about.Version = strings.TrimSpace(value)
+		}
+	}
+	about.Executable = filepath.Join(venv, "bin", "python")
+	if st, err := os.Stat(about.Executable); err != nil || st.IsDir() || about.Version == "" {
+		return about, false
+	}
+	pips, _ := filepath.Glob(filepath.Join(venv, "lib", "python*", "site-packages", "pip-*.dist-info"))
+	if len(pips) != 1 {
+		return about, false
+	}
+	about.Pip = strings.TrimSuffix(strings.TrimPrefix(filepath.Base(pips[0]), "pip-"), ".dist-info")
+	return about, true
+}
 
 func (h *languageHost) About(ctx context.Context, req *pulumirpc.AboutRequest) (*pulumirpc.AboutResponse, error) {
 	opts, err := optionsOf(req.GetInfo())
@@ -444,23 +472,37 @@ func (h *languageHost) About(ctx context.Context, req *pulumirpc.AboutRequest) (
 			Metadata:   map[string]string{"toolchainVersion": about.ToolchainVersion.String()},
 		}, nil
 	}
-	cmd, err := tc.Command(ctx, "-c", aboutScript)
+	venv, err := tc.VirtualEnvPath(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("asking %s about itself: %w", cmd.Path, err)
-	}
-	var about struct{ Executable, Version, Pip string }
-	if err := json.Unmarshal(out, &about); err != nil {
-		return nil, fmt.Errorf("reading what %s says about itself: %w", cmd.Path, err)
+	about, ok := aboutVirtualenv(venv)
+	if venv == "" || !ok {
+		if about, err = askPython(ctx, tc); err != nil {
+			return nil, err
+		}
 	}
 	return &pulumirpc.AboutResponse{
 		Executable: about.Executable,
 		Version:    about.Version,
 		Metadata:   map[string]string{"toolchainVersion": about.Pip},
 	}, nil
+}
+
+// askPython runs aboutScript in the toolchain's interpreter.
+func askPython(ctx context.Context, tc toolchain.Toolchain) (about aboutPython, err error) {
+	cmd, err := tc.Command(ctx, "-c", aboutScript)
+	if err != nil {
+		return about, err
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		return about, fmt.Errorf("asking %s about itself: %w", cmd.Path, err)
+	}
+	if err := json.Unmarshal(out, &about); err != nil {
+		return about, fmt.Errorf("reading what %s says about itself: %w", cmd.Path, err)
+	}
+	return about, nil
 }
 
 func (h *languageHost) GetProgramDependencies(
