@@ -41,6 +41,7 @@ import redis as redis_lib
 
 from infra.components import postgres, redis
 from infra.components.common import HEALTH_INTERVAL_S, STOP_GRACE_S, healthcheck
+from infra.components.postdeploy import STEP_TYPE
 from infra.core import dockercli
 from infra.core.config import DEFAULTS
 from infra.deploy import migration_files
@@ -134,7 +135,7 @@ class PulumiStack(OperatorCommands):
         export = subprocess.run(["pulumi", "stack", "export", "--stack", self.stack.name], cwd=stacks.ROOT,
                                 env=self.env, capture_output=True, text=True, check=True)
         resources = json.loads(export.stdout)["deployment"]["resources"]
-        step = next(r for r in resources if r["type"] == "pulumi-python:dynamic:Resource")
+        step = next(r for r in resources if r["type"] == STEP_TYPE)
         return step["outputs"]["timings_ms"]
 
     def remove(self) -> None:

@@ -4,6 +4,9 @@
 #   pulumi-language-python          our own Python language host (toolchain/pulumi-build/cmd/...)
 #   pulumi-language-python-exec     our own program runner   (toolchain/python-host/)
 #   pulumi-resource-pulumi-python   our own dynamic provider (toolchain/python-host/)
+#   ../plugins/pulumi-resource-sin-postdeploy   the post-deploy step's provider
+#                                   (toolchain/pulumi-build/cmd/...); off PATH: setup.sh installs
+#                                   it into the engine's plugin cache
 # all in one directory, built from the Go module proxy with the module graph pinned by
 # toolchain/pulumi-build/go.{mod,sum}.
 #
@@ -42,6 +45,7 @@ host_src="$here/python-host"
 cache_root="$SIN_CACHE/pulumi/$version"
 cli_pkg="github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"
 version_var="github.com/pulumi/pulumi/sdk/v3/go/common/version.Version"
+step_provider_version="$(pin POSTDEPLOY_PROVIDER_VERSION)"
 
 if [ "$update_go_mod" = 1 ]; then
     go_bin="$(require_go)"
@@ -61,7 +65,7 @@ ldflags="-s -w -X $version_var=v$version"
 inputs_hash="$(
     cd "$here"
     {
-        echo "pulumi $version tags=$build_tags ldflags=$ldflags"
+        echo "pulumi $version tags=$build_tags ldflags=$ldflags step-provider $step_provider_version"
         find pulumi-build python-host -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 |
             LC_ALL=C sort -z | xargs -0 sha256sum
     } | sha256sum | cut -c1-16
@@ -69,7 +73,8 @@ inputs_hash="$(
 build_dir="$cache_root/build-$inputs_hash"
 bin_link="$cache_root/bin"
 
-is_complete() { [ -f "$build_dir/.complete" ] && [ -x "$build_dir/bin/pulumi" ]; }
+is_complete() { [ -f "$build_dir/.complete" ] && [ -x "$build_dir/bin/pulumi" ] &&
+                [ -x "$build_dir/plugins/pulumi-resource-sin-postdeploy" ]; }
 
 publish() {
     # Point $cache_root/bin at this build (atomic rename of a fresh symlink).
@@ -86,12 +91,14 @@ if [ "$force" = 0 ] && is_complete; then
     exit 0
 fi
 
-# An installed pulumi of exactly the pinned version (with a Python host beside it) will do.
+# An installed pulumi of exactly the pinned version (with a Python host beside it) will do; a build
+# of this cache on PATH (a shell that eval'ed setup.sh before) will not: its inputs may be older.
 if [ "$force" = 0 ] && sys_pulumi="$(command -v pulumi 2>/dev/null)"; then
     sys_dir="$(dirname "$(readlink -f "$sys_pulumi")")"
     sys_version="$(PULUMI_SKIP_UPDATE_CHECK=true "$sys_pulumi" version 2>/dev/null || true)"
-    if [ "$sys_version" = "v$version" ] && [ -x "$sys_dir/pulumi-language-python" ] &&
-        [ -e "$sys_dir/pulumi-language-python-exec" ]; then
+    if [ "${sys_dir#"$(readlink -m "$cache_root")"/}" = "$sys_dir" ] && [ "$sys_version" = "v$version" ] &&
+        [ -x "$sys_dir/pulumi-language-python" ] &&
+        [ -e "$sys_dir/pulumi-language-python-exec" ] && [ -x "$sys_dir/../plugins/pulumi-resource-sin-postdeploy" ]; then
         log "using the installed pulumi $sys_version in $sys_dir"
         echo "$sys_dir"
         exit 0
@@ -113,7 +120,7 @@ fi
 tmp="$(mktemp -d "$cache_root/.tmp-build.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 chmod 0755 "$tmp"
-mkdir -p "$tmp/bin"
+mkdir -p "$tmp/bin" "$tmp/plugins"
 
 log "building pulumi v$version with $("$go_bin" version) (inputs $inputs_hash); cold builds take ~10-25 min on 2 cores"
 start=$(date +%s)
@@ -127,6 +134,9 @@ export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
     log "go build ./cmd/pulumi-language-python"
     "$go_bin" build -trimpath -tags "$build_tags" -ldflags "$ldflags" \
         -o "$tmp/bin/pulumi-language-python" ./cmd/pulumi-language-python
+    log "go build ./cmd/pulumi-resource-sin-postdeploy"
+    "$go_bin" build -trimpath -tags "$build_tags" -ldflags "-s -w -X main.version=$step_provider_version" \
+        -o "$tmp/plugins/pulumi-resource-sin-postdeploy" ./cmd/pulumi-resource-sin-postdeploy
 ) >&2
 install -m 0755 "$host_src/pulumi-language-python-exec" "$tmp/bin/pulumi-language-python-exec"
 install -m 0755 "$host_src/pulumi-resource-pulumi-python" "$tmp/bin/pulumi-resource-pulumi-python"

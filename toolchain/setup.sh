@@ -32,15 +32,16 @@ else
   log "venv up to date"
 fi
 
-# Link (or copy) the provider in $1 into the engine's plugin cache, $PULUMI_HOME/plugins (default
-# ~/.pulumi/plugins), where the engine finds it by the version pulumi-docker asks for. On $PATH it
-# would work too, but every pulumi command would then warn "using pulumi-resource-docker from $PATH".
+# Link (or copy) the provider binary $1 (pulumi-resource-<name>, version $2) into the engine's
+# plugin cache, $PULUMI_HOME/plugins (default ~/.pulumi/plugins), where the engine finds it by
+# name and version. On $PATH it would work too, but every pulumi command would then warn
+# "using pulumi-resource-<name> from $PATH".
 install_provider_plugin() {
-  local binary="$1/pulumi-resource-docker" home dir
+  local binary="$1" version="$2" file home dir
+  file="$(basename "$binary")"
   home="$(getent passwd "$(id -u)" | cut -d: -f6)"   # the engine's default: the user's home
-  dir="${PULUMI_HOME:-${home:-$HOME}/.pulumi}/plugins/resource-docker-v$(pin DOCKER_PROVIDER_VERSION)"
-  if [ ! -e "$dir.partial" ] && { [ "$binary" -ef "$dir/pulumi-resource-docker" ] ||
-                                  cmp -s "$binary" "$dir/pulumi-resource-docker"; }; then
+  dir="${PULUMI_HOME:-${home:-$HOME}/.pulumi}/plugins/resource-${file#pulumi-resource-}-v$version"
+  if [ ! -e "$dir.partial" ] && { [ "$binary" -ef "$dir/$file" ] || cmp -s "$binary" "$dir/$file"; }; then
     log "provider plugin installed in $dir"
     return 0
   fi
@@ -50,18 +51,19 @@ install_provider_plugin() {
     flock 9
     : >"$dir.partial"
     mkdir -p "$dir"
-    ln -f "$binary" "$dir/.pulumi-resource-docker.new" 2>/dev/null ||
-      cp "$binary" "$dir/.pulumi-resource-docker.new"
-    mv -f "$dir/.pulumi-resource-docker.new" "$dir/pulumi-resource-docker"
+    ln -f "$binary" "$dir/.$file.new" 2>/dev/null || cp "$binary" "$dir/.$file.new"
+    mv -f "$dir/.$file.new" "$dir/$file"
     rm -f "$dir.partial"
   ) 9>"$dir.lock"
   log "installed the provider plugin into $dir"
 }
 
-# --- Pulumi CLI, Python language host and docker provider plugin
+# --- Pulumi CLI, Python language host, the docker provider and the post-deploy step's provider
 pulumi_bin="$("$here/pulumi.sh" | last)"
 provider_bin="$("$here/docker-provider.sh" | last)"
-install_provider_plugin "$provider_bin"
+install_provider_plugin "$provider_bin/pulumi-resource-docker" "$(pin DOCKER_PROVIDER_VERSION)"
+install_provider_plugin "$(readlink -f "$pulumi_bin/../plugins")/pulumi-resource-sin-postdeploy" \
+  "$(pin POSTDEPLOY_PROVIDER_VERSION)"
 log "pulumi $("$pulumi_bin/pulumi" version) in $pulumi_bin; provider from $provider_bin"
 
 # --- Docker Engine and local images

@@ -1,9 +1,11 @@
 """The thin adapter that runs the post-deploy step inside `pulumi up`.
 
-A dynamic resource whose inputs are the migration files' checksums, both containers'
-ids and the connection target: `pulumi preview` diffs those (so pending migrations show
-up, and no database is touched), and `pulumi up` runs :func:`infra.deploy.steps.run`
-whenever one of them changed. A second `up` with nothing changed does nothing.
+A resource of this project's own provider, ``sin-postdeploy``
+(toolchain/pulumi-build/cmd/pulumi-resource-sin-postdeploy), whose inputs are the migration
+files' checksums, both containers' ids and the connection target: `pulumi preview` diffs those
+(so pending migrations show up, and no database is touched), and `pulumi up` runs
+:func:`infra.deploy.provider_step.run` whenever one of them changed. A second `up` with nothing
+changed does nothing, and starts no Python for the step.
 """
 
 from __future__ import annotations
@@ -14,31 +16,14 @@ from typing import Any, Optional
 import pulumi
 import pulumi.dynamic as dynamic
 
-# Inputs whose change re-runs the step.
-TRIGGERS = ("target", "migrations", "container_ids")
+PROVIDER_PACKAGE = "sin-postdeploy"
+STEP_TYPE = f"{PROVIDER_PACKAGE}:index:Step"
 
 
 class _PostDeployProvider(dynamic.ResourceProvider):
-    """Runs in Pulumi's dynamic-provider process; imports the plain step lazily there."""
-
-    def _run(self, props: dict[str, Any]) -> dict[str, Any]:
-        from infra.core import dockerhost
-        from infra.core.targets import Target
-        from infra.deploy import steps
-
-        with dockerhost.reach(Target.from_dict(props["target"])) as target:
-            result = steps.run(target, actor=props["actor"], deadline_s=props["ready_timeout_s"])
-        return {**{k: props[k] for k in (*TRIGGERS, "actor", "ready_timeout_s")}, **result.summary()}
-
-    def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
-        return dynamic.CreateResult(id_=props["target"]["stack"], outs=self._run(props))
-
-    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
-        changed = [k for k in TRIGGERS if olds.get(k) != news.get(k)]
-        return dynamic.DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
-
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
-        return dynamic.UpdateResult(outs=self._run(news))
+    """The step's dynamic provider up to release 4cf03c7, whose stacks' state refers to this
+    class by name: kept so that their first `up` with this release can refresh that step and
+    delete it (the new step is created first). Reading keeps the state."""
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """Nothing to undo: the schema lives in the data volume."""
@@ -63,13 +48,13 @@ class PostDeployArgs:
     component would hold back its provider too (see :class:`PostDeploy`)."""
 
 
-class PostDeployStep(dynamic.Resource):
+class PostDeployStep(pulumi.CustomResource):
     applied: pulumi.Output[list[str]]
     checks: pulumi.Output[int]
 
     def __init__(self, name: str, args: PostDeployArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(
-            _PostDeployProvider(), name,
+            STEP_TYPE, name,
             {"target": pulumi.Output.secret(args.target), "migrations": args.migrations,
              "container_ids": args.container_ids, "actor": args.actor, "ready_timeout_s": args.ready_timeout_s,
              "applied": None, "already_applied": None, "checks": None, "failed": None, "timings_ms": None},
@@ -85,11 +70,10 @@ class PostDeploy(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: PostDeployArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("sin-datastores:index:PostDeploy", name, None, opts)
-        # The step registers only once the containers exist (its inputs hold their ids), and the
-        # engine would start its provider process (a Python interpreter importing the SDK, ~0.3 s)
-        # only then. This provider has no inputs and depends on nothing, so it registers at once and
-        # that process starts while the rest of the program runs.
-        provider = pulumi.ProviderResource("pulumi-python", f"{name}-provider", opts=pulumi.ResourceOptions(parent=self))
+        # An explicit provider with no inputs and no dependencies: it registers (and its process
+        # starts) at once, while the rest of the program runs, and it stays inside the component.
+        provider = pulumi.ProviderResource(PROVIDER_PACKAGE, f"{name}-provider",
+                                           opts=pulumi.ResourceOptions(parent=self))
         step = PostDeployStep(f"{name}-step", args, pulumi.ResourceOptions(
             parent=self, provider=provider, depends_on=args.services))
         self.applied = step.applied

@@ -19,8 +19,8 @@ EXPECTED_CREATES = {
     "pulumi:pulumi:Stack", "sin-datastores:index:SinNetwork", "docker:index/network:Network",
     "sin-datastores:index:PostgresService", "sin-datastores:index:RedisService",
     "docker:index/remoteImage:RemoteImage", "docker:index/volume:Volume", "docker:index/container:Container",
-    "sin-datastores:index:PostDeploy", "pulumi-python:dynamic:Resource",
-    "pulumi:providers:docker", "pulumi:providers:pulumi-python",
+    "sin-datastores:index:PostDeploy", "sin-postdeploy:index:Step",
+    "pulumi:providers:docker", "pulumi:providers:sin-postdeploy",
 }
 
 

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from infra.components.postdeploy import _PostDeployProvider
 from infra.core import connect
 from infra.core.connect import ConnectError, wait_until_answering
+from infra.deploy import provider_step
 from infra.driver.teststacks import free_port
 from tests.servers import RedisServer
 
@@ -57,4 +57,4 @@ def test_the_post_deploy_step_waits_as_long_as_the_stack_says(target):
     props = {"target": silent.to_dict(), "migrations": [], "container_ids": ["pg", "redis"], "actor": "tester",
              "ready_timeout_s": 1}
     with pytest.raises(ConnectError, match=f"Redis 127.0.0.1:{silent.redis.port} did not answer within 1 s"):
-        _PostDeployProvider().create(props)
+        provider_step.run(props)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from infra.components.postdeploy import _PostDeployProvider
 from infra.core.connect import connect_postgres, connect_redis
 from infra.deploy import migration_files, migrations
 from infra.deploy import steps as postdeploy
 from infra.deploy.checks import VerificationFailed, run_checks
 from tests.servers import RedisServer
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -154,26 +158,43 @@ def test_failed_verification_fails_the_step_and_registers_nothing(target, migrat
         assert conn.execute("SELECT count(*) FROM services").fetchone()[0] == 0
 
 
+def run_provider_step(inputs: dict) -> subprocess.CompletedProcess:
+    """The step as the sin-postdeploy provider runs it: `python -m infra.deploy.provider_step`, inputs on stdin."""
+    return subprocess.run([sys.executable, "-m", "infra.deploy.provider_step"], input=json.dumps(inputs),
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
 def test_pulumi_s_post_deploy_resource_runs_the_step_and_keeps_its_triggers(target):
-    provider = _PostDeployProvider()
     props = {"target": target.to_dict(), "migrations": migration_files.fingerprint(migration_files.load()),
              "container_ids": ["pg-1", "redis-1"], "actor": "tester", "ready_timeout_s": 30,
              "applied": None, "already_applied": None, "checks": None, "failed": None, "timings_ms": None}
 
-    created = provider.create(props)
-    updated = provider.update("itest", created.outs, {**props, "container_ids": ["pg-2", "redis-1"]})
+    created = run_provider_step(props)
+    updated = run_provider_step({**json.loads(created.stdout), "container_ids": ["pg-2", "redis-1"]})
 
-    assert created.id == "itest"
-    checks = created.outs["checks"]
+    assert (created.returncode, created.stderr) == (0, "")
+    created_outs, updated_outs = json.loads(created.stdout), json.loads(updated.stdout)
+    checks = created_outs["checks"]
     assert checks >= 20, "every check of the verification ran"
-    timings = created.outs.pop("timings_ms")
+    timings = created_outs.pop("timings_ms")
     assert list(timings) == ["ready", "credentials", "migrate", "verify", "register"]
     assert all(isinstance(ms, int) and ms >= 0 for ms in timings.values())
-    assert created.outs == {"target": props["target"], "migrations": props["migrations"],
+    assert created_outs == {"target": props["target"], "migrations": props["migrations"],
                             "container_ids": ["pg-1", "redis-1"], "actor": "tester", "ready_timeout_s": 30,
                             "applied": ["V001__adr006_schema.sql"], "already_applied": 0, "checks": checks,
                             "failed": []}
-    updated.outs.pop("timings_ms")
-    assert updated.outs == {**created.outs, "container_ids": ["pg-2", "redis-1"], "applied": [], "already_applied": 1}
+    updated_outs.pop("timings_ms")
+    assert updated_outs == {**created_outs, "container_ids": ["pg-2", "redis-1"], "applied": [], "already_applied": 1}
     with connect_postgres(target.postgres) as conn:
         assert conn.execute("SELECT actor FROM audit_trail ORDER BY id").fetchall() == [("tester",), ("tester",)]
+
+
+def test_a_failed_step_says_why_on_stderr_and_nothing_on_stdout(target):
+    wrong = dataclasses.replace(target, redis=dataclasses.replace(target.redis, password="not-the-password"))
+    props = {"target": wrong.to_dict(), "migrations": [], "container_ids": ["pg", "redis"], "actor": "tester",
+             "ready_timeout_s": 5}
+    failed = run_provider_step(props)
+    assert (failed.returncode, failed.stdout) == (1, "")
+    assert failed.stderr.startswith("VerificationFailed: verification failed: redis.reachable\n"), failed.stderr
+    assert "rejected the credentials" in failed.stderr and "Traceback" not in failed.stderr
+    assert "not-the-password" not in failed.stderr and target.postgres.password not in failed.stderr

@@ -10,6 +10,7 @@ import pulumi
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
 
+from infra.components.postdeploy import STEP_TYPE
 from infra.core import config as stack_config
 
 PG_PASSWORD = "pg-unit-test-password-0123"
@@ -42,7 +43,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
         state = dict(args.inputs)
         if args.typ == "docker:index/remoteImage:RemoteImage":
             state["imageId"] = f"sha256:{args.name}"
-        if args.typ == "pulumi-python:dynamic:Resource":
+        if args.typ == STEP_TYPE:
             # What the post-deploy step reports after a first `up` (infra.deploy.steps.Result.summary).
             state.update(applied=["V001__adr006_schema.sql"], already_applied=0, checks=20, failed=[])
         return f"{args.name}-id", state

@@ -6,28 +6,22 @@ from __future__ import annotations
 
 import platform
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 from google.protobuf import struct_pb2
 from pulumi.runtime.proto import language_pb2, language_pb2_grpc
+
+from tests.unit.plugin_process import serving
 
 
 @pytest.fixture(scope="module")
 def host():
     binary = shutil.which("pulumi-language-python")
     assert binary, "pulumi-language-python is not on PATH: run toolchain/setup.sh (scripts/test does)"
-    proc = subprocess.Popen([binary], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(proc.stdout.readline())
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield language_pb2_grpc.LanguageRuntimeStub(channel)
-    finally:
-        proc.kill()
-        proc.wait()
+    with serving(Path(binary)) as channel:
+        yield language_pb2_grpc.LanguageRuntimeStub(channel)
 
 
 def about(host, project: Path) -> language_pb2.AboutResponse:

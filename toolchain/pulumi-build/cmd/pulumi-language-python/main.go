@@ -24,7 +24,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/logging"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
@@ -33,6 +32,7 @@ import (
 	"github.com/pulumi/pulumi/sdk/v3/python/toolchain"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"sin.local/toolchain/pulumi-build/internal/serve"
 )
 
 const (
@@ -68,43 +68,8 @@ func main() {
 		engine = args[len(args)-1]
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	if engine != "" {
-		// Stop serving if the engine goes away, so no orphan host is left behind.
-		go func() {
-			if err := rpcutil.Healthcheck(ctx, engine, 5*time.Minute, cancel); err != nil {
-				logging.V(3).Infof("engine health check stopped: %v", err)
-			}
-		}()
-	}
-
-	stop := make(chan bool)
-	go func() {
-		<-ctx.Done()
-		close(stop)
-	}()
-
 	h := &languageHost{engineAddress: engine, execHelper: helper, tracing: *tracing}
-	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
-		Cancel: stop,
-		Init: func(s *grpc.Server) error {
-			pulumirpc.RegisterLanguageRuntimeServer(s, h)
-			return nil
-		},
-		Options: rpcutil.OpenTracingServerInterceptorOptions(nil),
-	})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "error: could not start the language host gRPC server: %v\n", err)
-		os.Exit(1)
-	}
-	// The CLI reads the port from our first line of stdout.
-	fmt.Printf("%d\n", handle.Port)
-
-	if err := <-handle.Done; err != nil {
-		fmt.Fprintf(os.Stderr, "error: language host stopped serving: %v\n", err)
-		os.Exit(1)
-	}
+	serve.Serve("language host", engine, func(s *grpc.Server) { pulumirpc.RegisterLanguageRuntimeServer(s, h) })
 }
 
 // findExecHelper looks for the Python exec helper next to this binary first, then on PATH.
