@@ -155,8 +155,8 @@ class BarePulumi(OperatorCommands):
         self.name = teststacks.new_name()
         config = teststacks.isolated_config(stack=self.name)
         images = stacks.local_images()
-        spec = {"prefix": self.name, "label": dockercli.STACK_LABEL, "subnet": config["networkSubnet"], "gateway": config["networkGateway"],
-                "ip_range": config["networkIpRange"], "stop_grace_s": STOP_GRACE_S,
+        spec = {"prefix": self.name, "label": dockercli.STACK_LABEL, "subnet": config["networkSubnet"],
+                "gateway": config["networkGateway"], "ip_range": config["networkIpRange"], "stop_grace_s": STOP_GRACE_S,
                 "postgres": {"image": images["postgresImage"], "ip": config["postgresIp"],
                              "data_path": postgres.DATA_PATH, "envs": ["POSTGRES_HOST_AUTH_METHOD=trust"]},
                 "redis": {"image": images["redisImage"], "ip": config["redisIp"], "data_path": redis.DATA_PATH,

@@ -12,8 +12,9 @@ import pulumi_docker as docker
 spec = json.loads(os.environ["SIN_BENCH_BARE"])
 prefix = spec["prefix"]
 label = {"label": spec["label"], "value": prefix}  # the test-stack label: a crashed run's objects are swept
-network = docker.Network("network", name=f"{prefix}-net", labels=[docker.NetworkLabelArgs(**label)], ipam_configs=[docker.NetworkIpamConfigArgs(
-    subnet=spec["subnet"], gateway=spec["gateway"], ip_range=spec["ip_range"])])
+network = docker.Network("network", name=f"{prefix}-net", labels=[docker.NetworkLabelArgs(**label)],
+                         ipam_configs=[docker.NetworkIpamConfigArgs(subnet=spec["subnet"], gateway=spec["gateway"],
+                                                                    ip_range=spec["ip_range"])])
 for service in ("postgres", "redis"):
     image = docker.RemoteImage(f"{service}-image", name=spec[service]["image"], keep_locally=True)
     volume = docker.Volume(f"{service}-data", name=f"{prefix}-{service}", labels=[docker.VolumeLabelArgs(**label)])

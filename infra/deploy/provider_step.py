@@ -8,6 +8,7 @@ it as the step's error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Any
@@ -29,13 +30,13 @@ def run(inputs: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> int:
     inputs = json.load(sys.stdin)
-    out, sys.stdout = sys.stdout, sys.stderr  # stdout carries the outputs and nothing else
     try:
-        outputs = run(inputs)
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the outputs and nothing else
+            outputs = run(inputs)
     except Exception as exc:  # the provider reports it as the step's error
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    json.dump(outputs, out)
+    json.dump(outputs, sys.stdout)
     return 0
 
 

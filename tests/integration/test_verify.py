@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import subprocess
 import sys
-from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from infra.core.connect import connect_postgres, connect_redis
-from infra.deploy import migration_files, migrations
+from infra.deploy import migration_files, migrations, provider_step
 from infra.deploy import steps as postdeploy
 from infra.deploy.checks import VerificationFailed, run_checks
 from tests.servers import RedisServer
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -159,9 +158,13 @@ def test_failed_verification_fails_the_step_and_registers_nothing(target, migrat
 
 
 def run_provider_step(inputs: dict) -> subprocess.CompletedProcess:
-    """The step as the sin-postdeploy provider runs it: `python -m infra.deploy.provider_step`, inputs on stdin."""
-    return subprocess.run([sys.executable, "-m", "infra.deploy.provider_step"], input=json.dumps(inputs),
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    """The step as the sin-postdeploy provider runs it (`python -m infra.deploy.provider_step`): inputs on
+    stdin, outputs on stdout. In this process, so that mutation testing sees which tests reach it."""
+    stdin, stdout, stderr = io.StringIO(json.dumps(inputs)), io.StringIO(), io.StringIO()
+    with mock.patch.object(sys, "stdin", stdin), mock.patch.object(sys, "stdout", stdout), \
+            mock.patch.object(sys, "stderr", stderr):
+        code = provider_step.main()
+    return subprocess.CompletedProcess(["provider_step"], code, stdout.getvalue(), stderr.getvalue())
 
 
 def test_pulumi_s_post_deploy_resource_runs_the_step_and_keeps_its_triggers(target):

@@ -1,9 +1,12 @@
 """The post-deploy step's provider (toolchain/pulumi-build/cmd/pulumi-resource-sin-postdeploy),
 spoken to over gRPC as the engine does: what re-runs the step (a change of one of its triggers,
-nothing else), and how it runs it (the project's interpreter, inputs on stdin, outputs back)."""
+nothing else), and how it runs it (the project's interpreter, inputs on stdin, outputs back);
+and the step's side of that exchange (infra.deploy.provider_step)."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import sys
 import textwrap
@@ -14,6 +17,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
+from infra.deploy import provider_step
 from tests.unit.plugin_process import serving
 
 DEPLOYED = {"target": {"stack": "dev", "postgres": {"port": 5432}}, "migrations": [{"version": 1, "sha256": "a" * 64}],
@@ -115,3 +119,16 @@ def test_a_refresh_keeps_the_state_and_secrets_arrive_plain(provider):
     assert (read.id, read.properties, read.inputs) == ("dev", outputs, inputs)
     configured = provider.Configure(provider_pb2.ConfigureRequest(), timeout=30)
     assert (configured.acceptSecrets, configured.supportsPreview) == (False, False)
+
+
+def test_the_step_s_side_prints_only_its_outputs_on_stdout(monkeypatch, capsys):
+    def noisy_run(inputs: dict) -> dict:
+        print("a line some library printed")
+        return {"checks": 20}
+
+    monkeypatch.setattr(provider_step, "run", noisy_run)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(DEPLOYED)))
+    assert provider_step.main() == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == {"checks": 20}
+    assert "a line some library printed" in printed.err
