@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
@@ -41,6 +41,9 @@ from .store import DirStore, S3Store, StoreError, file_digest, read_json
 CONFIG_FILE = Path("/etc/sin-backup/agent.json")
 SECRETS_DIR = Path("/run/secrets")
 WAL_POLL_S = 2.0
+# The agent starts beside PostgreSQL, whose first start (initdb) may not be over yet: without a
+# base backup the archived WAL restores nothing, so the first one is retried, 5 s, 10 s, ... 5 min apart.
+FIRST_BACKUP_RETRY_S = (5.0, 300.0)
 # What pg_basebackup leaves out of a base backup too (PostgreSQL docs, "Making a Base Backup
 # Using the Low Level API"): contents of these directories, and these files.
 _SKIP_CONTENTS = {"pg_wal", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots",
@@ -478,14 +481,29 @@ class Agent:
         keys = self.stores[0].list()
         return any(layout.backup_key(n, layout.MANIFEST) in keys for n in layout.backup_names(keys))
 
+    def first_backup(self) -> None:
+        """Until the local store holds a base backup (point-in-time recovery starts from one), try
+        again after each failure, backing off; a backup whose off-host copy failed is local
+        already, and the schedule's next run copies a newer one."""
+        delay, longest = FIRST_BACKUP_RETRY_S
+        while not self.stop.is_set() and not self.has_base_backup():
+            if self.run_once():
+                return
+            log(f"no base backup yet: next try in {delay:g} s")
+            self.wait_until(_now() + timedelta(seconds=delay))
+            self.run_now.clear()  # a `backup --now` meanwhile is this loop's next try
+            delay = min(delay * 2, longest)
+
+    def wait_until(self, due: datetime) -> None:
+        """Until ``due``, a stop, or a ``backup --now`` (which is left set for the caller)."""
+        self.status.set("next_run_at", _iso(due))
+        while not self.stop.is_set() and _now() < due and not self.run_now.is_set():
+            self.stop.wait(min(1.0, max(0.0, (due - _now()).total_seconds())))
+
     def schedule_forever(self) -> None:
-        if not self.has_base_backup():  # point-in-time recovery needs a base backup to start from
-            self.run_once()
+        self.first_backup()
         while not self.stop.is_set():
-            due = self.cron.next_after(_now())
-            self.status.set("next_run_at", _iso(due))
-            while not self.stop.is_set() and _now() < due and not self.run_now.is_set():
-                self.stop.wait(min(1.0, max(0.0, (due - _now()).total_seconds())))
+            self.wait_until(self.cron.next_after(_now()))
             if self.stop.is_set():
                 return
             self.run_now.clear()

@@ -208,3 +208,44 @@ def test_status_names_wal_that_waits_too_long_and_an_agent_without_status():
     recent = {**stuck, "last_shipped_at": "2026-11-26T11:59:30+00:00"}
     assert problems(agent_state(last_run=good, last_success=good, wal=recent), "0 3 * * *", NOW) == []
     assert "status.json cannot be read" in problems(None, "0 3 * * *", NOW)[0]
+
+
+def test_the_first_base_backup_is_tried_again_backing_off_until_one_is_in_the_local_store(tmp_path, monkeypatch):
+    """The agent starts beside PostgreSQL's first start: a failed first backup must not wait for the schedule."""
+    the_agent = agent.Agent(config(tmp_path, schedule="0 0 1 1 *"))
+    attempts, waits = [], []
+
+    def take_backup(cfg, stores, secrets_dir, started):
+        attempts.append(started)
+        if len(attempts) < 4:
+            raise agent.AgentError("connection refused")
+        name = layout.backup_name(started)
+        (tmp_path / "manifest.json").write_text("{}")
+        stores[0].put(layout.backup_key(name, layout.MANIFEST), tmp_path / "manifest.json")
+        return {"postgres": {"system_identifier": SYSID}}
+
+    monkeypatch.setattr(agent, "take_backup", take_backup)
+    monkeypatch.setattr(agent, "prune", lambda *args: [])
+    monkeypatch.setattr(agent.Agent, "wait_until", lambda self, due: waits.append((due - agent._now()).total_seconds()))
+    the_agent.first_backup()
+    assert len(attempts) == 4
+    assert [round(w) for w in waits] == [5, 10, 20]
+    assert the_agent.status.data["last_run"]["result"] == "ok"
+    the_agent.first_backup()  # a base backup is there: nothing to do
+    assert len(attempts) == 4
+
+
+def test_retries_of_the_first_backup_wait_at_most_five_minutes_and_stop_with_the_agent(tmp_path, monkeypatch):
+    the_agent = agent.Agent(config(tmp_path))
+    waits = []
+
+    def wait_until(self, due):
+        waits.append(round((due - agent._now()).total_seconds()))
+        if len(waits) == 9:
+            self.stop.set()
+
+    monkeypatch.setattr(agent, "take_backup", lambda *args: (_ for _ in ()).throw(agent.AgentError("refused")))
+    monkeypatch.setattr(agent.Agent, "wait_until", wait_until)
+    the_agent.first_backup()
+    assert waits == [5, 10, 20, 40, 80, 160, 300, 300, 300]
+    assert the_agent.status.data["last_run"]["result"] == "failed"
