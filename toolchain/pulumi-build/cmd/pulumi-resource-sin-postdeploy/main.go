@@ -19,11 +19,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"reflect"
 	"strings"
 
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
+	"github.com/pulumi/pulumi/sdk/v3/python/toolchain"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -144,12 +144,10 @@ func runStep(ctx context.Context, inputs *structpb.Struct) (*structpb.Struct, er
 	if err != nil {
 		return nil, fmt.Errorf("encoding the post-deploy step's inputs: %w", err)
 	}
-	python, env, err := interpreter()
+	cmd, err := stepCommand(ctx)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, python, "-m", stepModule)
-	cmd.Env = env
 	cmd.Stdin = bytes.NewReader(payload)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -157,7 +155,7 @@ func runStep(ctx context.Context, inputs *structpb.Struct) (*structpb.Struct, er
 		message := strings.TrimSpace(stderr.String())
 		var exit *exec.ExitError
 		if message == "" || !errors.As(err, &exit) {
-			message = fmt.Sprintf("%s -m %s: %v %s", python, stepModule, err, message)
+			message = fmt.Sprintf("%s -m %s: %v %s", cmd.Path, stepModule, err, message)
 		}
 		return nil, status.Error(codes.Unknown, message)
 	}
@@ -168,31 +166,24 @@ func runStep(ctx context.Context, inputs *structpb.Struct) (*structpb.Struct, er
 	return structpb.NewStruct(outputs)
 }
 
-// interpreter is the project's Python: the virtualenv of Pulumi.yaml's runtime options (the
-// engine exports them as PULUMI_RUNTIME_<OPTION>; relative to the project directory), else
-// $PULUMI_PYTHON_CMD or python3 from PATH. The same choice as the language host's.
-func interpreter() (string, []string, error) {
-	env := os.Environ()
-	venv := os.Getenv("PULUMI_RUNTIME_VIRTUALENV")
-	if venv == "" {
-		if cmd := os.Getenv("PULUMI_PYTHON_CMD"); cmd != "" {
-			return cmd, env, nil
-		}
-		return "python3", env, nil
+// stepCommand runs the step module in the project's Python, chosen as the language host chooses
+// it: the virtualenv of Pulumi.yaml's runtime options (the engine exports them as
+// PULUMI_RUNTIME_<OPTION>; relative to the project directory, where the engine starts providers),
+// else $PULUMI_PYTHON_CMD or python3 from PATH.
+func stepCommand(ctx context.Context) (*exec.Cmd, error) {
+	project, err := os.Getwd()
+	if err != nil {
+		return nil, err
 	}
-	if !filepath.IsAbs(venv) {
-		wd, err := os.Getwd()
-		if err != nil {
-			return "", nil, err
-		}
-		venv = filepath.Join(wd, venv)
+	tc, err := toolchain.ResolveToolchain(toolchain.PythonOptions{
+		Toolchain: toolchain.Pip, Root: project, ProgramDir: project,
+		Virtualenv: os.Getenv("PULUMI_RUNTIME_VIRTUALENV"),
+	})
+	if err != nil {
+		return nil, err
 	}
-	python := filepath.Join(venv, "bin", "python")
-	if _, err := os.Stat(python); err != nil {
-		return "", nil, fmt.Errorf("the virtualenv '%s' (runtime option 'virtualenv' in Pulumi.yaml) has no "+
-			"bin/python; create it first, e.g. python3 -m venv '%s' && '%s' -m pip install -r requirements.txt",
-			venv, venv, python)
+	if err := tc.ValidateVenv(ctx); err != nil {
+		return nil, err
 	}
-	env = append(env, "VIRTUAL_ENV="+venv, "PATH="+filepath.Join(venv, "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
-	return python, env, nil
+	return tc.ModuleCommand(ctx, stepModule)
 }
