@@ -30,7 +30,7 @@ def package(site: Path, name: str, declaration: str) -> None:
 
 
 def test_the_docker_provider_sdk_of_this_project_is_found_with_its_version():
-    assert scan() == [{"resource": True, "name": "docker", "version": version("pulumi-docker")}]
+    assert scan() == [{"resource": True, "name": "docker", "version": version("pulumi-docker"), "module": "pulumi_docker"}]
 
 
 def test_a_declaration_without_name_or_version_takes_them_from_its_distribution(tmp_path):
@@ -41,8 +41,8 @@ def test_a_declaration_without_name_or_version_takes_them_from_its_distribution(
     (info / "top_level.txt").write_text("pulumi_bare\n")
     package(tmp_path, "pulumi_named", '{"resource": true, "name": "named", "version": "1.2.3", "server": "s"}')
     found = [p for p in scan(tmp_path) if p["name"] != "docker"]
-    assert found == [{"resource": True, "name": "bare", "version": "0.4.0"},
-                     {"resource": True, "name": "named", "version": "1.2.3", "server": "s"}]
+    assert found == [{"resource": True, "name": "bare", "version": "0.4.0", "module": "pulumi_bare"},
+                     {"resource": True, "name": "named", "version": "1.2.3", "server": "s", "module": "pulumi_named"}]
 
 
 def test_what_declares_no_resource_plugin_or_is_unreadable_is_left_out(tmp_path):

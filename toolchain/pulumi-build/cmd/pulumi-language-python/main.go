@@ -5,11 +5,13 @@
 //
 // What it does: the CLI starts it with the engine address as the last argument; it
 // serves the LanguageRuntime gRPC service on a free port and prints the port on stdout.
-// Run starts `python -u pulumi-language-python-exec ...` (the helper that must sit in the
-// same directory as this binary) inside the project's virtualenv, passing the program
-// settings as flags and the stack configuration in PULUMI_CONFIG and
-// PULUMI_CONFIG_SECRET_KEYS. Virtualenv / pip / uv / poetry handling is delegated to the
-// sdk/v3 python toolchain package, the same library upstream's host uses.
+// The program runs in `python -u pulumi-language-python-exec` (the helper that must sit in
+// the same directory as this binary) inside the project's virtualenv. The helper is started
+// as soon as the engine asks for the program's packages, before the refresh, so the
+// interpreter and the SDKs are loaded while the engine reads the resources; Run then sends
+// it the program settings and the stack configuration as one JSON line on stdin (never in
+// its environment or on its command line). Virtualenv / pip / uv / poetry handling is
+// delegated to the sdk/v3 python toolchain package, the same library upstream's host uses.
 package main
 
 import (
@@ -19,11 +21,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/logging"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
@@ -47,6 +51,26 @@ type languageHost struct {
 	engineAddress string
 	execHelper    string
 	tracing       string
+	// whether the CLI's command runs the program (see commandRunsProgram)
+	runsProgram bool
+
+	mu      sync.Mutex
+	waiting *waitingProgram // started by GetRequiredPackages, taken by the next Run
+}
+
+// waitingProgram is the exec helper started ahead of Run: its interpreter has loaded the SDKs
+// and waits on stdin for the run request.
+type waitingProgram struct {
+	options toolchain.PythonOptions
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+}
+
+// runRequest is what the exec helper reads from stdin (see its docstring).
+type runRequest struct {
+	Args       []string          `json:"args"`
+	Config     map[string]string `json:"config"`
+	SecretKeys []string          `json:"secret_keys"`
 }
 
 func main() {
@@ -68,7 +92,8 @@ func main() {
 		engine = args[len(args)-1]
 	}
 
-	h := &languageHost{engineAddress: engine, execHelper: helper, tracing: *tracing}
+	h := &languageHost{engineAddress: engine, execHelper: helper, tracing: *tracing,
+		runsProgram: commandRunsProgram(os.Getppid())}
 	serve.Serve("language host", engine, func(s *grpc.Server) { pulumirpc.RegisterLanguageRuntimeServer(s, h) })
 }
 
@@ -130,6 +155,20 @@ func optionsOf(info *pulumirpc.ProgramInfo) (toolchain.PythonOptions, error) {
 	return opts, nil
 }
 
+// preloadOption is the `preload` runtime option: modules of the program (comma-separated) that
+// the interpreter imports before Run, while the engine refreshes. They must not read the
+// stack's configuration at import time.
+func preloadOption(info *pulumirpc.ProgramInfo) []string {
+	value, _ := info.GetOptions().GetFields()["preload"].AsInterface().(string)
+	var modules []string
+	for _, module := range strings.Split(value, ",") {
+		if module = strings.TrimSpace(module); module != "" {
+			modules = append(modules, module)
+		}
+	}
+	return modules
+}
+
 func resolveToolchain(info *pulumirpc.ProgramInfo) (toolchain.Toolchain, error) {
 	opts, err := optionsOf(info)
 	if err != nil {
@@ -161,33 +200,115 @@ func (h *languageHost) RuntimeOptionsPrompts(
 	return &pulumirpc.RuntimeOptionsResponse{}, nil
 }
 
+// startProgram starts the exec helper in the project's virtualenv, waiting for its run request;
+// preload names the modules it imports meanwhile. Not tied to a request's context: it outlives
+// GetRequiredPackages, and ends when its stdin closes (Run sent the request, or this host exited).
+func (h *languageHost) startProgram(opts toolchain.PythonOptions, preload []string) (*waitingProgram, error) {
+	tc, err := toolchain.ResolveToolchain(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := tc.ValidateVenv(context.Background()); err != nil {
+		return nil, err
+	}
+	args := []string{"-u", h.execHelper}
+	if len(preload) > 0 {
+		args = append(args, "--preload", strings.Join(preload, ","))
+	}
+	cmd, err := tc.Command(context.Background(), args...)
+	if err != nil {
+		return nil, err
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Dir = opts.ProgramDir
+	// Through pipes of its own, copied to ours until it exits: a helper still loading when this
+	// host is stopped (a command that never ran the program) must not hold the CLI's pipes open.
+	cmd.Stdout, cmd.Stderr = struct{ io.Writer }{os.Stdout}, struct{ io.Writer }{os.Stderr}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("could not start the Python program (%s): %w", cmd.Path, err)
+	}
+	return &waitingProgram{options: opts, cmd: cmd, stdin: stdin}, nil
+}
+
+// commandRunsProgram tells from the command line of the CLI that started this host (its parent)
+// whether the command runs the program (up, preview, watch) or not (destroy, refresh, ...):
+// the engine asks for the program's packages either way, and a helper started for nothing
+// takes CPU from a destroy. When the command line does not say, it assumes a run.
+func commandRunsProgram(cli int) bool {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cli))
+	if err != nil {
+		return true
+	}
+	args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+	for _, arg := range args[1:] {
+		switch arg {
+		case "up", "update", "preview", "pre", "watch":
+			return true
+		case "destroy", "down", "dn", "refresh", "import", "state", "stack", "config", "about", "install", "plugin":
+			return false
+		}
+	}
+	return true
+}
+
+// prestart starts the helper for the program the engine is about to run, unless one waits
+// already or the CLI's command does not run the program.
+func (h *languageHost) prestart(opts toolchain.PythonOptions, preload []string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.waiting != nil || !h.runsProgram {
+		return
+	}
+	program, err := h.startProgram(opts, preload)
+	if err != nil { // Run starts it again and reports the error
+		logging.V(5).Infof("python language host: no helper started ahead of Run: %v", err)
+		return
+	}
+	h.waiting = program
+}
+
+// takeProgram hands Run the waiting helper when it was started for the same options, or a new one.
+func (h *languageHost) takeProgram(opts toolchain.PythonOptions) (*waitingProgram, error) {
+	h.mu.Lock()
+	waiting := h.waiting
+	h.waiting = nil
+	h.mu.Unlock()
+	if waiting != nil {
+		if waiting.options == opts {
+			return waiting, nil
+		}
+		waiting.stdin.Close() // it exits on EOF
+		_ = waiting.cmd.Wait()
+	}
+	return h.startProgram(opts, nil)
+}
+
 // Run executes the user's program through the exec helper.
 func (h *languageHost) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.RunResponse, error) {
-	tc, err := resolveToolchain(req.GetInfo())
+	opts, err := optionsOf(req.GetInfo())
 	if err != nil {
 		return &pulumirpc.RunResponse{Error: err.Error()}, nil
 	}
-	if err := tc.ValidateVenv(ctx); err != nil {
+	program, err := h.takeProgram(opts)
+	if err != nil {
 		return &pulumirpc.RunResponse{Error: err.Error()}, nil
 	}
 
-	program := req.GetProgram()
+	entry := req.GetProgram()
 	if info := req.GetInfo(); info != nil && info.GetProgramDirectory() != "" {
-		entry := info.GetEntryPoint()
-		if entry == "" {
-			entry = "."
+		point := info.GetEntryPoint()
+		if point == "" {
+			point = "."
 		}
-		program = filepath.Join(info.GetProgramDirectory(), entry)
+		entry = filepath.Join(info.GetProgramDirectory(), point)
 	}
-	if program == "" {
-		program = "."
+	if entry == "" {
+		entry = "."
 	}
-
-	root := ""
-	if req.GetInfo() != nil {
-		root = req.GetInfo().GetRootDirectory()
-	}
-	args := []string{"-u", h.execHelper,
+	args := []string{
 		"--monitor", req.GetMonitorAddress(),
 		"--engine", h.engineAddress,
 		"--project", req.GetProject(),
@@ -197,48 +318,35 @@ func (h *languageHost) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pul
 	}
 	for flagName, value := range map[string]string{
 		"--pwd": req.GetPwd(), "--organization": req.GetOrganization(),
-		"--root_directory": root, "--tracing": h.tracing,
+		"--root_directory": opts.Root, "--tracing": h.tracing,
 	} {
 		if value != "" {
 			args = append(args, flagName, value)
 		}
 	}
-	args = append(args, program)
-	args = append(args, req.GetArgs()...)
+	args = append(append(args, entry), req.GetArgs()...)
+	request := runRequest{Args: args, Config: req.GetConfig(), SecretKeys: req.GetConfigSecretKeys()}
+	if request.Config == nil {
+		request.Config = map[string]string{} // a stack without config: {}, never null
+	}
+	if request.SecretKeys == nil {
+		request.SecretKeys = []string{}
+	}
+	line, err := json.Marshal(request)
+	if err != nil {
+		return nil, fmt.Errorf("serializing the run request: %w", err)
+	}
+	logging.V(5).Infof("python language host running %s with %s", program.cmd.Path, strings.Join(args, " "))
+	_, writeErr := program.stdin.Write(append(line, '\n'))
+	program.stdin.Close()
 
-	cmd, err := tc.Command(ctx, args...)
+	stop := context.AfterFunc(ctx, func() { _ = program.cmd.Process.Kill() })
+	defer stop()
+	err = program.cmd.Wait()
+	if err == nil && writeErr != nil {
+		err = writeErr
+	}
 	if err != nil {
-		return &pulumirpc.RunResponse{Error: err.Error()}, nil
-	}
-	config := req.GetConfig()
-	if config == nil {
-		config = map[string]string{} // a stack without config: "{}", never "null"
-	}
-	configJSON, err := json.Marshal(config)
-	if err != nil {
-		return nil, fmt.Errorf("serializing config: %w", err)
-	}
-	secretKeys := req.GetConfigSecretKeys()
-	if secretKeys == nil {
-		secretKeys = []string{}
-	}
-	secretKeysJSON, err := json.Marshal(secretKeys)
-	if err != nil {
-		return nil, fmt.Errorf("serializing config secret keys: %w", err)
-	}
-	if cmd.Env == nil {
-		cmd.Env = os.Environ()
-	}
-	cmd.Env = append(cmd.Env,
-		"PULUMI_CONFIG="+string(configJSON),
-		"PULUMI_CONFIG_SECRET_KEYS="+string(secretKeysJSON))
-	if req.GetPwd() != "" {
-		cmd.Dir = req.GetPwd()
-	}
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	logging.V(5).Infof("python language host running: %s %s", cmd.Path, strings.Join(args, " "))
-
-	if err := cmd.Run(); err != nil {
 		var exitErr *exec.ExitError
 		if errors.As(err, &exitErr) {
 			if exitErr.ExitCode() == exitCodeUserMessageShown {
@@ -249,7 +357,7 @@ func (h *languageHost) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pul
 			}, nil
 		}
 		return &pulumirpc.RunResponse{
-			Error: fmt.Sprintf("could not run the Python program (%s): %v", cmd.Path, err),
+			Error: fmt.Sprintf("could not run the Python program (%s): %v", program.cmd.Path, err),
 		}, nil
 	}
 	return &pulumirpc.RunResponse{}, nil
@@ -262,6 +370,7 @@ func (h *languageHost) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pul
 var pluginScan string
 
 type pluginJSON struct {
+	Module           string `json:"module"` // the Python package holding the declaration
 	Name             string `json:"name"`
 	Version          string `json:"version"`
 	Server           string `json:"server"`
@@ -272,8 +381,14 @@ type pluginJSON struct {
 	} `json:"parameterization"`
 }
 
+// requiredPackages answers the engine's question before a preview or update (never before a
+// destroy or refresh), so it also starts the program's interpreter, preloading these packages.
 func (h *languageHost) requiredPackages(ctx context.Context, info *pulumirpc.ProgramInfo) ([]*pulumirpc.PackageDependency, error) {
-	tc, err := resolveToolchain(info)
+	opts, err := optionsOf(info)
+	if err != nil {
+		return nil, err
+	}
+	tc, err := toolchain.ResolveToolchain(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -288,13 +403,22 @@ func (h *languageHost) requiredPackages(ctx context.Context, info *pulumirpc.Pro
 	if err != nil {
 		// Not fatal: the engine still loads plugins lazily when resources register.
 		logging.V(3).Infof("python language host: plugin scan failed: %v", err)
+		h.prestart(opts, preloadOption(info))
 		return nil, nil
 	}
 	var found []pluginJSON
 	if err := json.Unmarshal(out, &found); err != nil {
 		logging.V(3).Infof("python language host: plugin scan output unreadable: %v", err)
+		h.prestart(opts, preloadOption(info))
 		return nil, nil
 	}
+	modules := preloadOption(info)
+	for _, p := range found {
+		if p.Module != "" {
+			modules = append(modules, p.Module)
+		}
+	}
+	h.prestart(opts, modules)
 	var deps []*pulumirpc.PackageDependency
 	seen := map[string]bool{}
 	for _, p := range found {

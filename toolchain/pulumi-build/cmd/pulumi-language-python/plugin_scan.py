@@ -39,6 +39,7 @@ def declared_plugins(path_entries):
                     data["version"] = data.get("version") or md.version(dist)
                 except md.PackageNotFoundError:
                     pass
+            data["module"] = name  # the host preloads it before the program runs
             found.append(data)
     return found
 
