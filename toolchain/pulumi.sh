@@ -118,9 +118,28 @@ if [ "$force" = 0 ] && is_complete; then
 fi
 
 tmp="$(mktemp -d "$cache_root/.tmp-build.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
+src="$(mktemp -d "$cache_root/.tmp-src.XXXXXX")"
+trap 'rm -rf "$tmp" "$src"' EXIT
 chmod 0755 "$tmp"
 mkdir -p "$tmp/bin" "$tmp/plugins"
+
+# The build module, with each dependency that has patches (patches/<module path>/*.patch; each
+# says why) replaced by a patched copy of its pinned version, so go.mod and go.sum stay as pinned.
+cp -a "$build_mod/." "$src/module/"
+while IFS= read -r patch_dir; do
+    module="${patch_dir#"$build_mod/patches/"}"
+    module_dir="$(cd "$src/module" && "$go_bin" mod download -json "$module" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    [ -d "$module_dir" ] || die "could not find the source of $module"
+    copy="$src/replace/$module"
+    mkdir -p "$(dirname "$copy")"
+    cp -a "$module_dir" "$copy"
+    chmod -R u+w "$copy"
+    for patch_file in "$patch_dir"/*.patch; do
+        log "applying $module: $(basename "$patch_file")"
+        (cd "$copy" && git apply -p1 "$patch_file") || die "$patch_file does not apply"
+    done
+    (cd "$src/module" && "$go_bin" mod edit -replace "$module=$copy")
+done < <(find "$build_mod/patches" -name '*.patch' -printf '%h\n' 2>/dev/null | sort -u)
 
 log "building pulumi v$version with $("$go_bin" version) (inputs $inputs_hash); cold builds take ~10-25 min on 2 cores"
 start=$(date +%s)
@@ -128,7 +147,7 @@ export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -buildvcs=false -p=${PULUMI_BUILD_JOBS:-2}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 (
-    cd "$build_mod"
+    cd "$src/module"
     log "go build $cli_pkg"
     "$go_bin" build -trimpath -tags "$build_tags" -ldflags "$ldflags" -o "$tmp/bin/pulumi" "$cli_pkg"
     log "go build ./cmd/pulumi-language-python"
@@ -145,7 +164,7 @@ got="$(PULUMI_SKIP_UPDATE_CHECK=true "$tmp/bin/pulumi" version)"
 [ "$got" = "v$version" ] || die "built pulumi reports '$got', expected v$version"
 
 echo "pulumi v$version inputs=$inputs_hash built=$(date -u +%FT%TZ) seconds=$(( $(date +%s) - start ))" >"$tmp/.complete"
-rm -rf "$build_dir"
+rm -rf "$build_dir" "$src"
 mv "$tmp" "$build_dir"
 trap - EXIT
 publish
