@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import time
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,4 +122,20 @@ def test_commands_that_do_not_run_the_program_start_no_interpreter_for_it(tmp_pa
     assert not helper_started(directory, env, "refresh", "--yes")
     assert not helper_started(directory, env, "destroy", "--yes", "--skip-preview")
     assert helper_started(directory, env, "preview")
+    pulumi(directory, env, "stack", "rm", "--yes", "--force")
+
+
+def test_a_virtualenv_without_the_sdk_gets_one_message_naming_the_fix(tmp_path):
+    """The interpreter started ahead finds no SDK: it says so once, when the program would run."""
+    directory = project(tmp_path / "project", preload="early")
+    (directory / "venv").unlink()
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(directory / "venv")], check=True)
+    env = environment(tmp_path)
+    pulumi(directory, env, "stack", "init", "host-run")
+    done = subprocess.run(["pulumi", "preview", "--non-interactive"], cwd=directory, env=env,
+                          capture_output=True, text=True, timeout=120)
+    diagnostics = (done.stdout + done.stderr).partition("Diagnostics:")[2]
+    assert done.returncode != 0
+    assert diagnostics.count("The Python package 'pulumi' cannot be imported by") == 1, done.stdout + done.stderr
+    assert "python -m pip install -r requirements.txt" in diagnostics
     pulumi(directory, env, "stack", "rm", "--yes", "--force")
