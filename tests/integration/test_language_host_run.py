@@ -16,7 +16,6 @@ import pytest
 
 from infra.driver import stacks
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "a-secret-only-the-program-may-see-0123"
 
 PROGRAM = """\
@@ -45,7 +44,7 @@ CONFIG_AT_IMPORT = sorted(config.CONFIG.get())
 
 def project(directory: Path, preload: str) -> Path:
     directory.mkdir()
-    (directory / "venv").symlink_to(ROOT / ".venv")
+    (directory / "venv").symlink_to(sys.prefix)  # the virtualenv running these tests
     options = "    toolchain: pip\n    virtualenv: venv\n" + (f"    preload: {preload}\n" if preload else "")
     (directory / "Pulumi.yaml").write_text(f"name: host-run\nruntime:\n  name: python\n  options:\n{options}")
     (directory / "__main__.py").write_text(PROGRAM)
