@@ -170,7 +170,6 @@ class BarePulumi(OperatorCommands):
     def up(self) -> None:
         self.pulumi("up", "--yes", "--skip-preview")
 
-
     def remove(self) -> None:
         self.pulumi("stack", "rm", "--yes", "--force")
         dockercli.remove_objects(dockercli.labelled_objects(self.name))
