@@ -17,13 +17,14 @@
 #   $SIN_CACHE/docker-provider/<version>-<inputs hash>/schema.json     (what the binary serves)
 #   $SIN_CACHE/docker-provider/<version>-<inputs hash>/.complete       (marker, written last)
 # The inputs hash covers the Go sources, go.mod/go.sum and patches/ under docker-provider/, this
-# script, the Go version and the build flags. Cold build (empty Go build cache): ~4.5 min on
+# script, go-patch.sh, the Go version and the build flags. Cold build (empty Go build cache): ~4.5 min on
 # 2 idle cores, ~8 min next to another Go build; plus module downloads from the Go proxy
 # the first time on a machine. A warm build cache makes a rebuild take ~30 s.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/lib.sh"
+. "$here/go-patch.sh"
 
 force=0
 for arg in "$@"; do
@@ -53,7 +54,7 @@ inputs_hash="$(
     {
         (cd "$src" && find . -type f \( -name '*.go' -o -name go.mod -o -name go.sum -o -name '*.patch' \) -print0 \
             | LC_ALL=C sort -z | xargs -0 sha256sum)
-        sha256sum < "${BASH_SOURCE[0]}"
+        cat "${BASH_SOURCE[0]}" "$here/go-patch.sh" | sha256sum
         echo "version=$version tags=$build_tags ldflags=$ldflags"
         "$go_bin" version
     } | sha256sum | cut -c1-16
@@ -92,17 +93,7 @@ export CGO_ENABLED=0
 # replacement of the pinned module, so the pin and go.sum stay what they are.
 upstream_mod=github.com/terraform-providers/terraform-provider-docker
 if compgen -G "$src/patches/*.patch" >/dev/null; then
-    (cd "$tmp/src" && "$go_bin" mod download "$upstream_mod")
-    upstream_dir="$(cd "$tmp/src" && "$go_bin" list -mod=readonly -m \
-        -f '{{if .Replace}}{{.Replace.Dir}}{{else}}{{.Dir}}{{end}}' "$upstream_mod")"
-    [ -d "$upstream_dir" ] || die "could not find the source of $upstream_mod"
-    cp -a "$upstream_dir" "$tmp/upstream"
-    chmod -R u+w "$tmp/upstream"
-    for patch_file in "$src"/patches/*.patch; do
-        log "applying $(basename "$patch_file")"
-        (cd "$tmp/upstream" && git apply -p1 "$patch_file") || die "$patch_file does not apply"
-    done
-    (cd "$tmp/src" && "$go_bin" mod edit -replace "$upstream_mod=../upstream")
+    patch_module "$go_bin" "$tmp/src" "$upstream_mod" "$tmp/upstream" "$src"/patches/*.patch
 fi
 # -mod=readonly: the committed go.sum must already cover the build (no silent re-resolution).
 build() { (cd "$tmp/src" && "$go_bin" build -mod=readonly -trimpath -buildvcs=false \

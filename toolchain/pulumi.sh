@@ -18,12 +18,13 @@
 # Cache layout ($SIN_CACHE from versions.env):
 #   $SIN_CACHE/pulumi/<version>/build-<inputs hash>/bin/   the binaries (+ .complete marker beside bin)
 #   $SIN_CACHE/pulumi/<version>/bin -> build-<hash>/bin    symlink, swapped atomically after a build
-# The inputs hash covers the version, build tags/ldflags, go.mod, go.sum, our Go host and
-# the Python helpers, so any change to them rebuilds.
+# The inputs hash covers the version, build tags/ldflags, go.mod, go.sum, our Go host, the
+# dependency patches and go-patch.sh, the Python helpers, so any change to them rebuilds.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/lib.sh"
+. "$here/go-patch.sh"
 
 force=0
 update_go_mod=0
@@ -66,7 +67,7 @@ inputs_hash="$(
     cd "$here"
     {
         echo "pulumi $version tags=$build_tags ldflags=$ldflags step-provider $step_provider_version"
-        find pulumi-build python-host -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 |
+        find pulumi-build python-host go-patch.sh -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 |
             LC_ALL=C sort -z | xargs -0 sha256sum
     } | sha256sum | cut -c1-16
 )"
@@ -128,17 +129,7 @@ mkdir -p "$tmp/bin" "$tmp/plugins"
 cp -a "$build_mod/." "$src/module/"
 while IFS= read -r patch_dir; do
     module="${patch_dir#"$build_mod/patches/"}"
-    module_dir="$(cd "$src/module" && "$go_bin" mod download -json "$module" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-    [ -d "$module_dir" ] || die "could not find the source of $module"
-    copy="$src/replace/$module"
-    mkdir -p "$(dirname "$copy")"
-    cp -a "$module_dir" "$copy"
-    chmod -R u+w "$copy"
-    for patch_file in "$patch_dir"/*.patch; do
-        log "applying $module: $(basename "$patch_file")"
-        (cd "$copy" && git apply -p1 "$patch_file") || die "$patch_file does not apply"
-    done
-    (cd "$src/module" && "$go_bin" mod edit -replace "$module=$copy")
+    patch_module "$go_bin" "$src/module" "$module" "$src/replace/$module" "$patch_dir"/*.patch
 done < <(find "$build_mod/patches" -name '*.patch' -printf '%h\n' 2>/dev/null | sort -u)
 
 log "building pulumi v$version with $("$go_bin" version) (inputs $inputs_hash); cold builds take ~10-25 min on 2 cores"

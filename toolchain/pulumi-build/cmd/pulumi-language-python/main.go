@@ -395,6 +395,8 @@ func (h *languageHost) requiredPackages(ctx context.Context, info *pulumirpc.Pro
 	if err := tc.ValidateVenv(ctx); err != nil {
 		return nil, err
 	}
+	modules := preloadOption(info)
+	defer func() { h.prestart(opts, modules) }() // with the scanned SDKs, when the scan answers
 	cmd, err := tc.Command(ctx, "-c", pluginScan)
 	if err != nil {
 		return nil, err
@@ -403,22 +405,18 @@ func (h *languageHost) requiredPackages(ctx context.Context, info *pulumirpc.Pro
 	if err != nil {
 		// Not fatal: the engine still loads plugins lazily when resources register.
 		logging.V(3).Infof("python language host: plugin scan failed: %v", err)
-		h.prestart(opts, preloadOption(info))
 		return nil, nil
 	}
 	var found []pluginJSON
 	if err := json.Unmarshal(out, &found); err != nil {
 		logging.V(3).Infof("python language host: plugin scan output unreadable: %v", err)
-		h.prestart(opts, preloadOption(info))
 		return nil, nil
 	}
-	modules := preloadOption(info)
 	for _, p := range found {
 		if p.Module != "" {
 			modules = append(modules, p.Module)
 		}
 	}
-	h.prestart(opts, modules)
 	var deps []*pulumirpc.PackageDependency
 	seen := map[string]bool{}
 	for _, p := range found {

@@ -1,0 +1,22 @@
+# Sourced by pulumi.sh and docker-provider.sh (after lib.sh), and part of both builds' inputs hash:
+# a Go module built from a patched copy of its pinned version.
+
+# patch_module GO BUILD_MODULE_DIR MODULE COPY PATCH...: make COPY a copy of MODULE at the version
+# BUILD_MODULE_DIR's go.mod pins, apply the patches (git apply -p1; each says why), and replace
+# MODULE with COPY in that go.mod, so the pin and go.sum stay what they are.
+patch_module() {
+    local go_bin="$1" build_dir="$2" module="$3" copy="$4" module_dir patch_file
+    shift 4
+    (cd "$build_dir" && "$go_bin" mod download "$module") >&2
+    module_dir="$(cd "$build_dir" && "$go_bin" list -mod=readonly -m \
+        -f '{{if .Replace}}{{.Replace.Dir}}{{else}}{{.Dir}}{{end}}' "$module")"
+    [ -d "$module_dir" ] || die "could not find the source of $module"
+    mkdir -p "$(dirname "$copy")"
+    cp -a "$module_dir" "$copy"
+    chmod -R u+w "$copy"
+    for patch_file in "$@"; do
+        log "applying $module: $(basename "$patch_file")"
+        (cd "$copy" && git apply -p1 "$patch_file") || die "$patch_file does not apply"
+    done
+    (cd "$build_dir" && "$go_bin" mod edit -replace "$module=$copy")
+}
