@@ -177,6 +177,31 @@ def test_destroy_removes_every_object_and_the_stack(make_stack, settings):
         stacks.open_stack(test_stack.name, settings)
 
 
+def test_destroy_reads_nothing_first_and_counts_objects_removed_by_hand_as_deleted(make_stack):
+    """Pulumi.yaml's `refresh: always` is for the drift check of preview and up: `destroy` deletes
+    by the ids in the state without reading every object first (our CLI build's patch,
+    toolchain/pulumi-build/patches), so an object already gone must count as deleted."""
+    test_stack = make_stack()
+    test_stack.up()
+    made = objects_of(test_stack.name)
+    docker("rm", "-f", *made["containers"])
+    docker("network", "rm", *made["networks"])
+    docker("volume", "rm", made["volumes"][0])
+
+    events: list = []
+    test_stack.stack.destroy(on_event=events.append, color="never")
+    assert {op for _, op in collect_ops(events)} == {"delete"}
+    assert objects_of(test_stack.name) == {"containers": [], "networks": [], "volumes": []}
+    assert not test_stack.stack.export_stack().deployment.get("resources")
+
+    # --refresh still asks for one.
+    test_stack.up()
+    events = []
+    test_stack.stack.destroy(on_event=events.append, refresh=True, color="never")
+    assert {op for _, op in collect_ops(events)} == {"refresh", "delete"}
+    assert objects_of(test_stack.name) == {"containers": [], "networks": [], "volumes": []}
+
+
 def test_destroy_of_a_protected_stack_keeps_its_volumes(make_stack):
     test_stack = make_stack(retain_volumes=True)
     test_stack.up()
