@@ -1,7 +1,8 @@
 """How our language host runs a program (toolchain/pulumi-build/cmd/pulumi-language-python and
 toolchain/python-host/pulumi-language-python-exec), through the real `pulumi` CLI and engine:
-the interpreter is started before the refresh with the `preload` modules imported, and the
-configuration reaches the program on stdin, never in its environment."""
+the interpreter is started ahead (by the host the CLI asks About, early.go) with the `preload`
+modules imported, and the configuration reaches the program through the host, never in its
+environment."""
 
 from __future__ import annotations
 
@@ -63,31 +64,36 @@ def pulumi(directory: Path, env: dict[str, str], *args: str, stdin: str = "") ->
     return done.stdout
 
 
-def helpers_in(directory: Path) -> set[int]:
-    """Running exec helpers whose working directory is ``directory``."""
-    found = set()
+def helpers_in(directory: Path) -> dict[int, list[str]]:
+    """Running exec helpers whose working directory is ``directory``: pid -> command line."""
+    found = {}
     for proc in Path("/proc").iterdir():
         try:
-            if (proc.name.isdigit() and b"pulumi-language-python-exec" in (proc / "cmdline").read_bytes()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if (proc.name.isdigit() and any(b"pulumi-language-python-exec" in arg for arg in argv)
                     and (proc / "cwd").resolve() == directory.resolve()):
-                found.add(int(proc.name))
+                found[int(proc.name)] = [arg.decode() for arg in argv if arg]
         except OSError:
             continue
     return found
 
 
-def helper_started(directory: Path, env: dict[str, str], *args: str) -> bool:
-    """Whether an exec helper ran in ``directory`` during ``pulumi ARGS`` (/proc polled every 5 ms;
-    a helper lives from the engine's package question to the end of the command)."""
+def helpers_during(directory: Path, env: dict[str, str], *args: str, ok: bool = True) -> dict[int, list[str]]:
+    """The exec helpers that ran in ``directory`` during ``pulumi ARGS`` (/proc polled every 5 ms;
+    a helper lives from its start ahead of the run to the end of the command)."""
     command = subprocess.Popen(["pulumi", *args, "--non-interactive"], cwd=directory, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = set()
+    seen = {}
     while command.poll() is None:
-        seen |= helpers_in(directory)
+        seen.update(helpers_in(directory))
         time.sleep(0.005)
     output = command.stdout.read()
-    assert command.returncode == 0, output
-    return bool(seen)
+    assert (command.returncode == 0) == ok, output
+    return seen
+
+
+def helper_started(directory: Path, env: dict[str, str], *args: str) -> bool:
+    return bool(helpers_during(directory, env, *args))
 
 
 @pytest.mark.parametrize("preload, early_sees", [("early", []), ("", ["host-run:greeting", "host-run:token"])],
@@ -121,6 +127,45 @@ def test_commands_that_do_not_run_the_program_start_no_interpreter_for_it(tmp_pa
     assert not helper_started(directory, env, "refresh", "--yes")
     assert not helper_started(directory, env, "destroy", "--yes", "--skip-preview")
     assert helper_started(directory, env, "preview")
+    pulumi(directory, env, "stack", "rm", "--yes", "--force")
+
+
+def test_the_interpreter_the_about_host_starts_ahead_runs_the_program(tmp_path):
+    """The CLI asks a host About before it derives the stack's keys; that host starts the
+    interpreter, and the engine's host adopts it instead of starting one of its own."""
+    directory = project(tmp_path / "project", preload="early")
+    env = environment(tmp_path)
+    pulumi(directory, env, "stack", "init", "host-run")
+    pulumi(directory, env, "config", "set", "greeting", "hello")
+    pulumi(directory, env, "config", "set", "--secret", "token", stdin=SECRET)
+    for command in (["up", "--yes", "--skip-preview"], ["preview"]):
+        helpers = helpers_during(directory, env, *command)
+        assert len(helpers) == 1, helpers
+        argv = next(iter(helpers.values()))
+        assert "--listen-fd" in argv and SECRET not in " ".join(argv), argv
+    outputs = json.loads(pulumi(directory, env, "stack", "output", "--json", "--show-secrets"))
+    assert outputs["greeting"] == "hello" and outputs["secretLength"] == len(SECRET)
+    assert outputs["earlySawConfig"] == []
+    pulumi(directory, env, "stack", "rm", "--yes", "--force")
+
+
+def test_an_interpreter_started_ahead_ends_with_a_command_that_fails_before_the_run(tmp_path):
+    """A wrong passphrase fails the command after the About host started the interpreter: the
+    interpreter leaves with the CLI, and so does its socket."""
+    directory = project(tmp_path / "project", preload="early")
+    env = environment(tmp_path)
+    pulumi(directory, env, "stack", "init", "host-run")
+    wrong = tmp_path / "wrong-passphrase"
+    wrong.write_text("not the passphrase of this stack")
+    helpers = helpers_during(directory, {**env, "PULUMI_CONFIG_PASSPHRASE_FILE": str(wrong)},
+                             "up", "--yes", "--skip-preview", ok=False)
+    assert helpers, "no interpreter was started ahead"
+    sockets = {arg for argv in helpers.values() for arg in argv if arg.endswith(".sock")}
+    deadline = time.monotonic() + 2
+    while helpers_in(directory) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert helpers_in(directory) == {}
+    assert sockets and not any(Path(path).exists() for path in sockets)
     pulumi(directory, env, "stack", "rm", "--yes", "--force")
 
 

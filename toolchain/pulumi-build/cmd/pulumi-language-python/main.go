@@ -6,11 +6,12 @@
 // What it does: the CLI starts it with the engine address as the last argument; it
 // serves the LanguageRuntime gRPC service on a free port and prints the port on stdout.
 // The program runs in `python -u pulumi-language-python-exec` (the helper that must sit in
-// the same directory as this binary) inside the project's virtualenv. The helper is started
-// as soon as the engine asks for the program's packages, before the refresh, so the
-// interpreter and the SDKs are loaded while the engine reads the resources; Run then sends
-// it the program settings and the stack configuration as one JSON line on stdin (never in
-// its environment or on its command line). Virtualenv / pip / uv / poetry handling is
+// the same directory as this binary) inside the project's virtualenv. For a command that runs
+// the program, the helper is started ahead, so the interpreter and the SDKs are loaded while
+// the CLI and the engine do other work: by the host the CLI asks for About, before it derives
+// the stack's keys (early.go), or else when the engine asks for the program's packages, before
+// the refresh. Run then sends it the program settings and the stack configuration as one JSON
+// line (never in its environment or on its command line). Virtualenv / pip / uv / poetry handling is
 // delegated to the sdk/v3 python toolchain package, the same library upstream's host uses.
 package main
 
@@ -55,15 +56,53 @@ type languageHost struct {
 	runsProgram bool
 
 	mu      sync.Mutex
-	waiting *waitingProgram // started by GetRequiredPackages, taken by the next Run
+	waiting waitingProgram // started or adopted by GetRequiredPackages, taken by the next Run
+	early   sync.Once      // About starts the early helper once (early.go)
 }
 
-// waitingProgram is the exec helper started ahead of Run: its interpreter has loaded the SDKs
-// and waits on stdin for the run request.
-type waitingProgram struct {
+// waitingProgram is an exec helper started ahead of Run: its interpreter loads the SDKs and
+// waits for the run request.
+type waitingProgram interface {
+	// startedFor is the options the helper was started with.
+	startedFor() toolchain.PythonOptions
+	// run sends the run request (one JSON line) and waits for the program's exit code; err is
+	// for a helper that could not run it at all.
+	run(ctx context.Context, request []byte) (exitCode int, err error)
+	// discard ends a helper that will not run the program.
+	discard()
+}
+
+// pipedProgram is a helper this host started: its stdin takes the run request.
+type pipedProgram struct {
 	options toolchain.PythonOptions
 	cmd     *exec.Cmd
 	stdin   io.WriteCloser
+}
+
+func (p *pipedProgram) startedFor() toolchain.PythonOptions { return p.options }
+
+func (p *pipedProgram) run(ctx context.Context, request []byte) (int, error) {
+	_, writeErr := p.stdin.Write(request)
+	p.stdin.Close()
+	stop := context.AfterFunc(ctx, func() { _ = p.cmd.Process.Kill() })
+	defer stop()
+	err := p.cmd.Wait()
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		return exitErr.ExitCode(), nil
+	}
+	if err == nil {
+		err = writeErr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", p.cmd.Path, err)
+	}
+	return 0, nil
+}
+
+func (p *pipedProgram) discard() {
+	p.stdin.Close() // it exits on EOF
+	_ = p.cmd.Wait()
 }
 
 // runRequest is what the exec helper reads from stdin (see its docstring).
@@ -200,10 +239,9 @@ func (h *languageHost) RuntimeOptionsPrompts(
 	return &pulumirpc.RuntimeOptionsResponse{}, nil
 }
 
-// startProgram starts the exec helper in the project's virtualenv, waiting for its run request;
-// preload names the modules it imports meanwhile. Not tied to a request's context: it outlives
-// GetRequiredPackages, and ends when its stdin closes (Run sent the request, or this host exited).
-func (h *languageHost) startProgram(opts toolchain.PythonOptions, preload []string) (*waitingProgram, error) {
+// helperCommand is the exec helper in the project's virtualenv and program directory; preload
+// names the modules it imports while it waits for its run request.
+func (h *languageHost) helperCommand(opts toolchain.PythonOptions, preload []string, extra ...string) (*exec.Cmd, error) {
 	tc, err := toolchain.ResolveToolchain(opts)
 	if err != nil {
 		return nil, err
@@ -215,7 +253,19 @@ func (h *languageHost) startProgram(opts toolchain.PythonOptions, preload []stri
 	if len(preload) > 0 {
 		args = append(args, "--preload", strings.Join(preload, ","))
 	}
-	cmd, err := tc.Command(context.Background(), args...)
+	cmd, err := tc.Command(context.Background(), append(args, extra...)...)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Dir = opts.ProgramDir
+	return cmd, nil
+}
+
+// startProgram starts the exec helper, waiting on its stdin for the run request. Not tied to a
+// request's context: it outlives GetRequiredPackages, and ends when its stdin closes (Run sent
+// the request, or this host exited).
+func (h *languageHost) startProgram(opts toolchain.PythonOptions, preload []string) (*pipedProgram, error) {
+	cmd, err := h.helperCommand(opts, preload)
 	if err != nil {
 		return nil, err
 	}
@@ -223,14 +273,13 @@ func (h *languageHost) startProgram(opts toolchain.PythonOptions, preload []stri
 	if err != nil {
 		return nil, err
 	}
-	cmd.Dir = opts.ProgramDir
 	// Through pipes of its own, copied to ours until it exits: a helper still loading when this
 	// host is stopped (a command that never ran the program) must not hold the CLI's pipes open.
 	cmd.Stdout, cmd.Stderr = struct{ io.Writer }{os.Stdout}, struct{ io.Writer }{os.Stderr}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("could not start the Python program (%s): %w", cmd.Path, err)
 	}
-	return &waitingProgram{options: opts, cmd: cmd, stdin: stdin}, nil
+	return &pipedProgram{options: opts, cmd: cmd, stdin: stdin}, nil
 }
 
 // commandRunsProgram tells from the command line of the CLI that started this host (its parent)
@@ -254,14 +303,20 @@ func commandRunsProgram(cli int) bool {
 	return true
 }
 
-// prestart starts the helper for the program the engine is about to run, unless one waits
-// already or the CLI's command does not run the program.
+// prestart adopts the early helper of the CLI command (early.go) or starts one for the program
+// the engine is about to run, unless one waits already or the CLI's command does not run it.
 func (h *languageHost) prestart(opts toolchain.PythonOptions, preload []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.waiting != nil || !h.runsProgram {
 		return
 	}
+	early, err := adoptEarly(opts)
+	if err == nil {
+		h.waiting = early
+		return
+	}
+	logging.V(5).Infof("python language host: no early helper to adopt: %v", err)
 	program, err := h.startProgram(opts, preload)
 	if err != nil { // Run starts it again and reports the error
 		logging.V(5).Infof("python language host: no helper started ahead of Run: %v", err)
@@ -271,17 +326,16 @@ func (h *languageHost) prestart(opts toolchain.PythonOptions, preload []string) 
 }
 
 // takeProgram hands Run the waiting helper when it was started for the same options, or a new one.
-func (h *languageHost) takeProgram(opts toolchain.PythonOptions) (*waitingProgram, error) {
+func (h *languageHost) takeProgram(opts toolchain.PythonOptions) (waitingProgram, error) {
 	h.mu.Lock()
 	waiting := h.waiting
 	h.waiting = nil
 	h.mu.Unlock()
 	if waiting != nil {
-		if waiting.options == opts {
+		if waiting.startedFor() == opts {
 			return waiting, nil
 		}
-		waiting.stdin.Close() // it exits on EOF
-		_ = waiting.cmd.Wait()
+		waiting.discard()
 	}
 	return h.startProgram(opts, nil)
 }
@@ -336,29 +390,15 @@ func (h *languageHost) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pul
 	if err != nil {
 		return nil, fmt.Errorf("serializing the run request: %w", err)
 	}
-	logging.V(5).Infof("python language host running %s with %s", program.cmd.Path, strings.Join(args, " "))
-	_, writeErr := program.stdin.Write(append(line, '\n'))
-	program.stdin.Close()
-
-	stop := context.AfterFunc(ctx, func() { _ = program.cmd.Process.Kill() })
-	defer stop()
-	err = program.cmd.Wait()
-	if err == nil && writeErr != nil {
-		err = writeErr
-	}
-	if err != nil {
-		var exitErr *exec.ExitError
-		if errors.As(err, &exitErr) {
-			if exitErr.ExitCode() == exitCodeUserMessageShown {
-				return &pulumirpc.RunResponse{Bail: true}, nil
-			}
-			return &pulumirpc.RunResponse{
-				Error: fmt.Sprintf("Program exited with non-zero exit code: %d", exitErr.ExitCode()),
-			}, nil
-		}
-		return &pulumirpc.RunResponse{
-			Error: fmt.Sprintf("could not run the Python program (%s): %v", program.cmd.Path, err),
-		}, nil
+	logging.V(5).Infof("python language host running the program with %s", strings.Join(args, " "))
+	code, err := program.run(ctx, append(line, '\n'))
+	switch {
+	case err != nil:
+		return &pulumirpc.RunResponse{Error: fmt.Sprintf("could not run the Python program: %v", err)}, nil
+	case code == exitCodeUserMessageShown:
+		return &pulumirpc.RunResponse{Bail: true}, nil
+	case code != 0:
+		return &pulumirpc.RunResponse{Error: fmt.Sprintf("Program exited with non-zero exit code: %d", code)}, nil
 	}
 	return &pulumirpc.RunResponse{}, nil
 }
@@ -381,8 +421,9 @@ type pluginJSON struct {
 	} `json:"parameterization"`
 }
 
-// requiredPackages answers the engine's question before a preview or update (never before a
-// destroy or refresh), so it also starts the program's interpreter, preloading these packages.
+// requiredPackages answers the engine's question about the program's packages (asked before a
+// destroy or refresh too); for a command that runs the program it also has the program's
+// interpreter waiting (prestart), preloading these packages when it starts one.
 func (h *languageHost) requiredPackages(ctx context.Context, info *pulumirpc.ProgramInfo) ([]*pulumirpc.PackageDependency, error) {
 	opts, err := optionsOf(info)
 	if err != nil {
@@ -543,6 +584,13 @@ func (h *languageHost) About(ctx context.Context, req *pulumirpc.AboutRequest) (
 	opts, err := optionsOf(req.GetInfo())
 	if err != nil {
 		return nil, err
+	}
+	if h.runsProgram {
+		h.early.Do(func() {
+			if err := h.startEarly(opts, preloadOption(req.GetInfo())); err != nil {
+				logging.V(5).Infof("python language host: no early helper: %v", err)
+			}
+		})
 	}
 	tc, err := toolchain.ResolveToolchain(opts)
 	if err != nil {
