@@ -77,7 +77,7 @@ func (h *languageHost) startEarly(opts toolchain.PythonOptions, preload []string
 	if err != nil {
 		return err
 	}
-	_ = os.Remove(path) // left by a helper of a dead process that had this pid and start time: none
+	_ = os.Remove(path) // the path names this CLI process: an old socket there is one nobody can use
 	listener, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
 		return err

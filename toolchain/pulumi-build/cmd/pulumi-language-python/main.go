@@ -105,7 +105,7 @@ func (p *pipedProgram) discard() {
 	_ = p.cmd.Wait()
 }
 
-// runRequest is what the exec helper reads from stdin (see its docstring).
+// runRequest is what the exec helper reads from its stdin or socket (see its docstring).
 type runRequest struct {
 	Args       []string          `json:"args"`
 	Config     map[string]string `json:"config"`
@@ -195,8 +195,8 @@ func optionsOf(info *pulumirpc.ProgramInfo) (toolchain.PythonOptions, error) {
 }
 
 // preloadOption is the `preload` runtime option: modules of the program (comma-separated) that
-// the interpreter imports before Run, while the engine refreshes. They must not read the
-// stack's configuration at import time.
+// the interpreter started ahead imports before Run, while the CLI and the engine do other work.
+// They must not read the stack's configuration at import time.
 func preloadOption(info *pulumirpc.ProgramInfo) []string {
 	value, _ := info.GetOptions().GetFields()["preload"].AsInterface().(string)
 	var modules []string
