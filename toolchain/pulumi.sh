@@ -3,6 +3,8 @@
 #   pulumi                          the CLI, github.com/pulumi/pulumi/pkg/v3/cmd/pulumi @ v$PULUMI_VERSION
 #   pulumi-language-python          our own Python language host (toolchain/pulumi-build/cmd/...)
 #   pulumi-language-python-exec     our own program runner   (toolchain/python-host/)
+#   plugin_scan.py                  the host's plugin scan (embedded in it too), which the
+#                                   program runner started ahead runs for the host
 #   pulumi-resource-pulumi-python   our own dynamic provider (toolchain/python-host/)
 #   ../plugins/pulumi-resource-sin-postdeploy   the post-deploy step's provider
 #                                   (toolchain/pulumi-build/cmd/...); off PATH: setup.sh installs
@@ -149,6 +151,7 @@ export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
         -o "$tmp/plugins/pulumi-resource-sin-postdeploy" ./cmd/pulumi-resource-sin-postdeploy
 ) >&2
 install -m 0755 "$host_src/pulumi-language-python-exec" "$tmp/bin/pulumi-language-python-exec"
+install -m 0644 "$build_mod/cmd/pulumi-language-python/plugin_scan.py" "$tmp/bin/plugin_scan.py"
 install -m 0755 "$host_src/pulumi-resource-pulumi-python" "$tmp/bin/pulumi-resource-pulumi-python"
 
 got="$(PULUMI_SKIP_UPDATE_CHECK=true "$tmp/bin/pulumi" version)"

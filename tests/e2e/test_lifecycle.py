@@ -100,6 +100,22 @@ def test_second_up_changes_nothing(deployed):
     test_stack.stack.preview(expect_no_changes=True, color="never")
 
 
+def test_the_programs_providers_start_while_the_refresh_reads(deployed):
+    """An up refreshes first (Pulumi.yaml's `refresh: always`); the program then registers the
+    same providers, and each one's Check needs a process of its own. Our CLI build
+    (toolchain/pulumi-build/patches) starts those during the refresh's reads, before the engine
+    runs the program. `pulumi refresh` alone checks no provider and starts none of them."""
+    test_stack, *_ = deployed
+    verbose = {"log_verbosity": 7, "log_to_std_err": True, "log_flow": True, "color": "never"}
+    lines = test_stack.stack.up(expect_no_changes=True, **verbose).stderr.splitlines()
+    program_runs = next(i for i, line in enumerate(lines) if "langhost[python].Run(" in line)
+    for plugin in ("pulumi-resource-docker", "pulumi-resource-sin-postdeploy"):
+        started = [i for i, line in enumerate(lines) if "Handshake" in line and plugin in line]
+        assert len(started) == 2 and started[1] < program_runs, (plugin, started, program_runs)
+    lines = test_stack.stack.refresh(**verbose).stderr.splitlines()
+    assert sum("Handshake" in line and "pulumi-resource-docker" in line for line in lines) == 1
+
+
 def test_secrets_appear_neither_in_docker_inspect_nor_in_the_state(deployed, settings):
     test_stack, _, _, _, result = deployed
     pg_password, redis_password = secrets_of(test_stack)

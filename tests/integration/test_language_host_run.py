@@ -169,6 +169,51 @@ def test_an_interpreter_started_ahead_ends_with_a_command_that_fails_before_the_
     pulumi(directory, env, "stack", "rm", "--yes", "--force")
 
 
+def recording_virtualenv(venv: Path, calls: Path) -> None:
+    """A virtualenv whose python writes to ``calls`` what it was started for ("scan": the host's
+    plugin scan, "helper": the exec helper), then runs the interpreter running these tests."""
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f"""#!/bin/sh
+case "$*" in
+  *"resource plugins that installed packages declare"*) echo scan >> '{calls}' ;;
+  *pulumi-language-python-exec*) echo helper >> '{calls}' ;;
+esac
+exec '{sys.executable}' "$@"
+""")
+    python.chmod(0o755)
+
+
+def started_for(calls: Path) -> list[str]:
+    started = calls.read_text().split() if calls.exists() else []
+    calls.unlink(missing_ok=True)
+    return sorted(started)
+
+
+def test_the_interpreter_started_ahead_has_the_plugin_scan_answered_for_the_host(tmp_path):
+    """The engine's host asks for the program's packages before it adopts the interpreter the
+    About host started; that interpreter wrote the plugin scan's answer before loading the SDK, so
+    no interpreter starts only for the scan. A command that does not run the program scans with
+    one of its own."""
+    directory = project(tmp_path / "project", preload="early")
+    (directory / "venv").unlink()
+    calls = tmp_path / "python-calls"
+    recording_virtualenv(directory / "venv", calls)
+    env = environment(tmp_path)
+    pulumi(directory, env, "stack", "init", "host-run")
+    pulumi(directory, env, "config", "set", "greeting", "hello")
+    pulumi(directory, env, "config", "set", "--secret", "token", stdin=SECRET)
+    started_for(calls)
+    for command in (["up", "--yes", "--skip-preview"], ["preview"]):
+        pulumi(directory, env, *command)
+        assert started_for(calls) == ["helper"], command
+    pulumi(directory, env, "destroy", "--yes", "--skip-preview")
+    assert started_for(calls) == ["scan"]
+    outputs_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"sin-pulumi-python-{os.getuid()}"
+    assert not list(outputs_dir.glob("*")), "the early helper left its socket or scan answer behind"
+    pulumi(directory, env, "stack", "rm", "--yes", "--force")
+
+
 def test_a_virtualenv_without_the_sdk_gets_one_message_naming_the_fix(tmp_path):
     """The interpreter started ahead finds no SDK: it says so once, when the program would run."""
     directory = project(tmp_path / "project", preload="early")

@@ -9,7 +9,10 @@ package main
 // socket in a directory only this user can enter, named after the CLI process (pid and start
 // time) and the program's options. The engine's host of the same CLI process adopts it there:
 // it sends the run request with its own stdout and stderr (SCM_RIGHTS), and reads back the
-// program's exit code. A helper nobody adopts ends when the CLI process does.
+// program's exit code. A helper nobody adopts ends when the CLI process does. Before it loads
+// the SDK, the helper also writes the plugin scan's answer beside the socket: the engine's host
+// asks for the program's packages before it adopts the helper, and reads that answer instead of
+// starting an interpreter only for the scan.
 
 import (
 	"bufio"
@@ -105,6 +108,27 @@ func (h *languageHost) startEarly(opts toolchain.PythonOptions, preload []string
 	}
 	go func() { _ = cmd.Wait() }()
 	return nil
+}
+
+// pluginsSuffix names, beside an early helper's socket, the file with its plugin scan's answer.
+const pluginsSuffix = ".plugins"
+
+// earlyPluginScan is the plugin scan's answer (plugin_scan.py) the early helper of this host's
+// CLI process wrote, or nil when there is none (yet): the host then runs the scan itself.
+func (h *languageHost) earlyPluginScan(opts toolchain.PythonOptions) []byte {
+	if !h.runsProgram {
+		return nil
+	}
+	path, err := earlySocket(os.Getppid(), opts)
+	if err != nil {
+		return nil
+	}
+	answer, err := os.ReadFile(path + pluginsSuffix)
+	if err != nil {
+		return nil
+	}
+	_ = os.Remove(path + pluginsSuffix)
+	return answer
 }
 
 // earlyProgram is an early helper this host adopted, reached through its socket.

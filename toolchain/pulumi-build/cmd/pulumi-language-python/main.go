@@ -438,15 +438,19 @@ func (h *languageHost) requiredPackages(ctx context.Context, info *pulumirpc.Pro
 	}
 	modules := preloadOption(info)
 	defer func() { h.prestart(opts, modules) }() // with the scanned SDKs, when the scan answers
-	cmd, err := tc.Command(ctx, "-c", pluginScan)
-	if err != nil {
-		return nil, err
-	}
-	out, err := cmd.Output()
-	if err != nil {
-		// Not fatal: the engine still loads plugins lazily when resources register.
-		logging.V(3).Infof("python language host: plugin scan failed: %v", err)
-		return nil, nil
+	out := h.earlyPluginScan(opts)
+	if out != nil {
+		logging.V(5).Infof("python language host: plugin scan answered by the interpreter started ahead")
+	} else {
+		cmd, err := tc.Command(ctx, "-c", pluginScan)
+		if err != nil {
+			return nil, err
+		}
+		if out, err = cmd.Output(); err != nil {
+			// Not fatal: the engine still loads plugins lazily when resources register.
+			logging.V(3).Infof("python language host: plugin scan failed: %v", err)
+			return nil, nil
+		}
 	}
 	var found []pluginJSON
 	if err := json.Unmarshal(out, &found); err != nil {

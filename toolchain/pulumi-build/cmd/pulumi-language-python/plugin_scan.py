@@ -1,10 +1,12 @@
 """Print, as JSON, the resource plugins that installed packages declare in a pulumi-plugin.json
 beside their code (how generated provider SDKs announce their provider).
 
-Run by our language host (embedded in it) before every preview, update and destroy, so it
-looks only where such a file lives, <sys.path entry>/<package>/pulumi-plugin.json, instead of
-reading every installed distribution's file list (~0.1 s of CPU with ~120 packages). Package
-metadata is read only for a file that names no plugin or version.
+Run by our language host (embedded in it) before every preview, update and destroy, or, for
+an update or preview, by the interpreter started ahead for the program (the exec helper in
+toolchain/python-host/, beside which it is installed). So it looks only where such a file
+lives, <sys.path entry>/<package>/pulumi-plugin.json, instead of reading every installed
+distribution's file list (~0.1 s of CPU with ~120 packages). Package metadata is read only for
+a file that names no plugin or version.
 """
 
 import json
