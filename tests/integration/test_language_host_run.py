@@ -169,6 +169,29 @@ def test_an_interpreter_started_ahead_ends_with_a_command_that_fails_before_the_
     pulumi(directory, env, "stack", "rm", "--yes", "--force")
 
 
+def test_the_programs_log_messages_reach_the_cli_in_order_before_it_fails(tmp_path):
+    """The exec helper sends the program's log messages from a thread of its own (the SDK's
+    calls block for each): all of them, in the order logged, before the failure's own message
+    and before the exit code goes back."""
+    directory = project(tmp_path / "project", preload="early")
+    (directory / "__main__.py").write_text(
+        "import pulumi\n"
+        "for n in range(40):\n"
+        "    pulumi.log.info(f'message {n:02d}')\n"
+        "pulumi.log.warn('the last message')\n"
+        "raise RuntimeError('the program stops here')\n")
+    env = environment(tmp_path)
+    pulumi(directory, env, "stack", "init", "host-run")
+    done = subprocess.run(["pulumi", "up", "--yes", "--skip-preview", "--non-interactive"], cwd=directory,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    diagnostics = done.stdout.split("Diagnostics:", 1)[1].splitlines()
+    logged = [line.strip() for line in diagnostics if line.strip().startswith(("message ", "warning: the last"))]
+    assert logged == [f"message {n:02d}" for n in range(40)] + ["warning: the last message"], done.stdout
+    assert "the program stops here" in "".join(diagnostics).split("the last message", 1)[1], done.stdout
+    pulumi(directory, env, "stack", "rm", "--yes", "--force")
+
+
 def recording_virtualenv(venv: Path, calls: Path) -> None:
     """A virtualenv whose python writes to ``calls`` what it was started for ("scan": the host's
     plugin scan, "helper": the exec helper), then runs the interpreter running these tests."""
