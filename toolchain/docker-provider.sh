@@ -95,6 +95,12 @@ upstream_mod=github.com/terraform-providers/terraform-provider-docker
 if compgen -G "$src/patches/*.patch" >/dev/null; then
     patch_module "$go_bin" "$tmp/src" "$upstream_mod" "$tmp/upstream" "$src"/patches/*.patch
 fi
+# Other modules with patches of their own (patches/<module path>/*.patch; each says why),
+# replaced the same way.
+while IFS= read -r patch_dir; do
+    module="${patch_dir#"$src/patches/"}"
+    patch_module "$go_bin" "$tmp/src" "$module" "$tmp/replace/$module" "$patch_dir"/*.patch
+done < <(find "$src/patches" -mindepth 2 -name '*.patch' -printf '%h\n' 2>/dev/null | sort -u)
 # -mod=readonly: the committed go.sum must already cover the build (no silent re-resolution).
 build() { (cd "$tmp/src" && "$go_bin" build -mod=readonly -trimpath -buildvcs=false \
     -tags "$build_tags" -ldflags "$ldflags" "$@"); }
