@@ -192,6 +192,26 @@ def test_the_programs_log_messages_reach_the_cli_in_order_before_it_fails(tmp_pa
     pulumi(directory, env, "stack", "rm", "--yes", "--force")
 
 
+def test_an_update_records_the_commit_of_a_program_in_git(tmp_path):
+    """`preview` and `up` gather the update's metadata while the CLI derives the stack's keys
+    (our CLI build's patch, toolchain/pulumi-build/patches): the update history still names the
+    program's commit, as upstream's does."""
+    directory = project(tmp_path / "project", preload="early")
+    git = ["git", "-C", str(directory), "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "Pulumi.yaml", "__main__.py", "early.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "the program"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    env = environment(tmp_path)
+    pulumi(directory, env, "stack", "init", "host-run")
+    pulumi(directory, env, "config", "set", "--secret", "token", stdin=SECRET)
+    pulumi(directory, env, "up", "--yes", "--skip-preview")
+    history = json.loads(pulumi(directory, env, "stack", "history", "--json"))
+    assert history[0]["environment"]["git.head"] == head, history[0]["environment"]
+    assert history[0]["message"] == "the program"
+    pulumi(directory, env, "stack", "rm", "--yes", "--force")
+
+
 def recording_virtualenv(venv: Path, calls: Path) -> None:
     """A virtualenv whose python writes to ``calls`` what it was started for ("scan": the host's
     plugin scan, "helper": the exec helper), then runs the interpreter running these tests."""
