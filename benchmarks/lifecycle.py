@@ -17,8 +17,9 @@ Pulumi runs in a private PULUMI_HOME (teststacks.private_pulumi_home): the CLI l
 directory at every start, so a home filled by earlier test runs would slow every command.
 Prints medians over ROUNDS (env SIN_BENCH_ROUNDS) of cold up (to verified: migrate + 20
 checks, or the command fails), no-op up and preview (SETTLED_REPEATS of each per round,
-alternating), destroy and a cold up through the Automation API; 4 bring-ups at once of each kind; the host CPU per cold up; the idle CPU Docker's
-healthchecks cost; and a profile of one cold up (where its time goes).
+alternating), destroy and a cold up through the Automation API; 4 bring-ups at once of each
+kind; the host CPU per cold up; the idle CPU Docker's healthchecks cost; and a profile of one
+cold up (where its time goes).
 Targets (issue 14): cold up <= 1.5x floor, CPU <= 1.5x plain, destroy <= 1.5x plain,
 no-op up and preview < 1 s, 4 at once <= 1.3x 4 plain at once. Run: scripts/bench lifecycle
 """
@@ -496,7 +497,8 @@ def verdict(ok: bool) -> str:
 def report(med: dict[str, float], cpu: dict[str, float], idle: dict[str, float],
            steps: list[tuple[str, float]]) -> None:
     row = "{:<16} {:>9} {:>8} {:>8} {:>8}   {}"
-    print(f"medians of {ROUNDS} rounds ({ROUNDS * SETTLED_REPEATS} no-op ups and previews); floor = poll the services from the host every {POLL_S * 1000:.0f} ms; "
+    print(f"medians of {ROUNDS} rounds ({ROUNDS * SETTLED_REPEATS} no-op ups and previews); "
+          f"floor = poll the services from the host every {POLL_S * 1000:.0f} ms; "
           f"plain = wait for Docker's start-up healthcheck; bare = the same objects declared with pulumi_docker "
           f"alone (benchmarks/bare_program: same engine, SDK, provider, refresh)")
     print(row.format("operation", "pulumi s", "floor s", "plain s", "bare s", "ratio and target"))

@@ -89,18 +89,10 @@ rm -f "$tmp/src/cmd/pulumi-resource-docker/schema-embed.json" \
 
 export CGO_ENABLED=0
 
-# Upstream with our patches applied (patches/*.patch; each one says why), used as a local
-# replacement of the pinned module, so the pin and go.sum stay what they are.
-upstream_mod=github.com/terraform-providers/terraform-provider-docker
-if compgen -G "$src/patches/*.patch" >/dev/null; then
-    patch_module "$go_bin" "$tmp/src" "$upstream_mod" "$tmp/upstream" "$src"/patches/*.patch
-fi
-# Other modules with patches of their own (patches/<module path>/*.patch; each says why),
-# replaced the same way.
-while IFS= read -r patch_dir; do
-    module="${patch_dir#"$src/patches/"}"
-    patch_module "$go_bin" "$tmp/src" "$module" "$tmp/replace/$module" "$patch_dir"/*.patch
-done < <(find "$src/patches" -mindepth 2 -name '*.patch' -printf '%h\n' 2>/dev/null | sort -u)
+# Each module with patches of ours (patches/<module path>/*.patch; each one says why: upstream's
+# provider, and two of Pulumi's modules) replaced by a patched copy of its pinned version, so the
+# pins and go.sum stay what they are.
+patch_modules "$go_bin" "$tmp/src" "$src/patches" "$tmp/replace"
 # -mod=readonly: the committed go.sum must already cover the build (no silent re-resolution).
 build() { (cd "$tmp/src" && "$go_bin" build -mod=readonly -trimpath -buildvcs=false \
     -tags "$build_tags" -ldflags "$ldflags" "$@"); }

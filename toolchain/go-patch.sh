@@ -20,3 +20,13 @@ patch_module() {
     done
     (cd "$build_dir" && "$go_bin" mod edit -replace "$module=$copy")
 }
+
+# patch_modules GO BUILD_MODULE_DIR PATCH_ROOT COPY_ROOT: patch_module for every module that has
+# patches under PATCH_ROOT (PATCH_ROOT/<module path>/*.patch), its copy in COPY_ROOT/<module path>.
+patch_modules() {
+    local go_bin="$1" build_dir="$2" patch_root="$3" copy_root="$4" patch_dir module
+    while IFS= read -r patch_dir; do
+        module="${patch_dir#"$patch_root/"}"
+        patch_module "$go_bin" "$build_dir" "$module" "$copy_root/$module" "$patch_dir"/*.patch
+    done < <(find "$patch_root" -name '*.patch' -printf '%h\n' 2>/dev/null | sort -u)
+}

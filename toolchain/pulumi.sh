@@ -129,10 +129,7 @@ mkdir -p "$tmp/bin" "$tmp/plugins"
 # The build module, with each dependency that has patches (patches/<module path>/*.patch; each
 # says why) replaced by a patched copy of its pinned version, so go.mod and go.sum stay as pinned.
 cp -a "$build_mod/." "$src/module/"
-while IFS= read -r patch_dir; do
-    module="${patch_dir#"$build_mod/patches/"}"
-    patch_module "$go_bin" "$src/module" "$module" "$src/replace/$module" "$patch_dir"/*.patch
-done < <(find "$build_mod/patches" -name '*.patch' -printf '%h\n' 2>/dev/null | sort -u)
+patch_modules "$go_bin" "$src/module" "$build_mod/patches" "$src/replace"
 
 log "building pulumi v$version with $("$go_bin" version) (inputs $inputs_hash); cold builds take ~10-25 min on 2 cores"
 start=$(date +%s)
