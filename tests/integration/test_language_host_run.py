@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import sys
@@ -20,6 +21,7 @@ from infra.driver import stacks
 SECRET = "a-secret-only-the-program-may-see-0123"
 
 PROGRAM = """\
+import gc
 import os
 
 import pulumi
@@ -32,6 +34,7 @@ pulumi.export("secretLength", config.require_secret("token").apply(len))
 pulumi.export("configInEnvironment", sorted({"PULUMI_CONFIG", "PULUMI_CONFIG_SECRET_KEYS"} & set(os.environ)))
 pulumi.export("secretInEnvironment", any("%s" in value for value in os.environ.values()))
 pulumi.export("earlySawConfig", early.CONFIG_AT_IMPORT)
+pulumi.export("collectorEnabled", gc.isenabled())
 """ % SECRET
 
 # Imported by the `preload` option before the run request, so it sees no configuration yet;
@@ -112,6 +115,7 @@ def test_the_program_gets_its_configuration_on_stdin_and_preloaded_modules_befor
     assert outputs["configInEnvironment"] == []
     assert outputs["secretInEnvironment"] is False
     assert outputs["earlySawConfig"] == early_sees
+    assert outputs["collectorEnabled"] is True
     pulumi(directory, env, "stack", "rm", "--yes", "--force")
 
 
@@ -192,10 +196,10 @@ def test_the_programs_log_messages_reach_the_cli_in_order_before_it_fails(tmp_pa
     pulumi(directory, env, "stack", "rm", "--yes", "--force")
 
 
-def test_an_update_records_the_commit_of_a_program_in_git(tmp_path):
-    """`preview` and `up` gather the update's metadata while the CLI derives the stack's keys
-    (our CLI build's patch, toolchain/pulumi-build/patches): the update history still names the
-    program's commit, as upstream's does."""
+def test_updates_and_destroys_record_the_commit_of_a_program_in_git(tmp_path):
+    """`up`, `preview`, `destroy` and `refresh` gather the update's metadata while the CLI derives
+    the stack's keys (our CLI build's patch, toolchain/pulumi-build/patches): the update history
+    still names the program's commit, as upstream's does."""
     directory = project(tmp_path / "project", preload="early")
     git = ["git", "-C", str(directory), "-c", "user.name=test", "-c", "user.email=test@example.invalid"]
     subprocess.run([*git, "init", "-q"], check=True)
@@ -206,9 +210,33 @@ def test_an_update_records_the_commit_of_a_program_in_git(tmp_path):
     pulumi(directory, env, "stack", "init", "host-run")
     pulumi(directory, env, "config", "set", "--secret", "token", stdin=SECRET)
     pulumi(directory, env, "up", "--yes", "--skip-preview")
+    pulumi(directory, env, "destroy", "--yes", "--skip-preview")
     history = json.loads(pulumi(directory, env, "stack", "history", "--json"))
-    assert history[0]["environment"]["git.head"] == head, history[0]["environment"]
-    assert history[0]["message"] == "the program"
+    assert [entry["kind"] for entry in history] == ["destroy", "update"]
+    for entry in history:
+        assert entry["environment"]["git.head"] == head, entry["environment"]
+        assert entry["message"] == "the program"
+    pulumi(directory, env, "stack", "rm", "--yes", "--force")
+
+
+def test_a_destroy_still_warns_when_the_program_names_a_newer_provider_than_the_state(tmp_path):
+    """`destroy` asks for the program's packages beside the deletes instead of before them (our
+    CLI build's patch): upstream's warning about a provider older in the state than in the
+    program still comes, before the summary."""
+    directory = project(tmp_path / "project", preload="early")
+    (directory / "__main__.py").write_text(  # a provider nothing uses: no connection to any daemon
+        "import pulumi_docker\n"
+        "pulumi_docker.Provider('unused', host='unix:///nonexistent/docker.sock')\n")
+    newer = tmp_path / "newer-sdk" / "pulumi_docker_next"
+    newer.mkdir(parents=True)
+    (newer / "pulumi-plugin.json").write_text(json.dumps({"resource": True, "name": "docker", "version": "99.0.0"}))
+    env = environment(tmp_path)
+    pulumi(directory, env, "stack", "init", "host-run")
+    pulumi(directory, env, "up", "--yes", "--skip-preview")
+    output = pulumi(directory, {**env, "PYTHONPATH": str(newer.parent)}, "destroy", "--yes", "--skip-preview")
+    warning = re.search(r"warning: destroy operation is using an older version of package 'docker' than the "
+                        r"specified program version: \S+ < 99\.0\.0", output)
+    assert warning and warning.start() < output.index("Resources:"), output
     pulumi(directory, env, "stack", "rm", "--yes", "--force")
 
 
