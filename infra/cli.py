@@ -80,7 +80,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack)
-    stack.destroy(on_output=print, color="never")
+    stacks.down(stack, say)
     if args.remove:
         stacks.remove_stack(stack)
         say(f"stack {args.stack} removed; Pulumi.{args.stack}.yaml is kept, with its encrypted passwords, so "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Callable
 from urllib.parse import quote
 
 import pulumi
 import pulumi_docker as docker
 
-from infra.core import config as stack_config
+from infra.core import config as stack_config, conflicts
+from infra.core.dockerhost import DockerHostError
+from infra.core.engine import EngineError
 from infra.deploy import migration_files
 from infra.components.backupagent import BackupAgent, BackupAgentArgs
 from infra.components.common import labels
@@ -76,9 +79,23 @@ def redis_url(password: str, host: str, port: int) -> str:
     return f"redis://:{quote(password, safe='')}@{host}:{port}/0"
 
 
-def program() -> None:
-    """Declare network, PostgreSQL, Redis and the post-deploy step; export the contract."""
+def look_at_host(cfg: stack_config.StackConfig) -> None:
+    """Refuse, before anything is declared, what the stack would collide with on its Docker host
+    (the engine shows the error once, without a Python traceback)."""
+    try:
+        looked = conflicts.check_host(cfg)
+    except (conflicts.HostConflicts, DockerHostError, EngineError) as exc:
+        raise pulumi.RunError(str(exc)) from None
+    if not looked:
+        pulumi.log.warn(f"{cfg.docker.describe()}: could not look for conflicts before creating (a TLS or "
+                        f"context address); a taken name, port or subnet shows as Docker's error")
+
+
+def program(look: Callable[[stack_config.StackConfig], None] = look_at_host) -> None:
+    """Declare network, PostgreSQL, Redis and the post-deploy step; export the contract. ``look``
+    checks the Docker host first (the unit tests, which have none, pass their own)."""
     cfg = stack_config.from_pulumi()
+    look(cfg)
     on_host = pulumi.ResourceOptions(providers=[docker_provider(cfg)])
     common = dict(bind_address=cfg.bind_address, retain_volume=cfg.retain_volumes,
                   health_timeout_s=cfg.health_timeout_seconds)

@@ -152,3 +152,27 @@ def find(want: Declared) -> list[Finding]:
     with ThreadPoolExecutor(max_workers=max(1, len(wanted))) as pool:
         seen = dict(zip(wanted, pool.map(lambda object_: dockercli.inspect(*object_), wanted)))
     return compare(want, lambda kind, name: seen[(kind, name)])
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A Docker object a killed `up` was creating: Docker may hold it while the state does not."""
+
+    kind: str  # "container", "network" or "volume", as the docker CLI names them
+    name: str
+
+
+KINDS = {CONTAINER_TYPE: "container", NETWORK_TYPE: "network", VOLUME_TYPE: "volume"}
+
+
+def interrupted(deployment: dict) -> list[Interrupted]:
+    """The state's pending creates of containers, networks and volumes (the ``deployment`` of
+    ``pulumi stack export``), by the name their inputs give."""
+    found = []
+    for op in deployment.get("pending_operations") or []:
+        resource = op.get("resource") or {}
+        kind = KINDS.get(resource.get("type", ""))
+        name = (resource.get("inputs") or {}).get("name")
+        if op.get("type") == "creating" and kind and name:
+            found.append(Interrupted(kind, name))
+    return found

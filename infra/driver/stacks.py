@@ -22,9 +22,10 @@ from typing import Callable, Iterator, Optional, Sequence
 import yaml
 from pulumi import automation as auto
 
-from infra.core.errors import InputError
-from infra.core import dockercli, dockerhost
-from infra.driver import drift
+from infra.core.errors import InputError, OperationFailed
+from infra.core import conflicts, dockercli, dockerhost
+from infra.core.engine import Engine
+from infra.driver import drift, locks
 from infra.core.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig,
                           docker_host, parse)
 from infra.core.targets import DockerHost, Target
@@ -39,6 +40,10 @@ LOCAL_IMAGE_ENV = {"postgresImage": "SIN_LOCAL_POSTGRES_IMAGE", "redisImage": "S
 
 class StackError(InputError):
     """A stack cannot be used as asked; the message says why and what to do."""
+
+
+class UpFailed(OperationFailed):
+    """`up` failed half-way for a reason the message names with its fix; the next `up` completes the stack."""
 
 
 @dataclass(frozen=True)
@@ -288,8 +293,9 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
     command (the stack file plus :func:`image_overrides`, or None), with the stack's Docker host
     reachable (:func:`infra.core.dockerhost.using`) for the whole block.
 
-    Raises :class:`infra.core.config.ConfigError`, or :class:`infra.core.dockerhost.DockerHostError` when the
-    stack's Docker host cannot be reached or used, with nothing changed. With
+    Raises :class:`infra.core.config.ConfigError`, :class:`infra.core.dockerhost.DockerHostError` when the
+    stack's Docker host cannot be reached or used, or :class:`infra.core.conflicts.HostConflicts` when it
+    holds a name, port or subnet the stack would take, with nothing changed. With
     ``generate_passwords``, passwords the stack does not have yet are generated (after the checks)
     and stored encrypted; with ``copy_images``, a remote host gets the local images it lacks."""
     config = stack.get_all_config()
@@ -298,7 +304,7 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
     with dockerhost.session(checked.docker) as host:
         # Before `using`: a copied image is read from the engine this process was pointed at.
         overrides = image_overrides(config, images, say, host, copy_images)
-        validate(stack.name, config, overrides, pending)
+        look_at_host(stack, validate(stack.name, config, overrides, pending), host, say)
         for key in ensure_secrets(stack, config) if generate_passwords else ():
             say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
         overlay = overlay_config_file(stack, overrides)
@@ -310,12 +316,79 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
                 os.unlink(overlay)
 
 
+def look_at_host(stack: auto.Stack, cfg: StackConfig, host: dockerhost.Session, say: Callable[[str], None]) -> None:
+    """Refuse what the stack would collide with on its Docker host (:mod:`infra.core.conflicts`); the
+    names its state declares are its own, whatever their labels (drift, which `up` repairs)."""
+    engine = Engine.of(host.docker_env)
+    if engine is None:
+        say(f"{host.host.describe()}: could not look for conflicts before creating (a TLS or context address); "
+            f"a taken name, port or subnet shows as Docker's error")
+        return
+    declared = drift.declared(exported_deployment(stack))
+    exempt = frozenset(o.name for o in (*declared.containers, *declared.volumes, *declared.networks))
+    conflicts.check(engine, cfg, host.host.describe(), exempt)
+
+
 def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_passwords: bool = False,
        accept_data_loss: bool = False, **kwargs) -> auto.UpResult:
     """``pulumi up`` after :func:`prepared_config` and :func:`repair_drift`."""
     with prepared_config(stack, images, say, generate_passwords, copy_images=True) as overlay:
+        finish_interrupted(stack, say)
         repair_drift(stack, say, accept_data_loss)
-        return stack.up(config_file=overlay, color="never", **kwargs)
+        try:
+            return stack.up(config_file=overlay, color="never", **kwargs)
+        except auto.CommandError as exc:
+            late = conflicts.explain_failure(str(exc), validate(stack.name, stack.get_all_config()))
+            if late is None:
+                raise
+            raise UpFailed(late) from None
+
+
+def down(stack: auto.Stack, say: Callable[[str], None]) -> None:
+    """``pulumi destroy``, with what a killed `up` left that the engine cannot see removed around it (its
+    containers first, which would hold the network and volumes), so nothing of the stack is left but the
+    data volumes it keeps."""
+    with dockerhost.session(docker_host_of(stack)) as host, dockerhost.using(host):
+        left = finish_interrupted(stack, say)
+        stack.destroy(on_output=print, color="never")
+        if any(item.kind == "volume" for item in left) and not _retains_volumes(stack):
+            remove_interrupted(stack, left, say, keep_volumes=False)
+        engine = Engine.of(host.docker_env)
+        if engine is not None:
+            conflicts.remove_probes(engine, stack.name)
+
+
+def _retains_volumes(stack: auto.Stack) -> bool:
+    return validate(stack.name, stack.get_all_config()).retain_volumes
+
+
+def finish_interrupted(stack: auto.Stack, say: Callable[[str], None]) -> list[drift.Interrupted]:
+    """Before the engine runs, with the stack's Docker host in use: remove the stale lock a killed command
+    of this machine left (:mod:`infra.driver.locks`), then the containers and networks a killed `up`
+    created without recording them, which the next create would collide with. Their data volumes stay
+    (the next `up` attaches them again); what was found is returned."""
+    locks.clear_stale(stack.workspace.env_vars.get("PULUMI_BACKEND_URL", Settings.default().backend_url),
+                      PROJECT, stack.name, say)
+    found = drift.interrupted(exported_deployment(stack))
+    remove_interrupted(stack, found, say, keep_volumes=True)
+    return found
+
+
+def remove_interrupted(stack: auto.Stack, found: list[drift.Interrupted], say: Callable[[str], None],
+                       keep_volumes: bool) -> None:
+    """Remove each of ``found`` that the stack's Docker host (the session in use) holds with the stack's
+    labels, never anything else."""
+    for item in sorted(found, key=lambda i: ("container", "network", "volume").index(i.kind)):
+        if item.kind == "volume" and keep_volumes:
+            continue
+        seen = dockercli.inspect(item.kind, item.name)
+        labels = ((seen or {}).get("Config") or seen or {}).get("Labels") or {}
+        if seen is None or labels.get(dockercli.STACK_LABEL) != stack.name:
+            continue
+        if item.kind == "container":
+            dockercli.docker("stop", "--time", "30", item.name)
+        dockercli.docker(item.kind, "rm", item.name)
+        say(f"removed {item.kind} {item.name}, which an interrupted `up` created without recording it")
 
 
 def drift_of(stack: auto.Stack) -> list[drift.Finding]:

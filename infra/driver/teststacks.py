@@ -148,9 +148,11 @@ def create(settings: Optional[stacks.Settings] = None, name: Optional[str] = Non
     return stack
 
 
-# Docker's words when a chosen subnet or port was taken after it was chosen.
-COLLISIONS = (("Pool overlaps", "subnet"), ("failed to allocate gateway", "subnet"),
-              ("bind: address already in use", "ports"), ("port is already allocated", "ports"))
+# Docker's words when a chosen subnet or port was taken after it was chosen, and the look before
+# creating (infra.core.conflicts) finding it taken.
+COLLISIONS = (("Pool overlaps", "subnet"), ("failed to allocate gateway", "subnet"), ("overlaps network '", "subnet"),
+              ("address already in use", "ports"), ("port is already allocated", "ports"),
+              ("that is not a container listens there", "ports"), ("publishes it (", "ports"))
 RETRIES = 3
 PORT_KEYS = ("postgresHostPort", "redisHostPort")
 T = TypeVar("T")

@@ -340,3 +340,49 @@ def test_a_remote_stack_is_backed_up_by_its_agent_there_and_restored_to_a_time_o
             assert not [s for s in secrets_in_play if s in text], "a password, passphrase or S3 key was printed"
     finally:
         watched.close()
+
+
+def test_conflicts_on_the_remote_host_are_refused_before_anything_is_created_there(remote, settings, new_stack,
+                                                                                     redis_image):
+    config = remote_config(remote)
+    stack = new_stack(config)
+    intruders = [f"{stack.name}-intruder", f"{stack.name}-room-04-memory-redis", f"{stack.name}-postgres_data"]
+    remote.load_image(redis_image)
+    remote.docker("network", "create", "--subnet", config["networkSubnet"], intruders[0])
+    remote.docker("create", "--name", intruders[1], redis_image, "true")
+    remote.docker("volume", "create", intruders[2])
+    # A plain process (no container) listening on the remote host's loopback at the stack's PostgreSQL port.
+    port = config["postgresHostPort"]
+    listener = subprocess.Popen(["nsenter", f"--net={remote.netns_path}", "--", "python3", "-c",
+                                 f"import socket, time; s = socket.create_server(('127.0.0.1', {port})); "
+                                 f"print('listening', flush=True); time.sleep(600)"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "listening"
+        for command in ("up", "preview"):
+            done = cli(settings, command, "--stack", stack.name)
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert f"ssh://root@{remote.address} already has what this stack would take; nothing was created " \
+                   f"(4 conflicts)" in done.stderr, done.stderr
+            for line in (f"networkSubnet {config['networkSubnet']}: overlaps network '{intruders[0]}'",
+                         f"redisContainerName {intruders[1]}: container ",
+                         f"postgresVolumeName {intruders[2]}: a volume of that name exists",
+                         f"postgresHostPort 127.0.0.1:{port}: a process on ssh://root@{remote.address} that is not a "
+                         f"container listens there"):
+                assert line in done.stderr, (line, done.stderr)
+            assert "Traceback" not in done.stdout + done.stderr
+        plain = subprocess.run(["pulumi", "up", "--yes", "--non-interactive", "--stack", stack.name], cwd=ROOT,
+                               capture_output=True, text=True, env={**os.environ, **settings.env()}, timeout=300)
+        assert plain.returncode != 0 and "Traceback" not in plain.stdout + plain.stderr
+        assert (plain.stdout + plain.stderr).count(f"- postgresHostPort 127.0.0.1:{port}: ") == 1
+        assert remote_objects(remote, stack.name) == []
+        left = remote.docker("ps", "-a", "--format", "{{.Names}}").split() + \
+            remote.docker("volume", "ls", "--format", "{{.Name}}").split() + \
+            remote.docker("network", "ls", "--format", "{{.Name}}").split()
+        assert sorted(n for n in left if n.startswith(stack.name)) == sorted(intruders)
+    finally:
+        listener.kill()
+        listener.wait()
+        remote.docker("rm", "-f", intruders[1])
+        remote.docker("volume", "rm", intruders[2])
+        remote.docker("network", "rm", intruders[0])

@@ -37,6 +37,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
     dependencies: dict[str, list[str]] = field(default_factory=dict)
     """Resource name -> the URNs it waits for, explicit and through its inputs."""
     """Resource name -> URN as the engine builds it: its type part chains the parent's type."""
+    looked: list = field(default_factory=list)
+    """The configurations the program looked at the Docker host with, before declaring anything."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         self.resources[args.name] = Registered(args.typ, args.name, args.inputs, args.provider or "")
@@ -88,9 +90,11 @@ BASE_CONFIG = {"postgresPassword": PG_PASSWORD, "redisPassword": REDIS_PASSWORD}
 
 
 def run_program(config: dict | None = None, stack: str = "dev", mocks: RecordingMocks | None = None,
-                project: str = stack_config.PROJECT, plain: tuple[str, ...] = ()) -> RecordingMocks:
+                project: str = stack_config.PROJECT, plain: tuple[str, ...] = (),
+                look=None) -> RecordingMocks:
     """Run infra.program under mocks with the given stack config (the secret keys stored as
-    secrets, except those named in ``plain``)."""
+    secrets, except those named in ``plain``). ``look`` stands in for the look at the Docker host
+    (default: record the configuration it was given in ``mocks.looked``)."""
     from infra.program import program
 
     values = {**BASE_CONFIG, **(config or {})}
@@ -119,7 +123,7 @@ def run_program(config: dict | None = None, stack: str = "dev", mocks: Recording
         pulumi.runtime.register_stack_transformation(record_options)
         original, pulumi.export = pulumi.export, record_export
         try:
-            program()
+            program(look=look or mocks.looked.append)
         finally:
             pulumi.export = original
         return pulumi.Output.all(*mocks.exports.values())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from infra.components.common import go_duration
+from infra.core import conflicts
 from infra.components.redis import render_config
 
 from tests.unit.program_mocks import (PG_PASSWORD, REDIS_PASSWORD, RecordingMocks, is_secret, output_value,
@@ -279,6 +280,34 @@ def test_invalid_configuration_declares_nothing():
     with pytest.raises(Exception, match="postgresHostPort: 0 is outside 1-65535"):
         run_program({"postgresHostPort": 0}, mocks=mocks)
     assert mocks.resources == {}
+
+
+def test_the_program_looks_at_the_docker_host_with_the_parsed_configuration_before_declaring_anything():
+    mocks = RecordingMocks()
+    run_program({"postgresHostPort": 15432}, mocks=mocks)
+    assert [cfg.postgres.host_port for cfg in mocks.looked] == [15432]
+
+    def held(cfg):
+        raise conflicts.HostConflicts("the local Docker Engine", [conflicts.Conflict(
+            "postgresHostPort", "127.0.0.1:5432", "container 'legacy-db' publishes it", "stop it")])
+
+    mocks = RecordingMocks()
+    with pytest.raises(Exception, match="postgresHostPort 127.0.0.1:5432: container 'legacy-db' publishes it"):
+        run_program(mocks=mocks, look=held)
+    assert mocks.resources == {}
+
+
+def test_a_conflict_on_the_host_is_the_programs_error_without_a_traceback(monkeypatch):
+    import pulumi
+
+    from infra import program as program_module
+
+    def conflicted(cfg):
+        raise conflicts.HostConflicts("h", [conflicts.Conflict("networkName", "sin-network", "held", "rename")])
+
+    monkeypatch.setattr(conflicts, "check_host", conflicted)
+    with pytest.raises(pulumi.RunError, match="networkName sin-network: held; rename"):
+        program_module.look_at_host(None)
 
 
 def test_containers_are_deleted_before_replacement_and_wait_for_their_dependencies(dev):

@@ -145,7 +145,7 @@ POOL_OVERLAPS = "Error response from daemon: Pool overlaps with other one on thi
 
 
 def test_dockers_collision_errors_name_the_resource_to_choose_again_and_nothing_else_does():
-    assert teststacks.collision(PORT_TAKEN) == ("ports", "bind: address already in use")
+    assert teststacks.collision(PORT_TAKEN) == ("ports", "address already in use")
     assert teststacks.collision(PORT_ALLOCATED) == ("ports", "port is already allocated")
     assert teststacks.collision(GATEWAY_TAKEN)[0] == "subnet", "the gateway's 'Address already in use' is no port"
     assert teststacks.collision(POOL_OVERLAPS)[0] == "subnet"
