@@ -340,10 +340,13 @@ def test_the_gateway_may_sit_inside_the_automatic_range():
     assert parse({**GOOD, "networkGateway": "172.20.128.1"}, "dev").network.gateway == "172.20.128.1"
 
 
-def readme_config_table() -> dict[str, str]:
-    """Key -> the README's default for it, from the Configuration table (a cell naming several
-    keys `a` / `b` gives one default per key, or one for all)."""
-    lines = (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines()
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def documented_config_table() -> dict[str, str]:
+    """Key -> the default docs/configuration.md gives it, from its key table (a cell naming
+    several keys `a` / `b` gives one default per key, or one for all)."""
+    lines = (ROOT / "docs" / "configuration.md").read_text().splitlines()
     start = lines.index("| key | default | meaning |") + 2
     table: dict[str, str] = {}
     for line in itertools.takewhile(lambda l: l.startswith("|"), lines[start:]):
@@ -355,8 +358,8 @@ def readme_config_table() -> dict[str, str]:
     return table
 
 
-def test_the_readme_configuration_table_gives_the_code_s_defaults():
-    table = readme_config_table()
+def test_the_documented_configuration_table_gives_the_code_s_defaults():
+    table = documented_config_table()
     assert set(table) == set(DEFAULTS)
     for key, default in DEFAULTS.items():
         value = ADR_NAMES.get(key) if default is None else default
@@ -364,6 +367,16 @@ def test_the_readme_configuration_table_gives_the_code_s_defaults():
             assert table[key].startswith(f"`{value}`"), (key, table[key])
         else:  # unset, generated or required: described in words, no value claimed
             assert not table[key].startswith("`"), (key, table[key])
+
+
+def test_the_readme_names_every_configuration_key_at_a_glance_and_no_other():
+    # The README lists the keys in its Configuration section and links the table for the rest.
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    listed = {key for line in section.splitlines() if line.startswith(("- ", "  "))
+              for key in re.findall(r"`(\w+)`", line)}
+    assert listed == set(DEFAULTS), (sorted(set(DEFAULTS) - listed), sorted(listed - set(DEFAULTS)))
+    assert "(docs/configuration.md)" in section
 
 
 def test_a_value_that_is_not_a_number_is_reported_once_without_follow_on_complaints():
