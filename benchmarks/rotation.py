@@ -2,7 +2,7 @@
 
 One throwaway stack (private file backend, local images). A prober logs in every PROBE_S
 through the published port, with the old and with the new password. For each service:
-  rotation   `pulumi up` after `pulumi config set --secret <key>` (the README's procedure):
+  rotation   `pulumi up` after `pulumi config set --secret <key>` (docs/configuration.md, Rotating a password):
              the container is replaced (its password file or config file changed) and, for
              PostgreSQL, the post-deploy step sets the new password in the data
   baseline   `docker restart` of the same container (what any restart costs clients)

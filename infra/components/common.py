@@ -50,7 +50,7 @@ def container_defaults(memory_mb: pulumi.Input[int], values: Mapping[str, str]) 
 # does not wait for it (the post-deploy step polls both services itself, see
 # infra.core.connect.wait_until_answering). So it runs at a monitoring pace: a failed service is
 # reported unhealthy within about HEALTH_INTERVAL_S x HEALTH_RETRIES, and the checks of an idle
-# stack cost the CPU the lifecycle benchmark measures (README, Benchmarks).
+# stack cost the CPU the lifecycle benchmark measures (docs/benchmarks.md).
 HEALTH_INTERVAL_S = 10
 HEALTH_RETRIES = 3
 HEALTH_CHECK_TIMEOUT_S = 5

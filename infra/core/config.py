@@ -374,7 +374,7 @@ def parse(raw: Mapping[str, str], stack: str, project: str = PROJECT,
     """
     r = _Reader(raw, stack)
     for key in sorted(set(raw) - set(DEFAULTS)):
-        r.fail(key, "is not a known setting", f"pulumi config rm {key} (see README: Configuration)")
+        r.fail(key, "is not a known setting", f"pulumi config rm {key} (see docs/configuration.md)")
     if secret_keys is not None:
         for key in ALL_SECRET_KEYS:
             if raw.get(key) and key not in secret_keys:

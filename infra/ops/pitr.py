@@ -52,7 +52,7 @@ def open_store(source: str, config: Optional[BackupConfig]):
         if config is None or config.s3 is None:
             raise BackupRefused(f"restoring from {source} needs the S3 endpoint and keys in the stack's configuration; "
                               f"set backupSchedule, backupS3Bucket, backupS3AccessKeyId and backupS3SecretAccessKey "
-                              f"(see README: Backups)")
+                              f"(see docs/backups.md)")
         bucket, prefix = parse_s3_url(source)
         return S3Store(config.s3.endpoint or None, config.s3.region, bucket, prefix,
                        config.s3.access_key_id, config.s3.secret_access_key)

@@ -114,7 +114,7 @@ BAD = [
     ({"postgresMemoryMb": "16"},
      P + "postgresMemoryMb: 16 is outside 64-1048576; fix: pulumi config set postgresMemoryMb <64-1048576>"),
     ({"postgresPort": "5432"},
-     P + "postgresPort: is not a known setting; fix: pulumi config rm postgresPort (see README: Configuration)"),
+     P + "postgresPort: is not a known setting; fix: pulumi config rm postgresPort (see docs/configuration.md)"),
     ({"dockerHost": "http://db-1"},
      P + "dockerHost: 'http://db-1' is not a unix://, tcp:// or ssh:// address; fix: pulumi config set dockerHost "
          "ssh://<user>@<host>[:port] (or leave it unset for DOCKER_HOST)"),
