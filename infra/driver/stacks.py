@@ -26,7 +26,7 @@ from infra.core.errors import InputError, OperationFailed
 from infra.core import conflicts, dockercli, dockerhost
 from infra.core.engine import Engine
 from infra.driver import drift, locks
-from infra.core.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, ConfigError, StackConfig,
+from infra.core.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, StackConfig,
                           docker_host, parse)
 from infra.core.targets import DockerHost, Target
 
@@ -115,11 +115,12 @@ def config_file(name: str) -> Path:
 
 @contextmanager
 def new_or_existing(name: str, settings: Optional[Settings] = None,
-                    undo_on: tuple[type[BaseException], ...] = (ConfigError, StackError),
+                    undo_on: tuple[type[BaseException], ...] = (InputError,),
                     trial: bool = False) -> Iterator[auto.Stack]:
     """Open the stack, creating it if needed. A stack created here is removed again, and its
-    config file put back as it was, when the block raises one of ``undo_on`` (by default: the
-    configuration was refused before the engine ran) or, with ``trial``, in any case."""
+    config file put back as it was, when the block raises one of ``undo_on`` (by default: the input
+    was refused before the engine ran: the configuration, the Docker host, a conflict there) or, with
+    ``trial``, in any case."""
     path = config_file(name)
     before = path.read_bytes() if path.exists() else None
     try:

@@ -85,6 +85,25 @@ def test_a_subnet_another_network_uses_is_refused_with_a_free_one_named(settings
         docker("network", "rm", intruder)
 
 
+def test_a_new_stack_refused_for_a_conflict_is_not_created_and_its_file_is_left_as_it_was(settings):
+    name = teststacks.new_name()
+    config = {**teststacks.isolated_config(stack=name), **local_images()}
+    path = stacks.config_file(name)
+    path.write_text("config:\n" + "".join(f"  sin-datastores:{k}: \"{v}\"\n" for k, v in config.items()))
+    before = path.read_bytes()
+    intruder = f"{name}-intruder"
+    docker("network", "create", "--subnet", config["networkSubnet"], intruder)
+    try:
+        done = cli(settings, "up", "--stack", name)
+        assert done.returncode == 2 and "networkSubnet" in done.stderr, done.stdout + done.stderr
+        assert name not in [s.name for s in stacks.workspace(settings).list_stacks()]
+        assert path.read_bytes() == before, "no salt, no generated password"
+    finally:
+        docker("network", "rm", intruder)
+        path.unlink(missing_ok=True)
+        teststacks.release(name)
+
+
 def test_a_port_a_plain_process_listens_on_is_refused_naming_no_container(settings, new_stack):
     stack, config = new_stack()
     port = int(config["redisHostPort"])
@@ -99,7 +118,7 @@ def test_a_container_and_a_volume_named_like_the_stacks_are_refused(settings, ne
     docker("create", "--name", container, config["redisImage"], "true")
     docker("volume", "create", volume)
     try:
-        assert_refused(settings, stack, "redisContainerName", f"container", [container, volume])
+        assert_refused(settings, stack, "redisContainerName", "container", [container, volume])
         done = cli(settings, "up", "--stack", stack.name)
         assert f"postgresVolumeName {volume}: a volume of that name exists, not made by this stack" in done.stderr
         assert docker("volume", "inspect", "--format", "{{.Name}}", volume).strip() == volume, "the volume stays"
