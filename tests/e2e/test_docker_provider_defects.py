@@ -96,6 +96,7 @@ docker.Network("net", name={name + '-net'!r}, ipam_configs=[docker.NetworkIpamCo
 docker.Volume("vol", name={name + '-vol'!r})
 """)
     log = tmp_path / "events.jsonl"
+    env = {**env, "PULUMI_DEBUG_COMMANDS": "true"}  # what enables --event-log, as the Automation API does
     run(directory, env, "up", "--yes", "--skip-preview", "--event-log", str(log))
     created = operation_seconds(log)
     run(directory, env, "destroy", "--yes", "--skip-preview", "--event-log", str(log))
