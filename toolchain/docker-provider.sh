@@ -89,9 +89,10 @@ rm -f "$tmp/src/cmd/pulumi-resource-docker/schema-embed.json" \
 
 export CGO_ENABLED=0
 
-# Each module with patches of ours (patches/<module path>/*.patch; each one says why: upstream's
-# provider, and two of Pulumi's modules) replaced by a patched copy of its pinned version, so the
-# pins and go.sum stay what they are.
+# kreuzwerker's provider, replaced by a patched copy of its pinned version (patches/<module path>/
+# *.patch, only fixes of defects that users of the official plugin hit too, each with its test and
+# its report in docs/upstream-defects.md), so the pins and go.sum stay what they are. Pulumi's
+# modules and the Terraform bridge are built as they are.
 patch_modules "$go_bin" "$tmp/src" "$src/patches" "$tmp/replace"
 # -mod=readonly: the committed go.sum must already cover the build (no silent re-resolution).
 build() { (cd "$tmp/src" && "$go_bin" build -mod=readonly -trimpath -buildvcs=false \

@@ -1,5 +1,5 @@
-# Sourced by pulumi.sh and docker-provider.sh (after lib.sh), and part of both builds' inputs hash:
-# a Go module built from a patched copy of its pinned version.
+# Sourced by docker-provider.sh (after lib.sh), and part of its inputs hash: a Go module built
+# from a patched copy of its pinned version (kreuzwerker's provider; see docker-provider.sh).
 
 # patch_module GO BUILD_MODULE_DIR MODULE COPY PATCH...: make COPY a copy of MODULE at the version
 # BUILD_MODULE_DIR's go.mod pins, apply the patches (git apply -p1; each says why), and replace

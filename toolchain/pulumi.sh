@@ -1,32 +1,33 @@
 #!/usr/bin/env bash
-# Builds (or finds in the cache) the offline Pulumi toolchain for Python programs:
-#   pulumi                          the CLI, github.com/pulumi/pulumi/pkg/v3/cmd/pulumi @ v$PULUMI_VERSION
-#   pulumi-language-python          our own Python language host (toolchain/pulumi-build/cmd/...)
-#   pulumi-language-python-exec     our own program runner   (toolchain/python-host/)
-#   plugin_scan.py                  the host's plugin scan (embedded in it too), which the
-#                                   program runner started ahead runs for the host
-#   pulumi-resource-pulumi-python   our own dynamic provider (toolchain/python-host/)
+# Finds or builds the Pulumi toolchain for Python programs, upstream's as shipped:
+#   pulumi                          the CLI, github.com/pulumi/pulumi/pkg/v3/cmd/pulumi @ v$PULUMI_VERSION,
+#                                   unpatched
+#   pulumi-language-python          the Python language host: ours (toolchain/pulumi-build/cmd/...),
+#                                   standing in for upstream's, whose module the Go proxy refuses
+#   pulumi-language-python-exec     upstream's program runner     } copied from the sdk/v3 module
+#   pulumi-resource-pulumi-python   upstream's dynamic provider   } at v$PULUMI_VERSION (python/)
 #   ../plugins/pulumi-resource-sin-postdeploy   the post-deploy step's provider
 #                                   (toolchain/pulumi-build/cmd/...); off PATH: setup.sh installs
 #                                   it into the engine's plugin cache
-# all in one directory, built from the Go module proxy with the module graph pinned by
-# toolchain/pulumi-build/go.{mod,sum}.
+# A `pulumi` already installed on PATH with its `pulumi-language-python` beside it (any version;
+# a warning when it is older than the pinned Python SDK) is used as it is: then only the
+# post-deploy step's provider is built. Builds use the Go module proxy, with the module graph
+# pinned by toolchain/pulumi-build/go.{mod,sum}.
 #
-# Usage:  bin=$(toolchain/pulumi.sh | tail -1)      # last stdout line = the bin dir
-#         toolchain/pulumi.sh --force                # rebuild even if cached
-#         toolchain/pulumi.sh --update-go-mod        # after changing PULUMI_VERSION: re-pin go.mod/go.sum
+# Usage:  out=$(toolchain/pulumi.sh)              # two lines: plugins=DIR, then the bin dir last
+#         toolchain/pulumi.sh --force              # rebuild even if cached
+#         toolchain/pulumi.sh --update-go-mod      # after changing PULUMI_VERSION: re-pin go.mod/go.sum
 # Logs go to stderr. Idempotent: a cached build returns in well under a second.
 #
-# Cache layout ($SIN_CACHE from versions.env):
-#   $SIN_CACHE/pulumi/<version>/build-<inputs hash>/bin/   the binaries (+ .complete marker beside bin)
-#   $SIN_CACHE/pulumi/<version>/bin -> build-<hash>/bin    symlink, swapped atomically after a build
-# The inputs hash covers the version, build tags/ldflags, go.mod, go.sum, our Go host, the
-# dependency patches and go-patch.sh, the Python helpers, so any change to them rebuilds.
+# Cache layout ($SIN_CACHE from versions.env), one directory per inputs hash, never deleted by
+# this script (safe to wipe by hand when nothing runs):
+#   $SIN_CACHE/pulumi-upstream/<version>/build-<inputs hash>/{bin,plugins}/   (+ .complete)
+#   $SIN_CACHE/pulumi-upstream/postdeploy-<inputs hash>/plugins/               (installed CLI)
+# The inputs hash covers the version, build tags/ldflags, go.mod, go.sum and our Go sources.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/lib.sh"
-. "$here/go-patch.sh"
 
 force=0
 update_go_mod=0
@@ -42,126 +43,139 @@ done
 version="$(pin PULUMI_VERSION)"
 version="${version#v}"
 [[ "$version" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "PULUMI_VERSION='$PULUMI_VERSION' is not X.Y.Z"
+sdk_version="$(pin PULUMI_PYTHON_SDK_VERSION)"
 
 build_mod="$here/pulumi-build"
-host_src="$here/python-host"
-cache_root="$SIN_CACHE/pulumi/$version"
+cache_base="$SIN_CACHE/pulumi-upstream"
 cli_pkg="github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"
-version_var="github.com/pulumi/pulumi/sdk/v3/go/common/version.Version"
+sdk_module="github.com/pulumi/pulumi/sdk/v3"
+version_var="$sdk_module/go/common/version.Version"
 step_provider_version="$(pin POSTDEPLOY_PROVIDER_VERSION)"
 
 if [ "$update_go_mod" = 1 ]; then
     go_bin="$(require_go)"
     log "re-pinning $build_mod to pkg/v3 and sdk/v3 v$version"
     (cd "$build_mod" &&
-        "$go_bin" get "github.com/pulumi/pulumi/pkg/v3@v$version" "github.com/pulumi/pulumi/sdk/v3@v$version" >&2 &&
+        "$go_bin" get "github.com/pulumi/pulumi/pkg/v3@v$version" "$sdk_module@v$version" >&2 &&
         "$go_bin" mod tidy >&2)
 fi
 
-# The committed go.mod must pin the CLI at exactly PULUMI_VERSION.
-grep -Eq "^[[:space:]]*(require[[:space:]]+)?github.com/pulumi/pulumi/pkg/v3 v${version//./\\.}([[:space:]]|\$)" "$build_mod/go.mod" ||
-    die "$build_mod/go.mod does not require github.com/pulumi/pulumi/pkg/v3 v$version; run: $0 --update-go-mod"
+# The committed go.mod must pin the CLI and the SDK at exactly PULUMI_VERSION.
+for module in github.com/pulumi/pulumi/pkg/v3 "$sdk_module"; do
+    grep -Eq "^[[:space:]]*(require[[:space:]]+)?$module v${version//./\\.}([[:space:]]|\$)" "$build_mod/go.mod" ||
+        die "$build_mod/go.mod does not require $module v$version; run: $0 --update-go-mod"
+done
 
 build_tags="osusergo,grpcnotrace"
 ldflags="-s -w -X $version_var=v$version"
-
 inputs_hash="$(
     cd "$here"
     {
         echo "pulumi $version tags=$build_tags ldflags=$ldflags step-provider $step_provider_version"
-        find pulumi-build python-host go-patch.sh -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 |
-            LC_ALL=C sort -z | xargs -0 sha256sum
+        find pulumi-build -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
     } | sha256sum | cut -c1-16
 )"
-build_dir="$cache_root/build-$inputs_hash"
-bin_link="$cache_root/bin"
 
-is_complete() { [ -f "$build_dir/.complete" ] && [ -x "$build_dir/bin/pulumi" ] &&
-                [ -x "$build_dir/plugins/pulumi-resource-sin-postdeploy" ]; }
-
-publish() {
-    # Point $cache_root/bin at this build (atomic rename of a fresh symlink).
-    if [ "$(readlink "$bin_link" 2>/dev/null || true)" != "build-$inputs_hash/bin" ]; then
-        ln -sfn "build-$inputs_hash/bin" "$cache_root/.bin.new.$$"
-        mv -Tf "$cache_root/.bin.new.$$" "$bin_link"
-    fi
-}
-
-if [ "$force" = 0 ] && is_complete; then
-    publish
-    log "cached: pulumi v$version (inputs $inputs_hash) in $bin_link"
-    echo "$bin_link"
-    exit 0
-fi
-
-# An installed pulumi of exactly the pinned version (with a Python host beside it) will do; a build
-# of this cache on PATH (a shell that eval'ed setup.sh before) will not: its inputs may be older.
-if [ "$force" = 0 ] && sys_pulumi="$(command -v pulumi 2>/dev/null)"; then
-    sys_dir="$(dirname "$(readlink -f "$sys_pulumi")")"
-    sys_version="$(PULUMI_SKIP_UPDATE_CHECK=true "$sys_pulumi" version 2>/dev/null || true)"
-    if [ "${sys_dir#"$(readlink -m "$cache_root")"/}" = "$sys_dir" ] && [ "$sys_version" = "v$version" ] &&
-        [ -x "$sys_dir/pulumi-language-python" ] &&
-        [ -e "$sys_dir/pulumi-language-python-exec" ] && [ -x "$sys_dir/../plugins/pulumi-resource-sin-postdeploy" ]; then
-        log "using the installed pulumi $sys_version in $sys_dir"
-        echo "$sys_dir"
-        exit 0
-    fi
-fi
-
-go_bin="$(require_go)"
-mkdir -p "$cache_root"
-
-# One build at a time per version; a second caller waits and then finds the cache.
-lock_build "$cache_root/.lock"
-if [ "$force" = 0 ] && is_complete; then
-    publish
-    log "cached (built by a concurrent run): $bin_link"
-    echo "$bin_link"
-    exit 0
-fi
-
-tmp="$(mktemp -d "$cache_root/.tmp-build.XXXXXX")"
-src="$(mktemp -d "$cache_root/.tmp-src.XXXXXX")"
-trap 'rm -rf "$tmp" "$src"' EXIT
-chmod 0755 "$tmp"
-mkdir -p "$tmp/bin" "$tmp/plugins"
-
-# The build module, with each dependency that has patches (patches/<module path>/*.patch; each
-# says why) replaced by a patched copy of its pinned version, so go.mod and go.sum stay as pinned.
-cp -a "$build_mod/." "$src/module/"
-patch_modules "$go_bin" "$src/module" "$build_mod/patches" "$src/replace"
-
-log "building pulumi v$version with $("$go_bin" version) (inputs $inputs_hash); cold builds take ~10-25 min on 2 cores"
-start=$(date +%s)
 export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -buildvcs=false -p=${PULUMI_BUILD_JOBS:-2}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
-(
-    cd "$src/module"
-    log "go build $cli_pkg"
-    "$go_bin" build -trimpath -tags "$build_tags" -ldflags "$ldflags" -o "$tmp/bin/pulumi" "$cli_pkg"
-    log "go build ./cmd/pulumi-language-python"
-    "$go_bin" build -trimpath -tags "$build_tags" -ldflags "$ldflags" \
-        -o "$tmp/bin/pulumi-language-python" ./cmd/pulumi-language-python
-    log "go build ./cmd/pulumi-resource-sin-postdeploy"
-    "$go_bin" build -trimpath -tags "$build_tags" -ldflags "-s -w -X main.version=$step_provider_version" \
-        -o "$tmp/plugins/pulumi-resource-sin-postdeploy" ./cmd/pulumi-resource-sin-postdeploy
-) >&2
-install -m 0755 "$host_src/pulumi-language-python-exec" "$tmp/bin/pulumi-language-python-exec"
-install -m 0644 "$build_mod/cmd/pulumi-language-python/plugin_scan.py" "$tmp/bin/plugin_scan.py"
-install -m 0755 "$host_src/pulumi-resource-pulumi-python" "$tmp/bin/pulumi-resource-pulumi-python"
+
+# go_build OUT PACKAGE [LDFLAGS]: a static, trimmed build from the pinned module graph.
+go_build() {
+    log "go build $2"
+    (cd "$build_mod" && "$go_bin" build -trimpath -tags "$build_tags" -ldflags "${3:-$ldflags}" -o "$1" "$2") >&2
+}
+
+# build_step_provider DIR: the post-deploy step's provider into DIR.
+build_step_provider() {
+    go_build "$1/pulumi-resource-sin-postdeploy" ./cmd/pulumi-resource-sin-postdeploy \
+        "-s -w -X main.version=$step_provider_version"
+}
+
+# cached_or_locked DIR CHECK: true when CHECK passes for DIR, else takes DIR's build lock (a second
+# caller waits) and is true when a concurrent run filled it meanwhile.
+cached_or_locked() {
+    [ "$force" = 0 ] && "$2" "$1" && return 0
+    mkdir -p "$(dirname "$1")"
+    lock_build "$1.lock"
+    [ "$force" = 0 ] && "$2" "$1"
+}
+
+# publish TMP DIR: move a finished build into place.
+publish() {
+    rm -rf "$2"
+    mv "$1" "$2"
+}
+
+# An installed upstream CLI with its Python host beside it (not one of this cache's builds on PATH,
+# e.g. from a shell that eval'ed setup.sh before: its inputs may be older).
+installed_cli() {
+    local found dir
+    [ "$force" = 0 ] || return 1
+    found="$(command -v pulumi 2>/dev/null)" || return 1
+    dir="$(dirname "$(readlink -f "$found")")"
+    case "$dir/" in "$(readlink -m "$SIN_CACHE")"/*) return 1 ;; esac
+    [ -x "$dir/pulumi-language-python" ] || return 1
+    echo "$dir"
+}
+
+if sys_dir="$(installed_cli)"; then
+    sys_version="$(PULUMI_SKIP_UPDATE_CHECK=true "$sys_dir/pulumi" version 2>/dev/null || true)"
+    [ "$(printf '%s\n%s\n' "$sdk_version" "${sys_version#v}" | sort -V | head -n 1)" = "$sdk_version" ] ||
+        log "WARNING: the installed pulumi $sys_version is older than the Python SDK $sdk_version of requirements.txt; install pulumi >= $sdk_version"
+    log "using the installed pulumi $sys_version in $sys_dir"
+    step_dir="$cache_base/postdeploy-$inputs_hash"
+    has_step_provider() { [ -f "$1/.complete" ] && [ -x "$1/plugins/pulumi-resource-sin-postdeploy" ]; }
+    if ! cached_or_locked "$step_dir" has_step_provider; then
+        go_bin="$(require_go)"
+        tmp="$(mktemp -d "$cache_base/.tmp-postdeploy.XXXXXX")"
+        trap 'rm -rf "$tmp"' EXIT
+        mkdir -p "$tmp/plugins"
+        build_step_provider "$tmp/plugins"
+        touch "$tmp/.complete"
+        publish "$tmp" "$step_dir"
+        trap - EXIT
+    fi
+    echo "plugins=$step_dir/plugins"
+    echo "$sys_dir"
+    exit 0
+fi
+
+build_dir="$cache_base/$version/build-$inputs_hash"
+is_complete() { [ -f "$1/.complete" ] && [ -x "$1/bin/pulumi" ] && [ -x "$1/bin/pulumi-language-python-exec" ] &&
+                [ -x "$1/plugins/pulumi-resource-sin-postdeploy" ]; }
+if cached_or_locked "$build_dir" is_complete; then
+    log "cached: pulumi v$version (inputs $inputs_hash) in $build_dir/bin"
+    echo "plugins=$build_dir/plugins"
+    echo "$build_dir/bin"
+    exit 0
+fi
+
+go_bin="$(require_go)"
+tmp="$(mktemp -d "$(dirname "$build_dir")/.tmp-build.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+chmod 0755 "$tmp"
+mkdir -p "$tmp/bin" "$tmp/plugins"
+
+log "building pulumi v$version with $("$go_bin" version) (inputs $inputs_hash); cold builds take ~10-25 min on 2 cores"
+start=$(date +%s)
+go_build "$tmp/bin/pulumi" "$cli_pkg"
+go_build "$tmp/bin/pulumi-language-python" ./cmd/pulumi-language-python
+build_step_provider "$tmp/plugins"
+
+# Upstream's Python scripts, as the sdk/v3 module of this version ships them.
+sdk_dir="$(cd "$build_mod" && "$go_bin" list -m -f '{{.Dir}}' "$sdk_module")"
+[ -f "$sdk_dir/python/cmd/pulumi-language-python-exec" ] ||
+    die "$sdk_module v$version in $sdk_dir has no python/cmd/pulumi-language-python-exec"
+install -m 0755 "$sdk_dir/python/cmd/pulumi-language-python-exec" "$tmp/bin/pulumi-language-python-exec"
+install -m 0755 "$sdk_dir/python/dist/pulumi-resource-pulumi-python" "$tmp/bin/pulumi-resource-pulumi-python"
 
 got="$(PULUMI_SKIP_UPDATE_CHECK=true "$tmp/bin/pulumi" version)"
 [ "$got" = "v$version" ] || die "built pulumi reports '$got', expected v$version"
 
 echo "pulumi v$version inputs=$inputs_hash built=$(date -u +%FT%TZ) seconds=$(( $(date +%s) - start ))" >"$tmp/.complete"
-rm -rf "$build_dir" "$src"
-mv "$tmp" "$build_dir"
+publish "$tmp" "$build_dir"
 trap - EXIT
-publish
-# Drop builds of this version made from older inputs.
-for old in "$cache_root"/build-*; do
-    [ "$old" = "$build_dir" ] || rm -rf "$old"
-done
-log "built in $(( $(date +%s) - start ))s: $(du -sh "$build_dir" | cut -f1) in $bin_link"
-echo "$bin_link"
+log "built in $(( $(date +%s) - start ))s: $(du -sh "$build_dir" | cut -f1) in $build_dir/bin"
+echo "plugins=$build_dir/plugins"
+echo "$build_dir/bin"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything this project needs on a fresh Debian machine, idempotently and cached:
-# the Python venv, the Pulumi CLI + Python language host + docker provider (built from Go
-# modules; the provider installed into the engine's plugin cache), a Docker Engine, the local PostgreSQL 16 / Redis 7 images, the host
+# the Python venv, the Pulumi CLI + Python language host (an installed upstream `pulumi` on PATH,
+# else built, unpatched, from Go modules) + docker provider (built; installed into the engine's
+# plugin cache), a Docker Engine, the local PostgreSQL 16 / Redis 7 images, the host
 # servers the integration tests start (PostgreSQL 16, Redis 7, the versitygw S3 server),
 # and sshd/iproute2 for the remote-host harness.
 # A second run takes seconds.
@@ -59,11 +60,13 @@ install_provider_plugin() {
 }
 
 # --- Pulumi CLI, Python language host, the docker provider and the post-deploy step's provider
-pulumi_bin="$("$here/pulumi.sh" | last)"
+# (an installed upstream pulumi on PATH is used as it is: pulumi.sh then builds only what is missing)
+pulumi_out="$("$here/pulumi.sh")"
+pulumi_bin="$(last <<<"$pulumi_out")"
+pulumi_plugins="$(sed -n 's/^plugins=//p' <<<"$pulumi_out")"
 provider_bin="$("$here/docker-provider.sh" | last)"
 install_provider_plugin "$provider_bin/pulumi-resource-docker" "$(pin DOCKER_PROVIDER_VERSION)"
-install_provider_plugin "$(readlink -f "$pulumi_bin/../plugins")/pulumi-resource-sin-postdeploy" \
-  "$(pin POSTDEPLOY_PROVIDER_VERSION)"
+install_provider_plugin "$pulumi_plugins/pulumi-resource-sin-postdeploy" "$(pin POSTDEPLOY_PROVIDER_VERSION)"
 log "pulumi $("$pulumi_bin/pulumi" version) in $pulumi_bin; provider from $provider_bin"
 
 # --- Docker Engine and local images

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import multiprocessing
-import os
 import socket
 import subprocess
 import sys
@@ -152,16 +151,3 @@ def test_dockers_collision_errors_name_the_resource_to_choose_again_and_nothing_
     assert teststacks.collision("postgresHostPort: expected a port 1-65535, found 'not-a-port'") == ("", "")
     assert teststacks.ports_named(PORT_TAKEN) == {"20001"} and teststacks.ports_named(PORT_ALLOCATED) == {"20007"}
     assert teststacks.ports_named(GATEWAY_TAKEN) == set()
-
-
-def test_a_private_pulumi_home_takes_the_logs_shares_the_plugins_and_goes_away(tmp_path, monkeypatch):
-    user_home = tmp_path / "user-pulumi-home"
-    monkeypatch.setenv("PULUMI_HOME", str(user_home))
-    with teststacks.private_pulumi_home() as home:
-        assert os.environ["PULUMI_HOME"] == str(home)
-        subprocess.run(["pulumi", "version"], check=True, capture_output=True)
-        assert [p.suffix for p in (home / "logs").iterdir()] == [".log"]
-        assert (home / "plugins").resolve() == (user_home / "plugins").resolve()
-    assert os.environ["PULUMI_HOME"] == str(user_home)
-    assert not home.exists()
-    assert not (user_home / "logs").exists()

@@ -1,431 +1,226 @@
-// Command pulumi-language-python is this project's own Python language host for the
-// Pulumi CLI. It is written here (not taken from upstream) because upstream's host lives
-// in a Go module that the module proxy reachable from our machines does not serve (only
-// by an exact pseudo-version whose commit we cannot look up offline).
+// Command pulumi-language-python stands in for upstream's Python language host
+// (github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3), which the Go module proxy
+// reachable from our machines refuses ("403 Forbidden: This module version is not available").
+// Written here, not copied; it does what upstream's host does for running programs and no more:
 //
-// What it does: the CLI starts it with the engine address as the last argument; it
-// serves the LanguageRuntime gRPC service on a free port and prints the port on stdout.
-// The program runs in `python -u pulumi-language-python-exec` (the helper that must sit in
-// the same directory as this binary) inside the project's virtualenv. For a command that runs
-// the program, the helper is started ahead, so the interpreter and the SDKs are loaded while
-// the CLI and the engine do other work: by the host the CLI asks for About, before it derives
-// the stack's keys (early.go), or else when the engine asks for the program's packages, before
-// the refresh. Run then sends it the program settings and the stack configuration as one JSON
-// line (never in its environment or on its command line). Virtualenv / pip / uv / poetry handling is
-// delegated to the sdk/v3 python toolchain package, the same library upstream's host uses.
+//   - the runtime options of Pulumi.yaml upstream reads (toolchain, virtualenv, typechecker),
+//     nothing else; virtualenv / pip / uv / poetry handling is the sdk/v3 python toolchain
+//     package, the library upstream's host uses;
+//   - Run starts `python -u pulumi-language-python-exec <settings as argv> PROGRAM ARGS` (the exec
+//     script of the sdk/v3 module, installed beside this binary) in the project's virtualenv, with
+//     the stack's configuration in PULUMI_CONFIG and its secret keys in PULUMI_CONFIG_SECRET_KEYS;
+//   - GetRequiredPackages lists the installed distributions and reports those with a
+//     pulumi-plugin.json (or named pulumi-*), as upstream does; GetRequiredPlugins is
+//     unimplemented there too;
+//   - About, InstallDependencies, GetProgramDependencies and RuntimeOptionsPrompts answer from
+//     the toolchain package as upstream's do.
+//
+// Code generation, packing, linking, debugging and running Python plugins are not implemented
+// (Unimplemented): this project's commands do not use them.
 package main
 
 import (
+	"bytes"
 	"context"
-	_ "embed"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math/rand"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
-	"sync"
+	"time"
 
+	"github.com/pulumi/pulumi/sdk/v3/go/common/resource/plugin"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/logging"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/version"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"github.com/pulumi/pulumi/sdk/v3/python/toolchain"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
-	"sin.local/toolchain/pulumi-build/internal/serve"
 )
 
 const (
-	execHelperName = "pulumi-language-python-exec"
-	// Exit code the exec helper uses after it has already shown the error to the user.
-	exitCodeUserMessageShown = 32
+	execScriptName = "pulumi-language-python-exec"
+	// The exec script exits with this code after it has shown the user an actionable message.
+	exitCodeMessageShown = 32
 )
 
-type languageHost struct {
+// Distributions named pulumi-* that have no resource plugin (upstream skips the same two).
+var withoutPlugin = map[string]bool{"pulumi-policy": true, "pulumi-esc-sdk": true}
+
+type host struct {
 	pulumirpc.UnimplementedLanguageRuntimeServer
 
-	engineAddress string
-	execHelper    string
-	tracing       string
-	// whether the CLI's command runs the program (see commandRunsProgram)
-	runsProgram bool
-
-	mu      sync.Mutex
-	waiting waitingProgram // started or adopted by GetRequiredPackages, taken by the next Run
-	early   sync.Once      // About starts the early helper once (early.go)
-}
-
-// waitingProgram is an exec helper started ahead of Run: its interpreter loads the SDKs and
-// waits for the run request.
-type waitingProgram interface {
-	// startedFor is the options the helper was started with.
-	startedFor() toolchain.PythonOptions
-	// run sends the run request (one JSON line) and waits for the program's exit code; err is
-	// for a helper that could not run it at all.
-	run(ctx context.Context, request []byte) (exitCode int, err error)
-	// discard ends a helper that will not run the program.
-	discard()
-}
-
-// pipedProgram is a helper this host started: its stdin takes the run request.
-type pipedProgram struct {
-	options toolchain.PythonOptions
-	cmd     *exec.Cmd
-	stdin   io.WriteCloser
-}
-
-func (p *pipedProgram) startedFor() toolchain.PythonOptions { return p.options }
-
-func (p *pipedProgram) run(ctx context.Context, request []byte) (int, error) {
-	_, writeErr := p.stdin.Write(request)
-	p.stdin.Close()
-	stop := context.AfterFunc(ctx, func() { _ = p.cmd.Process.Kill() })
-	defer stop()
-	err := p.cmd.Wait()
-	var exitErr *exec.ExitError
-	if errors.As(err, &exitErr) {
-		return exitErr.ExitCode(), nil
-	}
-	if err == nil {
-		err = writeErr
-	}
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", p.cmd.Path, err)
-	}
-	return 0, nil
-}
-
-func (p *pipedProgram) discard() {
-	p.stdin.Close() // it exits on EOF
-	_ = p.cmd.Wait()
-}
-
-// runRequest is what the exec helper reads from its stdin or socket (see its docstring).
-type runRequest struct {
-	Args       []string          `json:"args"`
-	Config     map[string]string `json:"config"`
-	SecretKeys []string          `json:"secret_keys"`
+	execScript string
+	engine     string
+	tracing    string
+	cancelled  context.Context // done once the engine sent Cancel
+	cancel     context.CancelFunc
 }
 
 func main() {
-	// glog's flags (-v, -logtostderr, ...) are registered by the logging package, so the
-	// flags the CLI adds for verbose runs parse fine.
 	tracing := flag.String("tracing", "", "Zipkin-compatible tracing endpoint")
-	useExecutor := flag.String("use-executor", "", "path of the exec helper to use instead of the one next to this binary")
+	showVersion := flag.Bool("version", false, "print the plugin's version and exit")
+	executor := flag.String("use-executor", "", "the exec script to use instead of the one beside this binary")
 	flag.Parse()
+	if *showVersion {
+		fmt.Println(version.Version)
+		return
+	}
 	logging.InitLogging(false, 0, false)
 
-	helper, err := findExecHelper(*useExecutor)
+	script, err := findExecScript(*executor)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "error: %v\n", err)
-		os.Exit(1)
+		fail(err)
 	}
-
 	var engine string
 	if args := flag.Args(); len(args) > 0 {
-		engine = args[len(args)-1]
+		engine = args[0]
 	}
-
-	h := &languageHost{engineAddress: engine, execHelper: helper, tracing: *tracing,
-		runsProgram: commandRunsProgram(os.Getppid())}
-	serve.Serve("language host", engine, func(s *grpc.Server) { pulumirpc.RegisterLanguageRuntimeServer(s, h) })
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	if engine != "" {
+		if err := rpcutil.Healthcheck(ctx, engine, 5*time.Minute, stop); err != nil {
+			fail(fmt.Errorf("could not start the engine health check: %w", err))
+		}
+	}
+	cancelled, cancel := context.WithCancel(context.Background())
+	h := &host{execScript: script, engine: engine, tracing: *tracing, cancelled: cancelled, cancel: cancel}
+	serve(ctx, func(s *grpc.Server) { pulumirpc.RegisterLanguageRuntimeServer(s, h) })
 }
 
-// findExecHelper looks for the Python exec helper next to this binary first, then on PATH.
-func findExecHelper(explicit string) (string, error) {
+// fail reports err on stderr, which the CLI shows, and exits.
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "pulumi-language-python: %v\n", err)
+	os.Exit(1)
+}
+
+// serve runs the gRPC server until ctx ends: the port on the first line of stdout, as the CLI reads it.
+func serve(ctx context.Context, register func(*grpc.Server)) {
+	stop := make(chan bool)
+	go func() {
+		<-ctx.Done()
+		close(stop)
+	}()
+	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
+		Cancel:  stop,
+		Init:    func(s *grpc.Server) error { register(s); return nil },
+		Options: rpcutil.TracingServerInterceptorOptions(nil),
+	})
+	if err != nil {
+		fail(fmt.Errorf("could not start the language host's gRPC server: %w", err))
+	}
+	fmt.Printf("%d\n", handle.Port)
+	if err := <-handle.Done; err != nil {
+		fail(fmt.Errorf("the language host stopped serving: %w", err))
+	}
+}
+
+// findExecScript is the exec script installed beside this binary (where upstream's host looks), or explicit.
+func findExecScript(explicit string) (string, error) {
 	if explicit != "" {
 		return explicit, nil
 	}
-	if self, err := os.Executable(); err == nil {
-		if resolved, err := filepath.EvalSymlinks(self); err == nil {
-			self = resolved
-		}
-		candidate := filepath.Join(filepath.Dir(self), execHelperName)
-		if st, err := os.Stat(candidate); err == nil && !st.IsDir() {
-			return candidate, nil
-		}
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("could not find this binary's path: %w", err)
 	}
-	if p, err := exec.LookPath(execHelperName); err == nil {
-		return p, nil
+	script := filepath.Join(filepath.Dir(self), execScriptName)
+	if _, err := os.Stat(script); err != nil {
+		return "", fmt.Errorf("missing %s beside the language host (toolchain/pulumi.sh installs it): %w",
+			script, err)
 	}
-	return "", fmt.Errorf("%s was found neither next to the language host nor on PATH", execHelperName)
+	return script, nil
 }
 
-// optionsOf turns the `runtime.options` of Pulumi.yaml (sent in ProgramInfo) into toolchain options.
-func optionsOf(info *pulumirpc.ProgramInfo) (toolchain.PythonOptions, error) {
-	opts := toolchain.PythonOptions{Toolchain: toolchain.Pip}
-	if info == nil {
-		wd, _ := os.Getwd()
-		opts.Root, opts.ProgramDir = wd, wd
-		return opts, nil
-	}
-	opts.Root = info.GetRootDirectory()
-	opts.ProgramDir = info.GetProgramDirectory()
-	if opts.ProgramDir == "" {
-		opts.ProgramDir = opts.Root
-	}
-	fields := info.GetOptions().GetFields()
-	if v, ok := fields["virtualenv"]; ok {
-		s, isString := v.AsInterface().(string)
-		if !isString {
-			return opts, errors.New("the 'virtualenv' runtime option must be a string")
+// options reads the runtime options of Pulumi.yaml that upstream's host reads; any other key is ignored.
+func options(info *pulumirpc.ProgramInfo) (toolchain.PythonOptions, error) {
+	opts := toolchain.PythonOptions{Root: info.GetRootDirectory(), ProgramDir: info.GetProgramDirectory()}
+	raw := info.GetOptions().AsMap()
+	text := func(key string) (string, bool, error) {
+		value, ok := raw[key]
+		if !ok {
+			return "", false, nil
 		}
-		opts.Virtualenv = s
+		s, isString := value.(string)
+		if !isString {
+			return "", true, fmt.Errorf("the runtime option %q in Pulumi.yaml must be a string, found %v", key, value)
+		}
+		return s, true, nil
 	}
-	if v, ok := fields["toolchain"]; ok {
-		s, _ := v.AsInterface().(string)
-		switch strings.ToLower(s) {
-		case "", "pip":
+	venv, _, err := text("virtualenv")
+	if err != nil {
+		return opts, err
+	}
+	opts.Virtualenv = venv
+	checker, set, err := text("typechecker")
+	if err != nil {
+		return opts, err
+	}
+	if set {
+		switch checker {
+		case "mypy":
+			opts.Typechecker = toolchain.TypeCheckerMypy
+		case "pyright":
+			opts.Typechecker = toolchain.TypeCheckerPyright
+		default:
+			return opts, fmt.Errorf("the runtime option typechecker is %q: use mypy or pyright", checker)
+		}
+	}
+	name, set, err := text("toolchain")
+	if err != nil {
+		return opts, err
+	}
+	if set {
+		switch name {
+		case "pip":
 			opts.Toolchain = toolchain.Pip
-		case "uv":
-			opts.Toolchain = toolchain.Uv
 		case "poetry":
 			opts.Toolchain = toolchain.Poetry
+		case "uv":
+			opts.Toolchain = toolchain.Uv
 		default:
-			return opts, fmt.Errorf("unsupported 'toolchain' runtime option %q (want pip, uv or poetry)", s)
+			return opts, fmt.Errorf("the runtime option toolchain is %q: use pip, poetry or uv", name)
 		}
 	}
-	// "typechecker" is accepted and ignored: this host does not run mypy/pyright.
 	return opts, nil
 }
 
-// preloadOption is the `preload` runtime option: modules of the program (comma-separated) that
-// the interpreter started ahead imports before Run, while the CLI and the engine do other work.
-// They must not read the stack's configuration at import time.
-func preloadOption(info *pulumirpc.ProgramInfo) []string {
-	value, _ := info.GetOptions().GetFields()["preload"].AsInterface().(string)
-	var modules []string
-	for _, module := range strings.Split(value, ",") {
-		if module = strings.TrimSpace(module); module != "" {
-			modules = append(modules, module)
-		}
-	}
-	return modules
-}
-
-func resolveToolchain(info *pulumirpc.ProgramInfo) (toolchain.Toolchain, error) {
-	opts, err := optionsOf(info)
-	if err != nil {
-		return nil, err
-	}
-	return toolchain.ResolveToolchain(opts)
-}
-
-func (h *languageHost) Handshake(
-	ctx context.Context, req *pulumirpc.LanguageHandshakeRequest,
+func (h *host) Handshake(_ context.Context, req *pulumirpc.LanguageHandshakeRequest,
 ) (*pulumirpc.LanguageHandshakeResponse, error) {
-	if req.GetEngineAddress() != "" {
-		h.engineAddress = req.GetEngineAddress()
+	h.engine = req.GetEngineAddress()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	if err := rpcutil.Healthcheck(ctx, h.engine, 5*time.Minute, stop); err != nil {
+		return nil, fmt.Errorf("could not start the engine health check: %w", err)
 	}
 	return &pulumirpc.LanguageHandshakeResponse{}, nil
 }
 
-func (h *languageHost) GetPluginInfo(ctx context.Context, _ *emptypb.Empty) (*pulumirpc.PluginInfo, error) {
+func (h *host) GetPluginInfo(context.Context, *emptypb.Empty) (*pulumirpc.PluginInfo, error) {
 	return &pulumirpc.PluginInfo{Version: version.Version}, nil
 }
 
-func (h *languageHost) Cancel(ctx context.Context, _ *emptypb.Empty) (*emptypb.Empty, error) {
+func (h *host) Cancel(context.Context, *emptypb.Empty) (*emptypb.Empty, error) {
+	h.cancel()
 	return &emptypb.Empty{}, nil
 }
 
-func (h *languageHost) RuntimeOptionsPrompts(
-	ctx context.Context, req *pulumirpc.RuntimeOptionsRequest,
-) (*pulumirpc.RuntimeOptionsResponse, error) {
-	return &pulumirpc.RuntimeOptionsResponse{}, nil
-}
-
-// helperCommand is the exec helper in the project's virtualenv and program directory; preload
-// names the modules it imports while it waits for its run request.
-func (h *languageHost) helperCommand(opts toolchain.PythonOptions, preload []string, extra ...string) (*exec.Cmd, error) {
-	tc, err := toolchain.ResolveToolchain(opts)
-	if err != nil {
-		return nil, err
+// Run runs the program through the exec script and tells the engine how it ended.
+func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.RunResponse, error) {
+	if req.GetAttachDebugger() {
+		return &pulumirpc.RunResponse{Error: "this language host does not attach debuggers"}, nil
 	}
-	if err := tc.ValidateVenv(context.Background()); err != nil {
-		return nil, err
-	}
-	args := []string{"-u", h.execHelper}
-	if len(preload) > 0 {
-		args = append(args, "--preload", strings.Join(preload, ","))
-	}
-	cmd, err := tc.Command(context.Background(), append(args, extra...)...)
-	if err != nil {
-		return nil, err
-	}
-	cmd.Dir = opts.ProgramDir
-	return cmd, nil
-}
-
-// startProgram starts the exec helper, waiting on its stdin for the run request. Not tied to a
-// request's context: it outlives GetRequiredPackages, and ends when its stdin closes (Run sent
-// the request, or this host exited).
-func (h *languageHost) startProgram(opts toolchain.PythonOptions, preload []string) (*pipedProgram, error) {
-	cmd, err := h.helperCommand(opts, preload)
-	if err != nil {
-		return nil, err
-	}
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	// Through pipes of its own, copied to ours until it exits: a helper still loading when this
-	// host is stopped (a command that never ran the program) must not hold the CLI's pipes open.
-	cmd.Stdout, cmd.Stderr = struct{ io.Writer }{os.Stdout}, struct{ io.Writer }{os.Stderr}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("could not start the Python program (%s): %w", cmd.Path, err)
-	}
-	return &pipedProgram{options: opts, cmd: cmd, stdin: stdin}, nil
-}
-
-// commandRunsProgram tells from the command line of the CLI that started this host (its parent)
-// whether the command runs the program (up, preview, watch) or not (destroy, refresh, ...):
-// the engine asks for the program's packages either way, and a helper started for nothing
-// takes CPU from a destroy. When the command line does not say, it assumes a run.
-func commandRunsProgram(cli int) bool {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cli))
-	if err != nil {
-		return true
-	}
-	args := strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
-	for _, arg := range args[1:] {
-		switch arg {
-		case "up", "update", "preview", "pre", "watch":
-			return true
-		case "destroy", "down", "dn", "refresh", "import", "state", "stack", "config", "about", "install", "plugin":
-			return false
-		}
-	}
-	return true
-}
-
-// prestart adopts the early helper of the CLI command (early.go) or starts one for the program
-// the engine is about to run, unless one waits already or the CLI's command does not run it.
-func (h *languageHost) prestart(opts toolchain.PythonOptions, preload []string) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.waiting != nil || !h.runsProgram {
-		return
-	}
-	early, err := adoptEarly(opts)
-	if err == nil {
-		h.waiting = early
-		return
-	}
-	logging.V(5).Infof("python language host: no early helper to adopt: %v", err)
-	program, err := h.startProgram(opts, preload)
-	if err != nil { // Run starts it again and reports the error
-		logging.V(5).Infof("python language host: no helper started ahead of Run: %v", err)
-		return
-	}
-	h.waiting = program
-}
-
-// takeProgram hands Run the waiting helper when it was started for the same options, or a new one.
-func (h *languageHost) takeProgram(opts toolchain.PythonOptions) (waitingProgram, error) {
-	h.mu.Lock()
-	waiting := h.waiting
-	h.waiting = nil
-	h.mu.Unlock()
-	if waiting != nil {
-		if waiting.startedFor() == opts {
-			return waiting, nil
-		}
-		waiting.discard()
-	}
-	return h.startProgram(opts, nil)
-}
-
-// Run executes the user's program through the exec helper.
-func (h *languageHost) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.RunResponse, error) {
-	opts, err := optionsOf(req.GetInfo())
-	if err != nil {
-		return &pulumirpc.RunResponse{Error: err.Error()}, nil
-	}
-	program, err := h.takeProgram(opts)
-	if err != nil {
-		return &pulumirpc.RunResponse{Error: err.Error()}, nil
-	}
-
-	entry := req.GetProgram()
-	if info := req.GetInfo(); info != nil && info.GetProgramDirectory() != "" {
-		point := info.GetEntryPoint()
-		if point == "" {
-			point = "."
-		}
-		entry = filepath.Join(info.GetProgramDirectory(), point)
-	}
-	if entry == "" {
-		entry = "."
-	}
-	args := []string{
-		"--monitor", req.GetMonitorAddress(),
-		"--engine", h.engineAddress,
-		"--project", req.GetProject(),
-		"--stack", req.GetStack(),
-		"--parallel", strconv.Itoa(int(req.GetParallel())),
-		"--dry_run", strconv.FormatBool(req.GetDryRun()),
-	}
-	for flagName, value := range map[string]string{
-		"--pwd": req.GetPwd(), "--organization": req.GetOrganization(),
-		"--root_directory": opts.Root, "--tracing": h.tracing,
-	} {
-		if value != "" {
-			args = append(args, flagName, value)
-		}
-	}
-	args = append(append(args, entry), req.GetArgs()...)
-	request := runRequest{Args: args, Config: req.GetConfig(), SecretKeys: req.GetConfigSecretKeys()}
-	if request.Config == nil {
-		request.Config = map[string]string{} // a stack without config: {}, never null
-	}
-	if request.SecretKeys == nil {
-		request.SecretKeys = []string{}
-	}
-	line, err := json.Marshal(request)
-	if err != nil {
-		return nil, fmt.Errorf("serializing the run request: %w", err)
-	}
-	logging.V(5).Infof("python language host running the program with %s", strings.Join(args, " "))
-	code, err := program.run(ctx, append(line, '\n'))
-	switch {
-	case err != nil:
-		return &pulumirpc.RunResponse{Error: fmt.Sprintf("could not run the Python program: %v", err)}, nil
-	case code == exitCodeUserMessageShown:
-		return &pulumirpc.RunResponse{Bail: true}, nil
-	case code != 0:
-		return &pulumirpc.RunResponse{Error: fmt.Sprintf("Program exited with non-zero exit code: %d", code)}, nil
-	}
-	return &pulumirpc.RunResponse{}, nil
-}
-
-// pluginScan lists the resource plugins that installed Python packages declare in their
-// pulumi-plugin.json (that is how generated provider SDKs announce their provider).
-//
-//go:embed plugin_scan.py
-var pluginScan string
-
-type pluginJSON struct {
-	Module           string `json:"module"` // the Python package holding the declaration
-	Name             string `json:"name"`
-	Version          string `json:"version"`
-	Server           string `json:"server"`
-	Parameterization *struct {
-		Name    string `json:"name"`
-		Version string `json:"version"`
-		Value   []byte `json:"value"`
-	} `json:"parameterization"`
-}
-
-// requiredPackages answers the engine's question about the program's packages (asked before a
-// destroy or refresh too); for a command that runs the program it also has the program's
-// interpreter waiting (prestart), preloading these packages when it starts one.
-func (h *languageHost) requiredPackages(ctx context.Context, info *pulumirpc.ProgramInfo) ([]*pulumirpc.PackageDependency, error) {
-	opts, err := optionsOf(info)
+	opts, err := options(req.GetInfo())
 	if err != nil {
 		return nil, err
 	}
@@ -436,228 +231,478 @@ func (h *languageHost) requiredPackages(ctx context.Context, info *pulumirpc.Pro
 	if err := tc.ValidateVenv(ctx); err != nil {
 		return nil, err
 	}
-	modules := preloadOption(info)
-	defer func() { h.prestart(opts, modules) }() // with the scanned SDKs, when the scan answers
-	out := h.earlyPluginScan(opts)
-	if out != nil {
-		logging.V(5).Infof("python language host: plugin scan answered by the interpreter started ahead")
-	} else {
-		cmd, err := tc.Command(ctx, "-c", pluginScan)
+	env, err := configEnv(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := typecheck(ctx, tc, opts, req.GetInfo().GetProgramDirectory()); err != nil {
+		return nil, err
+	}
+	args := append([]string{h.execScript}, h.execArgs(req)...)
+	logging.V(5).Infof("language host launching process: %s", strings.Join(args, " "))
+
+	// Ended by the engine's Cancel or the end of this request: an interrupt, a kill 5 s later.
+	runCtx, stop := context.WithCancel(h.cancelled)
+	defer stop()
+	context.AfterFunc(ctx, stop)
+	cmd, err := tc.Command(runCtx, args...)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Cancel = func() error {
+		if err := cmd.Process.Signal(os.Interrupt); err != nil {
+			return cmd.Process.Kill()
+		}
+		return nil
+	}
+	cmd.WaitDelay = 5 * time.Second
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	cmd.Env = append(cmd.Env, env...)
+
+	err = cmd.Run()
+	var exited *exec.ExitError
+	switch {
+	case err == nil:
+		return &pulumirpc.RunResponse{}, nil
+	case errors.As(err, &exited) && exited.ExitCode() == exitCodeMessageShown:
+		return &pulumirpc.RunResponse{Bail: true}, nil
+	case errors.As(err, &exited) && exited.ExitCode() > 0:
+		return &pulumirpc.RunResponse{Error: fmt.Sprintf("program exited with non-zero exit code: %d", exited.ExitCode())}, nil
+	case errors.As(err, &exited):
+		return &pulumirpc.RunResponse{Error: fmt.Sprintf("program exited unexpectedly: %v", exited)}, nil
+	default:
+		return &pulumirpc.RunResponse{Error: fmt.Sprintf("problem executing program (could not run %s): %v", h.execScript, err)}, nil
+	}
+}
+
+// execArgs is the exec script's command line: the settings upstream's host passes, each only when set.
+func (h *host) execArgs(req *pulumirpc.RunRequest) []string {
+	var args []string
+	for _, setting := range [][2]string{
+		{"monitor", req.GetMonitorAddress()},
+		{"engine", h.engine},
+		{"project", req.GetProject()},
+		{"root_directory", req.GetInfo().GetRootDirectory()},
+		{"stack", req.GetStack()},
+		{"pwd", req.GetPwd()},
+		{"dry_run", strconv.FormatBool(req.GetDryRun())},
+		{"parallel", strconv.Itoa(int(req.GetParallel()))},
+		{"tracing", h.tracing},
+		{"organization", req.GetOrganization()},
+	} {
+		if setting[1] != "" {
+			args = append(args, "--"+setting[0], setting[1])
+		}
+	}
+	return append(append(args, req.GetInfo().GetEntryPoint()), req.GetArgs()...)
+}
+
+// configEnv is the stack's configuration as the SDK reads it: PULUMI_CONFIG (a JSON object, left
+// out for none) and PULUMI_CONFIG_SECRET_KEYS (a JSON list, [] for none).
+func configEnv(req *pulumirpc.RunRequest) ([]string, error) {
+	var env []string
+	if config := req.GetConfig(); config != nil {
+		encoded, err := json.Marshal(config)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("failed to serialize configuration: %w", err)
 		}
-		if out, err = cmd.Output(); err != nil {
-			// Not fatal: the engine still loads plugins lazily when resources register.
-			logging.V(3).Infof("python language host: plugin scan failed: %v", err)
-			return nil, nil
-		}
+		env = append(env, "PULUMI_CONFIG="+string(encoded))
 	}
-	var found []pluginJSON
-	if err := json.Unmarshal(out, &found); err != nil {
-		logging.V(3).Infof("python language host: plugin scan output unreadable: %v", err)
-		return nil, nil
+	keys := req.GetConfigSecretKeys()
+	if keys == nil {
+		keys = []string{}
 	}
-	for _, p := range found {
-		if p.Module != "" {
-			modules = append(modules, p.Module)
-		}
-	}
-	var deps []*pulumirpc.PackageDependency
-	seen := map[string]bool{}
-	for _, p := range found {
-		v := p.Version
-		if v != "" && !strings.HasPrefix(v, "v") {
-			v = "v" + v
-		}
-		key := p.Name + "@" + v
-		if p.Name == "" || seen[key] {
-			continue
-		}
-		seen[key] = true
-		dep := &pulumirpc.PackageDependency{Name: p.Name, Kind: "resource", Version: v, Server: p.Server}
-		if p.Parameterization != nil {
-			dep.Parameterization = &pulumirpc.PackageParameterization{
-				Name: p.Parameterization.Name, Version: p.Parameterization.Version, Value: p.Parameterization.Value,
-			}
-		}
-		deps = append(deps, dep)
-	}
-	return deps, nil
-}
-
-func (h *languageHost) GetRequiredPackages(
-	ctx context.Context, req *pulumirpc.GetRequiredPackagesRequest,
-) (*pulumirpc.GetRequiredPackagesResponse, error) {
-	deps, err := h.requiredPackages(ctx, req.GetInfo())
+	encoded, err := json.Marshal(keys)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("failed to serialize configuration secret keys: %w", err)
 	}
-	return &pulumirpc.GetRequiredPackagesResponse{Packages: deps}, nil
+	return append(env, "PULUMI_CONFIG_SECRET_KEYS="+string(encoded)), nil
 }
 
-func (h *languageHost) GetRequiredPlugins(
-	ctx context.Context, req *pulumirpc.GetRequiredPluginsRequest,
-) (*pulumirpc.GetRequiredPluginsResponse, error) {
-	deps, err := h.requiredPackages(ctx, req.GetInfo())
-	if err != nil {
-		return nil, err
+// typecheck runs the typechecker option's mypy or pyright over the program directory before the run.
+func typecheck(ctx context.Context, tc toolchain.Toolchain, opts toolchain.PythonOptions, dir string) error {
+	var checker string
+	switch opts.Typechecker {
+	case toolchain.TypeCheckerMypy:
+		checker = "mypy"
+	case toolchain.TypeCheckerPyright:
+		checker = "pyright"
+	default:
+		return nil
 	}
-	var plugins []*pulumirpc.PluginDependency
-	for _, d := range deps {
-		if d.Parameterization != nil {
-			continue
-		}
-		plugins = append(plugins, &pulumirpc.PluginDependency{
-			Name: d.Name, Kind: d.Kind, Version: d.Version, Server: d.Server,
-		})
-	}
-	return &pulumirpc.GetRequiredPluginsResponse{Plugins: plugins}, nil
-}
-
-// InstallDependencies creates the virtualenv if needed and installs requirements.txt
-// (or runs uv/poetry), streaming the output back to the CLI (`pulumi install`, `pulumi new`).
-func (h *languageHost) InstallDependencies(
-	req *pulumirpc.InstallDependenciesRequest, server pulumirpc.LanguageRuntime_InstallDependenciesServer,
-) error {
-	closer, stdout, stderr, err := rpcutil.MakeInstallDependenciesStreams(server, req.GetIsTerminal())
+	installed, err := tc.ListPackages(ctx, true)
 	if err != nil {
 		return err
 	}
-	defer closer.Close()
-
-	info := req.GetInfo()
-	tc, err := resolveToolchain(info)
+	found := false
+	for _, p := range installed {
+		found = found || p.Name == checker
+	}
+	if !found {
+		return fmt.Errorf("the typechecker option is set to %s, but %s is not installed: add it to "+
+			"requirements.txt and run `%s/bin/pip install -r requirements.txt`", checker, checker, opts.Virtualenv)
+	}
+	args := []string{"-m", checker}
+	if checker == "mypy" {
+		venv, err := tc.VirtualEnvPath(ctx)
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(dir, venv)
+		if err != nil {
+			return err
+		}
+		args = append(args, "--exclude", rel)
+	}
+	cmd, err := tc.Command(ctx, append(args, dir)...)
 	if err != nil {
 		return err
 	}
-	dir := req.GetDirectory()
-	if info != nil && info.GetProgramDirectory() != "" {
-		dir = info.GetProgramDirectory()
-	}
-	ctx := server.Context()
-	if err := tc.InstallDependencies(ctx, dir, req.GetUseLanguageVersionTools(), true, stdout, stderr); err != nil {
-		return err
-	}
-	if req.GetIsPlugin() {
-		return tc.InstallPackage(ctx, dir, req.GetUseLanguageVersionTools(), true, stdout, stderr)
+	var output bytes.Buffer
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(os.Stdout, &output), io.MultiWriter(os.Stderr, &output)
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s failed: %w\n%s", checker, err, output.String())
 	}
 	return nil
 }
 
-// aboutScript reports what toolchain.About reports for pip in one interpreter start: the
-// toolchain's version asks `python -m pip --version`, which imports pip (~0.25 s). Used only when
-// the virtualenv's files do not say (see aboutVirtualenv).
-const aboutScript = `
-import importlib.metadata as md, json, platform, sys
-try:
-    pip = md.version("pip")
-except md.PackageNotFoundError:
-    pip = ""
-print(json.dumps({"executable": sys.executable, "version": platform.python_version(), "pip": pip}))
-`
-
-type aboutPython struct{ Executable, Version, Pip string }
-
-// aboutVirtualenv answers About from a virtualenv's files, starting no interpreter (~0.05 s, and
-// the CLI waits for About before every update, preview and destroy): the version pyvenv.cfg
-// records, pip's from its one dist-info directory. ok is false when the files do not say.
-func aboutVirtualenv(venv string) (about aboutPython, ok bool) {
-	cfg, err := os.ReadFile(filepath.Join(venv, "pyvenv.cfg"))
-	if err != nil {
-		return about, false
-	}
-	for _, line := range strings.Split(string(cfg), "\n") {
-		key, value, found := strings.Cut(line, "=")
-		if found && (strings.TrimSpace(key) == "version" || strings.TrimSpace(key) == "version_info") {
-			about.Version = strings.TrimSpace(value)
-		}
-	}
-	about.Executable = filepath.Join(venv, "bin", "python")
-	if st, err := os.Stat(about.Executable); err != nil || st.IsDir() || about.Version == "" {
-		return about, false
-	}
-	pips, _ := filepath.Glob(filepath.Join(venv, "lib", "python*", "site-packages", "pip-*.dist-info"))
-	if len(pips) != 1 {
-		return about, false
-	}
-	about.Pip = strings.TrimSuffix(strings.TrimPrefix(filepath.Base(pips[0]), "pip-"), ".dist-info")
-	return about, true
-}
-
-func (h *languageHost) About(ctx context.Context, req *pulumirpc.AboutRequest) (*pulumirpc.AboutResponse, error) {
-	opts, err := optionsOf(req.GetInfo())
+// GetRequiredPackages reports the installed Pulumi packages' resource plugins, as upstream's host does.
+func (h *host) GetRequiredPackages(ctx context.Context, req *pulumirpc.GetRequiredPackagesRequest,
+) (*pulumirpc.GetRequiredPackagesResponse, error) {
+	opts, err := options(req.GetInfo())
 	if err != nil {
 		return nil, err
-	}
-	if h.runsProgram {
-		h.early.Do(func() {
-			if err := h.startEarly(opts, preloadOption(req.GetInfo())); err != nil {
-				logging.V(5).Infof("python language host: no early helper: %v", err)
-			}
-		})
 	}
 	tc, err := toolchain.ResolveToolchain(opts)
 	if err != nil {
 		return nil, err
 	}
-	if opts.Toolchain != toolchain.Pip {
-		about, err := tc.About(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return &pulumirpc.AboutResponse{
-			Executable: about.PythonExecutable,
-			Version:    about.PythonVersion.String(),
-			Metadata:   map[string]string{"toolchainVersion": about.ToolchainVersion.String()},
-		}, nil
-	}
-	venv, err := tc.VirtualEnvPath(ctx)
+	stdout, stderr, err := h.engineWriters(ctx)
 	if err != nil {
 		return nil, err
 	}
-	about, ok := aboutVirtualenv(venv)
-	if venv == "" || !ok {
-		if about, err = askPython(ctx, tc); err != nil {
-			return nil, err
+	if err := tc.EnsureVenv(ctx, req.GetInfo().GetProgramDirectory(), false, true, stdout, stderr); err != nil {
+		return nil, err
+	}
+	warnOldPython(ctx, tc)
+	installed, err := tc.ListPackages(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	declarations, err := pluginDeclarations(ctx, tc, installed)
+	if err != nil {
+		return nil, err
+	}
+	packages := []*pulumirpc.PackageDependency{}
+	for _, dist := range installed {
+		declared := declarations[dist.Name]
+		if withoutPlugin[dist.Name] || (declared == nil && !strings.HasPrefix(dist.Name, "pulumi-")) {
+			continue
+		}
+		if pkg := packageOf(dist, declared); pkg != nil {
+			packages = append(packages, pkg)
 		}
 	}
-	return &pulumirpc.AboutResponse{
-		Executable: about.Executable,
-		Version:    about.Version,
-		Metadata:   map[string]string{"toolchainVersion": about.Pip},
-	}, nil
+	return &pulumirpc.GetRequiredPackagesResponse{Packages: packages}, nil
 }
 
-// askPython runs aboutScript in the toolchain's interpreter.
-func askPython(ctx context.Context, tc toolchain.Toolchain) (about aboutPython, err error) {
-	cmd, err := tc.Command(ctx, "-c", aboutScript)
+func (h *host) GetRequiredPlugins(context.Context, *pulumirpc.GetRequiredPluginsRequest,
+) (*pulumirpc.GetRequiredPluginsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "GetRequiredPlugins is not implemented: use GetRequiredPackages")
+}
+
+// pluginScript prints {distribution: path of the pulumi-plugin.json in its top-level package, or ""}.
+const pluginScript = `import importlib.metadata as md, importlib.util as iu, json, os, sys
+found = {}
+for name in sys.argv[1:]:
+    path = ""
+    try:
+        spec = iu.find_spec(md.distribution(name).metadata["Name"].replace("-", "_"))
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            candidate = os.path.join(str(location), "pulumi-plugin.json")
+            if os.path.isfile(candidate):
+                path = candidate
+                break
+    except Exception:
+        pass
+    found[name] = path
+print(json.dumps(found))`
+
+// pluginDeclarations reads the pulumi-plugin.json of each installed distribution that has one.
+func pluginDeclarations(ctx context.Context, tc toolchain.Toolchain, installed []plugin.DependencyInfo,
+) (map[string]*plugin.PulumiPluginJSON, error) {
+	declarations := map[string]*plugin.PulumiPluginJSON{}
+	if len(installed) == 0 {
+		return declarations, nil
+	}
+	args := []string{"-c", pluginScript}
+	for _, dist := range installed {
+		args = append(args, dist.Name)
+	}
+	cmd, err := tc.Command(ctx, args...)
 	if err != nil {
-		return about, err
+		logging.V(5).Infof("plugin declarations: %v", err)
+		return declarations, nil
 	}
 	out, err := cmd.Output()
 	if err != nil {
-		return about, fmt.Errorf("asking %s about itself: %w", cmd.Path, err)
+		logging.V(5).Infof("plugin declarations: %v", err)
+		return declarations, nil
 	}
-	if err := json.Unmarshal(out, &about); err != nil {
-		return about, fmt.Errorf("reading what %s says about itself: %w", cmd.Path, err)
+	var paths map[string]string
+	if err := json.Unmarshal(out, &paths); err != nil {
+		return nil, fmt.Errorf("reading the paths of pulumi-plugin.json files: %w", err)
 	}
-	return about, nil
+	for name, path := range paths {
+		if path == "" {
+			continue
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			logging.V(5).Infof("plugin declarations: %v", err)
+			continue
+		}
+		declared := &plugin.PulumiPluginJSON{}
+		if err := json.Unmarshal(data, declared); err != nil {
+			return nil, fmt.Errorf("failed to parse pulumi-plugin.json for %s (%s): %w", name, path, err)
+		}
+		declarations[name] = declared
+	}
+	return declarations, nil
 }
 
-func (h *languageHost) GetProgramDependencies(
-	ctx context.Context, req *pulumirpc.GetProgramDependenciesRequest,
+// packageOf is the plugin a distribution needs: its declaration's, else named and versioned after
+// the distribution; nil when it declares none or its version has no plugin version.
+func packageOf(dist plugin.DependencyInfo, declared *plugin.PulumiPluginJSON) *pulumirpc.PackageDependency {
+	pkg := &pulumirpc.PackageDependency{Kind: "resource"}
+	if declared != nil {
+		if !declared.Resource {
+			return nil
+		}
+		pkg.Name, pkg.Version, pkg.Server = declared.Name, declared.Version, declared.Server
+		pkg.Parameterization = parameterization(declared.Parameterization)
+		pkg.Extension = parameterization(declared.ExtensionParameterization)
+	}
+	if pkg.Name == "" {
+		pkg.Name = strings.TrimPrefix(dist.Name, "pulumi-")
+	}
+	if pkg.Version == "" {
+		v, err := pluginVersion(dist.Version)
+		if err != nil {
+			logging.V(5).Infof("no plugin version for %s %s: %v", dist.Name, dist.Version, err)
+			return nil
+		}
+		pkg.Version = v
+	}
+	if !strings.HasPrefix(pkg.Version, "v") {
+		pkg.Version = "v" + pkg.Version
+	}
+	return pkg
+}
+
+func parameterization(p *plugin.PulumiParameterizationJSON) *pulumirpc.PackageParameterization {
+	if p == nil {
+		return nil
+	}
+	return &pulumirpc.PackageParameterization{Name: p.Name, Version: p.Version, Value: p.Value}
+}
+
+// pep440 matches the versions pluginVersion translates: N(.N)*[{a|b|rc}N][.postN][.devN].
+var pep440 = regexp.MustCompile(`^(\d+(?:\.\d+)*)(?:(a|b|rc)(\d*))?(?:\.post(\d*))?(?:\.dev(\d*))?$`)
+
+// pluginVersion turns a Python package version into its plugin's semver: 1.2 -> 1.2.0,
+// 1.2.3a4 -> 1.2.3-alpha.4, 1.2.3rc4 -> 1.2.3-rc.4, 1.2.3.post4.dev5 -> 1.2.3+post4dev5.
+func pluginVersion(v string) (string, error) {
+	m := pep440.FindStringSubmatch(v)
+	if m == nil {
+		return "", fmt.Errorf("%q is not a version of the form N(.N)*[{a|b|rc}N][.postN][.devN]", v)
+	}
+	segments := strings.Split(m[1], ".")
+	for len(segments) < 3 {
+		segments = append(segments, "0")
+	}
+	out := strings.Join(segments, ".")
+	if m[2] != "" {
+		out += "-" + map[string]string{"a": "alpha", "b": "beta", "rc": "rc"}[m[2]] + "." + m[3]
+	}
+	build := ""
+	if strings.Contains(v, ".post") {
+		build += "post" + m[4]
+	}
+	if strings.Contains(v, ".dev") {
+		build += "dev" + m[5]
+	}
+	if build != "" {
+		out += "+" + build
+	}
+	return out, nil
+}
+
+// warnOldPython tells the user (stderr, shown by the CLI) when the interpreter is older than Python 3.7.
+func warnOldPython(ctx context.Context, tc toolchain.Toolchain) {
+	cmd, err := tc.Command(ctx, "--version")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Failed to create python version command: %s\n", err)
+		return
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Failed to resolve python version command: %s\n", err)
+		return
+	}
+	v, err := toolchain.ParsePythonVersion(strings.TrimSpace(strings.TrimPrefix(string(out), "Python ")))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "Failed to parse python version: %q\n", strings.TrimSpace(string(out)))
+		return
+	}
+	if v.Major < 3 || (v.Major == 3 && v.Minor < 7) {
+		fmt.Fprintf(os.Stderr, "Pulumi does not support Python %s. Please upgrade to at least 3.7.0\n", v)
+	}
+}
+
+// engineWriters send what they are given to the engine as ephemeral messages (info, error).
+func (h *host) engineWriters(ctx context.Context) (io.Writer, io.Writer, error) {
+	conn, err := grpc.NewClient(h.engine, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		rpcutil.GrpcChannelOptions())
+	if err != nil {
+		return nil, nil, fmt.Errorf("language host could not make connection to engine: %w", err)
+	}
+	engine := pulumirpc.NewEngineClient(conn)
+	stream := rand.Int31() //nolint:gosec // a message stream's id, not a secret
+	return &engineLog{ctx, engine, stream, pulumirpc.LogSeverity_INFO},
+		&engineLog{ctx, engine, stream, pulumirpc.LogSeverity_ERROR}, nil
+}
+
+type engineLog struct {
+	ctx      context.Context
+	engine   pulumirpc.EngineClient
+	stream   int32
+	severity pulumirpc.LogSeverity
+}
+
+func (w *engineLog) Write(p []byte) (int, error) {
+	_, err := w.engine.Log(w.ctx, &pulumirpc.LogRequest{
+		Message: strings.ToValidUTF8(string(p), "\uFFFD"), Ephemeral: true, StreamId: w.stream, Severity: w.severity,
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// InstallDependencies creates the virtualenv and installs the project's requirements (`pulumi install`).
+func (h *host) InstallDependencies(req *pulumirpc.InstallDependenciesRequest,
+	server pulumirpc.LanguageRuntime_InstallDependenciesServer,
+) error {
+	if req.GetIsPlugin() {
+		return status.Error(codes.Unimplemented, "this language host does not install Python plugins")
+	}
+	opts, err := options(req.GetInfo())
+	if err != nil {
+		return err
+	}
+	closer, stdout, stderr, err := rpcutil.MakeInstallDependenciesStreams(server, req.GetIsTerminal())
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	tc, err := toolchain.ResolveToolchain(opts)
+	if err != nil {
+		return err
+	}
+	fmt.Fprint(stdout, "Installing dependencies...\n\n")
+	if err := tc.InstallDependencies(server.Context(), req.GetInfo().GetProgramDirectory(),
+		req.GetUseLanguageVersionTools(), true, stdout, stderr); err != nil {
+		return err
+	}
+	fmt.Fprint(stdout, "Finished installing dependencies\n\n")
+	return closer.Close()
+}
+
+// RuntimeOptionsPrompts asks `pulumi new` for a toolchain, and for a virtualenv when it is pip.
+func (h *host) RuntimeOptionsPrompts(_ context.Context, req *pulumirpc.RuntimeOptionsRequest,
+) (*pulumirpc.RuntimeOptionsResponse, error) {
+	raw := req.GetInfo().GetOptions().AsMap()
+	text := func(s string) *pulumirpc.RuntimeOptionPrompt_RuntimeOptionValue {
+		return &pulumirpc.RuntimeOptionPrompt_RuntimeOptionValue{
+			PromptType: pulumirpc.RuntimeOptionPrompt_STRING, StringValue: s, DisplayName: s,
+		}
+	}
+	var prompts []*pulumirpc.RuntimeOptionPrompt
+	chosen, hasToolchain := raw["toolchain"]
+	if !hasToolchain {
+		choices := append([]*pulumirpc.RuntimeOptionPrompt_RuntimeOptionValue{text("pip")},
+			plugin.MakeExecutablePromptChoices("poetry", "uv")...)
+		prompts = append(prompts, &pulumirpc.RuntimeOptionPrompt{
+			Key:         "toolchain",
+			Description: "The toolchain to use for installing dependencies and running the program",
+			PromptType:  pulumirpc.RuntimeOptionPrompt_STRING,
+			Choices:     choices,
+			Default:     text("pip"),
+		})
+	}
+	if _, hasVenv := raw["virtualenv"]; hasToolchain && chosen == "pip" && !hasVenv {
+		prompts = append(prompts, &pulumirpc.RuntimeOptionPrompt{
+			Key:         "virtualenv",
+			Description: "The virtualenv to use",
+			PromptType:  pulumirpc.RuntimeOptionPrompt_STRING,
+			Choices:     []*pulumirpc.RuntimeOptionPrompt_RuntimeOptionValue{text("venv")},
+			Default:     text("venv"),
+		})
+	}
+	return &pulumirpc.RuntimeOptionsResponse{Prompts: prompts}, nil
+}
+
+// About names the interpreter, its version and the toolchain's, as the toolchain package finds them.
+func (h *host) About(ctx context.Context, req *pulumirpc.AboutRequest) (*pulumirpc.AboutResponse, error) {
+	opts := toolchain.PythonOptions{Toolchain: toolchain.Pip}
+	if req.GetInfo() != nil {
+		var err error
+		if opts, err = options(req.GetInfo()); err != nil {
+			return nil, err
+		}
+	}
+	tc, err := toolchain.ResolveToolchain(opts)
+	if err != nil {
+		return nil, err
+	}
+	about, err := tc.About(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pulumirpc.AboutResponse{
+		Executable: about.PythonExecutable,
+		Version:    about.PythonVersion.String(),
+		Metadata: map[string]string{
+			"toolchain":        toolchain.Name(opts.Toolchain),
+			"toolchainVersion": about.ToolchainVersion.String(),
+			"typechecker":      toolchain.TypeCheckerName(opts.Typechecker),
+		},
+	}, nil
+}
+
+// GetProgramDependencies lists the virtualenv's installed distributions (`pulumi about`).
+func (h *host) GetProgramDependencies(ctx context.Context, req *pulumirpc.GetProgramDependenciesRequest,
 ) (*pulumirpc.GetProgramDependenciesResponse, error) {
-	tc, err := resolveToolchain(req.GetInfo())
+	opts, err := options(req.GetInfo())
 	if err != nil {
 		return nil, err
 	}
-	pkgs, err := tc.ListPackages(ctx, req.GetTransitiveDependencies())
+	tc, err := toolchain.ResolveToolchain(opts)
 	if err != nil {
 		return nil, err
 	}
-	deps := make([]*pulumirpc.DependencyInfo, 0, len(pkgs))
-	for _, p := range pkgs {
-		deps = append(deps, &pulumirpc.DependencyInfo{Name: p.Name, Version: p.Version})
+	installed, err := tc.ListPackages(ctx, req.GetTransitiveDependencies())
+	if err != nil {
+		return nil, fmt.Errorf("failed to get python dependencies: %w", err)
+	}
+	deps := make([]*pulumirpc.DependencyInfo, 0, len(installed))
+	for _, dist := range installed {
+		deps = append(deps, &pulumirpc.DependencyInfo{Name: dist.Name, Version: dist.Version})
 	}
 	return &pulumirpc.GetProgramDependenciesResponse{Dependencies: deps}, nil
 }

@@ -21,7 +21,9 @@ import (
 	"os/exec"
 	"reflect"
 	"strings"
+	"time"
 
+	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
 	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"github.com/pulumi/pulumi/sdk/v3/python/toolchain"
 	"google.golang.org/grpc"
@@ -29,7 +31,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/structpb"
-	"sin.local/toolchain/pulumi-build/internal/serve"
 )
 
 // version is stamped at build time (toolchain/pulumi.sh, POSTDEPLOY_PROVIDER_VERSION).
@@ -52,9 +53,39 @@ func main() {
 	if args := flag.Args(); len(args) > 0 {
 		engine = args[0]
 	}
-	serve.Serve("sin-postdeploy provider", engine, func(s *grpc.Server) {
-		pulumirpc.RegisterResourceProviderServer(s, &provider{})
+	serve(engine, func(s *grpc.Server) { pulumirpc.RegisterResourceProviderServer(s, &provider{}) })
+}
+
+// serve runs the gRPC server until the engine (when given) stops answering: the port on the first
+// line of stdout, as the engine reads it.
+func serve(engine string, register func(*grpc.Server)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if engine != "" {
+		if err := rpcutil.Healthcheck(ctx, engine, 5*time.Minute, cancel); err != nil {
+			fmt.Fprintf(os.Stderr, "error: could not start the engine health check: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	stop := make(chan bool)
+	go func() {
+		<-ctx.Done()
+		close(stop)
+	}()
+	handle, err := rpcutil.ServeWithOptions(rpcutil.ServeOptions{
+		Cancel:  stop,
+		Init:    func(s *grpc.Server) error { register(s); return nil },
+		Options: rpcutil.TracingServerInterceptorOptions(nil),
 	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "error: could not start the sin-postdeploy provider: %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Printf("%d\n", handle.Port)
+	if err := <-handle.Done; err != nil {
+		fmt.Fprintf(os.Stderr, "error: the sin-postdeploy provider stopped serving: %v\n", err)
+		os.Exit(1)
+	}
 }
 
 func (p *provider) GetPluginInfo(context.Context, *emptypb.Empty) (*pulumirpc.PluginInfo, error) {

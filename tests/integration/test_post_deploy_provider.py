@@ -18,7 +18,7 @@ from google.protobuf import json_format, struct_pb2
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
 from infra.deploy import provider_step
-from tests.unit.plugin_process import serving
+from tests.integration.plugin_process import serving
 
 DEPLOYED = {"target": {"stack": "dev", "postgres": {"port": 5432}}, "migrations": [{"version": 1, "sha256": "a" * 64}],
             "container_ids": ["pg-1", "redis-1"], "actor": "ci", "applied": ["V001__adr006_schema.sql"],
