@@ -11,7 +11,7 @@ import pytest
 import redis as redis_lib
 
 from infra.driver import stacks
-from tests.e2e.support import docker, inspect, objects_of, state_files, wait_healthy
+from tests.e2e.support import assert_no_process_left, docker, inspect, objects_of, state_files, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -19,8 +19,8 @@ EXPECTED_CREATES = {
     "pulumi:pulumi:Stack", "sin-datastores:index:SinNetwork", "docker:index/network:Network",
     "sin-datastores:index:PostgresService", "sin-datastores:index:RedisService",
     "docker:index/remoteImage:RemoteImage", "docker:index/volume:Volume", "docker:index/container:Container",
-    "sin-datastores:index:PostDeploy", "sin-postdeploy:index:Step",
-    "pulumi:providers:docker", "pulumi:providers:sin-postdeploy",
+    "sin-datastores:index:PostDeploy", "pulumi-python:dynamic:Resource",
+    "pulumi:providers:docker", "pulumi:providers:pulumi-python",
 }
 
 
@@ -109,7 +109,7 @@ def test_the_programs_providers_start_while_the_refresh_reads(deployed):
     verbose = {"log_verbosity": 7, "log_to_std_err": True, "log_flow": True, "color": "never"}
     lines = test_stack.stack.up(expect_no_changes=True, **verbose).stderr.splitlines()
     program_runs = next(i for i, line in enumerate(lines) if "langhost[python].Run(" in line)
-    for plugin in ("pulumi-resource-docker", "pulumi-resource-sin-postdeploy"):
+    for plugin in ("pulumi-resource-docker", "pulumi-resource-pulumi-python"):
         started = [i for i, line in enumerate(lines) if "Handshake" in line and plugin in line]
         assert len(started) == 2 and started[1] < program_runs, (plugin, started, program_runs)
     lines = test_stack.stack.refresh(**verbose).stderr.splitlines()
@@ -191,6 +191,18 @@ def test_destroy_removes_every_object_and_the_stack(make_stack, settings):
     assert objects_of(test_stack.name) == {"containers": [], "networks": [], "volumes": []}
     with pytest.raises(stacks.StackError, match="does not exist"):
         stacks.open_stack(test_stack.name, settings)
+
+
+def test_no_process_of_the_stack_outlives_its_up_preview_or_destroy(make_stack):
+    """The engine ends the language host, the program and the providers (the post-deploy step's
+    `python -m pulumi.dynamic` among them) before each command returns."""
+    test_stack = make_stack()
+    test_stack.up()
+    assert_no_process_left(stacks.ROOT)
+    test_stack.stack.preview(color="never")
+    assert_no_process_left(stacks.ROOT)
+    test_stack.stack.destroy(color="never")
+    assert_no_process_left(stacks.ROOT)
 
 
 def test_destroy_reads_nothing_first_and_counts_objects_removed_by_hand_as_deleted(make_stack):

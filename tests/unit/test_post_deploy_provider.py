@@ -1,65 +1,79 @@
-"""The post-deploy step's provider (toolchain/pulumi-build/cmd/pulumi-resource-sin-postdeploy),
-spoken to over gRPC as the engine does: what re-runs the step (a change of one of its triggers,
-nothing else), and how it runs it (the project's interpreter, inputs on stdin, outputs back);
-and the step's side of that exchange (infra.deploy.provider_step)."""
+"""The post-deploy step's dynamic provider (infra.components.postdeploy._PostDeployProvider): what
+re-runs the step (a change of one of its triggers, nothing else) and how (the plain step, its
+failure in its own words); and the provider process as the engine starts it (`python -m
+pulumi.dynamic`, spoken to over gRPC), which leaves when the engine is gone."""
 
 from __future__ import annotations
 
-import io
-import json
 import os
+import signal
+import subprocess
 import sys
-import textwrap
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
+from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime.proto import provider_pb2, provider_pb2_grpc
 
+from infra.components import postdeploy
+from infra.components.postdeploy import StepFailed, _PostDeployProvider
 from infra.deploy import provider_step
-from tests.unit.plugin_process import serving
+from infra.driver.teststacks import free_port
 
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "unit-test-password-0123456789"
 DEPLOYED = {"target": {"stack": "dev", "postgres": {"port": 5432}}, "migrations": [{"version": 1, "sha256": "a" * 64}],
-            "container_ids": ["pg-1", "redis-1"], "actor": "ci", "applied": ["V001__adr006_schema.sql"],
-            "already_applied": 0, "checks": 24, "failed": []}
-# A stand-in for infra.deploy.provider_step: echoes its argv, its stdin and where it ran, or fails.
-FAKE_STEP = textwrap.dedent("""
-    import json, os, sys
-    inputs = json.load(sys.stdin)
-    if inputs.get("fail"):
-        print("VerificationFailed: 2 of 20 checks failed", file=sys.stderr)
-        sys.exit(1)
-    json.dump({**inputs, "argv": sys.argv[1:], "python": sys.executable, "venv": os.environ.get("VIRTUAL_ENV")},
-              sys.stdout)
-""")
+            "container_ids": ["pg-1", "redis-1"], "actor": "ci", "ready_timeout_s": 60,
+            "applied": ["V001__adr006_schema.sql"], "already_applied": 0, "checks": 24, "failed": []}
 
 
-def provider_binary() -> Path:
-    plugins = Path(os.environ["PULUMI_HOME"]) / "plugins"
-    found = sorted(plugins.glob("resource-sin-postdeploy-v*/pulumi-resource-sin-postdeploy"))
-    assert found, f"no sin-postdeploy provider in {plugins}: run toolchain/setup.sh (scripts/test does)"
-    return found[-1]
+@pytest.mark.parametrize("changed", [
+    {"target": {"stack": "dev", "postgres": {"port": 5433}}},
+    {"migrations": [{"version": 1, "sha256": "a" * 64}, {"version": 2, "sha256": "b" * 64}]},
+    {"container_ids": ["pg-2", "redis-1"]},
+])
+def test_a_changed_trigger_re_runs_the_step_in_place(changed):
+    answer = _PostDeployProvider().diff("dev", DEPLOYED, {**DEPLOYED, **changed})
+    assert (answer.changes, answer.replaces, answer.delete_before_replace) == (True, [], False)
 
 
-@pytest.fixture
-def project(tmp_path) -> Path:
-    """A project directory whose virtualenv's python is this test's own, holding the fake step."""
-    (tmp_path / "venv" / "bin").mkdir(parents=True)
-    (tmp_path / "venv" / "bin" / "python").symlink_to(sys.executable)
-    step = tmp_path / "infra" / "deploy"
-    step.mkdir(parents=True)
-    for package in (tmp_path / "infra", step):
-        (package / "__init__.py").write_text("")
-    (step / "provider_step.py").write_text(FAKE_STEP)
-    return tmp_path
+def test_another_actor_or_fresh_outputs_alone_change_nothing():
+    news = {**DEPLOYED, "actor": "someone-else", "applied": None, "already_applied": None, "checks": None}
+    assert _PostDeployProvider().diff("dev", DEPLOYED, news).changes is False
 
 
-@pytest.fixture
-def provider(project):
-    """The provider as the engine starts it: in the project directory, the runtime options exported."""
-    with serving(provider_binary(), cwd=project, env={**os.environ, "PULUMI_RUNTIME_VIRTUALENV": "venv"}) as channel:
-        yield provider_pb2_grpc.ResourceProviderStub(channel)
+def test_create_and_update_run_the_plain_step_with_the_inputs(monkeypatch):
+    ran = []
+    monkeypatch.setattr(provider_step, "run", lambda inputs: ran.append(inputs) or {**inputs, "checks": 20})
+    created = _PostDeployProvider().create(DEPLOYED)
+    assert (created.id, created.outs["checks"], ran) == ("dev", 20, [DEPLOYED])
+    news = {**DEPLOYED, "container_ids": ["pg-2", "redis-1"]}
+    assert _PostDeployProvider().update("dev", DEPLOYED, news).outs["container_ids"] == ["pg-2", "redis-1"]
+    assert ran[-1] is news
+
+
+def test_a_failed_step_is_its_own_words_without_the_failure_s_chain(monkeypatch):
+    def failing(inputs):
+        raise RuntimeError("2 of 20 checks failed")
+
+    monkeypatch.setattr(provider_step, "run", failing)
+    with pytest.raises(StepFailed, match="^RuntimeError: 2 of 20 checks failed$") as failure:
+        _PostDeployProvider().create(DEPLOYED)
+    assert failure.value.__suppress_context__
+
+
+def test_the_step_deletes_nothing():
+    assert _PostDeployProvider().delete("dev", DEPLOYED) is None
+
+
+def test_a_provider_outside_the_engine_s_process_watches_nothing(monkeypatch):
+    started = []
+    monkeypatch.setattr(postdeploy, "_leave_with_engine", lambda: started.append(True))
+    _PostDeployProvider().configure(None)
+    assert started == [], "a test or the program must never get a watcher that can kill its process group"
 
 
 def struct(values: dict) -> struct_pb2.Struct:
@@ -68,67 +82,66 @@ def struct(values: dict) -> struct_pb2.Struct:
     return message
 
 
-def diff(provider, olds: dict, news: dict) -> provider_pb2.DiffResponse:
-    return provider.Diff(provider_pb2.DiffRequest(id="dev", urn="urn:step", olds=struct(olds), news=struct(news)),
-                         timeout=30)
+@pytest.fixture
+def engine_started():
+    """`python -m pulumi.dynamic` as the engine starts it: in the project directory, in a process
+    group of its own, its stdin a pipe the engine holds. Yields (process, channel)."""
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "pulumi.dynamic"], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        port = int(proc.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield proc, channel
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
-@pytest.mark.parametrize("changed", [
-    {"target": {"stack": "dev", "postgres": {"port": 5433}}},
-    {"migrations": [{"version": 1, "sha256": "a" * 64}, {"version": 2, "sha256": "b" * 64}]},
-    {"container_ids": ["pg-2", "redis-1"]},
-])
-def test_a_changed_trigger_re_runs_the_step_in_place(provider, changed):
-    answer = diff(provider, DEPLOYED, {**DEPLOYED, **changed})
+def step_inputs(**changes) -> dict:
+    return {**DEPLOYED, "__provider": serialize_provider(_PostDeployProvider()), **changes}
+
+
+def test_the_engine_s_provider_process_diffs_the_step_it_unpickles_by_name(engine_started):
+    _, channel = engine_started
+    provider = provider_pb2_grpc.ResourceProviderStub(channel)
+    provider.Configure(provider_pb2.ConfigureRequest(args=struct({})), timeout=30)
+    olds, news = step_inputs(), step_inputs(container_ids=["pg-2", "redis-1"])
+    checked = provider.Check(provider_pb2.CheckRequest(urn="urn:step", olds=struct(olds), news=struct(news)),
+                             timeout=30)
+    assert json_format.MessageToDict(checked.inputs)["container_ids"] == ["pg-2", "redis-1"]
+    answer = provider.Diff(provider_pb2.DiffRequest(id="dev", urn="urn:step", olds=struct(olds), news=struct(news)),
+                           timeout=30)
     assert answer.changes == provider_pb2.DiffResponse.DIFF_SOME
-    assert list(answer.diffs) == list(changed) and not answer.replaces and not answer.deleteBeforeReplace
-
-
-def test_another_actor_or_fresh_outputs_alone_change_nothing(provider):
-    news = {**DEPLOYED, "actor": "someone-else", "applied": None, "already_applied": None, "checks": None}
-    assert diff(provider, DEPLOYED, news).changes == provider_pb2.DiffResponse.DIFF_NONE
-
-
-def test_create_runs_the_step_in_the_projects_virtualenv_with_the_inputs_on_stdin(provider, project):
-    created = provider.Create(provider_pb2.CreateRequest(urn="urn:step", properties=struct(DEPLOYED)), timeout=60)
-    outputs = json_format.MessageToDict(created.properties)
-    assert created.id == "dev"
-    assert outputs["argv"] == [] and outputs["target"] == {"stack": "dev", "postgres": {"port": 5432}}
-    assert outputs["python"] == str(project / "venv" / "bin" / "python")
-    assert outputs["venv"] == str(project / "venv")
-
-
-def test_update_runs_the_step_with_the_new_inputs(provider):
-    news = {**DEPLOYED, "container_ids": ["pg-2", "redis-1"]}
-    updated = provider.Update(provider_pb2.UpdateRequest(id="dev", urn="urn:step", olds=struct(DEPLOYED),
-                                                         news=struct(news)), timeout=60)
-    assert list(updated.properties["container_ids"]) == ["pg-2", "redis-1"]
-
-
-def test_a_failed_step_is_the_error_in_its_own_words(provider):
-    with pytest.raises(grpc.RpcError) as failure:
-        provider.Create(provider_pb2.CreateRequest(urn="urn:step", properties=struct({**DEPLOYED, "fail": True})),
-                        timeout=60)
-    assert failure.value.details() == "VerificationFailed: 2 of 20 checks failed"
-
-
-def test_a_refresh_keeps_the_state_and_secrets_arrive_plain(provider):
-    outputs, inputs = struct(DEPLOYED), struct({k: DEPLOYED[k] for k in ("target", "migrations", "container_ids")})
-    read = provider.Read(provider_pb2.ReadRequest(id="dev", urn="urn:step", properties=outputs, inputs=inputs),
+    same = provider.Diff(provider_pb2.DiffRequest(id="dev", urn="urn:step", olds=struct(olds), news=struct(olds)),
                          timeout=30)
-    assert (read.id, read.properties, read.inputs) == ("dev", outputs, inputs)
-    configured = provider.Configure(provider_pb2.ConfigureRequest(), timeout=30)
-    assert (configured.acceptSecrets, configured.supportsPreview) == (False, False)
+    assert same.changes == provider_pb2.DiffResponse.DIFF_NONE
 
 
-def test_the_step_s_side_prints_only_its_outputs_on_stdout(monkeypatch, capsys):
-    def noisy_run(inputs: dict) -> dict:
-        print("a line some library printed")
-        return {"checks": 20}
+def test_a_step_that_fails_in_the_provider_process_says_why_and_no_password(engine_started):
+    _, channel = engine_started
+    provider = provider_pb2_grpc.ResourceProviderStub(channel)
+    silent = free_port()
+    target = {"stack": "dev",
+              "postgres": {"host": "127.0.0.1", "port": silent, "database": "sinsolver", "user": "sinadmin",
+                           "password": PASSWORD, "container_name": "pg", "container_ip": "172.20.0.100",
+                           "major_version": 16},
+              "redis": {"host": "127.0.0.1", "port": silent, "password": PASSWORD, "container_name": "redis",
+                        "container_ip": "172.20.0.200", "major_version": 7}}
+    with pytest.raises(grpc.RpcError) as failure:
+        provider.Create(provider_pb2.CreateRequest(urn="urn:step", properties=struct(
+            step_inputs(target=target, ready_timeout_s=1))), timeout=60)
+    assert "StepFailed: ConnectError:" in failure.value.details() and "did not answer within 1 s" in failure.value.details()
+    assert PASSWORD not in failure.value.details()
 
-    monkeypatch.setattr(provider_step, "run", noisy_run)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(DEPLOYED)))
-    assert provider_step.main() == 0
-    printed = capsys.readouterr()
-    assert json.loads(printed.out) == {"checks": 20}
-    assert "a line some library printed" in printed.err
+
+def test_the_provider_process_leaves_with_the_engine_that_started_it(engine_started):
+    proc, channel = engine_started
+    provider = provider_pb2_grpc.ResourceProviderStub(channel)
+    provider.Configure(provider_pb2.ConfigureRequest(args=struct({})), timeout=30)
+    provider.Check(provider_pb2.CheckRequest(urn="urn:step", olds=struct({}), news=struct(step_inputs())), timeout=30)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the provider keeps serving while the engine is there"
+    proc.stdin.close()  # what the kernel does when the engine's process dies, however it died
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
