@@ -425,6 +425,20 @@ def state_without(stack: auto.Stack, urns: Sequence[str]) -> Iterator[auto.Stack
         shutil.rmtree(copy_dir, ignore_errors=True)
 
 
+def drift_of(stack: auto.Stack) -> list[drift.Finding]:
+    """How the Docker host differs from the stack's state (see :mod:`infra.driver.drift`)."""
+    return drift.find(drift.declared(exported_deployment(stack)))
+
+
+def exported_deployment(stack: auto.Stack) -> dict:
+    """The ``deployment`` of `pulumi stack export`, secrets left encrypted (the Automation API's
+    ``export_stack`` decrypts them all, which costs a key derivation and is not needed here)."""
+    proc = _pulumi(stack, "stack", "export")
+    if proc.returncode != 0:
+        raise StackError(f"reading the state of stack '{stack.name}' failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout).get("deployment") or {}
+
+
 def repair_drift(stack: auto.Stack, say: Callable[[str], None], accept_data_loss: bool = False,
                  deployment: Optional[dict] = None) -> None:
     """Before the engine runs: refuse to start a service on a new, empty volume in place of one the
