@@ -109,14 +109,17 @@ def test_the_programs_providers_start_while_the_refresh_reads(deployed):
     """An up refreshes first (Pulumi.yaml's `refresh: always`); the program then registers the
     same providers, and each one's Check needs a process of its own. Our CLI build
     (toolchain/pulumi-build/patches) starts those during the refresh's reads, before the engine
-    runs the program. `pulumi refresh` alone checks no provider and starts none of them."""
+    runs the program. `pulumi refresh` alone checks no provider and starts none of them. The
+    post-deploy step's dynamic provider is not among them: its process starts when the program
+    registers its explicit provider, at once, before the step needs it."""
     test_stack, *_ = deployed
     verbose = {"log_verbosity": 7, "log_to_std_err": True, "log_flow": True, "color": "never"}
     lines = test_stack.stack.up(expect_no_changes=True, **verbose).stderr.splitlines()
     program_runs = next(i for i, line in enumerate(lines) if "langhost[python].Run(" in line)
-    for plugin in ("pulumi-resource-docker", "pulumi-resource-pulumi-python"):
-        started = [i for i, line in enumerate(lines) if "Handshake" in line and plugin in line]
-        assert len(started) == 2 and started[1] < program_runs, (plugin, started, program_runs)
+    started = [i for i, line in enumerate(lines) if "Handshake" in line and "pulumi-resource-docker" in line]
+    assert len(started) == 2 and started[1] < program_runs, (started, program_runs)
+    started = [i for i, line in enumerate(lines) if "Handshake" in line and "pulumi-resource-pulumi-python" in line]
+    assert len(started) == 2 and started[0] < program_runs < started[1], (started, program_runs)
     lines = test_stack.stack.refresh(**verbose).stderr.splitlines()
     assert sum("Handshake" in line and "pulumi-resource-docker" in line for line in lines) == 1
 
@@ -259,7 +262,7 @@ def test_a_killed_cli_leaves_no_post_deploy_provider_behind(deployed, settings):
             started = descendants_of(cli.pid)
             provider = next((pid for pid in started if is_step_provider_serving(pid)), None)
             time.sleep(0.05)
-        assert provider, "the preview's post-deploy provider never served the step"
+        assert provider, "no post-deploy provider of the preview watched the engine's pipe (its stdin)"
         started = descendants_of(cli.pid)
         cli.kill()
         cli.wait()
