@@ -96,3 +96,12 @@ def test_preview_s_copy_of_the_state_lacks_the_old_step_and_the_stack_s_own_is_u
 def test_no_copy_of_a_stack_the_backend_does_not_hold(tmp_path):
     backend = backend_with(tmp_path, "dev")
     assert not stacks.copy_state_without(backend, "prod", [STEP], tmp_path / "copy")
+
+
+def test_down_removes_the_old_step_before_the_engine_deletes_the_rest(cli_calls, monkeypatch):
+    order = []
+    monkeypatch.setattr(stacks, "exported_deployment", lambda stack: OLD_STATE)
+    cli_calls.answer = subprocess.CompletedProcess([], 0, "", "")
+    stack = SimpleNamespace(name="dev", destroy=lambda **kwargs: order.append(("destroy", cli_calls.argv[:])))
+    stacks.destroy(stack, print)
+    assert order == [("destroy", [("state", "delete", "--yes", STEP, PROVIDER)])]
