@@ -63,10 +63,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack)
     events: list = []
-    with stacks.prepared_config(stack, args.images, say) as config_file:
-        found = stacks.drift_of(stack)  # against the state as it was, before the refresh
-        result = stack.preview(on_output=print, on_event=events.append, diff=True, config_file=config_file,
-                               color="never")
+    result, found = stacks.preview(stack, args.images, say, on_output=print, on_event=events.append, diff=True)
     say(f"preview: {result.change_summary}")
     for line in previews.pending_migrations(args.stack, stack.outputs(), stacks.docker_host_of(stack)):
         print(line)
@@ -80,7 +77,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack)
-    stacks.down(stack, say)
+    stacks.destroy(stack, say, on_output=print)
     if args.remove:
         stacks.remove_stack(stack)
         say(f"stack {args.stack} removed; Pulumi.{args.stack}.yaml is kept, with its encrypted passwords, so "

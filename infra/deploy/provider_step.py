@@ -1,16 +1,11 @@
-"""The post-deploy step as `pulumi up` runs it: the `sin-postdeploy` provider
-(toolchain/pulumi-build/cmd/pulumi-resource-sin-postdeploy) starts ``python -m
-infra.deploy.provider_step`` on create and update, with the step's inputs as JSON on stdin
-(the target carries both passwords, so never argv or the environment) and reads its outputs as
-JSON from stdout. A failure is the error's message on stderr and exit code 1; the engine shows
-it as the step's error.
+"""The post-deploy step as `pulumi up` runs it: the step's dynamic provider
+(infra.components.postdeploy) calls :func:`run` on create and update, in the provider process
+the engine starts (``python -m pulumi.dynamic``), with the step's inputs (the target carries
+both passwords) and returns its outputs to the engine.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import sys
 from typing import Any
 
 from infra.core import dockerhost
@@ -26,19 +21,3 @@ def run(inputs: dict[str, Any]) -> dict[str, Any]:
     with dockerhost.reach(Target.from_dict(inputs["target"])) as target:
         result = steps.run(target, actor=inputs["actor"], deadline_s=inputs["ready_timeout_s"])
     return {**{k: inputs[k] for k in KEPT_INPUTS}, **result.summary()}
-
-
-def main() -> int:
-    inputs = json.load(sys.stdin)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the outputs and nothing else
-            outputs = run(inputs)
-    except Exception as exc:  # the provider reports it as the step's error
-        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    json.dump(outputs, sys.stdout)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,6 +7,7 @@ repository), so what is tested is exactly what `pulumi up` runs.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import secrets
@@ -33,6 +34,10 @@ from infra.core.targets import DockerHost, Target
 ROOT = Path(__file__).resolve().parents[2]
 HOME = Path(os.environ.get("SIN_DATASTORES_HOME", Path.home() / ".sin-datastores"))
 IMAGE_KEYS = ("postgresImage", "redisImage", "backupImage")
+# The post-deploy step of releases up to b4cf473, a resource of this project's own provider plugin
+# (see legacy_step), the step before its provider.
+LEGACY_PROVIDER = "sin-postdeploy"
+LEGACY_STEP_TYPES = (f"{LEGACY_PROVIDER}:index:Step", f"pulumi:providers:{LEGACY_PROVIDER}")
 # Local images built by toolchain/images.sh, used when the configured ones are not on the host.
 LOCAL_IMAGE_ENV = {"postgresImage": "SIN_LOCAL_POSTGRES_IMAGE", "redisImage": "SIN_LOCAL_REDIS_IMAGE",
                    "backupImage": "SIN_LOCAL_BACKUP_IMAGE"}
@@ -332,10 +337,13 @@ def look_at_host(stack: auto.Stack, cfg: StackConfig, host: dockerhost.Session, 
 
 def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_passwords: bool = False,
        accept_data_loss: bool = False, **kwargs) -> auto.UpResult:
-    """``pulumi up`` after :func:`prepared_config` and :func:`repair_drift`."""
+    """``pulumi up`` after :func:`prepared_config`, :func:`finish_interrupted`, :func:`forget_legacy_step`
+    and :func:`repair_drift`; a conflict Docker found only while it ran is named with its setting."""
     with prepared_config(stack, images, say, generate_passwords, copy_images=True) as overlay:
-        finish_interrupted(stack, say)
-        repair_drift(stack, say, accept_data_loss)
+        deployment = exported_deployment(stack)
+        finish_interrupted(stack, deployment, say)
+        forget_legacy_step(stack, deployment, say)
+        repair_drift(stack, say, accept_data_loss, deployment)
         try:
             return stack.up(config_file=overlay, color="never", **kwargs)
         except auto.CommandError as exc:
@@ -345,32 +353,36 @@ def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_pass
             raise UpFailed(late) from None
 
 
-def down(stack: auto.Stack, say: Callable[[str], None]) -> None:
-    """``pulumi destroy``, with what a killed `up` left that the engine cannot see removed around it (its
-    containers first, which would hold the network and volumes), so nothing of the stack is left but the
-    data volumes it keeps."""
+def destroy(stack: auto.Stack, say: Callable[[str], None], **kwargs) -> auto.DestroyResult:
+    """``pulumi destroy``, with what the engine cannot handle taken care of around it: what a killed `up`
+    left unrecorded (its containers first, which would hold the network and volumes) and the post-deploy
+    step of release b4cf473 (:func:`forget_legacy_step`), so nothing of the stack is left but the data
+    volumes it keeps."""
     with dockerhost.session(docker_host_of(stack)) as host, dockerhost.using(host):
-        left = finish_interrupted(stack, say)
-        stack.destroy(on_output=print, color="never")
+        deployment = exported_deployment(stack)
+        left = finish_interrupted(stack, deployment, say)
+        forget_legacy_step(stack, deployment, say)
+        result = stack.destroy(color="never", **kwargs)
         if any(item.kind == "volume" for item in left) and not _retains_volumes(stack):
             remove_interrupted(stack, left, say, keep_volumes=False)
         engine = Engine.of(host.docker_env)
         if engine is not None:
             conflicts.remove_probes(engine, stack.name)
+        return result
 
 
 def _retains_volumes(stack: auto.Stack) -> bool:
     return validate(stack.name, stack.get_all_config()).retain_volumes
 
 
-def finish_interrupted(stack: auto.Stack, say: Callable[[str], None]) -> list[drift.Interrupted]:
-    """Before the engine runs, with the stack's Docker host in use: remove the stale lock a killed command
-    of this machine left (:mod:`infra.driver.locks`), then the containers and networks a killed `up`
-    created without recording them, which the next create would collide with. Their data volumes stay
-    (the next `up` attaches them again); what was found is returned."""
+def finish_interrupted(stack: auto.Stack, deployment: dict, say: Callable[[str], None]) -> list[drift.Interrupted]:
+    """Before the engine runs, with the stack's Docker host in use and ``deployment`` its exported state:
+    remove the stale lock a killed command of this machine left (:mod:`infra.driver.locks`), then the
+    containers and networks a killed `up` created without recording them, which the next create would
+    collide with. Their data volumes stay (the next `up` attaches them again); what was found is returned."""
     locks.clear_stale(stack.workspace.env_vars.get("PULUMI_BACKEND_URL", Settings.default().backend_url),
                       PROJECT, stack.name, say)
-    found = drift.interrupted(exported_deployment(stack))
+    found = drift.interrupted(deployment)
     remove_interrupted(stack, found, say, keep_volumes=True)
     return found
 
@@ -392,6 +404,100 @@ def remove_interrupted(stack: auto.Stack, found: list[drift.Interrupted], say: C
         say(f"removed {item.kind} {item.name}, which an interrupted `up` created without recording it")
 
 
+def preview(stack: auto.Stack, images: str, say: Callable[[str], None],
+            **kwargs) -> tuple[auto.PreviewResult, list[drift.Finding]]:
+    """``pulumi preview`` after :func:`prepared_config`, and the drift found against the state as it
+    was before the preview's refresh. A state that still holds the post-deploy step of release b4cf473
+    or earlier (:func:`legacy_step`) is previewed as the next `up` will find it, without that step, on
+    a copy: a preview changes no state."""
+    with prepared_config(stack, images, say) as overlay:
+        deployment = exported_deployment(stack)
+        found = drift.find(drift.declared(deployment))
+        legacy = legacy_step(deployment)
+        if not legacy:
+            return stack.preview(config_file=overlay, color="never", **kwargs), found
+        say(f"the state of stack '{stack.name}' still holds the post-deploy step of release b4cf473 or earlier "
+            f"(provider {LEGACY_PROVIDER}, not part of Pulumi); the next `python -m infra up` removes it from the "
+            f"state and creates the step anew as a Pulumi dynamic resource, which verifies again. Previewing "
+            f"the state as that `up` will find it (a copy; this stack's state is not changed)")
+        with state_without(stack, legacy) as copy:
+            return copy.preview(config_file=overlay, color="never", **kwargs), found
+
+
+def legacy_step(deployment: dict) -> list[str]:
+    """The URNs of the post-deploy step of release b4cf473 and earlier in ``deployment`` (a resource of
+    this project's own provider plugin, which only its toolchain built), the step before its provider.
+    The engine cannot refresh or delete them without that plugin, and their delete did nothing (the
+    schema lives in the data volume)."""
+    resources = deployment.get("resources") or []
+    return [r["urn"] for typ in LEGACY_STEP_TYPES for r in resources if r.get("type") == typ]
+
+
+def forget_legacy_step(stack: auto.Stack, deployment: dict, say: Callable[[str], None]) -> None:
+    """Remove :func:`legacy_step` from the stack's state before the engine runs, which then creates the
+    new step (and verifies again)."""
+    urns = legacy_step(deployment)
+    if not urns:
+        return
+    proc = _pulumi(stack, "state", "delete", "--yes", *urns)
+    if proc.returncode != 0:
+        raise StackError(f"removing the post-deploy step of release b4cf473 from the state of stack '{stack.name}' "
+                         f"failed: {proc.stderr.strip()}; remove it by hand with `pulumi state delete --yes --stack "
+                         f"{stack.name} {' '.join(repr(u) for u in urns)}`, then run `up` again")
+    say(f"removed the post-deploy step of release b4cf473 or earlier (provider {LEGACY_PROVIDER}) from the state "
+        f"of stack '{stack.name}'; `up` creates it anew as a Pulumi dynamic resource, which verifies again")
+
+
+def checkpoint_file(backend_dir: Path, name: str) -> Optional[Path]:
+    """The file a local file backend keeps the stack's state in (its project or its legacy layout)."""
+    stacks_dir = backend_dir / ".pulumi" / "stacks"
+    for folder in (stacks_dir / PROJECT, stacks_dir):
+        for suffix in (".json", ".json.gz"):
+            if (folder / f"{name}{suffix}").is_file():
+                return folder / f"{name}{suffix}"
+    return None
+
+
+def copy_state_without(backend_dir: Path, name: str, urns: Sequence[str], copy_dir: Path) -> bool:
+    """Lay out in ``copy_dir`` a file backend holding the stack's state from ``backend_dir`` without
+    ``urns``; False when ``backend_dir`` holds no state of the stack."""
+    source = checkpoint_file(backend_dir, name)
+    if source is None:
+        return False
+    opener = gzip.open if source.suffix == ".gz" else open
+    with opener(source, "rt") as handle:
+        checkpoint = json.load(handle)
+    latest = checkpoint.get("checkpoint", {}).get("latest") or {}
+    latest["resources"] = [r for r in latest.get("resources") or [] if r.get("urn") not in set(urns)]
+    target = copy_dir / source.relative_to(backend_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with opener(target, "wt") as handle:
+        json.dump(checkpoint, handle)
+    meta = backend_dir / ".pulumi" / "meta.yaml"
+    if meta.is_file():
+        shutil.copyfile(meta, copy_dir / ".pulumi" / "meta.yaml")
+    return True
+
+
+@contextmanager
+def state_without(stack: auto.Stack, urns: Sequence[str]) -> Iterator[auto.Stack]:
+    """The stack on a throwaway file backend holding a copy of its state without ``urns``."""
+    workspace = stack.workspace
+    url = workspace.env_vars.get("PULUMI_BACKEND_URL", "")
+    copy_dir = Path(tempfile.mkdtemp(prefix="sin-preview-state-"))
+    try:
+        if not (url.startswith("file://") and
+                copy_state_without(Path(url[len("file://"):]).expanduser(), stack.name, urns, copy_dir)):
+            raise StackError(f"stack '{stack.name}' is not in a local file backend ({url or 'unset'}), so its state "
+                             f"cannot be previewed without the old post-deploy step; run `python -m infra up --stack "
+                             f"{stack.name}` once (it removes that step and changes nothing else), then preview")
+        env = {**workspace.env_vars, "PULUMI_BACKEND_URL": f"file://{copy_dir}"}
+        yield auto.select_stack(stack.name, work_dir=workspace.work_dir, opts=auto.LocalWorkspaceOptions(
+            work_dir=workspace.work_dir, env_vars=env, pulumi_home=workspace.pulumi_home))
+    finally:
+        shutil.rmtree(copy_dir, ignore_errors=True)
+
+
 def drift_of(stack: auto.Stack) -> list[drift.Finding]:
     """How the Docker host differs from the stack's state (see :mod:`infra.driver.drift`)."""
     return drift.find(drift.declared(exported_deployment(stack)))
@@ -406,12 +512,14 @@ def exported_deployment(stack: auto.Stack) -> dict:
     return json.loads(proc.stdout).get("deployment") or {}
 
 
-def repair_drift(stack: auto.Stack, say: Callable[[str], None], accept_data_loss: bool = False) -> None:
+def repair_drift(stack: auto.Stack, say: Callable[[str], None], accept_data_loss: bool = False,
+                 deployment: Optional[dict] = None) -> None:
     """Before the engine runs: refuse to start a service on a new, empty volume in place of one the
     Docker host lost (unless ``accept_data_loss``), and remove the containers under a declared name that
     are not what the stack declared (re-created or changed by hand), which the engine would collide with
-    or keep as they are. They are stopped gracefully; their volumes stay, so the data does."""
-    found = drift_of(stack)
+    or keep as they are. They are stopped gracefully; their volumes stay, so the data does. ``deployment``:
+    the stack's state as :func:`exported_deployment` gives it, if already read."""
+    found = drift.find(drift.declared(deployment if deployment is not None else exported_deployment(stack)))
     lost = [f.name for f in found if f.what == "data volume" and f.kind == "missing"]
     if lost and not accept_data_loss:
         raise StackError(f"data volume {', '.join(lost)} of stack '{stack.name}' is gone from the Docker host; `up` "

@@ -107,3 +107,43 @@ def change_summary(result: subprocess.CompletedProcess) -> str:
     match = re.search(r"sin-datastores: (preview: .*|update .*)", result.stderr)
     assert match, result.stdout + result.stderr
     return match.group(1)
+
+
+def _ancestors() -> set[int]:
+    """This process and the processes it descends from."""
+    pids, pid = set(), os.getpid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+    return pids
+
+
+def processes_in(*directories: Path) -> list[str]:
+    """The processes (this test run and its ancestors aside) working in one of ``directories``: the
+    engine starts the language host, the program and every provider plugin in the project's
+    directory, so what is left there after a command has outlived it. "<pid> <command line>"."""
+    wanted, mine, found = {str(d) for d in directories}, _ancestors(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in mine:
+            continue
+        try:
+            if os.readlink(entry / "cwd") not in wanted:
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile, or a zombie
+            continue
+        found.append(f"{entry.name} {command[:200]}")
+    return found
+
+
+def assert_no_process_left(*directories: Path, grace_s: float = 10.0) -> None:
+    """No process of a finished command is left in ``directories`` (after ``grace_s`` for those
+    the engine stops as it ends: SIGINT, then SIGKILL 5 s later)."""
+    give_up = time.monotonic() + grace_s
+    while (left := processes_in(*directories)) and time.monotonic() < give_up:
+        time.sleep(0.2)
+    assert not left, f"processes outlived the command: {left}"

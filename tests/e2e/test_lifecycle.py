@@ -3,15 +3,20 @@ stacks, destroy. Real Pulumi engine, real language host and docker provider, rea
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import threading
+import time
+from pathlib import Path
 
 import psycopg
 import pytest
 import redis as redis_lib
 
 from infra.driver import stacks
-from tests.e2e.support import docker, inspect, objects_of, state_files, wait_healthy
+from tests.e2e.support import assert_no_process_left, docker, inspect, objects_of, state_files, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -19,8 +24,8 @@ EXPECTED_CREATES = {
     "pulumi:pulumi:Stack", "sin-datastores:index:SinNetwork", "docker:index/network:Network",
     "sin-datastores:index:PostgresService", "sin-datastores:index:RedisService",
     "docker:index/remoteImage:RemoteImage", "docker:index/volume:Volume", "docker:index/container:Container",
-    "sin-datastores:index:PostDeploy", "sin-postdeploy:index:Step",
-    "pulumi:providers:docker", "pulumi:providers:sin-postdeploy",
+    "sin-datastores:index:PostDeploy", "pulumi-python:dynamic:Resource",
+    "pulumi:providers:docker", "pulumi:providers:pulumi-python",
 }
 
 
@@ -175,6 +180,85 @@ def test_destroy_removes_every_object_and_the_stack(make_stack, settings):
     assert objects_of(test_stack.name) == {"containers": [], "networks": [], "volumes": []}
     with pytest.raises(stacks.StackError, match="does not exist"):
         stacks.open_stack(test_stack.name, settings)
+
+
+def test_no_process_of_the_stack_outlives_its_up_preview_or_destroy(make_stack):
+    """The engine ends the language host, the program and the providers (the post-deploy step's
+    `python -m pulumi.dynamic` among them) before each command returns."""
+    test_stack = make_stack()
+    test_stack.up()
+    assert_no_process_left(stacks.ROOT)
+    test_stack.stack.preview(color="never")
+    assert_no_process_left(stacks.ROOT)
+    test_stack.stack.destroy(color="never")
+    assert_no_process_left(stacks.ROOT)
+
+
+def _stat(pid: int) -> list[str]:
+    """State and parent of a process ([] when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    return _stat(pid)[:1] not in ([], ["Z"])
+
+
+def descendants_of(pid: int) -> list[int]:
+    parents = {int(e.name): _stat(int(e.name))[1:2] for e in Path("/proc").iterdir() if e.name.isdigit()}
+    found, todo = [], [pid]
+    while todo:
+        parent = str(todo.pop())
+        children = [child for child, up in parents.items() if up == [parent]]
+        found += children
+        todo += children
+    return found
+
+
+def is_step_provider_serving(pid: int) -> bool:
+    """A `python -m pulumi.dynamic` one of whose threads is blocked in read(0, ...) (x86-64: syscall 0
+    on fd 0): it has served the step and watches the engine's pipe."""
+    try:
+        return b"pulumi.dynamic" in Path(f"/proc/{pid}/cmdline").read_bytes() and any(
+            (task / "syscall").read_text().split()[:2] == ["0", "0x0"] for task in Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+
+
+def test_a_killed_cli_leaves_no_post_deploy_provider_behind(deployed, settings):
+    """A CLI that dies without ending its plugins (killed, or by SIGPIPE once whoever read its output
+    went away) leaves them running: Go plugins leave after their next health check of the engine,
+    within 5 minutes, `python -m pulumi.dynamic` never did. The step's provider now reads the end
+    of the pipe the engine held as its stdin and leaves, with anything it started."""
+    test_stack, *_ = deployed
+    cli = subprocess.Popen(["pulumi", "preview", "--stack", test_stack.name, "--non-interactive"], cwd=stacks.ROOT,
+                           env={**os.environ, **settings.env()}, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    started: list[int] = []
+    try:
+        give_up, provider = time.monotonic() + 120, None
+        while provider is None and cli.poll() is None and time.monotonic() < give_up:
+            started = descendants_of(cli.pid)
+            provider = next((pid for pid in started if is_step_provider_serving(pid)), None)
+            time.sleep(0.05)
+        assert provider, "no post-deploy provider of the preview watched the engine's pipe (its stdin)"
+        started = descendants_of(cli.pid)
+        cli.kill()
+        cli.wait()
+        give_up = time.monotonic() + 10
+        while alive(provider) and time.monotonic() < give_up:
+            time.sleep(0.1)
+        assert not alive(provider), "the post-deploy provider outlived the engine"
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        for pid in started:  # the language host, the program, the docker provider: ours to end
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_destroy_reads_the_host_first_and_finishes_when_objects_were_removed_by_hand(make_stack):

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
-import subprocess
-import sys
-from unittest import mock
 
 import pytest
 
 from infra.core.connect import connect_postgres, connect_redis
-from infra.deploy import migration_files, migrations, provider_step
+from infra.components.postdeploy import StepFailed, _PostDeployProvider
+from infra.deploy import migration_files, migrations
 from infra.deploy import steps as postdeploy
 from infra.deploy.checks import VerificationFailed, run_checks
 from tests.servers import RedisServer
@@ -157,26 +154,17 @@ def test_failed_verification_fails_the_step_and_registers_nothing(target, migrat
         assert conn.execute("SELECT count(*) FROM services").fetchone()[0] == 0
 
 
-def run_provider_step(inputs: dict) -> subprocess.CompletedProcess:
-    """The step as the sin-postdeploy provider runs it (`python -m infra.deploy.provider_step`): inputs on
-    stdin, outputs on stdout. In this process, so that mutation testing sees which tests reach it."""
-    stdin, stdout, stderr = io.StringIO(json.dumps(inputs)), io.StringIO(), io.StringIO()
-    with mock.patch.object(sys, "stdin", stdin), mock.patch.object(sys, "stdout", stdout), \
-            mock.patch.object(sys, "stderr", stderr):
-        code = provider_step.main()
-    return subprocess.CompletedProcess(["provider_step"], code, stdout.getvalue(), stderr.getvalue())
-
-
 def test_pulumi_s_post_deploy_resource_runs_the_step_and_keeps_its_triggers(target):
     props = {"target": target.to_dict(), "migrations": migration_files.fingerprint(migration_files.load()),
              "container_ids": ["pg-1", "redis-1"], "actor": "tester", "ready_timeout_s": 30,
              "applied": None, "already_applied": None, "checks": None, "failed": None, "timings_ms": None}
 
-    created = run_provider_step(props)
-    updated = run_provider_step({**json.loads(created.stdout), "container_ids": ["pg-2", "redis-1"]})
+    provider = _PostDeployProvider()
+    created = provider.create(props)
+    updated = provider.update(created.id, created.outs, {**created.outs, "container_ids": ["pg-2", "redis-1"]})
 
-    assert (created.returncode, created.stderr) == (0, "")
-    created_outs, updated_outs = json.loads(created.stdout), json.loads(updated.stdout)
+    assert created.id == target.stack
+    created_outs, updated_outs = dict(created.outs), dict(updated.outs)
     checks = created_outs["checks"]
     assert checks >= 20, "every check of the verification ran"
     timings = created_outs.pop("timings_ms")
@@ -192,12 +180,13 @@ def test_pulumi_s_post_deploy_resource_runs_the_step_and_keeps_its_triggers(targ
         assert conn.execute("SELECT actor FROM audit_trail ORDER BY id").fetchall() == [("tester",), ("tester",)]
 
 
-def test_a_failed_step_says_why_on_stderr_and_nothing_on_stdout(target):
+def test_a_failed_step_is_the_step_s_error_in_its_own_words_without_a_password(target):
     wrong = dataclasses.replace(target, redis=dataclasses.replace(target.redis, password="not-the-password"))
     props = {"target": wrong.to_dict(), "migrations": [], "container_ids": ["pg", "redis"], "actor": "tester",
              "ready_timeout_s": 5}
-    failed = run_provider_step(props)
-    assert (failed.returncode, failed.stdout) == (1, "")
-    assert failed.stderr.startswith("VerificationFailed: verification failed: redis.reachable\n"), failed.stderr
-    assert "rejected the credentials" in failed.stderr and "Traceback" not in failed.stderr
-    assert "not-the-password" not in failed.stderr and target.postgres.password not in failed.stderr
+    with pytest.raises(StepFailed) as failed:
+        _PostDeployProvider().create(props)
+    message = str(failed.value)
+    assert message.startswith("VerificationFailed: verification failed: redis.reachable\n"), message
+    assert "rejected the credentials" in message and failed.value.__cause__ is None and failed.value.__suppress_context__
+    assert "not-the-password" not in message and target.postgres.password not in message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import dill
@@ -10,7 +11,12 @@ from pulumi.dynamic import ResourceProvider
 
 from infra.components import backupagent, postgres
 from infra.components.common import container_labels, labels
-from tests.unit.program_mocks import output_value, run_program, unwrap
+from tests.unit.program_mocks import is_secret, output_value, run_program, unwrap
+
+# `__provider` of the step in the state of a stack made by release 4cf03c7 or earlier: a reference to
+# the class by name (dill, as pulumi.dynamic serialises it).
+STATE_OF_4CF03C7 = (b"\x80\x04\x95:\x00\x00\x00\x00\x00\x00\x00\x8c\x1binfra.components.postdeploy\x94"
+                    b"\x8c\x13_PostDeployProvider\x94\x93\x94)\x81\x94.")
 
 S3 = {"backupS3Bucket": "sin-backups", "backupS3AccessKeyId": "AKIAEXAMPLE", "backupS3SecretAccessKey": "s" * 30}
 STACK = "pulumi:pulumi:Stack"
@@ -128,9 +134,13 @@ def test_redis_reads_its_config_file_as_the_redis_user(dev):
     assert "envs" not in dev.resources["redis-container"].inputs
 
 
-def test_the_post_deploy_step_runs_in_its_own_provider_and_keeps_its_target_secret(dev):
+def test_the_post_deploy_step_is_a_dynamic_resource_whose_provider_is_pickled_by_name(dev):
     step = dev.resources["post-deploy-step"]
-    assert step.typ == "sin-postdeploy:index:Step" and "__provider" not in step.inputs
+    assert step.typ == "pulumi-python:dynamic:Resource"
+    # Its provider is in the state as a reference to its class (kept small: no instance state), the
+    # same bytes as the step of release 4cf03c7 and earlier, so those stacks see no change.
+    assert is_secret(step.inputs["__provider"])
+    assert base64.b64decode(unwrap(step.inputs["__provider"])) == STATE_OF_4CF03C7
     assert step.inputs["actor"]
     assert dev.options["post-deploy-step"].additional_secret_outputs == ["target"]
 
@@ -149,11 +159,8 @@ def test_every_docker_resource_of_the_backups_goes_to_the_stack_s_docker_host(ba
 
 
 def test_the_dynamic_provider_that_older_stacks_refer_to_still_loads_and_deletes_nothing():
-    # `__provider` of the step in the state of a stack made by release 4cf03c7 or earlier: a reference
-    # to the class by name (dill, as pulumi.dynamic serialises it). The first `up` with this release
-    # refreshes that step with it and deletes it.
-    old = dill.loads(b"\x80\x04\x95:\x00\x00\x00\x00\x00\x00\x00\x8c\x1binfra.components.postdeploy\x94"
-                     b"\x8c\x13_PostDeployProvider\x94\x93\x94)\x81\x94.")
+    # The stacks of release 4cf03c7 and earlier refresh and diff their step with this pickle.
+    old = dill.loads(STATE_OF_4CF03C7)
     assert isinstance(old, ResourceProvider)
     assert old.delete("dev", {"target": {"stack": "dev"}}) is None
     assert old.read("dev", {"checks": 20}).outs == {"checks": 20}

@@ -46,8 +46,8 @@ def test_declares_the_adr_resources_under_their_components(dev):
         ("redis", REDIS, STACK),
         ("redis-image", IMAGE, REDIS), ("redis-data", VOLUME, REDIS), ("redis-container", CONTAINER, REDIS),
         ("post-deploy", POST_DEPLOY, STACK),
-        ("post-deploy-provider", "pulumi:providers:sin-postdeploy", POST_DEPLOY),
-        ("post-deploy-step", "sin-postdeploy:index:Step", POST_DEPLOY),
+        ("post-deploy-provider", "pulumi:providers:pulumi-python", POST_DEPLOY),
+        ("post-deploy-step", "pulumi-python:dynamic:Resource", POST_DEPLOY),
     ])
 
 
@@ -140,7 +140,7 @@ def test_durations_are_written_as_docker_reads_them_back(seconds, printed):
 
 
 def test_the_post_deploy_step_waits_health_timeout_seconds_for_the_services():
-    step = run_program({"healthTimeoutSeconds": "300"}).of_type("sin-postdeploy:index:Step")[0]
+    step = run_program({"healthTimeoutSeconds": "300"}).of_type("pulumi-python:dynamic:Resource")[0]
     assert step.inputs["ready_timeout_s"] == 300
 
 
@@ -319,7 +319,7 @@ def test_containers_are_deleted_before_replacement_and_wait_for_their_dependenci
     assert {r._name for r in dev.options["post-deploy-step"].depends_on} == {"postgres", "redis"}
     # Nothing holds back the component and its provider: the provider process starts early.
     assert not dev.options["post-deploy"].depends_on and not dev.options["post-deploy-provider"].depends_on
-    assert "pulumi:providers:sin-postdeploy::post-deploy-provider::" in dev.resources["post-deploy-step"].provider
+    assert "pulumi:providers:pulumi-python::post-deploy-provider::" in dev.resources["post-deploy-step"].provider
     # Images and volumes do not wait for the network; the containers do, through their input.
     assert not dev.options["postgres"].depends_on and not dev.options["redis"].depends_on
     for name in ("postgres-container", "redis-container"):
