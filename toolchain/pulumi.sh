@@ -6,23 +6,18 @@
 #                                   standing in for upstream's, whose module the Go proxy refuses
 #   pulumi-language-python-exec     upstream's program runner     } copied from the sdk/v3 module
 #   pulumi-resource-pulumi-python   upstream's dynamic provider   } at v$PULUMI_VERSION (python/)
-#   ../plugins/pulumi-resource-sin-postdeploy   the post-deploy step's provider
-#                                   (toolchain/pulumi-build/cmd/...); off PATH: setup.sh installs
-#                                   it into the engine's plugin cache
 # A `pulumi` already installed on PATH with its `pulumi-language-python` beside it (any version;
-# a warning when it is older than the pinned Python SDK) is used as it is: then only the
-# post-deploy step's provider is built. Builds use the Go module proxy, with the module graph
-# pinned by toolchain/pulumi-build/go.{mod,sum}.
+# a warning when it is older than the pinned Python SDK) is used as it is: then nothing is built.
+# Builds use the Go module proxy, with the module graph pinned by toolchain/pulumi-build/go.{mod,sum}.
 #
-# Usage:  out=$(toolchain/pulumi.sh)              # two lines: plugins=DIR, then the bin dir last
+# Usage:  bin=$(toolchain/pulumi.sh | tail -1)    # the last stdout line is the bin dir
 #         toolchain/pulumi.sh --force              # rebuild even if cached
 #         toolchain/pulumi.sh --update-go-mod      # after changing PULUMI_VERSION: re-pin go.mod/go.sum
 # Logs go to stderr. Idempotent: a cached build returns in well under a second.
 #
 # Cache layout ($SIN_CACHE from versions.env), one directory per inputs hash, never deleted by
 # this script (safe to wipe by hand when nothing runs):
-#   $SIN_CACHE/pulumi-upstream/<version>/build-<inputs hash>/{bin,plugins}/   (+ .complete)
-#   $SIN_CACHE/pulumi-upstream/postdeploy-<inputs hash>/plugins/               (installed CLI)
+#   $SIN_CACHE/pulumi-upstream/<version>/build-<inputs hash>/bin/   (+ .complete)
 # The inputs hash covers the version, build tags/ldflags, go.mod, go.sum and our Go sources.
 set -euo pipefail
 
@@ -50,7 +45,6 @@ cache_base="$SIN_CACHE/pulumi-upstream"
 cli_pkg="github.com/pulumi/pulumi/pkg/v3/cmd/pulumi"
 sdk_module="github.com/pulumi/pulumi/sdk/v3"
 version_var="$sdk_module/go/common/version.Version"
-step_provider_version="$(pin POSTDEPLOY_PROVIDER_VERSION)"
 
 if [ "$update_go_mod" = 1 ]; then
     go_bin="$(require_go)"
@@ -71,7 +65,7 @@ ldflags="-s -w -X $version_var=v$version"
 inputs_hash="$(
     cd "$here"
     {
-        echo "pulumi $version tags=$build_tags ldflags=$ldflags step-provider $step_provider_version"
+        echo "pulumi $version tags=$build_tags ldflags=$ldflags"
         find pulumi-build -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
     } | sha256sum | cut -c1-16
 )"
@@ -84,12 +78,6 @@ export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 go_build() {
     log "go build $2"
     (cd "$build_mod" && "$go_bin" build -trimpath -tags "$build_tags" -ldflags "${3:-$ldflags}" -o "$1" "$2") >&2
-}
-
-# build_step_provider DIR: the post-deploy step's provider into DIR.
-build_step_provider() {
-    go_build "$1/pulumi-resource-sin-postdeploy" ./cmd/pulumi-resource-sin-postdeploy \
-        "-s -w -X main.version=$step_provider_version"
 }
 
 # cached_or_locked DIR CHECK: true when CHECK passes for DIR, else takes DIR's build lock (a second
@@ -124,29 +112,14 @@ if sys_dir="$(installed_cli)"; then
     [ "$(printf '%s\n%s\n' "$sdk_version" "${sys_version#v}" | sort -V | head -n 1)" = "$sdk_version" ] ||
         log "WARNING: the installed pulumi $sys_version is older than the Python SDK $sdk_version of requirements.txt; install pulumi >= $sdk_version"
     log "using the installed pulumi $sys_version in $sys_dir"
-    step_dir="$cache_base/postdeploy-$inputs_hash"
-    has_step_provider() { [ -f "$1/.complete" ] && [ -x "$1/plugins/pulumi-resource-sin-postdeploy" ]; }
-    if ! cached_or_locked "$step_dir" has_step_provider; then
-        go_bin="$(require_go)"
-        tmp="$(mktemp -d "$cache_base/.tmp-postdeploy.XXXXXX")"
-        trap 'rm -rf "$tmp"' EXIT
-        mkdir -p "$tmp/plugins"
-        build_step_provider "$tmp/plugins"
-        touch "$tmp/.complete"
-        publish "$tmp" "$step_dir"
-        trap - EXIT
-    fi
-    echo "plugins=$step_dir/plugins"
     echo "$sys_dir"
     exit 0
 fi
 
 build_dir="$cache_base/$version/build-$inputs_hash"
-is_complete() { [ -f "$1/.complete" ] && [ -x "$1/bin/pulumi" ] && [ -x "$1/bin/pulumi-language-python-exec" ] &&
-                [ -x "$1/plugins/pulumi-resource-sin-postdeploy" ]; }
+is_complete() { [ -f "$1/.complete" ] && [ -x "$1/bin/pulumi" ] && [ -x "$1/bin/pulumi-language-python-exec" ]; }
 if cached_or_locked "$build_dir" is_complete; then
     log "cached: pulumi v$version (inputs $inputs_hash) in $build_dir/bin"
-    echo "plugins=$build_dir/plugins"
     echo "$build_dir/bin"
     exit 0
 fi
@@ -155,13 +128,12 @@ go_bin="$(require_go)"
 tmp="$(mktemp -d "$(dirname "$build_dir")/.tmp-build.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 chmod 0755 "$tmp"
-mkdir -p "$tmp/bin" "$tmp/plugins"
+mkdir -p "$tmp/bin"
 
 log "building pulumi v$version with $("$go_bin" version) (inputs $inputs_hash); cold builds take ~10-25 min on 2 cores"
 start=$(date +%s)
 go_build "$tmp/bin/pulumi" "$cli_pkg"
 go_build "$tmp/bin/pulumi-language-python" ./cmd/pulumi-language-python
-build_step_provider "$tmp/plugins"
 
 # Upstream's Python scripts, as the sdk/v3 module of this version ships them.
 sdk_dir="$(cd "$build_mod" && "$go_bin" list -m -f '{{.Dir}}' "$sdk_module")"
@@ -177,5 +149,4 @@ echo "pulumi v$version inputs=$inputs_hash built=$(date -u +%FT%TZ) seconds=$(( 
 publish "$tmp" "$build_dir"
 trap - EXIT
 log "built in $(( $(date +%s) - start ))s: $(du -sh "$build_dir" | cut -f1) in $build_dir/bin"
-echo "plugins=$build_dir/plugins"
 echo "$build_dir/bin"

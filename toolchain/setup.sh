@@ -59,14 +59,11 @@ install_provider_plugin() {
   log "installed the provider plugin into $dir"
 }
 
-# --- Pulumi CLI, Python language host, the docker provider and the post-deploy step's provider
-# (an installed upstream pulumi on PATH is used as it is: pulumi.sh then builds only what is missing)
-pulumi_out="$("$here/pulumi.sh")"
-pulumi_bin="$(last <<<"$pulumi_out")"
-pulumi_plugins="$(sed -n 's/^plugins=//p' <<<"$pulumi_out")"
+# --- Pulumi CLI, Python language host and the docker provider (an installed upstream pulumi on
+# PATH is used as it is)
+pulumi_bin="$("$here/pulumi.sh" | last)"
 provider_bin="$("$here/docker-provider.sh" | last)"
 install_provider_plugin "$provider_bin/pulumi-resource-docker" "$(pin DOCKER_PROVIDER_VERSION)"
-install_provider_plugin "$pulumi_plugins/pulumi-resource-sin-postdeploy" "$(pin POSTDEPLOY_PROVIDER_VERSION)"
 log "pulumi $("$pulumi_bin/pulumi" version) in $pulumi_bin; provider from $provider_bin"
 
 # --- Docker Engine and local images

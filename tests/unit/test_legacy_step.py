@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from infra.core.targets import DockerHost
 from infra.driver import stacks
 
 PREFIX = "urn:pulumi:dev::sin-datastores::"
@@ -98,10 +99,13 @@ def test_no_copy_of_a_stack_the_backend_does_not_hold(tmp_path):
     assert not stacks.copy_state_without(backend, "prod", [STEP], tmp_path / "copy")
 
 
-def test_down_removes_the_old_step_before_the_engine_deletes_the_rest(cli_calls, monkeypatch):
+def test_down_removes_the_old_step_before_the_engine_deletes_the_rest(cli_calls, monkeypatch, tmp_path):
     order = []
     monkeypatch.setattr(stacks, "exported_deployment", lambda stack: OLD_STATE)
+    monkeypatch.setattr(stacks, "docker_host_of", lambda stack: DockerHost())  # local: no tunnel
+    monkeypatch.setattr(stacks.Engine, "of", classmethod(lambda cls, env: None))  # no Docker here
     cli_calls.answer = subprocess.CompletedProcess([], 0, "", "")
-    stack = SimpleNamespace(name="dev", destroy=lambda **kwargs: order.append(("destroy", cli_calls.argv[:])))
+    stack = SimpleNamespace(name="dev", destroy=lambda **kwargs: order.append(("destroy", cli_calls.argv[:])),
+                            workspace=SimpleNamespace(env_vars={"PULUMI_BACKEND_URL": f"file://{tmp_path}"}))
     stacks.destroy(stack, print)
     assert order == [("destroy", [("state", "delete", "--yes", STEP, PROVIDER)])]
