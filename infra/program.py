@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 from urllib.parse import quote
 
@@ -81,7 +82,10 @@ def redis_url(password: str, host: str, port: int) -> str:
 
 def look_at_host(cfg: stack_config.StackConfig) -> None:
     """Refuse, before anything is declared, what the stack would collide with on its Docker host
-    (the engine shows the error once, without a Python traceback)."""
+    (the engine shows the error once, without a Python traceback). `python -m infra` has looked
+    already, knowing the names the stack's state declares."""
+    if os.environ.get(conflicts.LOOKED_ENV) == cfg.stack:
+        return
     try:
         looked = conflicts.check_host(cfg)
     except (conflicts.HostConflicts, DockerHostError, EngineError) as exc:

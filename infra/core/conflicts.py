@@ -30,6 +30,9 @@ PROJECT_LABEL = f"{LABEL_PREFIX}.project"
 COMPOSE_PROJECT_LABEL = "com.docker.compose.project"
 # Where a free subnet is suggested from, in this order (private ranges Docker itself uses).
 SUGGESTION_POOLS = ("172.16.0.0/12", "192.168.0.0/16", "10.0.0.0/8")
+# Set by `python -m infra up/preview` for the stack it has looked at, with the names its state declares
+# (infra.driver.stacks.look_at_host); the program then does not look again.
+LOOKED_ENV = "SIN_DATASTORES_HOST_LOOKED"
 # Docker's words when a published port cannot be bound.
 PORT_TAKEN_WORDS = ("address already in use", "port is already allocated")
 

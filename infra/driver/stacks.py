@@ -314,10 +314,13 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
         for key in ensure_secrets(stack, config) if generate_passwords else ():
             say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
         overlay = overlay_config_file(stack, overrides)
+        # The program need not look again, without the state's names to tell drift from a conflict.
+        stack.workspace.env_vars[conflicts.LOOKED_ENV] = stack.name
         try:
             with dockerhost.using(host):
                 yield overlay
         finally:
+            stack.workspace.env_vars.pop(conflicts.LOOKED_ENV, None)
             if overlay:
                 os.unlink(overlay)
 

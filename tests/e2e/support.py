@@ -3,9 +3,12 @@ line, and the data a stack is brought up with to show it is kept."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -109,41 +112,42 @@ def change_summary(result: subprocess.CompletedProcess) -> str:
     return match.group(1)
 
 
-def _ancestors() -> set[int]:
-    """This process and the processes it descends from."""
-    pids, pid = set(), os.getpid()
-    while pid > 1 and pid not in pids:
-        pids.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            break
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-    return pids
+# Every process a command starts inherits its environment: a mark there finds them all, and nothing else.
+MARK = "SIN_PROCESS_TEST_MARK"
 
 
-def processes_in(*directories: Path) -> list[str]:
-    """The processes (this test run and its ancestors aside) working in one of ``directories``: the
-    engine starts the language host, the program and every provider plugin in the project's
-    directory, so what is left there after a command has outlived it. "<pid> <command line>"."""
-    wanted, mine, found = {str(d) for d in directories}, _ancestors(), []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in mine:
+def marked_processes(mark: str) -> dict[int, str]:
+    """Running processes whose environment carries ``MARK=mark``: pid -> command line."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
             continue
         try:
-            if os.readlink(entry / "cwd") not in wanted:
-                continue
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:  # gone meanwhile, or a zombie
+            if f"{MARK}={mark}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()[:200]
+        except OSError:  # gone meanwhile, a zombie, or not ours to read
             continue
-        found.append(f"{entry.name} {command[:200]}")
     return found
 
 
-def assert_no_process_left(*directories: Path, grace_s: float = 10.0) -> None:
-    """No process of a finished command is left in ``directories`` (after ``grace_s`` for those
-    the engine stops as it ends: SIGINT, then SIGKILL 5 s later)."""
+def mark(env: dict) -> str:
+    """Mark the processes of every command run with ``env`` (a workspace's ``env_vars``, say)."""
+    env[MARK] = secrets.token_hex(8)
+    return env[MARK]
+
+
+def assert_no_process_left(mark: str, grace_s: float = 10.0) -> None:
+    """No process of the finished commands run with ``mark`` is left (after ``grace_s`` for those the
+    engine stops as it ends: SIGINT, then SIGKILL 5 s later)."""
     give_up = time.monotonic() + grace_s
-    while (left := processes_in(*directories)) and time.monotonic() < give_up:
+    while (left := marked_processes(mark)) and time.monotonic() < give_up:
         time.sleep(0.2)
     assert not left, f"processes outlived the command: {left}"
+
+
+def kill_marked(mark: str) -> None:
+    """End what a command killed on purpose left running (Pulumi's plugins run in process groups of
+    their own and leave only at their next health check of the engine, within 5 minutes)."""
+    for pid in marked_processes(mark):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from infra.driver import stacks, teststacks
-from tests.e2e.support import ROOT, cli, docker, local_images, objects_of, run, sweep
+from tests.e2e.support import ROOT, cli, docker, kill_marked, local_images, mark, objects_of, run, sweep
 
 pytestmark = pytest.mark.e2e
 
@@ -138,14 +138,17 @@ def test_an_up_killed_at_any_moment_is_completed_by_the_next_up_and_removed_whol
     moments = [round(whole * random.Random(seed + run).uniform(0.05, 1.0), 2) for run in range(5)]
     print(f"a whole `up` took {whole:.1f} s; killing the first `up` after {moments} s (seed {seed})")
     for moment in moments:
+        env = {**os.environ, **settings.env()}
+        token = mark(env)
         started = subprocess.Popen([sys.executable, "-m", "infra", "up", "--stack", stack.name], cwd=ROOT,
-                                   env={**os.environ, **settings.env()}, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, start_new_session=True)
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
         try:
             started.wait(timeout=moment)
         except subprocess.TimeoutExpired:
             os.killpg(started.pid, signal.SIGKILL)
             started.wait()
+        kill_marked(token)
         time.sleep(0.5)  # what the killed processes had asked the engine for lands
         done = cli(settings, "up", "--stack", stack.name)
         # Exit 0: the stack is up and every check of its verification passed.

@@ -17,7 +17,7 @@ import redis as redis_lib
 from pulumi import automation as auto
 
 from infra.driver import stacks, teststacks
-from tests.e2e.support import assert_no_process_left, local_images, sweep
+from tests.e2e.support import MARK, assert_no_process_left, local_images, mark, sweep
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +112,7 @@ def test_a_stack_of_the_previous_release_upgrades_without_touching_its_volumes_o
     new_file = stacks.config_file(name)
     said: list[str] = []
     try:
+        token = mark(old.workspace.env_vars)
         stacks.configure(old, config)
         stacks.ensure_secrets(old)
         old.up(color="never")
@@ -127,6 +128,7 @@ def test_a_stack_of_the_previous_release_upgrades_without_touching_its_volumes_o
         without_step_provider()
         new_file.write_bytes((previous_tree / f"Pulumi.{name}.yaml").read_bytes())
         stack = stacks.open_stack(name, settings)
+        stack.workspace.env_vars[MARK] = token
         before = stacks.exported_deployment(stack)
         events: list = []
         stacks.preview(stack, "auto", said.append, on_event=events.append)
@@ -156,7 +158,7 @@ def test_a_stack_of_the_previous_release_upgrades_without_touching_its_volumes_o
                                 ).fetchone()[0] == 1
         assert redis_lib.Redis(port=redis_port, password=pw["sin-datastores:redisPassword"]).get("upgrade:key") == b"kept"
         stack.preview(expect_no_changes=True, color="never")
-        assert_no_process_left(ROOT, previous_tree)
+        assert_no_process_left(token)
 
         # Then the backups are switched on: PostgreSQL is replaced (WAL archiving), its volume is not.
         stacks.configure(stack, {"backupSchedule": "0 0 1 1 *"})

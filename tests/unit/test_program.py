@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -306,8 +307,15 @@ def test_a_conflict_on_the_host_is_the_programs_error_without_a_traceback(monkey
         raise conflicts.HostConflicts("h", [conflicts.Conflict("networkName", "sin-network", "held", "rename")])
 
     monkeypatch.setattr(conflicts, "check_host", conflicted)
+    cfg = SimpleNamespace(stack="dev")
     with pytest.raises(pulumi.RunError, match="networkName sin-network: held; rename"):
-        program_module.look_at_host(None)
+        program_module.look_at_host(cfg)
+    # `python -m infra` looked already (knowing the state's names): the program does not look again.
+    monkeypatch.setenv(conflicts.LOOKED_ENV, "dev")
+    program_module.look_at_host(cfg)
+    monkeypatch.setenv(conflicts.LOOKED_ENV, "staging")
+    with pytest.raises(pulumi.RunError):
+        program_module.look_at_host(cfg)
 
 
 def test_containers_are_deleted_before_replacement_and_wait_for_their_dependencies(dev):
