@@ -85,8 +85,8 @@ def _leave_with_engine(poll_s: float = 1.0) -> None:
 
     The engine ends its plugins when it finishes (SIGINT, SIGKILL 5 s later). A CLI that dies
     without that (killed, or by SIGPIPE when whoever read its output went away) leaves them
-    running: Go plugins ask the engine every 5 minutes and leave, ``python -m pulumi.dynamic``
-    waits forever. The engine holds the write end of our stdin (a pipe): its end of file means
+    running (the docker provider was seen an hour later); ``python -m pulumi.dynamic`` waits
+    forever. The engine holds the write end of our stdin (a pipe): its end of file means
     the engine is gone; without such a pipe, being handed to another parent means the same.
     """
     if not _watching.acquire(blocking=False):

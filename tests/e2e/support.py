@@ -147,7 +147,7 @@ def assert_no_process_left(mark: str, grace_s: float = 10.0) -> None:
 
 def kill_marked(mark: str) -> None:
     """End what a command killed on purpose left running (Pulumi's plugins run in process groups of
-    their own and leave only at their next health check of the engine, within 5 minutes)."""
+    their own and were seen running an hour after their CLI was killed)."""
     for pid in marked_processes(mark):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

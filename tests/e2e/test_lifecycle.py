@@ -217,8 +217,8 @@ def is_step_provider_serving(pid: int) -> bool:
 
 def test_a_killed_cli_leaves_no_post_deploy_provider_behind(deployed, settings):
     """A CLI that dies without ending its plugins (killed, or by SIGPIPE once whoever read its output
-    went away) leaves them running: Go plugins leave after their next health check of the engine,
-    within 5 minutes, `python -m pulumi.dynamic` never did. The step's provider now reads the end
+    went away) leaves them running (the docker provider was seen an hour later), and
+    `python -m pulumi.dynamic` never left either. The step's provider now reads the end
     of the pipe the engine held as its stdin and leaves, with anything it started."""
     test_stack, *_ = deployed
     cli = subprocess.Popen(["pulumi", "preview", "--stack", test_stack.name, "--non-interactive"], cwd=stacks.ROOT,
