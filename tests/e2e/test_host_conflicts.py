@@ -123,7 +123,7 @@ def test_a_container_and_a_volume_named_like_the_stacks_are_refused(settings, ne
         assert f"postgresVolumeName {volume}: a volume of that name exists, not made by this stack" in done.stderr
         assert docker("volume", "inspect", "--format", "{{.Name}}", volume).strip() == volume, "the volume stays"
     finally:
-        docker("rm", "-f", container)
+        docker("rm", "-f", "-v", container)
         docker("volume", "rm", volume)
 
 

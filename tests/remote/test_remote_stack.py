@@ -383,6 +383,6 @@ def test_conflicts_on_the_remote_host_are_refused_before_anything_is_created_the
     finally:
         listener.kill()
         listener.wait()
-        remote.docker("rm", "-f", intruders[1])
+        remote.docker("rm", "-f", "-v", intruders[1])
         remote.docker("volume", "rm", intruders[2])
         remote.docker("network", "rm", intruders[0])
