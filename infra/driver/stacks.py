@@ -294,10 +294,12 @@ def overlay_config_file(stack: auto.Stack, overrides: dict[str, str]) -> Optiona
 
 @contextmanager
 def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
-                    generate_passwords: bool = False, copy_images: bool = False) -> Iterator[Optional[str]]:
+                    generate_passwords: bool = False,
+                    copy_images: bool = False) -> Iterator[tuple[Optional[str], dict]]:
     """Check the configuration before the engine starts, then yield the ``--config-file`` for the
-    command (the stack file plus :func:`image_overrides`, or None), with the stack's Docker host
-    reachable (:func:`infra.core.dockerhost.using`) for the whole block.
+    command (the stack file plus :func:`image_overrides`, or None) and the stack's exported state (read
+    once, for the look at the host and what the command does before the engine), with the stack's
+    Docker host reachable (:func:`infra.core.dockerhost.using`) for the whole block.
 
     Raises :class:`infra.core.config.ConfigError`, :class:`infra.core.dockerhost.DockerHostError` when the
     stack's Docker host cannot be reached or used, or :class:`infra.core.conflicts.HostConflicts` when it
@@ -310,7 +312,8 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
     with dockerhost.session(checked.docker) as host:
         # Before `using`: a copied image is read from the engine this process was pointed at.
         overrides = image_overrides(config, images, say, host, copy_images)
-        look_at_host(stack, validate(stack.name, config, overrides, pending), host, say)
+        deployment = exported_deployment(stack)
+        look_at_host(validate(stack.name, config, overrides, pending), deployment, host, say)
         for key in ensure_secrets(stack, config) if generate_passwords else ():
             say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
         overlay = overlay_config_file(stack, overrides)
@@ -318,14 +321,14 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
         stack.workspace.env_vars[conflicts.LOOKED_ENV] = stack.name
         try:
             with dockerhost.using(host):
-                yield overlay
+                yield overlay, deployment
         finally:
             stack.workspace.env_vars.pop(conflicts.LOOKED_ENV, None)
             if overlay:
                 os.unlink(overlay)
 
 
-def look_at_host(stack: auto.Stack, cfg: StackConfig, host: dockerhost.Session, say: Callable[[str], None]) -> None:
+def look_at_host(cfg: StackConfig, deployment: dict, host: dockerhost.Session, say: Callable[[str], None]) -> None:
     """Refuse what the stack would collide with on its Docker host (:mod:`infra.core.conflicts`); the
     names its state declares are its own, whatever their labels (drift, which `up` repairs)."""
     engine = Engine.of(host.docker_env)
@@ -333,7 +336,7 @@ def look_at_host(stack: auto.Stack, cfg: StackConfig, host: dockerhost.Session, 
         say(f"{host.host.describe()}: could not look for conflicts before creating (a TLS or context address); "
             f"a taken name, port or subnet shows as Docker's error")
         return
-    declared = drift.declared(exported_deployment(stack))
+    declared = drift.declared(deployment)
     exempt = frozenset(o.name for o in (*declared.containers, *declared.volumes, *declared.networks))
     conflicts.check(engine, cfg, host.host.describe(), exempt)
 
@@ -342,8 +345,7 @@ def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_pass
        accept_data_loss: bool = False, **kwargs) -> auto.UpResult:
     """``pulumi up`` after :func:`prepared_config`, :func:`finish_interrupted`, :func:`forget_legacy_step`
     and :func:`repair_drift`; a conflict Docker found only while it ran is named with its setting."""
-    with prepared_config(stack, images, say, generate_passwords, copy_images=True) as overlay:
-        deployment = exported_deployment(stack)
+    with prepared_config(stack, images, say, generate_passwords, copy_images=True) as (overlay, deployment):
         finish_interrupted(stack, deployment, say)
         forget_legacy_step(stack, deployment, say)
         repair_drift(stack, say, accept_data_loss, deployment)
@@ -413,8 +415,7 @@ def preview(stack: auto.Stack, images: str, say: Callable[[str], None],
     was before the preview's refresh. A state that still holds the post-deploy step of release b4cf473
     or earlier (:func:`legacy_step`) is previewed as the next `up` will find it, without that step, on
     a copy: a preview changes no state."""
-    with prepared_config(stack, images, say) as overlay:
-        deployment = exported_deployment(stack)
+    with prepared_config(stack, images, say) as (overlay, deployment):
         found = drift.find(drift.declared(deployment))
         legacy = legacy_step(deployment)
         if not legacy:
