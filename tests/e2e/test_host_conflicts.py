@@ -20,32 +20,19 @@ from pathlib import Path
 import pytest
 
 from infra.driver import stacks, teststacks
-from tests.e2e.support import ROOT, cli, docker, kill_marked, local_images, mark, objects_of, run, sweep
+from tests.e2e.support import ROOT, cli, docker, kill_marked, local_images, mark, objects_of, run
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def new_stack(settings):
-    """A configured stack that is not up; destroyed, removed and swept afterwards, failing or not."""
-    made = []
-
+def new_stack(make_stack):
+    """A configured stack that is not up, and its config (the e2e session's stacks: destroyed, removed
+    and swept at its end, failing or not)."""
     def make():
-        name = teststacks.new_name()
-        config = {**teststacks.isolated_config(stack=name), "healthTimeoutSeconds": "90", **local_images()}
-        made.append(teststacks.create(settings, name, config))
-        return made[-1], config
-
-    try:
-        yield make
-    finally:
-        for stack in made:
-            try:
-                stack.destroy(color="never")
-            finally:
-                stack.workspace.remove_stack(stack.name, force=True)
-                sweep(stack.name)
-                teststacks.release(stack.name)
+        made = make_stack()
+        return made.stack, made.config
+    return make
 
 
 def named_like(stack: str) -> list[str]:
