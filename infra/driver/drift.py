@@ -167,12 +167,15 @@ KINDS = {CONTAINER_TYPE: "container", NETWORK_TYPE: "network", VOLUME_TYPE: "vol
 
 def interrupted(deployment: dict) -> list[Interrupted]:
     """The state's pending creates of containers, networks and volumes (the ``deployment`` of
-    ``pulumi stack export``), by the name their inputs give."""
+    ``pulumi stack export``), by the name their inputs give. A pending create the state also records
+    as a resource was completed by a later `up` (the engine keeps the pending operation until a
+    refresh clears it): the object of that name is the stack's own, not a leftover."""
+    recorded = {r.get("urn") for r in deployment.get("resources") or []}
     found = []
     for op in deployment.get("pending_operations") or []:
         resource = op.get("resource") or {}
         kind = KINDS.get(resource.get("type", ""))
         name = (resource.get("inputs") or {}).get("name")
-        if op.get("type") == "creating" and kind and name:
+        if op.get("type") == "creating" and kind and name and resource.get("urn") not in recorded:
             found.append(Interrupted(kind, name))
     return found

@@ -389,7 +389,26 @@ def finish_interrupted(stack: auto.Stack, deployment: dict, say: Callable[[str],
                       PROJECT, stack.name, say)
     found = drift.interrupted(deployment)
     remove_interrupted(stack, found, say, keep_volumes=True)
+    forget_pending_creates(stack, deployment)
     return found
+
+
+def forget_pending_creates(stack: auto.Stack, deployment: dict) -> None:
+    """Drop the state's pending creates once :func:`remove_interrupted` dealt with them. The engine keeps
+    them, warning on every `up`, until an interactive `pulumi refresh` clears them; kept, a later command
+    would take the object a completed `up` created under that name for a leftover."""
+    pending = deployment.get("pending_operations") or []
+    kept = [op for op in pending if op.get("type") != "creating"]
+    if len(kept) == len(pending):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state.json"
+        path.write_text(json.dumps({"version": 3, "deployment": {**deployment, "pending_operations": kept}}))
+        proc = _pulumi(stack, "stack", "import", "--file", str(path))
+    if proc.returncode != 0:
+        raise StackError(f"clearing the interrupted creates from the state of stack '{stack.name}' failed: "
+                         f"{proc.stderr.strip()}")
+    deployment["pending_operations"] = kept
 
 
 def remove_interrupted(stack: auto.Stack, found: list[drift.Interrupted], say: Callable[[str], None],

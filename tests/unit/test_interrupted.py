@@ -52,3 +52,12 @@ def test_pending_creates_of_docker_objects_are_what_a_killed_up_may_have_made():
                                             drift.Interrupted("network", "x-net"),
                                             drift.Interrupted("volume", "x-data")]
     assert drift.interrupted({}) == []
+
+
+def test_a_pending_create_a_later_up_completed_is_not_a_leftover():
+    """The engine keeps a pending create until a refresh clears it, also after the next `up` created and
+    recorded the resource: that object is the stack's own and must never be removed as a leftover."""
+    urn = "urn:pulumi:dev::sin-datastores::docker:index/container:Container::redis-container"
+    pending = {"type": "creating", "resource": {"urn": urn, "type": drift.CONTAINER_TYPE, "inputs": {"name": "x-redis"}}}
+    assert drift.interrupted({"pending_operations": [pending]}) == [drift.Interrupted("container", "x-redis")]
+    assert drift.interrupted({"pending_operations": [pending], "resources": [{"urn": urn, "id": "abc"}]}) == []
