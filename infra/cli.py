@@ -24,7 +24,7 @@ from infra.core.errors import SinError
 from infra.deploy import migration_files, migrations
 from infra.deploy.checks import run_checks
 from infra.deploy.registry import default_actor
-from infra.driver import previews, stacks, teststacks
+from infra.driver import previews, pulumi_errors, stacks, teststacks
 from infra.ops import adopt, agentstatus, pitr, status
 from infra.ops.backup import commands
 
@@ -307,12 +307,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.handler(args)
-    except SinError as exc:  # each kind carries its exit code: 2 bad input (nothing changed), 1 a failed step
-        say(f"error: {exc}")
-        return exc.exit_code
+    except (SinError, auto.CommandError) as exc:
+        # Each kind carries its exit code: 2 bad input (nothing changed), 1 a failed step. A failure of the
+        # Pulumi CLI an operator fixes by hand (the passphrase, a lock) is said with its fix.
+        known = pulumi_errors.explain(str(exc), getattr(args, "stack", ""),
+                                      str(stacks.Settings.default().passphrase_file))
+        if known is not None:
+            exc = known
+        say(f"error: {exc}" if isinstance(exc, SinError) else f"error: pulumi failed:\n{exc}")
+        return exc.exit_code if isinstance(exc, SinError) else 1
     except BackupAgentError as exc:  # the agent's code stands alone (it runs in its container)
         say(f"error: {exc}")
         return 2
-    except auto.CommandError as exc:
-        say(f"error: pulumi failed:\n{exc}")
-        return 1

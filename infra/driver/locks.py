@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import parse_qsl, urlsplit
 
 from infra.driver.reservations import process_start
 
@@ -27,7 +28,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 class Lock:
     """One lock file of a stack."""
 
-    path: Path
+    path: Optional[Path]  # the file of a file:// backend's lock; None for a bucket's
     pid: int
     username: str
     hostname: str
@@ -45,15 +46,48 @@ def lock_dir(backend_url: str, project: str, stack: str) -> Optional[Path]:
 
 
 def locks_of(backend_url: str, project: str, stack: str) -> list[Lock]:
+    """The stack's locks in a ``file://`` or ``s3://`` backend (none known for other backends)."""
+    if backend_url.startswith("s3://"):
+        return _s3_locks(backend_url, project, stack)
     root = lock_dir(backend_url, project, stack)
     found = []
     for path in sorted(root.glob(f"*/{project}/{stack}/*.json")) if root and root.is_dir() else []:
         try:
-            data = json.loads(path.read_text())
-            found.append(Lock(path, int(data["pid"]), data.get("username", "?"), data.get("hostname", "?"),
-                              parse_time(data["timestamp"])))
+            found.append(_lock(path, path.read_text()))
         except (OSError, ValueError, KeyError):
             continue
+    return found
+
+
+def _lock(where, text: str) -> Lock:
+    data = json.loads(text)
+    return Lock(where, int(data["pid"]), data.get("username", "?"), data.get("hostname", "?"),
+                parse_time(data["timestamp"]))
+
+
+def _s3_locks(backend_url: str, project: str, stack: str) -> list[Lock]:
+    """The lock objects of an ``s3://bucket/prefix?endpoint=...&region=...&use_path_style=true`` backend
+    (the URL parameters Pulumi's bucket driver reads; credentials from the environment, as for Pulumi)."""
+    import boto3  # only for S3 backends
+    import botocore.config
+    import botocore.exceptions
+
+    url = urlsplit(backend_url)
+    query = dict(parse_qsl(url.query))
+    path_style = (query.get("use_path_style") or query.get("s3ForcePathStyle") or "").lower() == "true"
+    client = boto3.client("s3", endpoint_url=query.get("endpoint"), region_name=query.get("region"),
+                          config=botocore.config.Config(s3={"addressing_style": "path" if path_style else "auto"},
+                                                        connect_timeout=5, retries={"max_attempts": 2}))
+    prefix = "/".join(p for p in (url.path.strip("/"), ".pulumi", "locks") if p) + "/"
+    found = []
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=url.netloc, Prefix=prefix):
+            for item in page.get("Contents") or []:
+                if item["Key"].split("/")[-3:-1] == [project, stack]:
+                    body = client.get_object(Bucket=url.netloc, Key=item["Key"])["Body"].read().decode()
+                    found.append(_lock(None, body))
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, ValueError, KeyError):
+        return []  # Pulumi's own check names what is wrong with the bucket
     return found
 
 
@@ -85,6 +119,6 @@ def stale(lock: Lock, hostname: Optional[str] = None) -> bool:
 def clear_stale(backend_url: str, project: str, stack: str, say: Callable[[str], None]) -> None:
     """Remove the locks a killed command of this machine left on the stack, saying so."""
     for lock in locks_of(backend_url, project, stack):
-        if stale(lock):
+        if lock.path is not None and stale(lock):
             lock.path.unlink(missing_ok=True)
             say(f"removed the lock a killed command left on stack '{stack}' ({lock.describe()}, no longer running)")

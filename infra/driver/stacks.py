@@ -26,7 +26,7 @@ from pulumi import automation as auto
 from infra.core.errors import InputError, OperationFailed
 from infra.core import conflicts, dockercli, dockerhost
 from infra.core.engine import Engine
-from infra.driver import drift, locks
+from infra.driver import drift, locks, pulumi_errors
 from infra.core.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, StackConfig,
                           docker_host, parse)
 from infra.core.targets import DockerHost, Target
@@ -382,11 +382,15 @@ def _retains_volumes(stack: auto.Stack) -> bool:
 
 def finish_interrupted(stack: auto.Stack, deployment: dict, say: Callable[[str], None]) -> list[drift.Interrupted]:
     """Before the engine runs, with the stack's Docker host in use and ``deployment`` its exported state:
-    remove the stale lock a killed command of this machine left (:mod:`infra.driver.locks`), then the
+    remove the stale lock a killed command of this machine left (:mod:`infra.driver.locks`) and refuse
+    while another command holds the lock (before touching the Docker host), then remove the
     containers and networks a killed `up` created without recording them, which the next create would
     collide with. Their data volumes stay (the next `up` attaches them again); what was found is returned."""
-    locks.clear_stale(stack.workspace.env_vars.get("PULUMI_BACKEND_URL", Settings.default().backend_url),
-                      PROJECT, stack.name, say)
+    backend = stack.workspace.env_vars.get("PULUMI_BACKEND_URL", Settings.default().backend_url)
+    locks.clear_stale(backend, PROJECT, stack.name, say)
+    held = locks.locks_of(backend, PROJECT, stack.name)
+    if held:  # another command is changing the stack: touch nothing of it on the Docker host either
+        raise pulumi_errors.locked(stack.name, [lock.describe() for lock in held])
     found = drift.interrupted(deployment)
     remove_interrupted(stack, found, say, keep_volumes=True)
     forget_pending_creates(stack, deployment)

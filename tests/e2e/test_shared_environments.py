@@ -1,0 +1,127 @@
+"""An environment a team shares (issue 28): one state in an S3 bucket (a real versitygw server), one
+team passphrase, two operators with Pulumi homes and passphrase files of their own, one Docker host."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from infra.driver import stacks, teststacks
+from tests.e2e.support import ROOT, cli, stack_config, sweep
+from tests.servers import S3Server
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Operator:
+    """One operator's machine: their own Pulumi home and passphrase file, the team's state bucket."""
+
+    settings: stacks.Settings
+    home: Path
+
+    def env(self) -> dict[str, str]:
+        return {"PULUMI_HOME": str(self.home)}
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return cli(self.settings, *args, env=self.env())
+
+    def start(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "infra", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env={**os.environ, **self.settings.env(), **self.env()})
+
+
+@pytest.fixture
+def team(tmp_path, monkeypatch):
+    """The team's bucket on versitygw, and a factory of operators holding a given passphrase."""
+    s3 = S3Server.start()
+    bucket = s3.create_bucket()
+    for key, value in (("AWS_ACCESS_KEY_ID", s3.access_key), ("AWS_SECRET_ACCESS_KEY", s3.secret_key)):
+        monkeypatch.setenv(key, value)
+    url = f"s3://{bucket}?endpoint={s3.endpoint}&region={s3.region}&use_path_style=true"
+    plugins = Path(os.environ["PULUMI_HOME"]) / "plugins"
+
+    def operator(name: str, passphrase: str) -> Operator:
+        base = tmp_path / name
+        (base / "pulumi-home").mkdir(parents=True)
+        (base / "pulumi-home" / "plugins").symlink_to(plugins)
+        (base / "passphrase").write_text(passphrase + "\n")
+        return Operator(stacks.Settings(url, base / "passphrase"), base / "pulumi-home")
+
+    made: list[str] = []
+    try:
+        yield operator, made, s3, bucket
+    finally:
+        first = operator("cleanup", TEAM_PASSPHRASE)
+        for name in made:
+            first.cli("down", "--stack", name, "--remove")
+            sweep(name)
+            teststacks.release(name)
+            stacks.config_file(name).unlink(missing_ok=True)
+        s3.stop()
+
+
+TEAM_PASSPHRASE = "the-team-passphrase-from-the-secret-store"
+
+
+def summary(done: subprocess.CompletedProcess) -> dict:
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("sin-datastores: preview: ")]
+    return ast.literal_eval(line.split("preview: ", 1)[1])
+
+
+def test_two_operators_share_one_state_one_passphrase_and_its_lock(team):
+    operator, made, s3, bucket = team
+    ana, ben = operator("ana", TEAM_PASSPHRASE), operator("ben", TEAM_PASSPHRASE)
+    name = teststacks.new_name()
+    made.append(name)
+    teststacks.create(ana.settings, name, stack_config(stack=name))
+
+    up = ana.cli("up", "--stack", name)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert any(key.startswith(".pulumi/stacks/") for key in keys(s3, bucket)), "the state lives in the bucket"
+
+    # Ben, on his machine: the same stack, nothing to change.
+    seen = ben.cli("preview", "--stack", name)
+    assert seen.returncode == 0, seen.stdout + seen.stderr
+    assert set(summary(seen)) == {"same"}, seen.stderr
+
+    # Someone with another passphrase: refused before anything, naming where the passphrase came from.
+    eve = operator("eve", "not-the-team-passphrase")
+    for command in ("preview", "up"):
+        refused = eve.cli(command, "--stack", name)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"the passphrase from the file {eve.settings.passphrase_file}" in refused.stderr
+        assert "does not open the secrets of stack" in refused.stderr and "Traceback" not in refused.stderr
+        assert "pulumi failed" not in refused.stderr
+
+    # Two `up`s at once: Ana's holds the lock (a change that replaces a container keeps it for seconds),
+    # Ben's stops within seconds naming her, and touches nothing.
+    stacks.configure(stacks.open_stack(name, ana.settings), {"postgresMemoryMb": "640"})
+    first = ana.start("up", "--stack", name)
+    deadline = time.monotonic() + 60
+    while not any(k.startswith(".pulumi/locks/") for k in keys(s3, bucket)):
+        assert first.poll() is None and time.monotonic() < deadline, "ana's `up` never took the lock"
+        time.sleep(0.05)
+    started = time.monotonic()
+    second = ben.cli("up", "--stack", name)
+    took = time.monotonic() - started
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, out + err
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"stack '{name}' is locked by another command: " in second.stderr and " since " in second.stderr
+    assert f"`pulumi cancel --stack {name} --yes`" in second.stderr
+    assert took < 15, f"the second `up` took {took:.1f} s to stop"
+    after = ben.cli("preview", "--stack", name)
+    assert after.returncode == 0 and set(summary(after)) == {"same"}, after.stderr
+
+
+def keys(s3: S3Server, bucket: str) -> list[str]:
+    return [item["Key"] for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for item in page.get("Contents") or []]
