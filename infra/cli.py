@@ -25,7 +25,7 @@ from infra.deploy import migration_files, migrations
 from infra.deploy.checks import run_checks
 from infra.deploy.registry import default_actor
 from infra.driver import previews, pulumi_errors, stacks, teststacks
-from infra.ops import adopt, agentstatus, pitr, status
+from infra.ops import adopt, agentstatus, move_state, pitr, status
 from infra.ops.backup import commands
 
 
@@ -130,6 +130,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                                backup_agent=(agent.value, outputs["backupSchedule"].value) if agent else None)
     print(result.to_json() if args.json else result.table())
     return 0 if result.healthy else 1
+
+
+def cmd_move_state(args: argparse.Namespace) -> int:
+    move_state.move(args.stack, stacks.Settings.default().backend_url, args.to, say)
+    return 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -271,6 +276,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--to-time", type=point_in_time,
                    help='restore PostgreSQL to this moment, e.g. "2026-11-26 10:42:00" (UTC unless an offset is '
                         'given); Redis comes from the newest snapshot before it')
+    command("move-state", cmd_move_state, "move the stack's state, history included, from this machine's "
+            "backend into the team's bucket; touches nothing on the Docker host").add_argument(
+        "--to", required=True, help="the bucket's backend URL, e.g. s3://BUCKET?region=eu-central-1")
     p = command("adopt", cmd_adopt, "take over the ADR's compose-style deployment (containers, volumes, network) "
                 "into the stack, keeping every row and key")
     images_option(p)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
-from urllib.parse import parse_qsl, urlsplit
 
+from infra.driver.backends import Bucket, file_root
 from infra.driver.reservations import process_start
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -42,7 +42,7 @@ def lock_dir(backend_url: str, project: str, stack: str) -> Optional[Path]:
     """Where a ``file://`` backend keeps the stack's locks; None for other backends."""
     if not backend_url.startswith("file://"):
         return None
-    return Path(os.path.expanduser(backend_url[len("file://"):].split("?", 1)[0])) / ".pulumi" / "locks"
+    return file_root(backend_url) / ".pulumi" / "locks"
 
 
 def locks_of(backend_url: str, project: str, stack: str) -> list[Lock]:
@@ -59,36 +59,21 @@ def locks_of(backend_url: str, project: str, stack: str) -> list[Lock]:
     return found
 
 
-def _lock(where, text: str) -> Lock:
+def _lock(where: Optional[Path], text: str) -> Lock:
     data = json.loads(text)
     return Lock(where, int(data["pid"]), data.get("username", "?"), data.get("hostname", "?"),
                 parse_time(data["timestamp"]))
 
 
 def _s3_locks(backend_url: str, project: str, stack: str) -> list[Lock]:
-    """The lock objects of an ``s3://bucket/prefix?endpoint=...&region=...&use_path_style=true`` backend
-    (the URL parameters Pulumi's bucket driver reads; credentials from the environment, as for Pulumi)."""
-    import boto3  # only for S3 backends
-    import botocore.config
     import botocore.exceptions
 
-    url = urlsplit(backend_url)
-    query = dict(parse_qsl(url.query))
-    path_style = (query.get("use_path_style") or query.get("s3ForcePathStyle") or "").lower() == "true"
-    client = boto3.client("s3", endpoint_url=query.get("endpoint"), region_name=query.get("region"),
-                          config=botocore.config.Config(s3={"addressing_style": "path" if path_style else "auto"},
-                                                        connect_timeout=5, retries={"max_attempts": 2}))
-    prefix = "/".join(p for p in (url.path.strip("/"), ".pulumi", "locks") if p) + "/"
-    found = []
     try:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=url.netloc, Prefix=prefix):
-            for item in page.get("Contents") or []:
-                if item["Key"].split("/")[-3:-1] == [project, stack]:
-                    body = client.get_object(Bucket=url.netloc, Key=item["Key"])["Body"].read().decode()
-                    found.append(_lock(None, body))
+        bucket = Bucket.of(backend_url)
+        return [_lock(None, bucket.read(key).decode()) for key in bucket.keys(".pulumi/locks/")
+                if key.split("/")[-3:-1] == [project, stack]]
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, ValueError, KeyError):
         return []  # Pulumi's own check names what is wrong with the bucket
-    return found
 
 
 def parse_time(text: str) -> datetime:

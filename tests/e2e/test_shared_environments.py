@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from infra.driver import stacks, teststacks
-from tests.e2e.support import ROOT, cli, stack_config, sweep
+from tests.e2e.support import KEPT, ROOT, cli, data_of, inspect, put_data, stack_config, sweep
 from tests.servers import S3Server
 
 pytestmark = pytest.mark.e2e
@@ -125,3 +125,33 @@ def test_two_operators_share_one_state_one_passphrase_and_its_lock(team):
 def keys(s3: S3Server, bucket: str) -> list[str]:
     return [item["Key"] for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for item in page.get("Contents") or []]
+
+
+def test_an_environment_on_local_state_moves_to_the_bucket_with_its_history_and_data_untouched(team, tmp_path):
+    operator, made, s3, bucket = team
+    ben = operator("ben", TEAM_PASSPHRASE)
+    local = stacks.Settings(f"file://{tmp_path / 'ana-state'}", ben.settings.passphrase_file)
+    name = teststacks.new_name()
+    made.append(name)
+    stack = teststacks.create(local, name, stack_config(stack=name))
+    for _ in range(2):  # two updates: a history of more than one entry
+        assert cli(local, "up", "--stack", name).returncode == 0
+    target = stacks.target_from_outputs(name, stack.outputs())
+    put_data(target)
+    containers = [target.postgres.container_name, target.redis.container_name]
+    started = [inspect("container", c)["State"]["StartedAt"] for c in containers]
+    history = len(list((tmp_path / "ana-state" / ".pulumi" / "history").rglob("*.json")))
+    assert history >= 2
+
+    moved = cli(local, "move-state", "--stack", name, "--to", ben.settings.backend_url)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert len([k for k in keys(s3, bucket) if k.startswith(f".pulumi/history/sin-datastores/{name}/")]) == history
+    gone = cli(local, "preview", "--stack", name)
+    assert gone.returncode == 2 and "does not exist" in gone.stderr, "the local copy is no longer a stack"
+    seen = ben.cli("preview", "--stack", name)
+    assert seen.returncode == 0 and set(summary(seen)) == {"same"}, seen.stdout + seen.stderr
+    assert [inspect("container", c)["State"]["StartedAt"] for c in containers] == started
+    assert data_of(target) == KEPT
+
+    again = cli(local, "move-state", "--stack", name, "--to", ben.settings.backend_url)
+    assert again.returncode == 2 and "has no state in" in again.stderr, again.stderr
