@@ -126,6 +126,25 @@ def name_conflicts(cfg: StackConfig, containers: list[dict], volumes: list[dict]
     return found
 
 
+def unknown_to_state(cfg: StackConfig, containers: list[dict], known: frozenset[str]) -> list[Conflict]:
+    """The stack's own containers (by their labels) that run on the host while its state does not know
+    them: the state was lost, or this is not the state of that environment. `up` would create the
+    rest of a second stack beside it."""
+    wanted = wanted_names(cfg)["containers"]
+    found = []
+    for c in containers:
+        for name in (n.lstrip("/") for n in c.get("Names") or []):
+            if name in wanted and name not in known and owned_by(c.get("Labels"), cfg):
+                found.append(Conflict(wanted[name], name,
+                                      f"container {c['Id'][:12]} of stack '{cfg.stack}' ({c.get('State', '?')}) is on "
+                                      f"the host, but this state of the stack does not know it: the state was lost, "
+                                      f"or the environment runs from another one",
+                                      "point PULUMI_BACKEND_URL at the state that holds the environment "
+                                      "(docs/shared-environments.md); a lost state cannot be taken back by a "
+                                      "command yet"))
+    return found
+
+
 def subnets(network: dict) -> list[ipaddress.IPv4Network]:
     return [ipaddress.IPv4Network(c["Subnet"], strict=False) for c in (network.get("IPAM") or {}).get("Config") or []
             if c.get("Subnet") and ":" not in c["Subnet"]]
@@ -268,19 +287,23 @@ def process_conflicts(engine: Engine, cfg: StackConfig, ports: list[int], images
     return found
 
 
-def find(engine: Engine, cfg: StackConfig, host: str, exempt: frozenset[str] = frozenset()) -> list[Conflict]:
-    """Every conflict of the stack with what its Docker host holds (``exempt``: names the state declares)."""
+def find(engine: Engine, cfg: StackConfig, host: str, exempt: frozenset[str] = frozenset(),
+         state: Optional[frozenset[str]] = None) -> list[Conflict]:
+    """Every conflict of the stack with what its Docker host holds (``exempt``: names the state declares;
+    ``state``: every name the state knows, when it was read)."""
     remove_probes(engine, cfg.stack)
     containers, volumes, networks = engine.containers(), engine.volumes(), engine.networks()
     taken_ports, free_ports = port_conflicts(cfg, containers, exempt)
     images = [cfg.postgres.image, cfg.redis.image] + ([cfg.backup.image] if cfg.backup and cfg.backup.scheduled else [])
     return (name_conflicts(cfg, containers, volumes, networks, exempt) + subnet_conflicts(cfg, networks, exempt)
+            + (unknown_to_state(cfg, containers, state) if state is not None else [])
             + taken_ports + process_conflicts(engine, cfg, free_ports, images, host))
 
 
-def check(engine: Engine, cfg: StackConfig, host: str, exempt: frozenset[str] = frozenset()) -> None:
+def check(engine: Engine, cfg: StackConfig, host: str, exempt: frozenset[str] = frozenset(),
+          state: Optional[frozenset[str]] = None) -> None:
     """Raise :class:`HostConflicts` naming every conflict; nothing is created either way."""
-    conflicts = find(engine, cfg, host, exempt)
+    conflicts = find(engine, cfg, host, exempt, state)
     if conflicts:
         raise HostConflicts(host, conflicts)
 

@@ -330,7 +330,8 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
 
 def look_at_host(cfg: StackConfig, deployment: dict, host: dockerhost.Session, say: Callable[[str], None]) -> None:
     """Refuse what the stack would collide with on its Docker host (:mod:`infra.core.conflicts`); the
-    names its state declares are its own, whatever their labels (drift, which `up` repairs)."""
+    names its state declares are its own, whatever their labels (drift, which `up` repairs), and a
+    container of the stack the state does not know is refused (a lost state, or the wrong one)."""
     engine = Engine.of(host.docker_env)
     if engine is None:
         say(f"{host.host.describe()}: could not look for conflicts before creating (a TLS or context address); "
@@ -338,7 +339,9 @@ def look_at_host(cfg: StackConfig, deployment: dict, host: dockerhost.Session, s
         return
     declared = drift.declared(deployment)
     exempt = frozenset(o.name for o in (*declared.containers, *declared.volumes, *declared.networks))
-    conflicts.check(engine, cfg, host.host.describe(), exempt)
+    # What a killed `up` created without recording it is the state's too (finish_interrupted removes it).
+    known = exempt | {item.name for item in drift.interrupted(deployment)}
+    conflicts.check(engine, cfg, host.host.describe(), exempt, known)
 
 
 def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_passwords: bool = False,

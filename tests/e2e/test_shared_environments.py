@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from infra.driver import stacks, teststacks
-from tests.e2e.support import KEPT, ROOT, cli, data_of, inspect, put_data, stack_config, sweep
+from tests.e2e.support import KEPT, ROOT, cli, data_of, inspect, objects_of, put_data, stack_config, sweep
 from tests.servers import S3Server
 
 pytestmark = pytest.mark.e2e
@@ -155,3 +155,23 @@ def test_an_environment_on_local_state_moves_to_the_bucket_with_its_history_and_
 
     again = cli(local, "move-state", "--stack", name, "--to", ben.settings.backend_url)
     assert again.returncode == 2 and "has no state in" in again.stderr, again.stderr
+
+
+def test_up_from_a_state_that_does_not_know_the_running_environment_is_refused_and_creates_nothing(team, tmp_path):
+    operator, made, s3, bucket = team
+    ana = operator("ana", TEAM_PASSPHRASE)
+    name = teststacks.new_name()
+    made.append(name)
+    teststacks.create(ana.settings, name, stack_config(stack=name))
+    assert ana.cli("up", "--stack", name).returncode == 0
+    before = sorted(objects_of(name).items())
+
+    # The state gone (the bucket emptied), or an operator who forgot PULUMI_BACKEND_URL: an empty state.
+    forgot = stacks.Settings(f"file://{tmp_path / 'empty-state'}", ana.settings.passphrase_file)
+    refused = cli(forgot, "up", "--stack", name)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"postgresContainerName {name}-room-03-archiv-postgres: container " in refused.stderr
+    assert "this state of the stack does not know it" in refused.stderr and "PULUMI_BACKEND_URL" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert sorted(objects_of(name).items()) == before, "nothing created beside the running environment"
+    assert not any((tmp_path / "empty-state").rglob(f"{name}.json")), "no second state of the stack was made"

@@ -163,6 +163,24 @@ def test_names_the_state_declares_are_the_stacks_own_whatever_their_labels():
     assert {c.key for c in found(engine)} == {"postgresContainerName", "postgresHostPort"}
 
 
+def test_the_stacks_running_containers_a_read_state_does_not_know_are_refused_as_a_lost_or_wrong_state():
+    engine = FakeEngine(
+        containers=[container("room-03-archiv-postgres", OWN, ports=(("127.0.0.1", 5432),)),
+                    container("room-04-memory-redis", OWN, ports=(("127.0.0.1", 6379),))],
+        volumes=[{"Name": "postgres_data", "Labels": OWN}])
+    lost = conflicts.find(engine, CFG, "the local Docker Engine", state=frozenset())
+    assert {(c.key, c.value) for c in lost} == {("postgresContainerName", "room-03-archiv-postgres"),
+                                               ("redisContainerName", "room-04-memory-redis")}
+    assert all("this state of the stack does not know it" in c.line() and "PULUMI_BACKEND_URL" in c.line()
+               for c in lost)
+    known = frozenset({"room-03-archiv-postgres", "room-04-memory-redis"})
+    assert conflicts.find(engine, CFG, "the local Docker Engine", known, state=known) == []
+    assert found(engine) == [], "without the state read (the program's own look), nothing to compare with"
+    retained = FakeEngine(volumes=[{"Name": "postgres_data", "Labels": OWN}])
+    assert conflicts.find(retained, CFG, "the local Docker Engine", state=frozenset()) == [], \
+        "the data volumes `down` kept are what the next `up` comes back onto"
+
+
 def test_backup_objects_are_looked_at_only_when_backups_are_scheduled():
     volumes = [{"Name": "postgres_wal_archive", "Labels": {}}]
     assert found(FakeEngine(volumes=volumes)) == []
