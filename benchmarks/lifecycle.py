@@ -39,6 +39,7 @@ from typing import Callable
 
 import psycopg
 import redis as redis_lib
+from pulumi import automation as auto
 
 from infra.components import postgres, redis
 from infra.components.common import HEALTH_INTERVAL_S, STOP_GRACE_S, healthcheck
@@ -48,6 +49,8 @@ from infra.core.config import DEFAULTS
 from infra.deploy import migration_files
 from infra.driver import stacks, teststacks
 
+# The release whose private builds the second row measures (issue 25: the last one before upstream's).
+PREVIOUS_RELEASE = "b4cf473"
 ROUNDS = int(os.environ.get("SIN_BENCH_ROUNDS", "3"))
 SETTLED_REPEATS = 5  # no-op ups and previews per round (time_settled)
 PARALLEL = 4
@@ -146,6 +149,49 @@ class PulumiStack(OperatorCommands):
         teststacks.release(self.stack.name)
 
 
+class PreviousRelease(OperatorCommands):
+    """The stack as release PREVIOUS_RELEASE made it, on that release's own builds (its patched CLI and
+    language host, its docker provider build and its sin-postdeploy plugin): what leaving the private
+    builds for upstream's cost. Its tree, venv and plugin cache live in ``scratch``; its builds are the
+    ones its toolchain cached under $SIN_CACHE (built from nothing when missing)."""
+
+    def __init__(self, settings: stacks.Settings, scratch: Path):
+        tree = scratch / "tree"
+        if not tree.is_dir():
+            tree.mkdir(parents=True)
+            archive = subprocess.run(["git", "-C", str(stacks.ROOT), "archive", PREVIOUS_RELEASE],
+                                     capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        home = scratch / "pulumi-home"
+        home.mkdir(exist_ok=True)
+        env = {**os.environ, "PULUMI_HOME": str(home), "SIN_SETUP_SKIP": "images host docker"}
+        setup = subprocess.run(["bash", "-c", 'eval "$(toolchain/setup.sh)" && echo "$PATH"'], cwd=tree, env=env,
+                               capture_output=True, text=True)
+        if setup.returncode != 0:
+            raise RuntimeError(f"the toolchain of {PREVIOUS_RELEASE} failed:\n{setup.stderr[-2000:]}")
+        self.tree = tree
+        self.env = {**os.environ, **settings.env(), "PULUMI_HOME": str(home), "PATH": setup.stdout.strip()}
+        self.name = teststacks.new_name()
+        teststacks.mark_in_use(self.name)
+        self.stack = auto.create_or_select_stack(self.name, work_dir=str(tree), opts=auto.LocalWorkspaceOptions(
+            work_dir=str(tree), env_vars=self.env, pulumi_home=str(home)))
+        stacks.configure(self.stack, {**teststacks.isolated_config(stack=self.name),
+                                      "healthTimeoutSeconds": str(HEALTH_TIMEOUT_S), **stacks.local_images()})
+        stacks.ensure_secrets(self.stack)
+
+    def pulumi(self, *args: str) -> None:
+        run_pulumi(self.tree, self.env, self.name, *args)
+
+    def up(self) -> None:
+        self.pulumi("up", "--yes", "--skip-preview")
+        assert_verified(self.stack.outputs())
+
+    def remove(self) -> None:
+        self.pulumi("stack", "rm", "--yes", "--force")
+        dockercli.remove_objects(dockercli.labelled_objects(self.name))
+        teststacks.release(self.name)
+
+
 class BarePulumi(OperatorCommands):
     """benchmarks/bare_program as a throwaway stack, driven by the same commands as PulumiStack:
     the same Docker objects declared with pulumi_docker alone, i.e. what Pulumi itself costs.
@@ -153,7 +199,7 @@ class BarePulumi(OperatorCommands):
 
     PROJECT = Path(__file__).resolve().parent / "bare_program"
 
-    def __init__(self, settings: stacks.Settings):
+    def __init__(self, settings: stacks.Settings, step: bool = False):
         self.name = teststacks.new_name()
         config = teststacks.isolated_config(stack=self.name)
         images = stacks.local_images()
@@ -162,7 +208,7 @@ class BarePulumi(OperatorCommands):
                 "postgres": {"image": images["postgresImage"], "ip": config["postgresIp"],
                              "data_path": postgres.DATA_PATH, "envs": ["POSTGRES_HOST_AUTH_METHOD=trust"]},
                 "redis": {"image": images["redisImage"], "ip": config["redisIp"], "data_path": redis.DATA_PATH,
-                          "envs": []}}
+                          "envs": []}, "step": step}
         self.env = {**os.environ, **settings.env(), "SIN_BENCH_BARE": json.dumps(spec)}
         self.pulumi("stack", "init")
 
@@ -428,8 +474,8 @@ def main() -> None:
         settings = stacks.Settings(f"file://{tmp}/state", Path(tmp) / "passphrase")
         figures: dict[str, list[float]] = {k: [] for k in (
             "cold up", "no-op up", "preview", "destroy", "automation up", "floor up", "plain up", "plain inspect",
-            "plain destroy", "parallel up", "parallel floor", "parallel plain", "bare no-op up", "bare preview",
-            "bare destroy")}
+            "plain destroy", "parallel up", "parallel floor", "parallel plain",
+            *(f"{row} {op}" for row in PULUMI_ROWS for op in LIFE))}
         cpu: dict[str, list[float]] = {"cold up": [], "floor up": [], "plain up": []}
         for _ in range(ROUNDS):
             stack = PulumiStack(settings)
@@ -442,13 +488,10 @@ def main() -> None:
                 stack.destroy()
             finally:
                 stack.remove()
-            bare = BarePulumi(settings)
-            try:
-                bare.up()
-                time_settled(bare, figures["bare no-op up"], figures["bare preview"])
-                figures["bare destroy"].append(timed(bare.destroy))
-            finally:
-                bare.remove()
+            for key, make in (("bare", lambda: BarePulumi(settings)),
+                              ("bare step", lambda: BarePulumi(settings, step=True)),
+                              ("previous", lambda: PreviousRelease(settings, Path(tmp) / "previous"))):
+                measure_life(make, key, figures)
             for floor, key in ((True, "floor up"), (False, "plain up")):
                 plain = PlainDocker(floor)
                 try:
@@ -470,6 +513,22 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in figures.items()}
     report(med, {k: statistics.median(v) for k, v in cpu.items()}, idle, steps)
+
+
+# The Pulumi rows beside the stack's own, and the operations each is timed on.
+PULUMI_ROWS = ("bare", "bare step", "previous")
+LIFE = ("cold up", "no-op up", "preview", "destroy")
+
+
+def measure_life(make: Callable[[], OperatorCommands], key: str, figures: dict[str, list[float]]) -> None:
+    """Cold up, settled no-op ups and previews, and destroy of one stack ``make`` creates, as ``key``."""
+    stack = make()
+    try:
+        figures[f"{key} cold up"].append(timed(stack.up))
+        time_settled(stack, figures[f"{key} no-op up"], figures[f"{key} preview"])
+        figures[f"{key} destroy"].append(timed(stack.destroy))
+    finally:
+        stack.remove()
 
 
 def measure_idle(settings: stacks.Settings) -> dict[str, float]:
@@ -530,6 +589,17 @@ def report(med: dict[str, float], cpu: dict[str, float], idle: dict[str, float],
     print(f"idle stack, host CPU over {IDLE_WINDOW_S} s: {idle['with'] * 100:.2f}% of one core with the healthchecks "
           f"(every {HEALTH_INTERVAL_S} s), {idle['without'] * 100:.2f}% without; the checks cost "
           f"{cost * 100:.2f}% of one core, {cost * HEALTH_INTERVAL_S / 2 * 1000:.0f} ms of CPU per check")
+    print(f"the stack against Pulumi baselines on the same engine: bare = benchmarks/bare_program; bare step = the "
+          f"same with a dynamic resource whose provider does nothing (what Pulumi's mechanism for the post-deploy "
+          f"step costs by itself); previous = release {PREVIOUS_RELEASE} on its own private builds (patched CLI and "
+          f"language host, its provider plugin)")
+    table = "{:<10} {:>7} {:>7} {:>10} {:>9}   {}"
+    print(table.format("operation", "ours s", "bare s", "bare step", "previous", "ratios (target: ours <= 1.1x bare)"))
+    for op in LIFE:
+        ours, bare, step, previous = (med[op], *(med[f"{row} {op}"] for row in PULUMI_ROWS))
+        print(table.format(op, f"{ours:.2f}", f"{bare:.2f}", f"{step:.2f}", f"{previous:.2f}",
+                           f"{ours / bare:.2f}x bare ({verdict(ours <= 1.1 * bare)}), {ours / step:.2f}x bare step, "
+                           f"{ours / previous:.2f}x previous"))
     print("one cold up, where the time goes:")
     for name, seconds in steps:
         print(f"  {seconds:6.2f} s  {name}")
