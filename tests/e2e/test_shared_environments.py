@@ -3,97 +3,39 @@ team passphrase, two operators with Pulumi homes and passphrase files of their o
 
 from __future__ import annotations
 
-import ast
-import os
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from infra.driver import stacks, teststacks
-from tests.e2e.support import KEPT, ROOT, cli, data_of, inspect, objects_of, put_data, stack_config, sweep
-from tests.servers import S3Server
+from tests import teams
+from tests.e2e.support import KEPT, cli, data_of, inspect, objects_of, put_data, stack_config
 
 pytestmark = pytest.mark.e2e
 
 
-@dataclass
-class Operator:
-    """One operator's machine: their own Pulumi home and passphrase file, the team's state bucket."""
-
-    settings: stacks.Settings
-    home: Path
-
-    def env(self) -> dict[str, str]:
-        return {"PULUMI_HOME": str(self.home)}
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return cli(self.settings, *args, env=self.env())
-
-    def start(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "infra", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env={**os.environ, **self.settings.env(), **self.env()})
-
-
 @pytest.fixture
 def team(tmp_path, monkeypatch):
-    """The team's bucket on versitygw, and a factory of operators holding a given passphrase."""
-    s3 = S3Server.start()
-    bucket = s3.create_bucket()
-    for key, value in (("AWS_ACCESS_KEY_ID", s3.access_key), ("AWS_SECRET_ACCESS_KEY", s3.secret_key)):
-        monkeypatch.setenv(key, value)
-    url = f"s3://{bucket}?endpoint={s3.endpoint}&region={s3.region}&use_path_style=true"
-    plugins = Path(os.environ["PULUMI_HOME"]) / "plugins"
-
-    def operator(name: str, passphrase: str) -> Operator:
-        base = tmp_path / name
-        (base / "pulumi-home").mkdir(parents=True)
-        (base / "pulumi-home" / "plugins").symlink_to(plugins)
-        (base / "passphrase").write_text(passphrase + "\n")
-        return Operator(stacks.Settings(url, base / "passphrase"), base / "pulumi-home")
-
-    made: list[str] = []
-    try:
-        yield operator, made, s3, bucket
-    finally:
-        first = operator("cleanup", TEAM_PASSPHRASE)
-        for name in made:
-            first.cli("down", "--stack", name, "--remove")
-            sweep(name)
-            teststacks.release(name)
-            stacks.config_file(name).unlink(missing_ok=True)
-        s3.stop()
-
-
-TEAM_PASSPHRASE = "the-team-passphrase-from-the-secret-store"
-
-
-def summary(done: subprocess.CompletedProcess) -> dict:
-    (line,) = [line for line in done.stderr.splitlines() if line.startswith("sin-datastores: preview: ")]
-    return ast.literal_eval(line.split("preview: ", 1)[1])
+    with teams.team(tmp_path, monkeypatch) as made:
+        yield made
 
 
 def test_two_operators_share_one_state_one_passphrase_and_its_lock(team):
-    operator, made, s3, bucket = team
-    ana, ben = operator("ana", TEAM_PASSPHRASE), operator("ben", TEAM_PASSPHRASE)
-    name = teststacks.new_name()
-    made.append(name)
+    ana, ben = team.operator("ana"), team.operator("ben")
+    name = team.new_stack_name()
     teststacks.create(ana.settings, name, stack_config(stack=name))
 
     up = ana.cli("up", "--stack", name)
     assert up.returncode == 0, up.stdout + up.stderr
-    assert any(key.startswith(".pulumi/stacks/") for key in keys(s3, bucket)), "the state lives in the bucket"
+    assert any(key.startswith(".pulumi/stacks/") for key in team.keys()), "the state lives in the bucket"
 
     # Ben, on his machine: the same stack, nothing to change.
     seen = ben.cli("preview", "--stack", name)
     assert seen.returncode == 0, seen.stdout + seen.stderr
-    assert set(summary(seen)) == {"same"}, seen.stderr
+    assert set(teams.preview_summary(seen)) == {"same"}, seen.stderr
 
     # Someone with another passphrase: refused before anything, naming where the passphrase came from.
-    eve = operator("eve", "not-the-team-passphrase")
+    eve = team.operator("eve", "not-the-team-passphrase")
     for command in ("preview", "up"):
         refused = eve.cli(command, "--stack", name)
         assert refused.returncode == 2, refused.stdout + refused.stderr
@@ -106,7 +48,7 @@ def test_two_operators_share_one_state_one_passphrase_and_its_lock(team):
     stacks.configure(stacks.open_stack(name, ana.settings), {"postgresMemoryMb": "640"})
     first = ana.start("up", "--stack", name)
     deadline = time.monotonic() + 60
-    while not any(k.startswith(".pulumi/locks/") for k in keys(s3, bucket)):
+    while not any(k.startswith(".pulumi/locks/") for k in team.keys()):
         assert first.poll() is None and time.monotonic() < deadline, "ana's `up` never took the lock"
         time.sleep(0.05)
     started = time.monotonic()
@@ -119,20 +61,14 @@ def test_two_operators_share_one_state_one_passphrase_and_its_lock(team):
     assert f"`pulumi cancel --stack {name} --yes`" in second.stderr
     assert took < 15, f"the second `up` took {took:.1f} s to stop"
     after = ben.cli("preview", "--stack", name)
-    assert after.returncode == 0 and set(summary(after)) == {"same"}, after.stderr
+    assert after.returncode == 0 and set(teams.preview_summary(after)) == {"same"}, after.stderr
 
-
-def keys(s3: S3Server, bucket: str) -> list[str]:
-    return [item["Key"] for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for item in page.get("Contents") or []]
 
 
 def test_an_environment_on_local_state_moves_to_the_bucket_with_its_history_and_data_untouched(team, tmp_path):
-    operator, made, s3, bucket = team
-    ben = operator("ben", TEAM_PASSPHRASE)
+    ben = team.operator("ben")
     local = stacks.Settings(f"file://{tmp_path / 'ana-state'}", ben.settings.passphrase_file)
-    name = teststacks.new_name()
-    made.append(name)
+    name = team.new_stack_name()
     stack = teststacks.create(local, name, stack_config(stack=name))
     for _ in range(2):  # two updates: a history of more than one entry
         assert cli(local, "up", "--stack", name).returncode == 0
@@ -145,11 +81,11 @@ def test_an_environment_on_local_state_moves_to_the_bucket_with_its_history_and_
 
     moved = cli(local, "move-state", "--stack", name, "--to", ben.settings.backend_url)
     assert moved.returncode == 0, moved.stdout + moved.stderr
-    assert len([k for k in keys(s3, bucket) if k.startswith(f".pulumi/history/sin-datastores/{name}/")]) == history
+    assert len([k for k in team.keys() if k.startswith(f".pulumi/history/sin-datastores/{name}/")]) == history
     gone = cli(local, "preview", "--stack", name)
     assert gone.returncode == 2 and "does not exist" in gone.stderr, "the local copy is no longer a stack"
     seen = ben.cli("preview", "--stack", name)
-    assert seen.returncode == 0 and set(summary(seen)) == {"same"}, seen.stdout + seen.stderr
+    assert seen.returncode == 0 and set(teams.preview_summary(seen)) == {"same"}, seen.stdout + seen.stderr
     assert [inspect("container", c)["State"]["StartedAt"] for c in containers] == started
     assert data_of(target) == KEPT
 
@@ -158,10 +94,8 @@ def test_an_environment_on_local_state_moves_to_the_bucket_with_its_history_and_
 
 
 def test_up_from_a_state_that_does_not_know_the_running_environment_is_refused_and_creates_nothing(team, tmp_path):
-    operator, made, s3, bucket = team
-    ana = operator("ana", TEAM_PASSPHRASE)
-    name = teststacks.new_name()
-    made.append(name)
+    ana = team.operator("ana")
+    name = team.new_stack_name()
     teststacks.create(ana.settings, name, stack_config(stack=name))
     assert ana.cli("up", "--stack", name).returncode == 0
     before = sorted(objects_of(name).items())

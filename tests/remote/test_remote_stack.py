@@ -23,6 +23,7 @@ import redis as redis_lib
 from infra.driver import stacks, teststacks
 from infra.backupagent import layout
 from infra.components.backupagent import LOCAL_MOUNT
+from tests import teams
 from tests.e2e.support import cli, local_images
 from tests.backups import complete_backups, wait_for
 from tests.remote_host import RemoteDockerHost, RemoteHostError
@@ -386,3 +387,27 @@ def test_conflicts_on_the_remote_host_are_refused_before_anything_is_created_the
         remote.docker("rm", "-f", "-v", intruders[1])
         remote.docker("volume", "rm", intruders[2])
         remote.docker("network", "rm", intruders[0])
+
+
+def test_a_team_shares_a_stack_on_the_remote_host_through_its_state_bucket(remote, tmp_path, monkeypatch):
+    """Issue 28 on the remote host: one operator brings it up with the state in the team's bucket, the
+    other sees no change; an operator with an empty state (the bucket forgotten) is refused before anything
+    is created on the remote engine, the stack's running containers named."""
+    with teams.team(tmp_path, monkeypatch) as team:
+        ana, ben = team.operator("ana"), team.operator("ben")
+        name = team.new_stack_name()
+        teststacks.create(ana.settings, name, remote_config(remote))
+        up = ana.cli("up", "--stack", name)
+        assert up.returncode == 0, up.stdout + up.stderr
+        seen = ben.cli("preview", "--stack", name)
+        assert seen.returncode == 0 and set(teams.preview_summary(seen)) == {"same"}, seen.stdout + seen.stderr
+        before = sorted(remote_objects(remote, name))
+        forgot = stacks.Settings(f"file://{tmp_path / 'empty-state'}", ana.settings.passphrase_file)
+        refused = cli(forgot, "up", "--stack", name)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"{name}-room-04-memory-redis: container " in refused.stderr
+        assert "this state of the stack does not know it" in refused.stderr
+        assert sorted(remote_objects(remote, name)) == before and local_objects(name) == ""
+        down = ana.cli("down", "--stack", name)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert remote_objects(remote, name) == []
