@@ -51,7 +51,8 @@ def move(stack: str, source_url: str, target_url: str, say: Callable[[str], None
         raise InputError(f"stack '{stack}' is locked ({', '.join(lock.describe() for lock in held)}): move it once "
                          f"that command has ended")
     bucket = Bucket.of(target_url)
-    if bucket.keys(f".pulumi/stacks/{PROJECT}/{stack}.json"):
+    checkpoints = {bucket.key(f".pulumi/stacks/{PROJECT}/{stack}.json{gz}") for gz in ("", ".gz")}
+    if checkpoints & set(bucket.keys(f".pulumi/stacks/{PROJECT}/{stack}.json")):  # not the .bak a removed one left
         raise InputError(f"{target_url} already holds a stack '{stack}': nothing was copied. Compare the two "
                          f"(`pulumi stack export`) and remove the one that is not the environment's")
     if not bucket.keys(".pulumi/meta.yaml"):

@@ -79,6 +79,8 @@ def test_an_environment_on_local_state_moves_to_the_bucket_with_its_history_and_
     history = len(list((tmp_path / "ana-state" / ".pulumi" / "history").rglob("*.json")))
     assert history >= 2
 
+    # What `pulumi stack rm` of an earlier stack of that name leaves in the bucket does not stop the move.
+    team.s3.client().put_object(Bucket=team.bucket, Key=f".pulumi/stacks/sin-datastores/{name}.json.bak", Body=b"{}")
     moved = cli(local, "move-state", "--stack", name, "--to", ben.settings.backend_url)
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert len([k for k in team.keys() if k.startswith(f".pulumi/history/sin-datastores/{name}/")]) == history
