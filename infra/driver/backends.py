@@ -16,6 +16,22 @@ def file_root(backend_url: str) -> Path:
     return Path(os.path.expanduser(backend_url[len("file://"):].split("?", 1)[0]))
 
 
+# Where `python -m infra move-state` sets a moved stack's local files aside, and the file naming where to.
+MOVED_TO = "MOVED_TO"
+
+
+def moved_dir(backend_url: str) -> Path:
+    return file_root(backend_url) / ".pulumi" / "moved"
+
+
+def moved_to(backend_url: str, stack: str) -> str:
+    """The backend a stack of this ``file://`` backend was last moved to, or ''."""
+    if not backend_url.startswith("file://"):
+        return ""
+    marks = sorted(moved_dir(backend_url).glob(f"{stack}-*/{MOVED_TO}"))
+    return marks[-1].read_text().strip() if marks else ""
+
+
 @dataclass(frozen=True)
 class Bucket:
     """An ``s3://`` backend: a client, its bucket and the key prefix under which ``.pulumi/`` lives."""

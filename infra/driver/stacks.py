@@ -26,7 +26,7 @@ from pulumi import automation as auto
 from infra.core.errors import InputError, OperationFailed
 from infra.core import conflicts, dockercli, dockerhost
 from infra.core.engine import Engine
-from infra.driver import drift, locks, pulumi_errors
+from infra.driver import backends, drift, locks, pulumi_errors
 from infra.core.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, StackConfig,
                           docker_host, parse)
 from infra.core.targets import DockerHost, Target
@@ -45,6 +45,10 @@ LOCAL_IMAGE_ENV = {"postgresImage": "SIN_LOCAL_POSTGRES_IMAGE", "redisImage": "S
 
 class StackError(InputError):
     """A stack cannot be used as asked; the message says why and what to do."""
+
+
+class StackMoved(StackError):
+    """The stack's state was moved to another backend (``python -m infra move-state``)."""
 
 
 class UpFailed(OperationFailed):
@@ -109,6 +113,10 @@ def open_stack(name: str, settings: Optional[Settings] = None, create: bool = Fa
             return auto.create_or_select_stack(name, work_dir=str(ROOT), opts=opts)
         return auto.select_stack(name, work_dir=str(ROOT), opts=opts)
     except auto.StackNotFoundError:
+        moved = backends.moved_to(settings.backend_url, name)
+        if moved:
+            raise StackMoved(f"stack '{name}' was moved from {settings.backend_url} to {moved} (`python -m infra "
+                             f"move-state`): set PULUMI_BACKEND_URL='{moved}'") from None
         raise StackError(f"stack '{name}' does not exist in {settings.backend_url}; "
                          f"create it with `python -m infra up --stack {name}`") from None
 
@@ -131,6 +139,8 @@ def new_or_existing(name: str, settings: Optional[Settings] = None,
     try:
         stack = open_stack(name, settings)
         created = False
+    except StackMoved:
+        raise  # not to be made again here, beside the moved one
     except StackError:
         stack, created = open_stack(name, settings, create=True), True
 

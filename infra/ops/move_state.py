@@ -18,7 +18,7 @@ from typing import Callable
 from infra.core.config import PROJECT
 from infra.core.errors import InputError, OperationFailed
 from infra.driver import locks, stacks
-from infra.driver.backends import Bucket, file_root
+from infra.driver.backends import MOVED_TO, Bucket, file_root, moved_dir
 
 # Where each kind of file of a stack lives under .pulumi/ (the checkpoint is copied last).
 HISTORY_DIRS = ("history", "backups")
@@ -66,7 +66,7 @@ def move(stack: str, source_url: str, target_url: str, say: Callable[[str], None
         for key in copied:
             bucket.client.delete_object(Bucket=bucket.name, Key=key)
         raise
-    aside = root / ".pulumi" / "moved" / f"{stack}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    aside = moved_dir(source_url) / f"{stack}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     for path in history + checkpoint:
         dest = aside / path.relative_to(root / ".pulumi")
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +74,7 @@ def move(stack: str, source_url: str, target_url: str, say: Callable[[str], None
         attrs = path.with_name(path.name + ".attrs")
         if attrs.exists():
             attrs.rename(dest.with_name(dest.name + ".attrs"))
+    (aside / MOVED_TO).write_text(target_url + "\n")
     say(f"moved the state of stack '{stack}' ({len(history)} history and backup files) to {target_url}; "
         f"the local copy is kept in {aside}, where Pulumi no longer lists it. Every operator now sets "
         f"PULUMI_BACKEND_URL to it (or backend.url in Pulumi.yaml)")

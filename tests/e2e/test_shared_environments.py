@@ -84,8 +84,11 @@ def test_an_environment_on_local_state_moves_to_the_bucket_with_its_history_and_
     moved = cli(local, "move-state", "--stack", name, "--to", ben.settings.backend_url)
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert len([k for k in team.keys() if k.startswith(f".pulumi/history/sin-datastores/{name}/")]) == history
-    gone = cli(local, "preview", "--stack", name)
-    assert gone.returncode == 2 and "does not exist" in gone.stderr, "the local copy is no longer a stack"
+    for command in ("preview", "up"):  # the local copy is no longer a stack, and `up` makes no new one there
+        gone = cli(local, command, "--stack", name)
+        assert gone.returncode == 2, gone.stdout + gone.stderr
+        assert f"was moved from {local.backend_url} to {ben.settings.backend_url}" in gone.stderr, gone.stderr
+        assert f"set PULUMI_BACKEND_URL='{ben.settings.backend_url}'" in gone.stderr
     seen = ben.cli("preview", "--stack", name)
     assert seen.returncode == 0 and set(teams.preview_summary(seen)) == {"same"}, seen.stdout + seen.stderr
     assert [inspect("container", c)["State"]["StartedAt"] for c in containers] == started
