@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -76,12 +77,18 @@ def _s3_locks(backend_url: str, project: str, stack: str) -> list[Lock]:
         return []  # Pulumi's own check names what is wrong with the bucket
 
 
+_RFC3339 = re.compile(r"(?P<whole>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(?P<fraction>\d+))?(?P<zone>[Zz]|[+-]\d\d:\d\d)?")
+
+
 def parse_time(text: str) -> datetime:
-    """Go's RFC 3339 time with up to nanoseconds (``2026-12-06T04:12:01.885639042Z``), as UTC."""
-    whole, _, rest = text.rstrip("Z").partition(".")
-    fraction = "".join(c for c in rest if c.isdigit())[:6]
-    moment = datetime.fromisoformat(whole + (f".{fraction}" if fraction else ""))
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    """Go's RFC 3339 time with up to nanoseconds (``2026-12-06T04:12:01.885639042Z``, or with an offset
+    where the locking machine's clock is not UTC), as UTC."""
+    found = _RFC3339.fullmatch(text.strip())
+    if found is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    zone = found["zone"] if found["zone"] not in (None, "Z", "z") else ""
+    moment = datetime.fromisoformat(found["whole"] + (f".{found['fraction'][:6]}" if found["fraction"] else "") + zone)
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def _started_at(pid: int) -> Optional[float]:

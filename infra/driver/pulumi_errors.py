@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import timezone
 from typing import Optional
 
 from infra.core.errors import InputError
@@ -64,6 +63,6 @@ def locked(stack: str, holders: list[str]) -> StackLocked:
 
 def _when(stamp: str) -> str:
     try:
-        return f"{locks.parse_time(stamp).astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+        return f"{locks.parse_time(stamp):%Y-%m-%d %H:%M:%S} UTC"
     except ValueError:
         return stamp

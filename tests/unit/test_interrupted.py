@@ -61,3 +61,8 @@ def test_a_pending_create_a_later_up_completed_is_not_a_leftover():
     pending = {"type": "creating", "resource": {"urn": urn, "type": drift.CONTAINER_TYPE, "inputs": {"name": "x-redis"}}}
     assert drift.interrupted({"pending_operations": [pending]}) == [drift.Interrupted("container", "x-redis")]
     assert drift.interrupted({"pending_operations": [pending], "resources": [{"urn": urn, "id": "abc"}]}) == []
+
+
+def test_a_lock_taken_on_a_machine_whose_clock_is_not_utc_is_named_in_utc():
+    assert locks.parse_time("2026-12-06T05:12:01.5+01:00") == datetime(2026, 12, 6, 4, 12, 1, 500000, tzinfo=timezone.utc)
+    assert locks.parse_time("2026-12-06T04:12:01Z") == datetime(2026, 12, 6, 4, 12, 1, tzinfo=timezone.utc)
