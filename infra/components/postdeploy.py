@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pulumi
 import pulumi.dynamic as dynamic
@@ -80,7 +80,7 @@ def _serving() -> bool:
     return getattr(spec, "name", None) == "pulumi.dynamic.__main__"
 
 
-def _leave_with_engine(poll_s: float = 1.0) -> None:
+def _leave_with_engine(poll_s: float = 1.0, stdin: int = 0, stop: Optional[Callable[[], None]] = None) -> None:
     """Stop this provider process when the engine that started it is gone.
 
     The engine ends its plugins when it finishes (SIGINT, SIGKILL 5 s later). A CLI that dies
@@ -88,23 +88,24 @@ def _leave_with_engine(poll_s: float = 1.0) -> None:
     running (the docker provider was seen an hour later); ``python -m pulumi.dynamic`` waits
     forever. The engine holds the write end of our stdin (a pipe): its end of file means
     the engine is gone; without such a pipe, being handed to another parent means the same.
+    ``stdin`` and ``stop`` (default: :func:`_stop_group`) are there for the tests.
     """
     if not _watching.acquire(blocking=False):
         return  # already watching
     try:
-        piped = stat.S_ISFIFO(os.fstat(0).st_mode)
+        piped = stat.S_ISFIFO(os.fstat(stdin).st_mode)
     except OSError:
         piped = False
     parent = os.getppid()
 
     def watch() -> None:
         if piped:
-            while os.read(0, 4096):  # the raw fd: no lock of sys.stdin held at the interpreter's exit
+            while os.read(stdin, 4096):  # the raw fd: no lock of sys.stdin held at the interpreter's exit
                 pass
         else:
             while os.getppid() == parent:
                 time.sleep(poll_s)
-        _stop_group()
+        (stop or _stop_group)()
 
     threading.Thread(target=watch, name="leave-with-engine", daemon=True).start()
 

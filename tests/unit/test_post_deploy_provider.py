@@ -9,7 +9,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 from pathlib import Path
 
 import grpc
@@ -74,6 +76,55 @@ def test_a_provider_outside_the_engine_s_process_watches_nothing(monkeypatch):
     monkeypatch.setattr(postdeploy, "_leave_with_engine", lambda: started.append(True))
     _PostDeployProvider().configure(None)
     assert started == [], "a test or the program must never get a watcher that can kill its process group"
+
+
+def test_only_the_engine_s_provider_process_watches_its_engine(monkeypatch):
+    started = []
+    monkeypatch.setattr(postdeploy, "_leave_with_engine", lambda: started.append(True))
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(
+        __spec__=types.SimpleNamespace(name="pulumi.dynamic.__main__")))
+    _PostDeployProvider().configure(None)
+    assert started == [True]
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=types.SimpleNamespace(name="pytest")))
+    assert not postdeploy._serving()
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=None))
+    assert not postdeploy._serving()
+
+
+@pytest.fixture
+def watcher(monkeypatch):
+    """A fresh watch guard; the watcher's stop recorded instead of killing this process group."""
+    monkeypatch.setattr(postdeploy, "_watching", threading.Lock())
+    stopped = threading.Event()
+    return stopped
+
+
+def test_the_watcher_stops_the_provider_once_the_engine_s_end_of_the_pipe_closes(watcher):
+    read_end, write_end = os.pipe()
+    try:
+        postdeploy._leave_with_engine(stdin=read_end, stop=watcher.set)
+        postdeploy._leave_with_engine(stdin=read_end, stop=lambda: pytest.fail("a second watcher"))
+        os.write(write_end, b"anything the engine writes changes nothing")
+        assert not watcher.wait(0.3), "the engine is still there"
+        os.close(write_end)
+        assert watcher.wait(5), "the engine's end closed: the provider stops"
+    finally:
+        os.close(read_end)
+
+
+def test_without_a_pipe_the_watcher_stops_the_provider_only_when_its_parent_changes(watcher, monkeypatch, tmp_path):
+    parents = [100, 100, 100, 1]  # at the start, then each poll
+    asked: list[int] = []
+
+    def getppid() -> int:
+        asked.append(parents[min(len(asked), len(parents) - 1)])
+        return asked[-1]
+
+    monkeypatch.setattr(postdeploy.os, "getppid", getppid)
+    with open(tmp_path / "not-a-pipe", "w+") as plain:
+        postdeploy._leave_with_engine(poll_s=0.01, stdin=plain.fileno(), stop=watcher.set)
+        assert watcher.wait(5), "handed to another parent: the engine is gone"
+    assert asked == parents, "it stops at the first poll that sees another parent, not before"
 
 
 def struct(values: dict) -> struct_pb2.Struct:
