@@ -89,6 +89,8 @@ def test_only_the_engine_s_provider_process_watches_its_engine(monkeypatch):
     assert not postdeploy._serving()
     monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__spec__=None))
     assert not postdeploy._serving()
+    monkeypatch.delitem(sys.modules, "__main__")  # an embedding interpreter may have none
+    assert not postdeploy._serving()
 
 
 @pytest.fixture
@@ -112,7 +114,9 @@ def test_the_watcher_stops_the_provider_once_the_engine_s_end_of_the_pipe_closes
         os.close(read_end)
 
 
-def test_without_a_pipe_the_watcher_stops_the_provider_only_when_its_parent_changes(watcher, monkeypatch, tmp_path):
+@pytest.mark.parametrize("stdin", ["a plain file", "a closed descriptor"])
+def test_without_a_pipe_the_watcher_stops_the_provider_only_when_its_parent_changes(watcher, monkeypatch, tmp_path,
+                                                                                     stdin):
     parents = [100, 100, 100, 1]  # at the start, then each poll
     asked: list[int] = []
 
@@ -122,7 +126,10 @@ def test_without_a_pipe_the_watcher_stops_the_provider_only_when_its_parent_chan
 
     monkeypatch.setattr(postdeploy.os, "getppid", getppid)
     with open(tmp_path / "not-a-pipe", "w+") as plain:
-        postdeploy._leave_with_engine(poll_s=0.01, stdin=plain.fileno(), stop=watcher.set)
+        fd = plain.fileno() if stdin == "a plain file" else os.dup(plain.fileno())
+        if stdin == "a closed descriptor":
+            os.close(fd)
+        postdeploy._leave_with_engine(poll_s=0.01, stdin=fd, stop=watcher.set)
         assert watcher.wait(5), "handed to another parent: the engine is gone"
     assert asked == parents, "it stops at the first poll that sees another parent, not before"
 
