@@ -78,7 +78,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack)
     stacks.destroy(stack, say, on_output=print)
-    if args.remove:
+    throwaway = teststacks.created_at(args.stack) is not None and not stacks.retains_volumes(stack)
+    if args.remove and throwaway:  # a test stack whose volumes are gone: its file has nothing left to open
+        stacks.remove_stack(stack, keep_config=False)
+        say(f"test stack {args.stack} removed, with its Pulumi.{args.stack}.yaml")
+    elif args.remove:
         stacks.remove_stack(stack)
         say(f"stack {args.stack} removed; Pulumi.{args.stack}.yaml is kept, with its encrypted passwords, so "
             f"`up` brings the stack back onto any retained volumes")

@@ -158,12 +158,12 @@ def new_or_existing(name: str, settings: Optional[Settings] = None,
         undo()
 
 
-def remove_stack(stack: auto.Stack) -> None:
-    """Remove the stack from the backend but keep its config file: `pulumi stack rm` deletes
-    Pulumi.<stack>.yaml, which for dev is a committed file, and which holds the encrypted
+def remove_stack(stack: auto.Stack, keep_config: bool = True) -> None:
+    """Remove the stack from the backend; ``keep_config``: but keep its config file. `pulumi stack rm`
+    deletes Pulumi.<stack>.yaml, which for dev is a committed file, and which holds the encrypted
     passwords a retained volume still needs (a later `up` re-creates the stack from it)."""
     path = config_file(stack.name)
-    kept = path.read_bytes() if path.exists() else None
+    kept = path.read_bytes() if path.exists() and keep_config else None
     stack.workspace.remove_stack(stack.name)
     put_back(path, kept)
 
@@ -381,7 +381,7 @@ def destroy(stack: auto.Stack, say: Callable[[str], None], **kwargs) -> auto.Des
         left = finish_interrupted(stack, deployment, say)
         forget_legacy_step(stack, deployment, say)
         result = stack.destroy(color="never", **kwargs)
-        if any(item.kind == "volume" for item in left) and not _retains_volumes(stack):
+        if any(item.kind == "volume" for item in left) and not retains_volumes(stack):
             remove_interrupted(stack, left, say, keep_volumes=False)
         engine = Engine.of(host.docker_env)
         if engine is not None:
@@ -389,7 +389,7 @@ def destroy(stack: auto.Stack, say: Callable[[str], None], **kwargs) -> auto.Des
         return result
 
 
-def _retains_volumes(stack: auto.Stack) -> bool:
+def retains_volumes(stack: auto.Stack) -> bool:
     return validate(stack.name, stack.get_all_config()).retain_volumes
 
 

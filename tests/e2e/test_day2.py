@@ -241,6 +241,7 @@ def test_test_stack_create_picks_free_subnet_ports_and_prefixed_names(settings):
         down = cli(settings, "down", "--stack", name, "--remove")
     assert down.returncode == 0, down.stderr
     assert objects_of(name) == {"containers": [], "networks": [], "volumes": []}
+    assert not stacks.config_file(name).exists(), "a throwaway test stack leaves no file in the working tree"
 
 
 def test_the_sweeper_removes_old_test_stacks_and_leftovers_and_nothing_else(live, settings):
