@@ -39,7 +39,7 @@ class Lock:
         return f"{self.username}@{self.hostname} (pid {self.pid}) since {self.taken:%Y-%m-%d %H:%M:%S} UTC"
 
 
-def lock_dir(backend_url: str, project: str, stack: str) -> Optional[Path]:
+def lock_dir(backend_url: str) -> Optional[Path]:
     """Where a ``file://`` backend keeps the stack's locks; None for other backends."""
     if not backend_url.startswith("file://"):
         return None
@@ -50,7 +50,7 @@ def locks_of(backend_url: str, project: str, stack: str) -> list[Lock]:
     """The stack's locks in a ``file://`` or ``s3://`` backend (none known for other backends)."""
     if backend_url.startswith("s3://"):
         return _s3_locks(backend_url, project, stack)
-    root = lock_dir(backend_url, project, stack)
+    root = lock_dir(backend_url)
     found = []
     for path in sorted(root.glob(f"*/{project}/{stack}/*.json")) if root and root.is_dir() else []:
         try:

@@ -71,7 +71,7 @@ class Settings:
     def env(self) -> dict[str, str]:
         """Environment for every Pulumi command: local state, no update checks, no downloads."""
         if self.backend_url.startswith("file://"):
-            Path(self.backend_url[len("file://"):]).mkdir(parents=True, exist_ok=True)
+            backends.file_root(self.backend_url).mkdir(parents=True, exist_ok=True)
         if not os.environ.get("PULUMI_CONFIG_PASSPHRASE") and not self.passphrase_file.exists():
             self.passphrase_file.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.passphrase_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -527,7 +527,7 @@ def state_without(stack: auto.Stack, urns: Sequence[str]) -> Iterator[auto.Stack
     copy_dir = Path(tempfile.mkdtemp(prefix="sin-preview-state-"))
     try:
         if not (url.startswith("file://") and
-                copy_state_without(Path(url[len("file://"):]).expanduser(), stack.name, urns, copy_dir)):
+                copy_state_without(backends.file_root(url), stack.name, urns, copy_dir)):
             raise StackError(f"stack '{stack.name}' is not in a local file backend ({url or 'unset'}), so its state "
                              f"cannot be previewed without the old post-deploy step; run `python -m infra up --stack "
                              f"{stack.name}` once (it removes that step and changes nothing else), then preview")
