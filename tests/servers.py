@@ -119,12 +119,17 @@ class RedisServer:
     password: str | None
 
     @classmethod
-    def start(cls, password: str | None = None, appendonly: bool = True, port: int | None = None) -> "RedisServer":
+    def start(cls, password: str | None = None, appendonly: bool = True, port: int | None = None,
+              rdb: Path | None = None) -> "RedisServer":
+        """``rdb``: a snapshot for it to load (AOF off then, or Redis would read the empty AOF instead)."""
         binary = shutil.which("redis-server")
         if not binary:
             raise MissingServer("redis-server is not installed; run toolchain/host-services.sh")
         workdir = Path(tempfile.mkdtemp(prefix="sin-redis-"))
         port = port or free_port()
+        if rdb is not None:
+            shutil.copyfile(rdb, workdir / "dump.rdb")
+            appendonly = False
         conf = [f"port {port}", "bind 127.0.0.1", f"dir {workdir}", "save ''", "daemonize no",
                 f"appendonly {'yes' if appendonly else 'no'}", "logfile ''"]
         if password:

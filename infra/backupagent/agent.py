@@ -41,6 +41,7 @@ from .store import DirStore, S3Store, StoreError, file_digest, read_json
 CONFIG_FILE = Path("/etc/sin-backup/agent.json")
 SECRETS_DIR = Path("/run/secrets")
 WAL_POLL_S = 2.0
+REDIS_WRITE_PAUSE_MS = 5000
 # The agent starts beside PostgreSQL, whose first start (initdb) may not be over yet: without a
 # base backup the archived WAL restores nothing, so the first one is retried, 5 s, 10 s, ... 5 min apart.
 FIRST_BACKUP_RETRY_S = (5.0, 300.0)
@@ -331,18 +332,26 @@ def _redis_snapshot(config: AgentConfig, password: str, out: BinaryIO, passphras
 
 
 def bgsave(client: redis.Redis, deadline_s: float = 600) -> dict:
-    """BGSAVE and wait for it; the key counts are read in the same MULTI, so they describe the file."""
+    """BGSAVE and wait for it; returns the key count of each database in the file.
+
+    The count is read with writes (and key expiry) paused until the fork, so it describes the file:
+    inside MULTI, Redis 7 only schedules a BGSAVE and forks up to a cron tick later, after other
+    clients' writes. The pause lasts one INFO and one fork, bounded by REDIS_WRITE_PAUSE_MS should
+    this process die in between."""
     give_up = time.monotonic() + deadline_s
     while True:
-        pipe = client.pipeline(transaction=True)
-        pipe.info("keyspace").info("persistence").bgsave()
+        client.client_pause(REDIS_WRITE_PAUSE_MS, all=False)  # WRITE mode: readers go on
         try:
-            keyspace, before, _ = pipe.execute()
+            keyspace = client.info("keyspace")
+            before = client.info("persistence")
+            client.bgsave(schedule=False)  # SCHEDULE (redis-py's default) would not fork now either
             break
         except redis.ResponseError as exc:  # a save or an AOF rewrite is running: wait for it
-            if "in progress" not in str(exc) or time.monotonic() > give_up:
+            if not _another_child(exc) or time.monotonic() > give_up:
                 raise AgentError(f"Redis refused BGSAVE: {exc}") from None
-            time.sleep(0.2)
+        finally:
+            client.client_unpause()
+        time.sleep(0.2)
     # rdb_saves (Redis >= 7.0) counts saves; LASTSAVE has one-second resolution.
     progress = "rdb_saves" if "rdb_saves" in before else "rdb_last_save_time"
     while True:
@@ -356,6 +365,12 @@ def bgsave(client: redis.Redis, deadline_s: float = 600) -> dict:
         raise AgentError("Redis BGSAVE failed (rdb_last_bgsave_status="
                          f"{now['rdb_last_bgsave_status']}); see the Redis container's log")
     return {db: fields["keys"] for db, fields in keyspace.items() if db.startswith("db")}
+
+
+def _another_child(exc: redis.ResponseError) -> bool:
+    """Redis's refusals while a save ("already in progress") or an AOF rewrite ("Another child process
+    is active") runs."""
+    return "in progress" in str(exc) or "child process is active" in str(exc)
 
 
 def take_backup(config: AgentConfig, stores: list, secrets_dir: Path = SECRETS_DIR,
