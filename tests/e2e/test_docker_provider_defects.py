@@ -1,6 +1,6 @@
 """Defects of kreuzwerker's Docker provider that users of the official pulumi-docker plugin hit too,
 fixed by our build's patches (toolchain/docker-provider/patches/github.com/terraform-providers/
-terraform-provider-docker, reported in docs/upstream-defects.md). Each test runs a small program
+terraform-provider-docker), and one it does not fix; all reported in docs/upstream-defects.md. Each test runs a small program
 of its own against the local Docker Engine, through the real `pulumi` CLI."""
 
 from __future__ import annotations
@@ -104,3 +104,29 @@ docker.Volume("vol", name={name + '-vol'!r})
     assert created[("create", "docker:index/network:Network")] <= 1, created
     assert deleted[("delete", "docker:index/network:Network")] <= 1, deleted
     assert deleted[("delete", "docker:index/volume:Volume")] <= 1, deleted
+
+
+def test_an_imported_container_reads_back_none_of_its_settings(project):
+    """Not fixed here (docs/upstream-defects.md): importing a running container gives the engine none of
+    its ports, environment, labels, mounts or networks, so an import of a container declared exactly as
+    it runs wants to replace it. This is why a lost state is not taken back with `import`; the test goes
+    red once a provider reads them back."""
+    directory, env, name = project
+    image = local_images()["redisImage"]
+    container = dockercli.docker("create", "--name", f"{name}-c", "--publish", "127.0.0.1::6379", "--env", "A=1",
+                                 "--label", "made-by=test", image).strip()
+    (directory / "__main__.py").write_text(f"""
+import pulumi
+import pulumi_docker as docker
+docker.Container("c", name={name + '-c'!r}, image={image!r}, must_run=False, start=False,
+                 ports=[docker.ContainerPortArgs(internal=6379, ip="127.0.0.1")],
+                 envs=["A=1"], labels=[docker.ContainerLabelArgs(label="made-by", value="test")],
+                 opts=pulumi.ResourceOptions(import_={container!r}))
+""")
+    done = subprocess.run(["pulumi", "preview", "--non-interactive", "--diff"], cwd=directory, env=env,
+                          capture_output=True, text=True, timeout=300)
+    said = done.stdout + done.stderr
+    refusal = "previously-imported resources that still specify an ID may not be replaced"
+    assert refusal in said, said
+    for setting in ("ports", "envs", "labels"):
+        assert f"{setting}: {{<nil>}} => " in said.split(refusal, 1)[1], said
