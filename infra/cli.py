@@ -25,7 +25,7 @@ from infra.deploy import migration_files, migrations
 from infra.deploy.checks import run_checks
 from infra.deploy.registry import default_actor
 from infra.driver import previews, pulumi_errors, stacks, teststacks
-from infra.ops import adopt, agentstatus, move_state, pitr, status
+from infra.ops import adopt, agentstatus, move_state, pitr, status, take_back
 from infra.ops.backup import commands
 
 
@@ -77,7 +77,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     stack = stacks.open_stack(args.stack)
-    stacks.destroy(stack, say, on_output=print)
+    stacks.destroy(stack, say, release=args.remove, on_output=print)
     throwaway = teststacks.created_at(args.stack) is not None and not stacks.retains_volumes(stack)
     if args.remove and throwaway:  # a test stack whose volumes are gone: its file has nothing left to open
         stacks.remove_stack(stack, keep_config=False)
@@ -139,6 +139,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_move_state(args: argparse.Namespace) -> int:
     move_state.move(args.stack, stacks.Settings.default().backend_url, args.to, say)
     return 0
+
+
+def cmd_take_back(args: argparse.Namespace) -> int:
+    with stacks.new_or_existing(args.stack) as stack:
+        take_back.take_back(stack, say)
+    result, _ = stacks.preview(stack, args.images, say)
+    changes = {k: v for k, v in (result.change_summary or {}).items() if k != "same"}
+    say(f"preview after the take-back: {changes or 'no changes'}")
+    return 0 if not changes else 1
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -283,6 +292,8 @@ def parser() -> argparse.ArgumentParser:
     command("move-state", cmd_move_state, "move the stack's state, history included, from this machine's "
             "backend into the team's bucket; touches nothing on the Docker host").add_argument(
         "--to", required=True, help="the bucket's backend URL, e.g. s3://BUCKET?region=eu-central-1")
+    images_option(command("take-back", cmd_take_back, "take the stack's running environment back into its state, "
+                          "lost, from the copy `up` keeps on the Docker host; touches nothing there"))
     p = command("adopt", cmd_adopt, "take over the ADR's compose-style deployment (containers, volumes, network) "
                 "into the stack, keeping every row and key")
     images_option(p)

@@ -20,7 +20,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from infra.core import dockerhost
+from infra.core import dockerhost, statecopy
 from infra.core.config import StackConfig
 from infra.core.dockercli import LABEL_PREFIX, SCRATCH_LABEL, STACK_LABEL
 from infra.core.engine import Engine, EngineError, message
@@ -139,10 +139,27 @@ def unknown_to_state(cfg: StackConfig, containers: list[dict], known: frozenset[
                                       f"container {c['Id'][:12]} of stack '{cfg.stack}' ({c.get('State', '?')}) is on "
                                       f"the host, but this state of the stack does not know it: the state was lost, "
                                       f"or the environment runs from another one",
-                                      "point PULUMI_BACKEND_URL at the state that holds the environment "
-                                      "(docs/shared-environments.md); a lost state cannot be taken back by a "
-                                      "command yet"))
+                                      f"point PULUMI_BACKEND_URL at the state that holds the environment "
+                                      f"(docs/shared-environments.md); if that state is lost, take the environment "
+                                      f"back into this one: `python -m infra take-back --stack {cfg.stack}`"))
     return found
+
+
+def another_state(cfg: StackConfig, volumes: list[dict], identity: Optional[str]) -> list[Conflict]:
+    """The stack's environment on the host (its state copy, :mod:`infra.core.statecopy`) was made by
+    another state than this one (``identity``: this state's id, None for a state that has made nothing
+    yet): its volumes, retained ones included, are that state's."""
+    name = statecopy.volume_name(cfg.project, cfg.stack)
+    for v in volumes:
+        made_by = statecopy.owner(v)
+        if v["Name"] == name and owned_by(v.get("Labels"), cfg) and made_by and made_by != identity:
+            return [Conflict("state", made_by, f"the environment of stack '{cfg.stack}' on this host (its "
+                             f"containers and volumes, retained ones too) was made by another state of the stack "
+                             f"than this one ({identity or 'new'}), so this one may not take it",
+                             f"point PULUMI_BACKEND_URL at the state that holds the environment "
+                             f"(docs/shared-environments.md); if that state is lost, take the environment back "
+                             f"into this one: `python -m infra take-back --stack {cfg.stack}`")]
+    return []
 
 
 def subnets(network: dict) -> list[ipaddress.IPv4Network]:
@@ -288,22 +305,23 @@ def process_conflicts(engine: Engine, cfg: StackConfig, ports: list[int], images
 
 
 def find(engine: Engine, cfg: StackConfig, host: str, exempt: frozenset[str] = frozenset(),
-         state: Optional[frozenset[str]] = None) -> list[Conflict]:
+         state: Optional[frozenset[str]] = None, identity: Optional[str] = None) -> list[Conflict]:
     """Every conflict of the stack with what its Docker host holds (``exempt``: names the state declares;
-    ``state``: every name the state knows, when it was read)."""
+    ``state``: every name the state knows, and ``identity`` its id, when it was read)."""
     remove_probes(engine, cfg.stack)
     containers, volumes, networks = engine.containers(), engine.volumes(), engine.networks()
     taken_ports, free_ports = port_conflicts(cfg, containers, exempt)
     images = [cfg.postgres.image, cfg.redis.image] + ([cfg.backup.image] if cfg.backup and cfg.backup.scheduled else [])
     return (name_conflicts(cfg, containers, volumes, networks, exempt) + subnet_conflicts(cfg, networks, exempt)
-            + (unknown_to_state(cfg, containers, state) if state is not None else [])
+            + ((another_state(cfg, volumes, identity) or unknown_to_state(cfg, containers, state))
+               if state is not None else [])
             + taken_ports + process_conflicts(engine, cfg, free_ports, images, host))
 
 
 def check(engine: Engine, cfg: StackConfig, host: str, exempt: frozenset[str] = frozenset(),
-          state: Optional[frozenset[str]] = None) -> None:
+          state: Optional[frozenset[str]] = None, identity: Optional[str] = None) -> None:
     """Raise :class:`HostConflicts` naming every conflict; nothing is created either way."""
-    conflicts = find(engine, cfg, host, exempt, state)
+    conflicts = find(engine, cfg, host, exempt, state, identity)
     if conflicts:
         raise HostConflicts(host, conflicts)
 

@@ -24,12 +24,14 @@ import yaml
 from pulumi import automation as auto
 
 from infra.core.errors import InputError, OperationFailed
-from infra.core import conflicts, dockercli, dockerhost
+from infra.core import conflicts, dockercli, dockerhost, statecopy
 from infra.core.engine import Engine
 from infra.driver import backends, drift, locks, pulumi_errors
 from infra.core.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, StackConfig,
                           docker_host, parse)
 from infra.core.targets import DockerHost, Target
+from infra.components.common import labels
+from infra.deploy.registry import default_actor
 
 ROOT = Path(__file__).resolve().parents[2]
 HOME = Path(os.environ.get("SIN_DATASTORES_HOME", Path.home() / ".sin-datastores"))
@@ -41,6 +43,9 @@ LEGACY_STEP_TYPES = (f"{LEGACY_PROVIDER}:index:Step", f"pulumi:providers:{LEGACY
 # Local images built by toolchain/images.sh, used when the configured ones are not on the host.
 LOCAL_IMAGE_ENV = {"postgresImage": "SIN_LOCAL_POSTGRES_IMAGE", "redisImage": "SIN_LOCAL_REDIS_IMAGE",
                    "backupImage": "SIN_LOCAL_BACKUP_IMAGE"}
+# Which state this is (a stack tag, kept in the backend beside the checkpoint: it outlives `destroy`
+# and moves with the state); the stack's state copy on its Docker host names it (infra.core.statecopy).
+STATE_ID_TAG = f"{PROJECT}:state-id"
 
 
 class StackError(InputError):
@@ -305,11 +310,12 @@ def overlay_config_file(stack: auto.Stack, overrides: dict[str, str]) -> Optiona
 @contextmanager
 def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
                     generate_passwords: bool = False,
-                    copy_images: bool = False) -> Iterator[tuple[Optional[str], dict]]:
+                    copy_images: bool = False) -> Iterator[tuple[Optional[str], dict, Optional[str]]]:
     """Check the configuration before the engine starts, then yield the ``--config-file`` for the
-    command (the stack file plus :func:`image_overrides`, or None) and the stack's exported state (read
-    once, for the look at the host and what the command does before the engine), with the stack's
-    Docker host reachable (:func:`infra.core.dockerhost.using`) for the whole block.
+    command (the stack file plus :func:`image_overrides`, or None), the stack's exported state (read
+    once, for the look at the host and what the command does before the engine) and the state's id
+    (:func:`state_id`), with the stack's Docker host reachable (:func:`infra.core.dockerhost.using`) for
+    the whole block.
 
     Raises :class:`infra.core.config.ConfigError`, :class:`infra.core.dockerhost.DockerHostError` when the
     stack's Docker host cannot be reached or used, or :class:`infra.core.conflicts.HostConflicts` when it
@@ -323,7 +329,8 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
         # Before `using`: a copied image is read from the engine this process was pointed at.
         overrides = image_overrides(config, images, say, host, copy_images)
         deployment = exported_deployment(stack)
-        look_at_host(validate(stack.name, config, overrides, pending), deployment, host, say)
+        identity = state_id(stack)
+        look_at_host(validate(stack.name, config, overrides, pending), deployment, host, say, identity)
         for key in ensure_secrets(stack, config) if generate_passwords else ():
             say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
         overlay = overlay_config_file(stack, overrides)
@@ -331,17 +338,19 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
         stack.workspace.env_vars[conflicts.LOOKED_ENV] = stack.name
         try:
             with dockerhost.using(host):
-                yield overlay, deployment
+                yield overlay, deployment, identity
         finally:
             stack.workspace.env_vars.pop(conflicts.LOOKED_ENV, None)
             if overlay:
                 os.unlink(overlay)
 
 
-def look_at_host(cfg: StackConfig, deployment: dict, host: dockerhost.Session, say: Callable[[str], None]) -> None:
+def look_at_host(cfg: StackConfig, deployment: dict, host: dockerhost.Session, say: Callable[[str], None],
+                 identity: Optional[str]) -> None:
     """Refuse what the stack would collide with on its Docker host (:mod:`infra.core.conflicts`); the
     names its state declares are its own, whatever their labels (drift, which `up` repairs), and a
-    container of the stack the state does not know is refused (a lost state, or the wrong one)."""
+    container of the stack the state does not know is refused (a lost state, or the wrong one), as is
+    an environment whose state copy names another state than ``identity`` (this state's id)."""
     engine = Engine.of(host.docker_env)
     if engine is None:
         say(f"{host.host.describe()}: could not look for conflicts before creating (a TLS or context address); "
@@ -351,14 +360,14 @@ def look_at_host(cfg: StackConfig, deployment: dict, host: dockerhost.Session, s
     exempt = frozenset(o.name for o in (*declared.containers, *declared.volumes, *declared.networks))
     # What a killed `up` created without recording it is the state's too (finish_interrupted removes it).
     known = exempt | {item.name for item in drift.interrupted(deployment)}
-    conflicts.check(engine, cfg, host.host.describe(), exempt, known)
+    conflicts.check(engine, cfg, host.host.describe(), exempt, known, identity)
 
 
 def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_passwords: bool = False,
        accept_data_loss: bool = False, **kwargs) -> auto.UpResult:
     """``pulumi up`` after :func:`prepared_config`, :func:`finish_interrupted`, :func:`forget_legacy_step`
     and :func:`repair_drift`; a conflict Docker found only while it ran is named with its setting."""
-    with prepared_config(stack, images, say, generate_passwords, copy_images=True) as (overlay, deployment):
+    with prepared_config(stack, images, say, generate_passwords, copy_images=True) as (overlay, deployment, identity):
         finish_interrupted(stack, deployment, say)
         forget_legacy_step(stack, deployment, say)
         repair_drift(stack, say, accept_data_loss, deployment)
@@ -369,18 +378,29 @@ def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_pass
             if late is None:
                 raise
             raise UpFailed(late) from None
+        finally:
+            keep_state_copy(stack, say, identity)
 
 
-def destroy(stack: auto.Stack, say: Callable[[str], None], **kwargs) -> auto.DestroyResult:
+def destroy(stack: auto.Stack, say: Callable[[str], None], release: bool = False, **kwargs) -> auto.DestroyResult:
     """``pulumi destroy``, with what the engine cannot handle taken care of around it: what a killed `up`
     left unrecorded (its containers first, which would hold the network and volumes) and the post-deploy
     step of release b4cf473 (:func:`forget_legacy_step`), so nothing of the stack is left but the data
-    volumes it keeps."""
+    volumes it keeps, and its state copy, which keeps them this state's (removed when no volume is kept,
+    or with ``release``, so that a new state of the stack may take them)."""
     with dockerhost.session(docker_host_of(stack)) as host, dockerhost.using(host):
         deployment = exported_deployment(stack)
         left = finish_interrupted(stack, deployment, say)
         forget_legacy_step(stack, deployment, say)
-        result = stack.destroy(color="never", **kwargs)
+        try:
+            result = stack.destroy(color="never", **kwargs)
+        except BaseException:
+            keep_state_copy(stack, say)
+            raise
+        if release or not retains_volumes(stack):
+            statecopy.remove(PROJECT, stack.name)
+        else:
+            keep_state_copy(stack, say)
         if any(item.kind == "volume" for item in left) and not retains_volumes(stack):
             remove_interrupted(stack, left, say, keep_volumes=False)
         engine = Engine.of(host.docker_env)
@@ -418,14 +438,51 @@ def forget_pending_creates(stack: auto.Stack, deployment: dict) -> None:
     kept = [op for op in pending if op.get("type") != "creating"]
     if len(kept) == len(pending):
         return
+    import_deployment(stack, {**deployment, "pending_operations": kept}, "clearing the interrupted creates from")
+    deployment["pending_operations"] = kept
+
+
+def import_deployment(stack: auto.Stack, deployment: dict, doing: str) -> None:
+    """`pulumi stack import` of ``deployment`` (secrets as they are, encrypted); ``doing`` names the
+    purpose in the error."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "state.json"
-        path.write_text(json.dumps({"version": 3, "deployment": {**deployment, "pending_operations": kept}}))
+        path.write_text(json.dumps({"version": 3, "deployment": deployment}))
         proc = _pulumi(stack, "stack", "import", "--file", str(path))
     if proc.returncode != 0:
-        raise StackError(f"clearing the interrupted creates from the state of stack '{stack.name}' failed: "
-                         f"{proc.stderr.strip()}")
-    deployment["pending_operations"] = kept
+        raise StackError(f"{doing} the state of stack '{stack.name}' failed: {proc.stderr.strip()}")
+
+
+def state_id(stack: auto.Stack) -> Optional[str]:
+    """This state's id (:data:`STATE_ID_TAG`); None until its first `up` or `destroy` wrote a state copy."""
+    return stack.list_tags().get(STATE_ID_TAG)
+
+
+def new_state_id(stack: auto.Stack) -> str:
+    identity = secrets.token_hex(8)
+    stack.set_tag(STATE_ID_TAG, identity)
+    return identity
+
+
+def keep_state_copy(stack: auto.Stack, say: Callable[[str], None], identity: Optional[str] = None) -> None:
+    """Write the stack's state onto its Docker host (the session in use) when it differs from the copy
+    there (:mod:`infra.core.statecopy`), giving this state an id first if it has none (``identity``: its
+    id, when the caller read it). A copy that cannot be written is said, not raised: the command itself
+    went as it went."""
+    try:
+        deployment = exported_deployment(stack)
+        identity = identity or state_id(stack) or new_state_id(stack)
+        current = statecopy.read(PROJECT, stack.name)
+        if current is not None and current.state_id == identity and current.deployment == deployment:
+            return
+        serial = current.serial + 1 if current is not None and current.state_id == identity else 0
+        statecopy.write(statecopy.StateCopy(PROJECT, stack.name, identity, serial,
+                                            time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                                            default_actor(), deployment),
+                        labels(PROJECT, stack.name, statecopy.ROLE))
+    except (OperationFailed, auto.CommandError) as exc:
+        say(f"could not keep the copy of the state of stack '{stack.name}' on its Docker host ({exc}); "
+            f"the next `up` writes it")
 
 
 def remove_interrupted(stack: auto.Stack, found: list[drift.Interrupted], say: Callable[[str], None],
@@ -451,7 +508,7 @@ def preview(stack: auto.Stack, images: str, say: Callable[[str], None],
     was before the preview's refresh. A state that still holds the post-deploy step of release b4cf473
     or earlier (:func:`legacy_step`) is previewed as the next `up` will find it, without that step, on
     a copy: a preview changes no state."""
-    with prepared_config(stack, images, say) as (overlay, deployment):
+    with prepared_config(stack, images, say) as (overlay, deployment, _):
         found = drift.find(drift.declared(deployment))
         legacy = legacy_step(deployment)
         if not legacy:

@@ -25,10 +25,12 @@ HISTORY_DIRS = ("history", "backups")
 
 
 def stack_files(root: Path, stack: str) -> tuple[list[Path], list[Path]]:
-    """The stack's history and backup files, and its checkpoint files, under a file backend's ``root``
-    (Pulumi's ``.attrs`` files are metadata of the local blob store, not state)."""
+    """The stack's history, backup and tag files (its tags hold the state's id, which its environment's
+    state copy names), and its checkpoint files, under a file backend's ``root`` (Pulumi's ``.attrs``
+    files are metadata of the local blob store, not state)."""
     history = [p for d in HISTORY_DIRS for p in sorted((root / ".pulumi" / d / PROJECT / stack).glob("*"))
                if p.is_file() and not p.name.endswith(".attrs")]
+    history += [p for p in (root / ".pulumi" / "stacks" / PROJECT).glob(f"{stack}.pulumi-tags") if p.is_file()]
     checkpoint = [p for p in sorted((root / ".pulumi" / "stacks" / PROJECT).glob(f"{stack}.json*"))
                   if p.is_file() and not p.name.endswith(".attrs")]
     return history, checkpoint
@@ -87,11 +89,11 @@ def _put(bucket: Bucket, root: Path, path: Path) -> str:
 
 
 def _compare(stack: str, source_url: str, target_url: str) -> None:
-    """The bucket's copy, read through Pulumi, is the local state."""
+    """The bucket's copy, read through Pulumi, is the local state, with the same state id."""
     states = []
     for url in (source_url, target_url):
         opened = stacks.open_stack(stack, stacks.Settings(url, stacks.Settings.default().passphrase_file))
-        states.append(stacks.exported_deployment(opened))
+        states.append((stacks.exported_deployment(opened), stacks.state_id(opened)))
     if states[0] != states[1]:
         raise OperationFailed(f"the copy of stack '{stack}' in {target_url} reads back different from the local "
                               f"state; it was removed again, and the local state is as it was")

@@ -98,19 +98,80 @@ def test_an_environment_on_local_state_moves_to_the_bucket_with_its_history_and_
     assert again.returncode == 2 and "has no state in" in again.stderr, again.stderr
 
 
-def test_up_from_a_state_that_does_not_know_the_running_environment_is_refused_and_creates_nothing(team, tmp_path):
-    ana = team.operator("ana")
+def test_a_lost_state_is_refused_then_taken_back_from_the_copy_on_the_host_without_a_restart(team, tmp_path):
+    ana, ben = team.operator("ana"), team.operator("ben")
     name = team.new_stack_name()
-    teststacks.create(ana.settings, name, stack_config(stack=name))
+    stack = teststacks.create(ana.settings, name, stack_config(stack=name))
     assert ana.cli("up", "--stack", name).returncode == 0
+    target = stacks.target_from_outputs(name, stack.outputs())
+    put_data(target)
+    containers = [target.postgres.container_name, target.redis.container_name]
+    running = [(inspect("container", c)["Id"], inspect("container", c)["State"]["StartedAt"]) for c in containers]
     before = sorted(objects_of(name).items())
+    old, old_id = stacks.exported_deployment(stack), stacks.state_id(stack)
+    assert old_id, "the first `up` gave the state an id"
 
-    # The state gone (the bucket emptied), or an operator who forgot PULUMI_BACKEND_URL: an empty state.
+    # An operator who forgot PULUMI_BACKEND_URL: an empty state, refused before anything is created.
     forgot = stacks.Settings(f"file://{tmp_path / 'empty-state'}", ana.settings.passphrase_file)
     refused = cli(forgot, "up", "--stack", name)
     assert refused.returncode == 2, refused.stdout + refused.stderr
-    assert f"postgresContainerName {name}-room-03-archiv-postgres: container " in refused.stderr
-    assert "this state of the stack does not know it" in refused.stderr and "PULUMI_BACKEND_URL" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    assert f"the environment of stack '{name}' on this host" in refused.stderr
+    assert "was made by another state of the stack" in refused.stderr and "PULUMI_BACKEND_URL" in refused.stderr
+    assert f"`python -m infra take-back --stack {name}`" in refused.stderr and "Traceback" not in refused.stderr
     assert sorted(objects_of(name).items()) == before, "nothing created beside the running environment"
     assert not any((tmp_path / "empty-state").rglob(f"{name}.json")), "no second state of the stack was made"
+
+    # The team's state is lost: the bucket holds nothing of the stack any more.
+    for key in team.keys():
+        if f"/{name}" in key:
+            team.s3.client().delete_object(Bucket=team.bucket, Key=key)
+    gone = ben.cli("up", "--stack", name)
+    assert gone.returncode == 2 and "was made by another state of the stack" in gone.stderr, gone.stderr
+    taken = ben.cli("take-back", "--stack", name)
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    assert f"took the environment of stack '{name}' on the local Docker Engine back into this state" in taken.stderr
+    assert "2 containers, 2 volumes, 1 network; nothing on the host was touched" in taken.stderr
+    assert "preview after the take-back: no changes" in taken.stderr, taken.stderr
+    seen = ana.cli("preview", "--stack", name)
+    assert seen.returncode == 0 and set(teams.preview_summary(seen)) == {"same"}, seen.stdout + seen.stderr
+    again = ana.cli("up", "--stack", name)
+    assert again.returncode == 0 and "changes: none" in again.stderr, again.stdout + again.stderr
+    assert [(inspect("container", c)["Id"], inspect("container", c)["State"]["StartedAt"]) for c in containers] \
+        == running, "no container was replaced or restarted"
+    assert data_of(target) == KEPT
+
+    # Twice is refused (the state holds the environment now), and so is the lost state should it turn up again.
+    twice = ben.cli("take-back", "--stack", name)
+    assert twice.returncode == 2 and "it is not lost, and take-back never overwrites a state" in twice.stderr
+    found = stacks.Settings(f"file://{tmp_path / 'found-state'}", ana.settings.passphrase_file)
+    found_stack = teststacks.create(found, name, stack_config(stack=name))
+    stacks.import_deployment(found_stack, old, "restoring")
+    found_stack.set_tag(stacks.STATE_ID_TAG, old_id)
+    stale = cli(found, "up", "--stack", name)
+    assert stale.returncode == 2 and f"than this one ({old_id})" in stale.stderr, stale.stdout + stale.stderr
+    assert [inspect("container", c)["Id"] for c in containers] == [r[0] for r in running]
+
+
+def test_volumes_a_state_kept_are_not_taken_by_another_until_it_lets_them_go(team, tmp_path):
+    ana = team.operator("ana")
+    name = team.new_stack_name()
+    stack = teststacks.create(ana.settings, name, stack_config(retain_volumes=True, stack=name))
+    assert ana.cli("up", "--stack", name).returncode == 0
+    target = stacks.target_from_outputs(name, stack.outputs())
+    put_data(target)
+    assert ana.cli("down", "--stack", name).returncode == 0
+    kept = sorted(objects_of(name)["volumes"])
+
+    other = stacks.Settings(f"file://{tmp_path / 'other-state'}", ana.settings.passphrase_file)
+    refused = cli(other, "up", "--stack", name)
+    assert refused.returncode == 2 and "was made by another state of the stack" in refused.stderr, refused.stderr
+    assert objects_of(name) == {"containers": [], "networks": [], "volumes": kept}
+
+    back = ana.cli("up", "--stack", name)  # the state that made them brings them back
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert data_of(target) == KEPT
+    assert ana.cli("down", "--stack", name, "--remove").returncode == 0  # lets them go
+    taken = cli(other, "up", "--stack", name)
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    assert data_of(target) == KEPT
+    assert cli(other, "down", "--stack", name, "--remove").returncode == 0

@@ -392,7 +392,8 @@ def test_conflicts_on_the_remote_host_are_refused_before_anything_is_created_the
 def test_a_team_shares_a_stack_on_the_remote_host_through_its_state_bucket(remote, tmp_path, monkeypatch):
     """Issue 28 on the remote host: one operator brings it up with the state in the team's bucket, the
     other sees no change; an operator with an empty state (the bucket forgotten) is refused before anything
-    is created on the remote engine, the stack's running containers named."""
+    is created on the remote engine; the state lost from the bucket, the other takes the environment back
+    from the copy on the remote host, over SSH, with no container restarted."""
     with teams.team(tmp_path, monkeypatch) as team:
         ana, ben = team.operator("ana"), team.operator("ben")
         name = team.new_stack_name()
@@ -405,9 +406,22 @@ def test_a_team_shares_a_stack_on_the_remote_host_through_its_state_bucket(remot
         forgot = stacks.Settings(f"file://{tmp_path / 'empty-state'}", ana.settings.passphrase_file)
         refused = cli(forgot, "up", "--stack", name)
         assert refused.returncode == 2, refused.stdout + refused.stderr
-        assert f"{name}-room-04-memory-redis: container " in refused.stderr
-        assert "this state of the stack does not know it" in refused.stderr
+        assert f"the environment of stack '{name}' on this host" in refused.stderr
+        assert "was made by another state of the stack" in refused.stderr
         assert sorted(remote_objects(remote, name)) == before and local_objects(name) == ""
+
+        started = remote.docker("inspect", "--format", "{{.Id}} {{.State.StartedAt}}",
+                                f"{name}-room-03-archiv-postgres", f"{name}-room-04-memory-redis")
+        for key in team.keys():  # the team's state is lost
+            if f"/{name}" in key:
+                team.s3.client().delete_object(Bucket=team.bucket, Key=key)
+        taken = ben.cli("take-back", "--stack", name)
+        assert taken.returncode == 0, taken.stdout + taken.stderr
+        assert f"back into this state from its copy there" in taken.stderr and remote.docker_host in taken.stderr
+        assert "preview after the take-back: no changes" in taken.stderr, taken.stderr
+        assert remote.docker("inspect", "--format", "{{.Id}} {{.State.StartedAt}}", f"{name}-room-03-archiv-postgres",
+                             f"{name}-room-04-memory-redis") == started
+        assert local_objects(name) == ""
         down = ana.cli("down", "--stack", name)
         assert down.returncode == 0, down.stdout + down.stderr
         assert remote_objects(remote, name) == []

@@ -181,6 +181,34 @@ def test_the_stacks_running_containers_a_read_state_does_not_know_are_refused_as
         "the data volumes `down` kept are what the next `up` comes back onto"
 
 
+def state_copy(state_id: str | None, stack: str = "dev") -> dict:
+    """The state-copy volume of ``stack`` as the Engine API lists it, naming ``state_id``."""
+    labels = {**OWN, "sin-datastores.stack": stack, "sin-datastores.role": "state-copy"}
+    if state_id:
+        labels["sin-datastores.state-id"] = state_id
+    return {"Name": f"sin-datastores-state-{stack}", "Labels": labels}
+
+
+def test_an_environment_another_state_made_is_refused_with_its_volumes_and_said_once():
+    running = [container("room-03-archiv-postgres", OWN, ports=(("127.0.0.1", 5432),))]
+    engine = FakeEngine(containers=running, volumes=[{"Name": "postgres_data", "Labels": OWN}, state_copy("a1")])
+    for identity in (None, "b2"):
+        (refused,) = conflicts.find(engine, CFG, "the local Docker Engine", state=frozenset(), identity=identity)
+        assert (refused.key, refused.value) == ("state", "a1")
+        assert f"than this one ({identity or 'new'})" in refused.line()
+        assert "`python -m infra take-back --stack dev`" in refused.line() and "PULUMI_BACKEND_URL" in refused.line()
+    known = frozenset({"room-03-archiv-postgres"})
+    assert conflicts.find(engine, CFG, "the local Docker Engine", known, state=known, identity="a1") == []
+    retained = FakeEngine(volumes=[{"Name": "postgres_data", "Labels": OWN}, state_copy("a1")])
+    assert [c.key for c in conflicts.find(retained, CFG, "the local Docker Engine", state=frozenset(),
+                                          identity="b2")] == ["state"], "kept volumes are the state's that made them"
+    assert conflicts.find(retained, CFG, "the local Docker Engine", state=frozenset(), identity="a1") == []
+    for other in (FakeEngine(volumes=[state_copy("a1", stack="staging")]), FakeEngine(volumes=[state_copy(None)]),
+                  FakeEngine(volumes=[{**state_copy("a1"), "Labels": {"sin-datastores.state-id": "a1"}}])):
+        assert conflicts.find(other, CFG, "the local Docker Engine", state=frozenset(), identity="b2") == []
+    assert found(engine) == [], "without the state read (the program's own look), nothing to compare with"
+
+
 def test_backup_objects_are_looked_at_only_when_backups_are_scheduled():
     volumes = [{"Name": "postgres_wal_archive", "Labels": {}}]
     assert found(FakeEngine(volumes=volumes)) == []

@@ -104,8 +104,10 @@ def test_down_removes_the_old_step_before_the_engine_deletes_the_rest(cli_calls,
     monkeypatch.setattr(stacks, "exported_deployment", lambda stack: OLD_STATE)
     monkeypatch.setattr(stacks, "docker_host_of", lambda stack: DockerHost())  # local: no tunnel
     monkeypatch.setattr(stacks.Engine, "of", classmethod(lambda cls, env: None))  # no Docker here
+    monkeypatch.setattr(stacks, "retains_volumes", lambda stack: True)
+    monkeypatch.setattr(stacks, "keep_state_copy", lambda stack, say: order.append(("state copy",)))
     cli_calls.answer = subprocess.CompletedProcess([], 0, "", "")
     stack = SimpleNamespace(name="dev", destroy=lambda **kwargs: order.append(("destroy", cli_calls.argv[:])),
                             workspace=SimpleNamespace(env_vars={"PULUMI_BACKEND_URL": f"file://{tmp_path}"}))
     stacks.destroy(stack, print)
-    assert order == [("destroy", [("state", "delete", "--yes", STEP, PROVIDER)])]
+    assert order == [("destroy", [("state", "delete", "--yes", STEP, PROVIDER)]), ("state copy",)]
