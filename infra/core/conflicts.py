@@ -145,14 +145,20 @@ def unknown_to_state(cfg: StackConfig, containers: list[dict], known: frozenset[
     return found
 
 
-def another_state(cfg: StackConfig, volumes: list[dict], identity: Optional[str]) -> list[Conflict]:
-    """The stack's environment on the host (its state copy, :mod:`infra.core.statecopy`) was made by
-    another state than this one (``identity``: this state's id, None for a state that has made nothing
-    yet): its volumes, retained ones included, are that state's."""
+def another_state(cfg: StackConfig, containers: list[dict], volumes: list[dict],
+                  identity: Optional[str]) -> list[Conflict]:
+    """The stack's environment on the host, its containers or data volumes, was made by another state
+    than this one (its state copy says so, :mod:`infra.core.statecopy`; ``identity``: this state's id, None
+    for a state that has made nothing yet): its volumes, retained ones included, are that state's. A copy
+    beside nothing of the stack (left by a plain `pulumi destroy`) protects nothing."""
     name = statecopy.volume_name(cfg.project, cfg.stack)
+    wanted = wanted_names(cfg)
+    environment = [c for c in containers for n in c.get("Names") or []
+                   if n.lstrip("/") in wanted["containers"] and owned_by(c.get("Labels"), cfg)] + \
+                  [v for v in volumes if v["Name"] in wanted["volumes"] and owned_by(v.get("Labels"), cfg)]
     for v in volumes:
         made_by = statecopy.owner(v)
-        if v["Name"] == name and owned_by(v.get("Labels"), cfg) and made_by and made_by != identity:
+        if v["Name"] == name and owned_by(v.get("Labels"), cfg) and made_by and made_by != identity and environment:
             return [Conflict("state", made_by, f"the environment of stack '{cfg.stack}' on this host (its "
                              f"containers and volumes, retained ones too) was made by another state of the stack "
                              f"than this one ({identity or 'new'}), so this one may not take it",
@@ -313,7 +319,7 @@ def find(engine: Engine, cfg: StackConfig, host: str, exempt: frozenset[str] = f
     taken_ports, free_ports = port_conflicts(cfg, containers, exempt)
     images = [cfg.postgres.image, cfg.redis.image] + ([cfg.backup.image] if cfg.backup and cfg.backup.scheduled else [])
     return (name_conflicts(cfg, containers, volumes, networks, exempt) + subnet_conflicts(cfg, networks, exempt)
-            + ((another_state(cfg, volumes, identity) or unknown_to_state(cfg, containers, state))
+            + ((another_state(cfg, containers, volumes, identity) or unknown_to_state(cfg, containers, state))
                if state is not None else [])
             + taken_ports + process_conflicts(engine, cfg, free_ports, images, host))
 

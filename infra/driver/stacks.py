@@ -307,14 +307,25 @@ def overlay_config_file(stack: auto.Stack, overrides: dict[str, str]) -> Optiona
     return handle.name
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepared_config` found before the engine runs."""
+
+    config_file: Optional[str]
+    """The ``--config-file`` for the command: the stack file plus :func:`image_overrides`, or None."""
+    deployment: dict
+    """The stack's exported state, read once for the look at the host and what runs before the engine."""
+    identity: Optional[str]
+    """The state's id (:func:`state_id`)."""
+    looked: bool
+    """Whether the Docker host was looked at for conflicts (not possible on a TLS or context address)."""
+
+
 @contextmanager
 def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
-                    generate_passwords: bool = False,
-                    copy_images: bool = False) -> Iterator[tuple[Optional[str], dict, Optional[str]]]:
-    """Check the configuration before the engine starts, then yield the ``--config-file`` for the
-    command (the stack file plus :func:`image_overrides`, or None), the stack's exported state (read
-    once, for the look at the host and what the command does before the engine) and the state's id
-    (:func:`state_id`), with the stack's Docker host reachable (:func:`infra.core.dockerhost.using`) for
+                    generate_passwords: bool = False, copy_images: bool = False) -> Iterator[Prepared]:
+    """Check the configuration and the Docker host before the engine starts, then yield what was found
+    (:class:`Prepared`), with the stack's Docker host reachable (:func:`infra.core.dockerhost.using`) for
     the whole block.
 
     Raises :class:`infra.core.config.ConfigError`, :class:`infra.core.dockerhost.DockerHostError` when the
@@ -330,7 +341,7 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
         overrides = image_overrides(config, images, say, host, copy_images)
         deployment = exported_deployment(stack)
         identity = state_id(stack)
-        look_at_host(validate(stack.name, config, overrides, pending), deployment, host, say, identity)
+        looked = look_at_host(validate(stack.name, config, overrides, pending), deployment, host, say, identity)
         for key in ensure_secrets(stack, config) if generate_passwords else ():
             say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
         overlay = overlay_config_file(stack, overrides)
@@ -338,7 +349,7 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
         stack.workspace.env_vars[conflicts.LOOKED_ENV] = stack.name
         try:
             with dockerhost.using(host):
-                yield overlay, deployment, identity
+                yield Prepared(overlay, deployment, identity, looked)
         finally:
             stack.workspace.env_vars.pop(conflicts.LOOKED_ENV, None)
             if overlay:
@@ -346,40 +357,42 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
 
 
 def look_at_host(cfg: StackConfig, deployment: dict, host: dockerhost.Session, say: Callable[[str], None],
-                 identity: Optional[str]) -> None:
+                 identity: Optional[str]) -> bool:
     """Refuse what the stack would collide with on its Docker host (:mod:`infra.core.conflicts`); the
     names its state declares are its own, whatever their labels (drift, which `up` repairs), and a
     container of the stack the state does not know is refused (a lost state, or the wrong one), as is
-    an environment whose state copy names another state than ``identity`` (this state's id)."""
+    an environment whose state copy names another state than ``identity`` (this state's id). False when
+    this client cannot look there."""
     engine = Engine.of(host.docker_env)
     if engine is None:
         say(f"{host.host.describe()}: could not look for conflicts before creating (a TLS or context address); "
             f"a taken name, port or subnet shows as Docker's error")
-        return
+        return False
     declared = drift.declared(deployment)
     exempt = frozenset(o.name for o in (*declared.containers, *declared.volumes, *declared.networks))
     # What a killed `up` created without recording it is the state's too (finish_interrupted removes it).
     known = exempt | {item.name for item in drift.interrupted(deployment)}
     conflicts.check(engine, cfg, host.host.describe(), exempt, known, identity)
+    return True
 
 
 def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_passwords: bool = False,
        accept_data_loss: bool = False, **kwargs) -> auto.UpResult:
     """``pulumi up`` after :func:`prepared_config`, :func:`finish_interrupted`, :func:`forget_legacy_step`
     and :func:`repair_drift`; a conflict Docker found only while it ran is named with its setting."""
-    with prepared_config(stack, images, say, generate_passwords, copy_images=True) as (overlay, deployment, identity):
-        finish_interrupted(stack, deployment, say)
-        forget_legacy_step(stack, deployment, say)
-        repair_drift(stack, say, accept_data_loss, deployment)
+    with prepared_config(stack, images, say, generate_passwords, copy_images=True) as prepared:
+        finish_interrupted(stack, prepared.deployment, say)
+        forget_legacy_step(stack, prepared.deployment, say)
+        repair_drift(stack, say, accept_data_loss, prepared.deployment)
         try:
-            return stack.up(config_file=overlay, color="never", **kwargs)
+            return stack.up(config_file=prepared.config_file, color="never", **kwargs)
         except auto.CommandError as exc:
             late = conflicts.explain_failure(str(exc), validate(stack.name, stack.get_all_config()))
             if late is None:
                 raise
             raise UpFailed(late) from None
         finally:
-            keep_state_copy(stack, say, identity)
+            keep_state_copy(stack, say, prepared.identity, claim=prepared.looked)
 
 
 def destroy(stack: auto.Stack, say: Callable[[str], None], release: bool = False, **kwargs) -> auto.DestroyResult:
@@ -464,15 +477,20 @@ def new_state_id(stack: auto.Stack) -> str:
     return identity
 
 
-def keep_state_copy(stack: auto.Stack, say: Callable[[str], None], identity: Optional[str] = None) -> None:
+def keep_state_copy(stack: auto.Stack, say: Callable[[str], None], identity: Optional[str] = None,
+                    claim: bool = False) -> None:
     """Write the stack's state onto its Docker host (the session in use) when it differs from the copy
     there (:mod:`infra.core.statecopy`), giving this state an id first if it has none (``identity``: its
-    id, when the caller read it). A copy that cannot be written is said, not raised: the command itself
-    went as it went."""
+    id, when the caller read it). With ``claim`` (an `up` whose look at the host found nothing of the stack
+    another state made), a copy of another state, beside nothing it protects, is replaced. A copy that
+    cannot be written is said, not raised: the command itself went as it went."""
     try:
         deployment = exported_deployment(stack)
         identity = identity or state_id(stack) or new_state_id(stack)
         current = statecopy.read(PROJECT, stack.name)
+        if current is not None and current.state_id != identity and claim:
+            statecopy.remove(PROJECT, stack.name)
+            current = None
         if current is not None and current.state_id == identity and current.deployment == deployment:
             return
         serial = current.serial + 1 if current is not None and current.state_id == identity else 0
@@ -508,17 +526,17 @@ def preview(stack: auto.Stack, images: str, say: Callable[[str], None],
     was before the preview's refresh. A state that still holds the post-deploy step of release b4cf473
     or earlier (:func:`legacy_step`) is previewed as the next `up` will find it, without that step, on
     a copy: a preview changes no state."""
-    with prepared_config(stack, images, say) as (overlay, deployment, _):
-        found = drift.find(drift.declared(deployment))
-        legacy = legacy_step(deployment)
+    with prepared_config(stack, images, say) as prepared:
+        found = drift.find(drift.declared(prepared.deployment))
+        legacy = legacy_step(prepared.deployment)
         if not legacy:
-            return stack.preview(config_file=overlay, color="never", **kwargs), found
+            return stack.preview(config_file=prepared.config_file, color="never", **kwargs), found
         say(f"the state of stack '{stack.name}' still holds the post-deploy step of release b4cf473 or earlier "
             f"(provider {LEGACY_PROVIDER}, not part of Pulumi); the next `python -m infra up` removes it from the "
             f"state and creates the step anew as a Pulumi dynamic resource, which verifies again. Previewing "
             f"the state as that `up` will find it (a copy; this stack's state is not changed)")
         with state_without(stack, legacy) as copy:
-            return copy.preview(config_file=overlay, color="never", **kwargs), found
+            return copy.preview(config_file=prepared.config_file, color="never", **kwargs), found
 
 
 def legacy_step(deployment: dict) -> list[str]:

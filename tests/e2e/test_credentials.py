@@ -14,6 +14,8 @@ import psycopg
 import pytest
 import redis as redis_lib
 
+from infra.core import statecopy
+from infra.core.config import PROJECT
 from infra.driver import stacks, teststacks
 from tests.e2e.support import cli, objects_of
 
@@ -76,7 +78,9 @@ def read_markers(test_stack) -> tuple[list[str], list[str], int]:
 
 
 def volume_names(test_stack) -> list[str]:
-    return objects_of(test_stack.name)["volumes"]
+    """The stack's data volumes (not the copy of its state that `python -m infra` keeps beside them)."""
+    copy = statecopy.volume_name(PROJECT, test_stack.name)
+    return [v for v in objects_of(test_stack.name)["volumes"] if v != copy]
 
 
 def volume_steps(events: list) -> set[str]:

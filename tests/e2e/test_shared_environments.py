@@ -7,9 +7,10 @@ import time
 
 import pytest
 
+from infra.core import statecopy
 from infra.driver import stacks, teststacks
 from tests import teams
-from tests.e2e.support import KEPT, cli, data_of, inspect, objects_of, put_data, stack_config
+from tests.e2e.support import KEPT, cli, data_of, inspect, objects_of, put_data, stack_config, sweep
 
 pytestmark = pytest.mark.e2e
 
@@ -175,3 +176,23 @@ def test_volumes_a_state_kept_are_not_taken_by_another_until_it_lets_them_go(tea
     assert taken.returncode == 0, taken.stdout + taken.stderr
     assert data_of(target) == KEPT
     assert cli(other, "down", "--stack", name, "--remove").returncode == 0
+
+
+def test_a_copy_a_plain_pulumi_destroy_left_protects_nothing_and_the_next_up_replaces_it(tmp_path):
+    first = stacks.Settings(f"file://{tmp_path / 'first'}", tmp_path / "passphrase")
+    name = teststacks.new_name()
+    try:
+        stack = teststacks.create(first, name, stack_config(stack=name))
+        assert cli(first, "up", "--stack", name).returncode == 0
+        stack.destroy(color="never")  # what a plain `pulumi destroy` does: our copy stays behind
+        assert objects_of(name)["volumes"] == [statecopy.volume_name("sin-datastores", name)]
+
+        second = stacks.Settings(f"file://{tmp_path / 'second'}", tmp_path / "passphrase")
+        up = cli(second, "up", "--stack", name)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert statecopy.owner(statecopy.find("sin-datastores", name)) == stacks.state_id(stacks.open_stack(name, second))
+        assert cli(second, "down", "--stack", name, "--remove").returncode == 0
+    finally:
+        sweep(name)
+        teststacks.release(name)
+        stacks.config_file(name).unlink(missing_ok=True)

@@ -20,6 +20,8 @@ import psycopg
 import pytest
 import redis as redis_lib
 
+from infra.core import statecopy
+from infra.core.config import PROJECT
 from infra.driver import stacks, teststacks
 from infra.backupagent import layout
 from infra.components.backupagent import LOCAL_MOUNT
@@ -150,7 +152,7 @@ def test_a_stack_lives_its_whole_life_on_the_remote_host_and_never_touches_local
         assert results == ["ok"] * 20, up.stdout
         assert sorted(remote_objects(remote, name)) == sorted([
             f"{name}-room-03-archiv-postgres", f"{name}-room-04-memory-redis", f"{name}-sin-network",
-            f"{name}-postgres_data", f"{name}-redis_data"])
+            f"{name}-postgres_data", f"{name}-redis_data", statecopy.volume_name(PROJECT, name)])
         assert local_objects(name) == "", "nothing of the stack on this machine's engine"
 
         again = run("up", "--stack", name)

@@ -203,9 +203,15 @@ def test_an_environment_another_state_made_is_refused_with_its_volumes_and_said_
     assert [c.key for c in conflicts.find(retained, CFG, "the local Docker Engine", state=frozenset(),
                                           identity="b2")] == ["state"], "kept volumes are the state's that made them"
     assert conflicts.find(retained, CFG, "the local Docker Engine", state=frozenset(), identity="a1") == []
-    for other in (FakeEngine(volumes=[state_copy("a1", stack="staging")]), FakeEngine(volumes=[state_copy(None)]),
-                  FakeEngine(volumes=[{**state_copy("a1"), "Labels": {"sin-datastores.state-id": "a1"}}])):
+    data = {"Name": "postgres_data", "Labels": OWN}
+    for other in (FakeEngine(volumes=[data, state_copy("a1", stack="staging")]),
+                  FakeEngine(volumes=[data, state_copy(None)]),
+                  FakeEngine(volumes=[data, {**state_copy("a1"), "Labels": {"sin-datastores.state-id": "a1"}}]),
+                  FakeEngine(volumes=[state_copy("a1")])):  # left by a plain `pulumi destroy`: protects nothing
         assert conflicts.find(other, CFG, "the local Docker Engine", state=frozenset(), identity="b2") == []
+    not_its = FakeEngine(volumes=[{**data, "Labels": OTHER_STACK}, state_copy("a1")])
+    assert [c.key for c in conflicts.find(not_its, CFG, "the local Docker Engine", state=frozenset(), identity="b2")] \
+        == ["postgresVolumeName"], "another stack's volume under the name: a name conflict, not this stack's state"
     assert found(engine) == [], "without the state read (the program's own look), nothing to compare with"
 
 
