@@ -143,9 +143,12 @@ def cmd_move_state(args: argparse.Namespace) -> int:
 
 def cmd_take_back(args: argparse.Namespace) -> int:
     with stacks.new_or_existing(args.stack) as stack:
-        take_back.take_back(stack, say)
+        copy = take_back.take_back(stack, say)
     result, _ = stacks.preview(stack, args.images, say)
     changes = {k: v for k, v in (result.change_summary or {}).items() if k != "same"}
+    if not take_back.resources_of(copy.deployment):  # an environment that is down: `up` creates it again
+        say(f"preview after the take-back: {changes}; `up` brings the environment back onto its volumes")
+        return 0
     say(f"preview after the take-back: {changes or 'no changes'}")
     return 0 if not changes else 1
 

@@ -41,6 +41,7 @@ from .store import DirStore, S3Store, StoreError, file_digest, read_json
 CONFIG_FILE = Path("/etc/sin-backup/agent.json")
 SECRETS_DIR = Path("/run/secrets")
 WAL_POLL_S = 2.0
+# The longest a snapshot may hold Redis's writers (an INFO and a fork take milliseconds; see bgsave).
 REDIS_WRITE_PAUSE_MS = 5000
 # The agent starts beside PostgreSQL, whose first start (initdb) may not be over yet: without a
 # base backup the archived WAL restores nothing, so the first one is retried, 5 s, 10 s, ... 5 min apart.

@@ -32,8 +32,13 @@ class TakeBackRefused(InputError):
     """The environment cannot be taken back as asked; nothing was changed."""
 
 
+def resources_of(deployment: dict) -> list[dict]:
+    """A deployment's resources besides the stack itself: none in a new state, or after `down`."""
+    return [r for r in deployment.get("resources") or [] if r.get("type") != STACK_TYPE]
+
+
 def take_back(stack: auto.Stack, say: Callable[[str], None]) -> statecopy.StateCopy:
-    held = [r for r in stacks.exported_deployment(stack).get("resources") or [] if r.get("type") != STACK_TYPE]
+    held = resources_of(stacks.exported_deployment(stack))
     if held:
         raise TakeBackRefused(f"the state of stack '{stack.name}' holds {len(held)} resources: it is not lost, and "
                               f"take-back never overwrites a state; nothing was changed. If this state is the "
@@ -58,10 +63,12 @@ def take_back(stack: auto.Stack, say: Callable[[str], None]) -> statecopy.StateC
         stacks.new_state_id(stack)
         statecopy.remove(PROJECT, stack.name)
         stacks.keep_state_copy(stack, say)
+    held = (f"{_count(declared.containers, 'container')}, {_count(declared.volumes, 'volume')}, "
+            f"{_count(declared.networks, 'network')}" if declared.containers or declared.volumes else
+            "the environment is down; the volumes it kept are this state's now, and `up` comes back onto them")
     say(f"took the environment of stack '{stack.name}' on {host.describe()} back into this state from its copy "
-        f"there ({copy.describe()}): {_count(declared.containers, 'container')}, "
-        f"{_count(declared.volumes, 'volume')}, {_count(declared.networks, 'network')}; nothing on the host was "
-        f"touched. The lost state, should it turn up, no longer owns the environment: remove it")
+        f"there ({copy.describe()}): {held}; nothing on the host was touched. The lost state, should it turn up, "
+        f"no longer owns the environment: remove it")
     for finding in findings:
         say(f"drift: {finding.line()}")
     return copy

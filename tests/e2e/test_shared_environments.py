@@ -3,6 +3,7 @@ team passphrase, two operators with Pulumi homes and passphrase files of their o
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
@@ -175,7 +176,18 @@ def test_volumes_a_state_kept_are_not_taken_by_another_until_it_lets_them_go(tea
     taken = cli(other, "up", "--stack", name)
     assert taken.returncode == 0, taken.stdout + taken.stderr
     assert data_of(target) == KEPT
-    assert cli(other, "down", "--stack", name, "--remove").returncode == 0
+
+    # Down again, and then that state is lost too: the kept volumes are taken back by a new one.
+    assert cli(other, "down", "--stack", name).returncode == 0
+    shutil.rmtree(tmp_path / "other-state")
+    third = stacks.Settings(f"file://{tmp_path / 'third-state'}", ana.settings.passphrase_file)
+    assert cli(third, "up", "--stack", name).returncode == 2
+    back_again = cli(third, "take-back", "--stack", name)
+    assert back_again.returncode == 0, back_again.stdout + back_again.stderr
+    assert "the environment is down; the volumes it kept are this state's now" in back_again.stderr
+    assert cli(third, "up", "--stack", name).returncode == 0
+    assert data_of(target) == KEPT
+    assert cli(third, "down", "--stack", name, "--remove").returncode == 0
 
 
 def test_a_copy_a_plain_pulumi_destroy_left_protects_nothing_and_the_next_up_replaces_it(tmp_path):

@@ -80,3 +80,13 @@ def test_what_is_missing_or_stopped_is_drift_said_and_left_to_up(world, kind):
     take_back.take_back(STACK, said.append)
     assert world.calls[0] == ("import", DEPLOYMENT)
     assert said[-1] == "drift: container room-03-archiv-postgres is gone"
+
+
+def test_an_environment_that_is_down_is_taken_back_with_the_volumes_it_kept(world):
+    world.copy = statecopy.StateCopy("sin-datastores", "dev", "a1", 7, "2026-12-06 10:00:00 UTC", "ana@laptop",
+                                     {"resources": []})
+    said = []
+    take_back.take_back(STACK, said.append)
+    assert world.calls[0] == ("import", {"resources": []})
+    assert "the environment is down; the volumes it kept are this state's now, and `up` comes back onto them" \
+        in said[0]
