@@ -2,11 +2,12 @@
 
 `up` and `down` leave a copy of the stack's state beside the environment (:mod:`infra.core.statecopy`).
 When the state itself is gone (a lost home directory, a deleted bucket), this puts that copy into the
-stack's state, now empty, after checking it against the host: every container of the copy runs there
-under its id, with the stack's labels, network, address and volume, and every network and volume of
-the copy is there. Nothing on the host is touched, no container restarts; the state takes the copy's
-id, so the environment's volumes are this state's again. A state that holds resources is never
-overwritten.
+stack's state, now empty, after checking it against the host: every container of the copy that is
+there has its id, the stack's labels, network, address and volume (a copy older than what runs is
+refused); what is missing or stopped is drift, said and left to the next `up`. Nothing on the host is
+touched, no container restarts. The state then gets a new id, under which the copy is written anew:
+the environment and its volumes are this state's, and no longer the lost one's, should it turn up. A
+state that holds resources is never overwritten.
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ def take_back(stack: auto.Stack, say: Callable[[str], None]) -> statecopy.StateC
         stacks.new_state_id(stack)
         statecopy.remove(PROJECT, stack.name)
         stacks.keep_state_copy(stack, say)
-    held = (f"{_count(declared.containers, 'container')}, {_count(declared.volumes, 'volume')}, "
-            f"{_count(declared.networks, 'network')}" if declared.containers or declared.volumes else
-            "the environment is down; the volumes it kept are this state's now, and `up` comes back onto them")
+    taken = (f"{_count(declared.containers, 'container')}, {_count(declared.volumes, 'volume')}, "
+             f"{_count(declared.networks, 'network')}" if declared.containers or declared.volumes else
+             "the environment is down; the volumes it kept are this state's now, and `up` comes back onto them")
     say(f"took the environment of stack '{stack.name}' on {host.describe()} back into this state from its copy "
-        f"there ({copy.describe()}): {held}; nothing on the host was touched. The lost state, should it turn up, "
+        f"there ({copy.describe()}): {taken}; nothing on the host was touched. The lost state, should it turn up, "
         f"no longer owns the environment: remove it")
     for finding in findings:
         say(f"drift: {finding.line()}")
