@@ -16,7 +16,6 @@ Pulumi; Docker through the `docker` CLI (a remote host through :func:`infra.core
 from __future__ import annotations
 
 import json
-import secrets
 import tarfile
 import tempfile
 from contextlib import contextmanager
@@ -114,7 +113,13 @@ def read(project: str, stack: str) -> Optional[StateCopy]:
 
 
 def remove(project: str, stack: str) -> None:
+    """Remove the volume, and the helper a killed command may have left holding it."""
+    dockercli.docker("rm", "-f", _helper_name(project, stack), check=False)
     dockercli.docker("volume", "rm", volume_name(project, stack), check=False)
+
+
+def _helper_name(project: str, stack: str) -> str:
+    return f"{volume_name(project, stack)}-io"
 
 
 def _ensure_empty_image() -> None:
@@ -130,12 +135,19 @@ def _ensure_empty_image() -> None:
 
 @contextmanager
 def _mounted(project: str, stack: str) -> Iterator[str]:
-    """A never-started container with the stack's state-copy volume at MOUNT, removed on exit."""
+    """A never-started container with the stack's state-copy volume at MOUNT, removed on exit. One name
+    per stack: the one a command killed in between left is removed first, not left holding the volume."""
     _ensure_empty_image()
-    volume = volume_name(project, stack)
-    name = f"{volume}-io-{secrets.token_hex(3)}"
-    dockercli.docker("create", "--name", name, "--label", SCRATCH_LABEL, "--label", f"{STACK_LABEL}={stack}",
-                     "--network", "none", "--volume", f"{volume}:{MOUNT}", EMPTY_IMAGE, "none")
+    name = _helper_name(project, stack)
+    create = ("create", "--name", name, "--label", SCRATCH_LABEL, "--label", f"{STACK_LABEL}={stack}",
+              "--network", "none", "--volume", f"{volume_name(project, stack)}:{MOUNT}", EMPTY_IMAGE, "none")
+    try:
+        dockercli.docker(*create)
+    except dockercli.DockerError as exc:
+        if "already in use" not in str(exc):
+            raise
+        dockercli.docker("rm", "-f", name)
+        dockercli.docker(*create)
     try:
         yield name
     finally:

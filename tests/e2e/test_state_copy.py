@@ -70,3 +70,16 @@ def test_a_volume_of_another_state_is_never_written(stack):
     assert statecopy.read(PROJECT, stack) == copy_of(stack, 0, state_id="a1")
     statecopy.remove(PROJECT, stack)
     assert statecopy.find(PROJECT, stack) is None and statecopy.read(PROJECT, stack) is None
+
+
+def test_a_helper_a_killed_command_left_is_replaced_and_removed_with_the_copy(stack):
+    statecopy.write(copy_of(stack, 0), labels(stack))
+    left = f"{statecopy.volume_name(PROJECT, stack)}-io"  # killed between its create and its removal
+    dockercli.docker("create", "--name", left, "--volume", f"{statecopy.volume_name(PROJECT, stack)}:/state",
+                     "--label", f"{dockercli.STACK_LABEL}={stack}", statecopy.EMPTY_IMAGE, "none")
+    statecopy.write(copy_of(stack, 1), labels(stack))
+    assert statecopy.read(PROJECT, stack) == copy_of(stack, 1)
+    dockercli.docker("create", "--name", left, "--volume", f"{statecopy.volume_name(PROJECT, stack)}:/state",
+                     "--label", f"{dockercli.STACK_LABEL}={stack}", statecopy.EMPTY_IMAGE, "none")
+    statecopy.remove(PROJECT, stack)
+    assert objects_of(stack) == {"containers": [], "networks": [], "volumes": []}
