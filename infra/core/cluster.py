@@ -1,0 +1,250 @@
+"""The replicated topology as plain data: its members and the files each of their servers reads.
+
+Every host of the list runs, with Docker's host networking, an etcd member, PostgreSQL 16
+under Patroni, HAProxy, Redis and a Sentinel, each listening on that host's own address
+(the address in its ``ssh://`` URL), which is also the address it announces to the others:
+nothing is published through NAT, so etcd's peer URLs, Patroni's connect addresses, Redis'
+replication and Sentinel's gossip all see the addresses clients use.
+
+Nothing here knows Pulumi or Docker: the components render these files and upload them; the
+tests render them to start the same servers by hand.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import yaml
+
+# The ports every member listens on, on its host's address (one home for each).
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+POSTGRES_PORT = 5432
+PATRONI_REST_PORT = 8008
+HAPROXY_PRIMARY_PORT = 5000
+REDIS_PORT = 6379
+SENTINEL_PORT = 26379
+
+# Paths inside the images (toolchain/images/{etcd,patroni,haproxy}); the uploaded files are
+# root's, mode 0400, and each image's entrypoint hands its server a copy it may read.
+PATRONI_CONFIG_FILE = "/run/secrets/patroni.yml"
+PATRONI_DATA_DIR = "/var/lib/postgresql/data/pg16"
+PATRONI_BIN_DIR = "/usr/lib/postgresql/16/bin"
+HAPROXY_CONFIG_FILE = "/run/secrets/haproxy.cfg"
+ETCD_DATA_DIR = "/var/lib/etcd/data"
+
+# Roles Patroni creates at bootstrap besides the superuser.
+REPLICATION_USER = "replicator"
+PATRONI_REST_USER = "patroni"
+# The name clients ask the Sentinels for.
+SENTINEL_MASTER_NAME = "sin-redis"
+# Where Patroni keeps the cluster's keys in etcd (the scope, the stack, goes below it).
+ETCD_NAMESPACE = "/sin-datastores/"
+
+
+@dataclass(frozen=True)
+class ClusterTiming:
+    """How fast the cluster gives up on a member. Patroni requires loop_wait + 2 * retry_timeout
+    <= ttl; a failover lands within about ttl + loop_wait."""
+
+    ttl_s: int = 20
+    loop_wait_s: int = 2
+    retry_timeout_s: int = 5
+    sentinel_down_after_ms: int = 5000
+    sentinel_failover_timeout_ms: int = 30000
+
+    def __post_init__(self) -> None:
+        if self.loop_wait_s + 2 * self.retry_timeout_s > self.ttl_s:
+            raise ValueError(f"loop_wait {self.loop_wait_s} s + 2 x retry_timeout {self.retry_timeout_s} s "
+                             f"exceeds ttl {self.ttl_s} s; Patroni would lose its lock while retrying")
+
+
+@dataclass(frozen=True)
+class ClusterSecrets:
+    """The passwords of the replicated topology (Pulumi secrets; never rendered into anything
+    but the uploaded files)."""
+
+    superuser: str = field(repr=False)
+    replication: str = field(repr=False)
+    patroni_rest: str = field(repr=False)
+    redis: str = field(repr=False)
+    sentinel: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One host of the cluster: its address and the name its servers go by."""
+
+    address: str
+
+    @property
+    def name(self) -> str:
+        """Stable as long as the host keeps its address, whatever the list order: etcd member,
+        Patroni member and replication slot names are derived from it."""
+        return "m" + self.address.replace(".", "_")
+
+    def url(self, port: int, scheme: str = "http") -> str:
+        return f"{scheme}://{self.address}:{port}"
+
+
+def members(addresses: Sequence[str]) -> tuple[Member, ...]:
+    """The members, in the order given; the first is the initial leader and Redis master."""
+    for address in addresses:
+        ipaddress.IPv4Address(address)
+    return tuple(Member(address) for address in addresses)
+
+
+def etcd_command(cluster: Sequence[Member], me: Member, token: str, state: str = "new") -> list[str]:
+    """The etcd member's arguments. ``token`` keeps two clusters on one network apart;
+    ``state`` is ``existing`` for a member joining a running cluster."""
+    initial = ",".join(f"{m.name}={m.url(ETCD_PEER_PORT)}" for m in cluster)
+    return [
+        "--name", me.name,
+        "--data-dir", ETCD_DATA_DIR,
+        "--listen-peer-urls", me.url(ETCD_PEER_PORT),
+        "--initial-advertise-peer-urls", me.url(ETCD_PEER_PORT),
+        "--listen-client-urls", f"{me.url(ETCD_CLIENT_PORT)},http://127.0.0.1:{ETCD_CLIENT_PORT}",
+        "--advertise-client-urls", me.url(ETCD_CLIENT_PORT),
+        "--initial-cluster", initial,
+        "--initial-cluster-state", state,
+        "--initial-cluster-token", token,
+    ]
+
+
+def patroni_config(cluster: Sequence[Member], me: Member, scope: str, superuser: str,
+                   secrets: ClusterSecrets, timing: ClusterTiming = ClusterTiming(),
+                   memory_mb: int = 512) -> str:
+    """Patroni's YAML for ``me``: etcd v3 as its store, synchronous mode (an acknowledged commit
+    is on a second member), pg_rewind for a former leader, the cluster's addresses in pg_hba."""
+    replication_sources = [f"{m.address}/32" for m in cluster]
+    hba = ["local all all scram-sha-256",
+           "host all all 127.0.0.1/32 scram-sha-256",
+           *(f"host replication {REPLICATION_USER} {source} scram-sha-256" for source in replication_sources),
+           "host all all 0.0.0.0/0 scram-sha-256"]
+    config = {
+        "scope": scope,
+        "namespace": ETCD_NAMESPACE,
+        "name": me.name,
+        "log": {"level": "INFO"},
+        "restapi": {
+            "listen": f"{me.address}:{PATRONI_REST_PORT}",
+            "connect_address": f"{me.address}:{PATRONI_REST_PORT}",
+            "authentication": {"username": PATRONI_REST_USER, "password": secrets.patroni_rest},
+        },
+        "etcd3": {"hosts": [f"{m.address}:{ETCD_CLIENT_PORT}" for m in cluster]},
+        "bootstrap": {
+            "dcs": {
+                "ttl": timing.ttl_s,
+                "loop_wait": timing.loop_wait_s,
+                "retry_timeout": timing.retry_timeout_s,
+                "maximum_lag_on_failover": 1 << 20,
+                "synchronous_mode": True,
+                "postgresql": {
+                    "use_pg_rewind": True,
+                    "use_slots": True,
+                    "parameters": {
+                        "wal_level": "replica",
+                        "hot_standby": "on",
+                        "wal_log_hints": "on",
+                        "max_wal_senders": 10,
+                        "max_replication_slots": 10,
+                        "wal_keep_size": "256MB",
+                        "password_encryption": "scram-sha-256",
+                        "shared_buffers": f"{max(memory_mb // 4, 16)}MB",
+                    },
+                },
+            },
+            "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums",
+                       {"auth": "scram-sha-256"}],
+        },
+        "postgresql": {
+            "listen": f"{me.address},127.0.0.1:{POSTGRES_PORT}",
+            "connect_address": f"{me.address}:{POSTGRES_PORT}",
+            "data_dir": PATRONI_DATA_DIR,
+            "bin_dir": PATRONI_BIN_DIR,
+            "pgpass": "/run/patroni/pgpass",
+            "authentication": {
+                "superuser": {"username": superuser, "password": secrets.superuser},
+                "replication": {"username": REPLICATION_USER, "password": secrets.replication},
+            },
+            "parameters": {"unix_socket_directories": "/run/postgresql"},
+            "pg_hba": hba,
+        },
+        "watchdog": {"mode": "off"},
+        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
+    }
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def haproxy_config(cluster: Sequence[Member], me: Member) -> str:
+    """HAProxy on ``me``: port HAPROXY_PRIMARY_PORT goes to whichever member answers Patroni's
+    ``/primary`` with 200; a member marked down has its sessions cut, so no client keeps
+    writing to a demoted leader."""
+    servers = "\n".join(
+        f"    server {m.name} {m.address}:{POSTGRES_PORT} check port {PATRONI_REST_PORT}" for m in cluster)
+    return (
+        "global\n"
+        "    maxconn 1000\n"
+        "defaults\n"
+        "    mode tcp\n"
+        "    timeout connect 3s\n"
+        "    timeout client 30m\n"
+        "    timeout server 30m\n"
+        "    timeout check 2s\n"
+        "listen primary\n"
+        f"    bind {me.address}:{HAPROXY_PRIMARY_PORT}\n"
+        f"    bind 127.0.0.1:{HAPROXY_PRIMARY_PORT}\n"
+        "    option httpchk\n"
+        "    http-check send meth OPTIONS uri /primary\n"
+        "    http-check expect status 200\n"
+        "    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions\n"
+        f"{servers}\n"
+    )
+
+
+def redis_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecrets, memory_mb: int = 256) -> str:
+    """Redis on ``me``: the first member starts as master, the others as its replicas; a master
+    that sees no replica within 10 s stops taking writes, which bounds what a cut-off master
+    can accept and later lose."""
+    lines = [
+        f"bind {me.address} 127.0.0.1",
+        f"port {REDIS_PORT}",
+        "dir /data",
+        "appendonly yes",
+        "appendfsync everysec",
+        f"requirepass {secrets.redis}",
+        f"masterauth {secrets.redis}",
+        f"replica-announce-ip {me.address}",
+        "min-replicas-to-write 1",
+        "min-replicas-max-lag 10",
+        f"maxmemory {memory_mb * 3 // 4}mb",
+        "maxmemory-policy noeviction",
+    ]
+    leader = cluster[0]
+    if me != leader:
+        lines.append(f"replicaof {leader.address} {REDIS_PORT}")
+    return "\n".join(lines) + "\n"
+
+
+def sentinel_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecrets,
+                    timing: ClusterTiming = ClusterTiming()) -> str:
+    """A Sentinel on ``me`` watching the first member as master, quorum a majority. Sentinel
+    rewrites this file as the master moves, so it must live in a writable place."""
+    quorum = len(cluster) // 2 + 1
+    leader = cluster[0]
+    name = SENTINEL_MASTER_NAME
+    lines = [
+        f"bind {me.address} 127.0.0.1",
+        f"port {SENTINEL_PORT}",
+        f"sentinel announce-ip {me.address}",
+        f"requirepass {secrets.sentinel}",
+        f"sentinel sentinel-pass {secrets.sentinel}",
+        f"sentinel monitor {name} {leader.address} {REDIS_PORT} {quorum}",
+        f"sentinel auth-pass {name} {secrets.redis}",
+        f"sentinel down-after-milliseconds {name} {timing.sentinel_down_after_ms}",
+        f"sentinel failover-timeout {name} {timing.sentinel_failover_timeout_ms}",
+        f"sentinel parallel-syncs {name} 1",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,99 @@
+"""The replicated topology's files, rendered from its members (infra.core.cluster)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from infra.core import cluster
+from infra.core.cluster import ClusterSecrets, ClusterTiming, Member
+
+SECRETS = ClusterSecrets(superuser="s" * 20, replication="r" * 20, patroni_rest="p" * 20,
+                         redis="d" * 20, sentinel="t" * 20)
+HOSTS = cluster.members(["10.9.0.2", "10.9.0.3", "10.9.0.4"])
+FIRST, SECOND, THIRD = HOSTS
+
+
+def test_member_names_follow_the_address_not_the_list_order():
+    assert [m.name for m in HOSTS] == ["m10_9_0_2", "m10_9_0_3", "m10_9_0_4"]
+    assert cluster.members(["10.9.0.4", "10.9.0.2"])[1].name == "m10_9_0_2"
+
+
+def test_members_are_ipv4_addresses():
+    with pytest.raises(ValueError):
+        cluster.members(["10.9.0.2", "db1.example"])
+
+
+def test_an_etcd_member_listens_and_announces_its_own_address_and_knows_every_peer():
+    args = cluster.etcd_command(HOSTS, SECOND, token="stack-a")
+    flags = dict(zip(args[::2], args[1::2]))
+    assert flags["--name"] == "m10_9_0_3"
+    assert flags["--initial-advertise-peer-urls"] == "http://10.9.0.3:2380"
+    assert flags["--advertise-client-urls"] == "http://10.9.0.3:2379"
+    assert flags["--listen-client-urls"] == "http://10.9.0.3:2379,http://127.0.0.1:2379"
+    assert flags["--initial-cluster"] == ("m10_9_0_2=http://10.9.0.2:2380,m10_9_0_3=http://10.9.0.3:2380,"
+                                          "m10_9_0_4=http://10.9.0.4:2380")
+    assert (flags["--initial-cluster-state"], flags["--initial-cluster-token"]) == ("new", "stack-a")
+    assert dict(zip(*[iter(cluster.etcd_command(HOSTS, SECOND, "t", "existing"))] * 2))[
+        "--initial-cluster-state"] == "existing"
+
+
+def test_patroni_runs_synchronous_with_rewind_on_etcd_and_announces_its_host():
+    config = yaml.safe_load(cluster.patroni_config(HOSTS, THIRD, scope="prod", superuser="sinadmin",
+                                                   secrets=SECRETS))
+    assert (config["scope"], config["name"]) == ("prod", "m10_9_0_4")
+    assert config["etcd3"]["hosts"] == ["10.9.0.2:2379", "10.9.0.3:2379", "10.9.0.4:2379"]
+    assert config["postgresql"]["connect_address"] == "10.9.0.4:5432"
+    assert config["restapi"]["connect_address"] == "10.9.0.4:8008"
+    dcs = config["bootstrap"]["dcs"]
+    assert dcs["synchronous_mode"] is True and dcs["postgresql"]["use_pg_rewind"] is True
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (20, 2, 5)
+    assert config["postgresql"]["authentication"] == {
+        "superuser": {"username": "sinadmin", "password": "s" * 20},
+        "replication": {"username": "replicator", "password": "r" * 20}}
+    assert config["restapi"]["authentication"] == {"username": "patroni", "password": "p" * 20}
+    assert [line for line in config["postgresql"]["pg_hba"] if " replication " in line] == [
+        f"host replication replicator 10.9.0.{n}/32 scram-sha-256" for n in (2, 3, 4)]
+    assert not any(" trust" in line for line in config["postgresql"]["pg_hba"])
+
+
+def test_timing_patroni_would_reject_is_refused():
+    with pytest.raises(ValueError, match="exceeds ttl 10 s"):
+        ClusterTiming(ttl_s=10, loop_wait_s=2, retry_timeout_s=5)
+
+
+def test_haproxy_routes_to_whoever_answers_primary_and_cuts_a_demoted_leaders_sessions():
+    text = cluster.haproxy_config(HOSTS, FIRST)
+    assert "bind 10.9.0.2:5000" in text and "bind 127.0.0.1:5000" in text
+    assert "http-check send meth OPTIONS uri /primary" in text and "http-check expect status 200" in text
+    assert "on-marked-down shutdown-sessions" in text
+    assert [line.split()[1:3] for line in text.splitlines() if line.strip().startswith("server ")] == [
+        ["m10_9_0_2", "10.9.0.2:5432"], ["m10_9_0_3", "10.9.0.3:5432"], ["m10_9_0_4", "10.9.0.4:5432"]]
+
+
+def test_redis_starts_the_first_member_as_master_and_the_others_as_its_replicas():
+    first, second = (cluster.redis_config(HOSTS, m, SECRETS) for m in (FIRST, SECOND))
+    assert "replicaof" not in first
+    assert "replicaof 10.9.0.2 6379" in second
+    for text in (first, second):
+        assert f"requirepass {'d' * 20}" in text and f"masterauth {'d' * 20}" in text
+        assert "min-replicas-to-write 1" in text and "appendonly yes" in text
+    assert "bind 10.9.0.3 127.0.0.1" in second and "replica-announce-ip 10.9.0.3" in second
+
+
+@pytest.mark.parametrize("count, quorum", [(3, 2), (5, 3)])
+def test_sentinels_watch_the_first_member_with_a_majority_quorum(count, quorum):
+    hosts = cluster.members([f"10.9.0.{n}" for n in range(2, 2 + count)])
+    text = cluster.sentinel_config(hosts, hosts[1], SECRETS)
+    assert f"sentinel monitor sin-redis 10.9.0.2 6379 {quorum}" in text.splitlines()
+    assert f"sentinel auth-pass sin-redis {'d' * 20}" in text
+    assert f"requirepass {'t' * 20}" in text and f"sentinel sentinel-pass {'t' * 20}" in text
+    assert "sentinel announce-ip 10.9.0.3" in text
+    # Sentinel refuses options for a master it does not monitor yet.
+    lines = text.splitlines()
+    assert lines.index(next(l for l in lines if l.startswith("sentinel monitor"))) < lines.index(
+        next(l for l in lines if l.startswith("sentinel auth-pass")))
+
+
+def test_no_password_shows_in_the_reprs():
+    assert "s" * 20 not in repr(SECRETS) and "t" * 20 not in repr(SECRETS)
