@@ -146,7 +146,7 @@ def cmd_take_back(args: argparse.Namespace) -> int:
         copy = take_back.take_back(stack, say)
     result, _ = stacks.preview(stack, args.images, say)
     changes = {k: v for k, v in (result.change_summary or {}).items() if k != "same"}
-    if not take_back.resources_of(copy.deployment):  # an environment that is down: `up` creates it again
+    if not stacks.managed_resources(copy.deployment):  # an environment that is down: `up` creates it again
         say(f"preview after the take-back: {changes}; `up` brings the environment back onto its volumes")
         return 0
     say(f"preview after the take-back: {changes or 'no changes'}")

@@ -618,6 +618,15 @@ def drift_of(stack: auto.Stack) -> list[drift.Finding]:
     return drift.find(drift.declared(exported_deployment(stack)))
 
 
+# The one resource a state holds after `pulumi stack init` and nothing else, or after `destroy`.
+STACK_TYPE = "pulumi:pulumi:Stack"
+
+
+def managed_resources(deployment: dict) -> list[dict]:
+    """A deployment's resources besides the stack itself: none in a new state, or after `down`."""
+    return [r for r in deployment.get("resources") or [] if r.get("type") != STACK_TYPE]
+
+
 def exported_deployment(stack: auto.Stack) -> dict:
     """The ``deployment`` of `pulumi stack export`, secrets left encrypted (the Automation API's
     ``export_stack`` decrypts them all, which costs a key derivation and is not needed here)."""

@@ -351,8 +351,7 @@ def inspect_host(stack: auto.Stack, images: str, rotate: bool, say: Callable[[st
                             f"their published ports from this machine, which works on the Docker host itself only; "
                             f"run it there with dockerHost unset, then set dockerHost for the stack"])
     problems: list[str] = []
-    resources = [r for r in (stack.export_stack().deployment or {}).get("resources") or []
-                 if r.get("type") != "pulumi:pulumi:Stack"]
+    resources = stacks.managed_resources(stacks.exported_deployment(stack))
     if resources:
         problems.append(f"stack '{stack.name}' already manages {len(resources)} resources; adopt only brings a "
                         f"host under a stack that has none (use `python -m infra up --stack {stack.name}`)")

@@ -21,10 +21,6 @@ from infra.core.config import PROJECT
 from infra.core.errors import InputError
 from infra.driver import drift, stacks
 
-# The one resource a state holds after `pulumi stack init` and nothing else, or after `destroy`.
-STACK_TYPE = "pulumi:pulumi:Stack"
-
-
 def _count(items: tuple, noun: str) -> str:
     return f"{len(items)} {noun}{'s' if len(items) != 1 else ''}"
 
@@ -33,13 +29,8 @@ class TakeBackRefused(InputError):
     """The environment cannot be taken back as asked; nothing was changed."""
 
 
-def resources_of(deployment: dict) -> list[dict]:
-    """A deployment's resources besides the stack itself: none in a new state, or after `down`."""
-    return [r for r in deployment.get("resources") or [] if r.get("type") != STACK_TYPE]
-
-
 def take_back(stack: auto.Stack, say: Callable[[str], None]) -> statecopy.StateCopy:
-    held = resources_of(stacks.exported_deployment(stack))
+    held = stacks.managed_resources(stacks.exported_deployment(stack))
     if held:
         raise TakeBackRefused(f"the state of stack '{stack.name}' holds {len(held)} resources: it is not lost, and "
                               f"take-back never overwrites a state; nothing was changed. If this state is the "
