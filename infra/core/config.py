@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 from urllib.parse import urlsplit
 
+from infra.core.cluster import ClusterSecrets
 from infra.core.errors import InputError
 from infra.backupagent.schedule import Cron, ScheduleError
 from infra.core.targets import DockerHost
@@ -80,14 +81,25 @@ DEFAULTS: dict[str, Optional[str]] = {
     "backupS3Region": "us-east-1",
     "backupS3AccessKeyId": "",
     "backupS3SecretAccessKey": "",
+    "topology": "single",
+    "replicatedHosts": "",
+    "replicationPassword": "",
+    "patroniRestPassword": "",
+    "sentinelPassword": "",
+    "patroniImage": "sin-datastores/patroni:4.0.7-pg16",
+    "etcdImage": "sin-datastores/etcd:3.5.16",
+    "haproxyImage": "sin-datastores/haproxy:3.0",
 }
+TOPOLOGIES = ("single", "replicated")
 # Passwords generated when missing (scripts/up, `python -m infra up`).
 POSTGRES_PASSWORD_KEY, REDIS_PASSWORD_KEY = "postgresPassword", "redisPassword"
 SECRET_KEYS = (POSTGRES_PASSWORD_KEY, REDIS_PASSWORD_KEY)
 # Secrets of the backups: the passphrase is generated too when backups are on; the S3 keys never.
 BACKUP_PASSPHRASE_KEY = "backupPassphrase"
 S3_SECRET_KEYS = ("backupS3AccessKeyId", "backupS3SecretAccessKey")
-ALL_SECRET_KEYS = (*SECRET_KEYS, BACKUP_PASSPHRASE_KEY, *S3_SECRET_KEYS)
+# The replicated topology's own passwords, generated like the two above when it is chosen.
+CLUSTER_SECRET_KEYS = ("replicationPassword", "patroniRestPassword", "sentinelPassword")
+ALL_SECRET_KEYS = (*SECRET_KEYS, BACKUP_PASSPHRASE_KEY, *S3_SECRET_KEYS, *CLUSTER_SECRET_KEYS)
 
 _DOCKER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 # repository[:tag][@digest], lower-case path components as Docker requires.
@@ -196,6 +208,29 @@ class BackupConfig:
 
 
 @dataclass(frozen=True)
+class ClusterHost:
+    """One Docker host of the replicated topology; its containers listen on ``address``."""
+
+    docker: DockerHost
+    address: str
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The replicated topology: its hosts (an odd number, three or more), images and passwords."""
+
+    hosts: tuple[ClusterHost, ...]
+    patroni_image: str
+    etcd_image: str
+    haproxy_image: str
+    secrets: ClusterSecrets
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(host.address for host in self.hosts)
+
+
+@dataclass(frozen=True)
 class StackConfig:
     """Everything one stack declares."""
 
@@ -210,6 +245,8 @@ class StackConfig:
     redis: RedisConfig
     backup: Optional[BackupConfig] = None
     """None when neither backupSchedule nor backupS3Bucket is set."""
+    cluster: Optional[ClusterConfig] = None
+    """None for the ADR's single host (topology single, the default)."""
 
     @property
     def host_address(self) -> str:
@@ -322,8 +359,9 @@ class _Reader:
             # Its published ports sit on that host's loopback, which only an SSH tunnel reaches.
             self.fail("dockerHost", f"'{url}' is a remote engine over TCP, whose services cannot be reached from here",
                       "pulumi config set dockerHost ssh://<user>@<host> (the engine over SSH)")
+        replicated = (self.raw.get("topology") or "").strip() == "replicated"  # they serve replicatedHosts then
         for key, value in (("dockerSshKeyFile", key_file), ("dockerSshKnownHostsFile", known_hosts)):
-            if value and parts.scheme != "ssh":
+            if value and parts.scheme != "ssh" and not replicated:
                 self.fail(key, "is set but dockerHost is not an ssh:// address",
                           f"pulumi config rm {key}, or set dockerHost to ssh://<user>@<host>")
         return DockerHost(url, key_file, known_hosts)
@@ -443,6 +481,7 @@ def parse(raw: Mapping[str, str], stack: str, project: str = PROJECT,
         postgres=postgres,
         redis=redis,
         backup=_backup(r, stack, names),
+        cluster=_cluster(r, postgres.password, redis.password),
     )
     if r.problems:
         raise ConfigError(r.problems)
@@ -485,6 +524,68 @@ def _backup(r: _Reader, stack: str, names: dict[str, str]) -> Optional[BackupCon
         archive_volume_name=volumes["postgresArchiveVolumeName"],
         s3=s3,
     )
+
+
+def _cluster(r: _Reader, superuser_password: str, redis_password: str) -> Optional[ClusterConfig]:
+    topology = r.text("topology")
+    hosts_text = r.text("replicatedHosts")
+    if topology not in TOPOLOGIES:
+        r.fail("topology", f"'{topology}' is not one of {', '.join(TOPOLOGIES)}",
+               "pulumi config set topology single (the ADR's one host) or replicated")
+        return None
+    if topology == "single":
+        for key in ("replicatedHosts", *CLUSTER_SECRET_KEYS):
+            if r.raw.get(key):
+                r.fail(key, "is set but topology is single", f"pulumi config rm {key}, or pulumi config set topology replicated")
+        return None
+    if r.raw.get("dockerHost"):
+        r.fail("dockerHost", "is set but topology is replicated, whose hosts are replicatedHosts",
+               "pulumi config rm dockerHost")
+    hosts = _cluster_hosts(r, hosts_text)
+    passwords = {key: r.password(key) for key in CLUSTER_SECRET_KEYS}
+    everything = {"postgresPassword": superuser_password, "redisPassword": redis_password, **passwords}
+    seen: dict[str, str] = {}
+    for key, value in everything.items():
+        if value and value in seen:
+            r.fail(key, f"equals {seen[value]}", f"pulumi config set --secret {key} <a different password>")
+        seen.setdefault(value, key)
+    return ClusterConfig(
+        hosts=hosts,
+        patroni_image=r.image("patroniImage"),
+        etcd_image=r.image("etcdImage"),
+        haproxy_image=r.image("haproxyImage"),
+        secrets=ClusterSecrets(superuser=superuser_password, replication=passwords["replicationPassword"],
+                               patroni_rest=passwords["patroniRestPassword"], redis=redis_password,
+                               sentinel=passwords["sentinelPassword"]),
+    )
+
+
+def _cluster_hosts(r: _Reader, text: str) -> tuple[ClusterHost, ...]:
+    """``ssh://user@<IPv4>[:port]`` URLs, comma-separated: an odd number of distinct addresses, at least 3."""
+    fix = "pulumi config set replicatedHosts ssh://root@10.0.0.1,ssh://root@10.0.0.2,ssh://root@10.0.0.3"
+    urls = [url.strip() for url in text.split(",") if url.strip()]
+    key_file, known_hosts = r.text("dockerSshKeyFile"), r.text("dockerSshKnownHostsFile")
+    hosts: list[ClusterHost] = []
+    for url in urls:
+        parts = urlsplit(url)
+        try:
+            address = str(ipaddress.IPv4Address(parts.hostname or ""))
+        except ValueError:
+            r.fail("replicatedHosts", f"'{url}' is not ssh://<user>@<IPv4 address>: the address is also the one "
+                   "its containers listen on and announce to the others", fix)
+            continue
+        if parts.scheme != "ssh":
+            r.fail("replicatedHosts", f"'{url}' is not an ssh:// address", fix)
+            continue
+        if any(host.address == address for host in hosts):
+            r.fail("replicatedHosts", f"{address} is listed twice: two members on one host do not survive losing it",
+                   "list each host once")
+            continue
+        hosts.append(ClusterHost(DockerHost(url, key_file, known_hosts), address))
+    if len(urls) < 3 or len(urls) % 2 == 0:
+        r.fail("replicatedHosts", f"lists {len(urls)} host{'s' if len(urls) != 1 else ''}; etcd needs an odd number, "
+               "at least 3, to keep a majority when one is lost", fix)
+    return tuple(hosts)
 
 
 def _s3(r: _Reader, stack: str) -> Optional[S3Config]:

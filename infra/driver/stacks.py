@@ -27,7 +27,7 @@ from infra.core.errors import InputError, OperationFailed
 from infra.core import conflicts, dockercli, dockerhost, statecopy
 from infra.core.engine import Engine
 from infra.driver import backends, drift, locks, pulumi_errors
-from infra.core.config import (BACKUP_PASSPHRASE_KEY, DEFAULTS, PROJECT, SECRET_KEYS, StackConfig,
+from infra.core.config import (BACKUP_PASSPHRASE_KEY, CLUSTER_SECRET_KEYS, DEFAULTS, PROJECT, SECRET_KEYS, StackConfig,
                           docker_host, parse)
 from infra.core.targets import DockerHost, Target
 from infra.components.common import labels
@@ -131,6 +131,16 @@ def config_file(name: str) -> Path:
     return ROOT / f"Pulumi.{name}.yaml"
 
 
+def refuse_replicated(name: str) -> None:
+    """`python -m infra` manages the ADR's single host only, so far; a replicated stack is refused
+    before anything runs (docs/replicated.md says what manages it)."""
+    path = config_file(name)
+    data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    if str((data.get("config") or {}).get(f"{PROJECT}:topology", "")).strip() == "replicated":
+        raise StackError(f"stack '{name}' uses the replicated topology, which `python -m infra` does not manage yet; "
+                         f"nothing was done. Use `pulumi preview|up|destroy --stack {name}` (docs/replicated.md)")
+
+
 @contextmanager
 def new_or_existing(name: str, settings: Optional[Settings] = None,
                     undo_on: tuple[type[BaseException], ...] = (InputError,),
@@ -205,10 +215,16 @@ def backups_on(config: dict[str, auto.ConfigValue]) -> bool:
     return bool(schedule and schedule.value.strip())
 
 
+def replicated(config: dict[str, auto.ConfigValue]) -> bool:
+    topology = config.get(f"{PROJECT}:topology")
+    return bool(topology and topology.value.strip() == "replicated")
+
+
 def missing_passwords(config: dict[str, auto.ConfigValue]) -> list[str]:
-    """The generated secrets the stack lacks: both passwords, and the backup passphrase once
-    backups are scheduled."""
-    keys = (*SECRET_KEYS, BACKUP_PASSPHRASE_KEY) if backups_on(config) else SECRET_KEYS
+    """The generated secrets the stack lacks: both passwords, the backup passphrase once backups
+    are scheduled, the replicated topology's own once it is chosen."""
+    keys = (*SECRET_KEYS, *((BACKUP_PASSPHRASE_KEY,) if backups_on(config) else ()),
+            *(CLUSTER_SECRET_KEYS if replicated(config) else ()))
     return [key for key in keys if f"{PROJECT}:{key}" not in config]
 
 

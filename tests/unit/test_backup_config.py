@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.core.config import ADR_NAMES, BACKUP_PASSPHRASE_KEY, DEFAULTS, S3_SECRET_KEYS, ConfigError, parse
+from infra.core.config import ADR_NAMES, BACKUP_PASSPHRASE_KEY, CLUSTER_SECRET_KEYS, DEFAULTS, S3_SECRET_KEYS, ConfigError, parse
 from tests.unit.program_mocks import is_secret, run_program, unwrap
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +91,7 @@ def test_s3_keys_and_the_passphrase_stored_in_plain_text_are_refused():
 
 def test_pulumi_yaml_declares_the_same_defaults_as_the_code():
     declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
-    assert set(declared) == set(DEFAULTS) - {BACKUP_PASSPHRASE_KEY, *S3_SECRET_KEYS}
+    assert set(declared) == set(DEFAULTS) - {BACKUP_PASSPHRASE_KEY, *S3_SECRET_KEYS, *CLUSTER_SECRET_KEYS}
     for key, spec in declared.items():
         if "default" in spec:
             default = spec["default"]

@@ -383,3 +383,45 @@ def test_a_value_that_is_not_a_number_is_reported_once_without_follow_on_complai
     # The unreadable port must not stand in as a number that then "equals" the other port.
     assert problems({"postgresHostPort": "abc", "redisHostPort": "1"}) == [
         "sin-datastores:postgresHostPort: 'abc' is not a whole number; fix: pulumi config set postgresHostPort <1-65535>"]
+
+
+REPLICATED = {"topology": "replicated", "replicatedHosts": "ssh://root@10.9.0.2,ssh://root@10.9.0.3,ssh://root@10.9.0.4",
+              "replicationPassword": "a" * 16, "patroniRestPassword": "b" * 16, "sentinelPassword": "c" * 16}
+HOSTS_FIX = "fix: pulumi config set replicatedHosts ssh://root@10.0.0.1,ssh://root@10.0.0.2,ssh://root@10.0.0.3"
+
+
+def test_the_replicated_topology_reads_its_hosts_and_passwords():
+    cfg = parse({**GOOD, **REPLICATED, "dockerSshKeyFile": "/k"}, "prod")
+    assert cfg.cluster.addresses == ("10.9.0.2", "10.9.0.3", "10.9.0.4")
+    assert [h.docker.url for h in cfg.cluster.hosts][1] == "ssh://root@10.9.0.3"
+    assert all(h.docker.ssh_key_file == "/k" for h in cfg.cluster.hosts)
+    assert (cfg.cluster.secrets.superuser, cfg.cluster.secrets.sentinel) == ("p" * 16, "c" * 16)
+    assert parse(GOOD, "dev").cluster is None
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"replicatedHosts": "ssh://root@10.9.0.2,ssh://root@10.9.0.3"},
+     [P + "replicatedHosts: lists 2 hosts; etcd needs an odd number, at least 3, to keep a majority when one is "
+          "lost; " + HOSTS_FIX]),
+    ({"replicatedHosts": "ssh://root@10.9.0.2,ssh://admin@10.9.0.2:2222,ssh://root@10.9.0.4"},
+     [P + "replicatedHosts: 10.9.0.2 is listed twice: two members on one host do not survive losing it; "
+          "fix: list each host once"]),
+    ({"replicatedHosts": "ssh://root@db1,tcp://10.9.0.3:2375,ssh://root@10.9.0.4"},
+     [P + "replicatedHosts: 'ssh://root@db1' is not ssh://<user>@<IPv4 address>: the address is also the one its "
+          "containers listen on and announce to the others; " + HOSTS_FIX,
+      P + "replicatedHosts: 'tcp://10.9.0.3:2375' is not an ssh:// address; " + HOSTS_FIX]),
+    ({"dockerHost": "ssh://root@10.9.0.9"},
+     [P + "dockerHost: is set but topology is replicated, whose hosts are replicatedHosts; "
+          "fix: pulumi config rm dockerHost"]),
+    ({"topology": "triple"},
+     [P + "topology: 'triple' is not one of single, replicated; fix: pulumi config set topology single "
+          "(the ADR's one host) or replicated"]),
+    ({"topology": "single"},
+     [P + f"{key}: is set but topology is single; fix: pulumi config rm {key}, or pulumi config set topology "
+          "replicated" for key in ("replicatedHosts", "replicationPassword", "patroniRestPassword", "sentinelPassword")]),
+    ({"sentinelPassword": "p" * 16},
+     [P + "sentinelPassword: equals postgresPassword; fix: pulumi config set --secret sentinelPassword "
+          "<a different password>"]),
+])
+def test_bad_replicated_settings_are_named_with_their_fix(overrides, expected):
+    assert problems({**REPLICATED, **overrides}, "prod") == expected
