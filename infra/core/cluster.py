@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Optional, Sequence
 
 import yaml
 
@@ -30,10 +30,20 @@ SENTINEL_PORT = 26379
 # Paths inside the images (toolchain/images/{etcd,patroni,haproxy}); the uploaded files are
 # root's, mode 0400, and each image's entrypoint hands its server a copy it may read.
 PATRONI_CONFIG_FILE = "/run/secrets/patroni.yml"
-PATRONI_DATA_DIR = "/var/lib/postgresql/data/pg16"
+PATRONI_VOLUME_PATH = "/var/lib/postgresql/data"
+PATRONI_DATA_DIR = f"{PATRONI_VOLUME_PATH}/pg16"
 PATRONI_BIN_DIR = "/usr/lib/postgresql/16/bin"
 HAPROXY_CONFIG_FILE = "/run/secrets/haproxy.cfg"
-ETCD_DATA_DIR = "/var/lib/etcd/data"
+ETCD_VOLUME_PATH = "/var/lib/etcd"
+ETCD_DATA_DIR = f"{ETCD_VOLUME_PATH}/data"
+REDIS_VOLUME_PATH = "/data"
+# Redis and Sentinel rewrite their own files as the master moves (Sentinel's CONFIG REWRITE), so
+# the uploaded file only seeds the one in the data volume on the first start; after that the
+# server's own copy, with the role it last had, is what a restart reads.
+REDIS_SEED_FILE = "/run/secrets/redis.conf"
+SENTINEL_SEED_FILE = "/run/secrets/sentinel.conf"
+# What each server may use; PostgreSQL and Redis take the stack's postgresMemoryMb and redisMemoryMb.
+SMALL_SERVER_MEMORY_MB = {"etcd": 256, "haproxy": 128, "sentinel": 64}
 
 # Roles Patroni creates at bootstrap besides the superuser.
 REPLICATION_USER = "replicator"
@@ -87,6 +97,59 @@ class Member:
 
     def url(self, port: int, scheme: str = "http") -> str:
         return f"{scheme}://{self.address}:{port}"
+
+
+@dataclass(frozen=True)
+class Server:
+    """One container of a member, as plain data: the components declare it, the tests start it."""
+
+    role: str
+    """etcd, patroni, haproxy, redis or sentinel: also the image key and the name suffix."""
+    command: tuple[str, ...]
+    files: dict[str, str] = field(repr=False)
+    """Uploaded before the container starts: path -> content (passwords among them)."""
+    data_path: Optional[str]
+    """Where its named volume is mounted; None: it keeps nothing."""
+    memory_mb: int
+
+    @property
+    def image(self) -> str:
+        """Which image it runs: Sentinel is Redis' own binary (redis-server --sentinel)."""
+        return "redis" if self.role == "sentinel" else self.role
+
+
+def container_name(stack: str, role: str) -> str:
+    """The container of ``role`` on each host; its volume is ``<name>-data``."""
+    return f"{stack}-{role}"
+
+
+ROLES = ("etcd", "patroni", "haproxy", "redis", "sentinel")
+
+
+def seeded(seed: str, config: str, *server_args: str) -> tuple[str, ...]:
+    """The Redis image's own entrypoint on ``config`` in the data volume, copied from ``seed`` once."""
+    return ("sh", "-c", f'test -f {config} || cp {seed} {config}; exec docker-entrypoint.sh "$@"', "sh",
+            config, *server_args)
+
+
+def servers(cluster: Sequence[Member], me: Member, scope: str, superuser: str, secrets: ClusterSecrets,
+            postgres_memory_mb: int, redis_memory_mb: int, timing: ClusterTiming = ClusterTiming()) -> tuple[Server, ...]:
+    """The five servers of ``me``, in the order they start: etcd first, Patroni needs it."""
+    redis_config_path, sentinel_config_path = f"{REDIS_VOLUME_PATH}/redis.conf", f"{REDIS_VOLUME_PATH}/sentinel.conf"
+    return (
+        Server("etcd", tuple(etcd_command(cluster, me, scope)), {}, ETCD_VOLUME_PATH, SMALL_SERVER_MEMORY_MB["etcd"]),
+        Server("patroni", (), {PATRONI_CONFIG_FILE: patroni_config(cluster, me, scope, superuser, secrets, timing,
+                                                                    postgres_memory_mb)},
+               PATRONI_VOLUME_PATH, postgres_memory_mb),
+        Server("haproxy", (), {HAPROXY_CONFIG_FILE: haproxy_config(cluster, me)}, None,
+               SMALL_SERVER_MEMORY_MB["haproxy"]),
+        Server("redis", seeded(REDIS_SEED_FILE, redis_config_path),
+               {REDIS_SEED_FILE: redis_config(cluster, me, secrets, redis_memory_mb)}, REDIS_VOLUME_PATH,
+               redis_memory_mb),
+        Server("sentinel", seeded(SENTINEL_SEED_FILE, sentinel_config_path, "--sentinel"),
+               {SENTINEL_SEED_FILE: sentinel_config(cluster, me, secrets, timing)}, REDIS_VOLUME_PATH,
+               SMALL_SERVER_MEMORY_MB["sentinel"]),
+    )
 
 
 def members(addresses: Sequence[str]) -> tuple[Member, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 from urllib.parse import urlsplit
 
 # Where the official postgres image (and ours) keeps its data and its Unix socket.
@@ -109,13 +110,29 @@ class RedisTarget:
 
 
 @dataclass(frozen=True)
+class ClusterTarget:
+    """The replicated topology's members: where their Patroni REST APIs and Sentinels answer."""
+
+    members: tuple[str, ...]
+    """The hosts' addresses, which their servers listen on."""
+    patroni_rest_port: int
+    sentinel_port: int
+    sentinel_password: str = field(repr=False)
+    master_name: str
+
+    def sentinels(self) -> list[tuple[str, int]]:
+        return [(address, self.sentinel_port) for address in self.members]
+
+
+@dataclass(frozen=True)
 class Target:
-    """Both services of one stack."""
+    """Both services of one stack (and, replicated, the members behind them)."""
 
     stack: str
     postgres: PostgresTarget
     redis: RedisTarget
     docker: DockerHost = field(default_factory=DockerHost)
+    cluster: Optional[ClusterTarget] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,5 +143,10 @@ class Target:
         def service(fields: dict) -> dict:
             return {k: int(v) if k in ("port", "major_version") else v for k, v in fields.items()}
 
+        cluster = data.get("cluster")
+        if cluster:
+            cluster = ClusterTarget(**{**cluster, "members": tuple(cluster["members"]),
+                                       "patroni_rest_port": int(cluster["patroni_rest_port"]),
+                                       "sentinel_port": int(cluster["sentinel_port"])})
         return cls(data["stack"], PostgresTarget(**service(data["postgres"])), RedisTarget(**service(data["redis"])),
-                   DockerHost(**data.get("docker", {})))
+                   DockerHost(**data.get("docker", {})), cluster)

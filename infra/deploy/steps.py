@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.deploy import credentials, migration_files, migrations, registry
+from infra.deploy import credentials, migration_files, migrations, registry, replicated
 from infra.core.connect import connect_postgres, wait_until_answering
 from infra.core.targets import Target
 from infra.deploy.checks import Report, VerificationFailed, run_checks
@@ -55,13 +55,23 @@ def run(target: Target, actor: str | None = None, migration_dir: Path = migratio
     """
     actor = actor or registry.default_actor()
     phases = _Phases()
-    wait_until_answering(target, deadline_s)
-    phases.done("ready")
-    reconciled = credentials.reconcile_postgres(target.postgres, deadline_s)
+    if target.cluster:
+        # Patroni set the passwords at bootstrap; the step migrates through HAProxy, on the leader.
+        target = replicated.resolve(target, replicated.wait_until_whole(target, deadline_s))
+        replicated.ensure_database(target.postgres, deadline_s)
+        wait_until_answering(target, deadline_s)
+        phases.done("ready")
+        reconciled = False
+    else:
+        wait_until_answering(target, deadline_s)
+        phases.done("ready")
+        reconciled = credentials.reconcile_postgres(target.postgres, deadline_s)
     phases.done("credentials")
     outcome = migrations.migrate(target.postgres, actor, migration_dir, deadline_s=deadline_s)
     phases.done("migrate")
     report = run_checks(target.postgres, target.redis, deadline_s=deadline_s, migration_dir=migration_dir)
+    if target.cluster:
+        report = Report(report.checks + replicated.checks(target))
     phases.done("verify")
     if not report.ok:
         raise VerificationFailed(report)

@@ -1,0 +1,191 @@
+"""The post-deploy step's part for the replicated topology. Plain Python, no Pulumi.
+
+Where the services are right now (the Patroni leader behind the first HAProxy that answers, the
+Redis master the Sentinels name), the ADR's database (Patroni's bootstrap makes only
+``postgres``), and the cluster's own checks: one leader, every replica streaming, a
+synchronous standby, the lag, the Sentinels agreeing with quorum, the master's replicas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import urllib.request
+from typing import Callable, Optional
+
+import psycopg
+import redis
+from psycopg import sql
+
+from infra.core.connect import connect_postgres
+from infra.core.errors import OperationFailed
+from infra.core.report import Check
+from infra.core.targets import ClusterTarget, PostgresTarget, Target
+
+MAINTENANCE_DB = "postgres"
+# A replica further behind than this is reported (Patroni's maximum_lag_on_failover is the same).
+MAX_LAG_BYTES = 1 << 20
+REST_TIMEOUT_S = 2.0
+POLL_S = 0.5
+
+
+class ClusterNotReady(OperationFailed):
+    """The cluster did not reach the state the step needs within its deadline; says what it saw."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterState:
+    """What Patroni and the Sentinels say, read once."""
+
+    patroni: list[dict]
+    """Patroni's /cluster members (name, host, role, state, lag), as the first member that answers sees them."""
+    masters: dict[str, Optional[str]]
+    """Each Sentinel's master address (None: it did not answer)."""
+    quorum: dict[str, bool]
+    master_replicas: int
+    """Replicas connected to the master the first answering Sentinel names (-1: unknown)."""
+
+    @property
+    def leaders(self) -> list[str]:
+        return [m["host"] for m in self.patroni if m.get("role") == "leader"]
+
+    @property
+    def replicas(self) -> list[dict]:
+        return [m for m in self.patroni if m.get("role") != "leader"]
+
+    @property
+    def master(self) -> Optional[str]:
+        agreed = {address for address in self.masters.values() if address}
+        return agreed.pop() if len(agreed) == 1 else None
+
+
+def patroni_members(cluster: ClusterTarget) -> list[dict]:
+    """Patroni's view of the cluster from the first member whose REST API answers."""
+    last: Exception = OperationFailed("no member listed")
+    for address in cluster.members:
+        try:
+            url = f"http://{address}:{cluster.patroni_rest_port}/cluster"
+            with urllib.request.urlopen(url, timeout=REST_TIMEOUT_S) as reply:
+                return json.load(reply).get("members") or []
+        except (OSError, ValueError) as exc:
+            last = exc
+    raise OperationFailed(f"no Patroni REST API answered on {', '.join(cluster.members)}: {last}")
+
+
+def _sentinel(cluster: ClusterTarget, address: str) -> redis.Redis:
+    return redis.Redis(host=address, port=cluster.sentinel_port, password=cluster.sentinel_password,
+                       socket_connect_timeout=REST_TIMEOUT_S, socket_timeout=REST_TIMEOUT_S, decode_responses=True)
+
+
+def read_state(cluster: ClusterTarget, redis_port: int, redis_password: str) -> ClusterState:
+    try:
+        patroni = patroni_members(cluster)
+    except OperationFailed:
+        patroni = []
+    masters: dict[str, Optional[str]] = {}
+    quorum: dict[str, bool] = {}
+    for address in cluster.members:
+        try:
+            with _sentinel(cluster, address) as sentinel:
+                found = sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", cluster.master_name)
+                masters[address] = found[0] if found else None
+                try:
+                    quorum[address] = bool(sentinel.execute_command("SENTINEL", "CKQUORUM", cluster.master_name))
+                except redis.ResponseError:
+                    quorum[address] = False
+        except redis.RedisError:
+            masters[address], quorum[address] = None, False
+    replicas = -1
+    master = next((m for m in masters.values() if m), None)
+    if master:
+        try:
+            with redis.Redis(host=master, port=redis_port, password=redis_password,
+                             socket_connect_timeout=REST_TIMEOUT_S, socket_timeout=REST_TIMEOUT_S) as client:
+                info = client.info("replication")
+                replicas = int(info.get("connected_slaves", 0)) if info.get("role") == "master" else -1
+        except redis.RedisError:
+            pass
+    return ClusterState(patroni, masters, quorum, replicas)
+
+
+def problems(state: ClusterState, size: int) -> list[str]:
+    """Why the cluster is not whole; empty when it is."""
+    found = []
+    if len(state.leaders) != 1:
+        found.append(f"Patroni leaders: {state.leaders or 'none'} (one expected)")
+    if len(state.patroni) != size:
+        found.append(f"Patroni members: {len(state.patroni)} of {size}")
+    not_streaming = [m["host"] for m in state.replicas if m.get("state") != "streaming"]
+    if not_streaming:
+        found.append(f"replicas not streaming: {', '.join(not_streaming)}")
+    if not any(m.get("role") == "sync_standby" for m in state.replicas):
+        found.append("no synchronous standby")
+    if state.master is None:
+        found.append(f"the Sentinels do not agree on a master: {state.masters}")
+    if not all(state.quorum.values()):
+        found.append(f"Sentinels without quorum: {', '.join(a for a, ok in state.quorum.items() if not ok)}")
+    if state.master_replicas != size - 1:
+        found.append(f"Redis master has {state.master_replicas} of {size - 1} replicas connected")
+    return found
+
+
+def wait_until_whole(target: Target, deadline_s: float,
+                     read: Callable[[ClusterTarget, int, str], ClusterState] = read_state) -> ClusterState:
+    """Return the state once every member is in place (a new cluster bootstraps and copies its
+    replicas first); raise :class:`ClusterNotReady` with what is missing at the deadline."""
+    cluster = target.cluster
+    give_up = time.monotonic() + deadline_s
+    while True:
+        state = read(cluster, target.redis.port, target.redis.password)
+        missing = problems(state, len(cluster.members))
+        if not missing:
+            return state
+        if time.monotonic() >= give_up:
+            raise ClusterNotReady(f"the replicated cluster is not whole after {deadline_s:.0f} s: "
+                                  + "; ".join(missing))
+        time.sleep(POLL_S)
+
+
+def resolve(target: Target, state: ClusterState) -> Target:
+    """``target`` with Redis on the master the Sentinels agree on (PostgreSQL stays behind HAProxy)."""
+    return dataclasses.replace(target, redis=dataclasses.replace(target.redis, host=state.master))
+
+
+def ensure_database(target: PostgresTarget, deadline_s: float) -> bool:
+    """Create the configured database on the leader when it is missing; True when it was created."""
+    maintenance = dataclasses.replace(target, database=MAINTENANCE_DB)
+    with connect_postgres(maintenance, deadline_s) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.database,)).fetchone():
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database)))
+        return True
+
+
+def checks(target: Target, read: Callable[[ClusterTarget, int, str], ClusterState] = read_state) -> list[Check]:
+    """The cluster's checks, from one reading."""
+    started = time.perf_counter()
+    state = read(target.cluster, target.redis.port, target.redis.password)
+    size = len(target.cluster.members)
+    latency_ms = (time.perf_counter() - started) * 1000
+
+    def check(name: str, ok: bool, observed: str, expected: str) -> Check:
+        return Check(name, ok, observed, expected, latency_ms)
+
+    lags = {m["host"]: m.get("lag") for m in state.replicas}
+    worst = max((lag for lag in lags.values() if isinstance(lag, int)), default=0)
+    sync = [m["host"] for m in state.replicas if m.get("role") == "sync_standby"]
+    return [
+        check("cluster.leader", len(state.leaders) == 1, ", ".join(state.leaders) or "none", "one leader"),
+        check("cluster.replicas_streaming", all(m.get("state") == "streaming" for m in state.replicas)
+              and len(state.replicas) == size - 1,
+              ", ".join(f"{m['host']} {m.get('state')}" for m in state.replicas), f"{size - 1} streaming"),
+        check("cluster.synchronous_standby", bool(sync), ", ".join(sync) or "none", "at least one"),
+        check("cluster.replication_lag", len(lags) == size - 1 and all(isinstance(v, int) for v in lags.values())
+              and worst <= MAX_LAG_BYTES, f"{worst} bytes at most", f"<= {MAX_LAG_BYTES} bytes"),
+        check("cluster.sentinels_agree", state.master is not None and all(state.quorum.values()),
+              f"master {state.master or 'disputed'}, quorum on {sum(state.quorum.values())} of {size}",
+              "one master, quorum on every Sentinel"),
+        check("cluster.redis_replicas", state.master_replicas == size - 1, str(state.master_replicas),
+              str(size - 1)),
+    ]

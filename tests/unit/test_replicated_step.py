@@ -1,0 +1,89 @@
+"""The post-deploy step's cluster part (infra.deploy.replicated) on readings made up here."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.core.targets import ClusterTarget, PostgresTarget, RedisTarget, Target
+from infra.deploy import replicated
+from infra.deploy.replicated import ClusterState
+
+ADDRESSES = ("10.9.0.2", "10.9.0.3", "10.9.0.4")
+TARGET = Target(
+    "prod",
+    PostgresTarget("10.9.0.2", 5000, "sinsolver", "sinadmin", "p" * 20, "prod-patroni", "10.9.0.2", 16),
+    RedisTarget("10.9.0.2", 6379, "r" * 20, "prod-redis", "10.9.0.2", 7),
+    cluster=ClusterTarget(ADDRESSES, 8008, 26379, "s" * 20, "sin-redis"),
+)
+
+
+def whole(**changes) -> ClusterState:
+    state = dict(
+        patroni=[{"host": "10.9.0.2", "role": "leader", "state": "running"},
+                 {"host": "10.9.0.3", "role": "sync_standby", "state": "streaming", "lag": 0},
+                 {"host": "10.9.0.4", "role": "replica", "state": "streaming", "lag": 120}],
+        masters={a: "10.9.0.2" for a in ADDRESSES}, quorum={a: True for a in ADDRESSES}, master_replicas=2)
+    state.update(changes)
+    return ClusterState(**state)
+
+
+def test_a_whole_cluster_has_no_problems_and_passes_every_check():
+    assert replicated.problems(whole(), 3) == []
+    checks = replicated.checks(TARGET, read=lambda *_: whole())
+    assert [c.name for c in checks] == ["cluster.leader", "cluster.replicas_streaming", "cluster.synchronous_standby",
+                                        "cluster.replication_lag", "cluster.sentinels_agree", "cluster.redis_replicas"]
+    assert all(c.ok for c in checks), [c for c in checks if not c.ok]
+    assert checks[0].observed == "10.9.0.2" and checks[2].observed == "10.9.0.3"
+
+
+@pytest.mark.parametrize("changes, problem, failed", [
+    ({"patroni": [{"host": "10.9.0.3", "role": "replica", "state": "streaming", "lag": 0}]},
+     "Patroni leaders: none (one expected)", "cluster.leader"),
+    ({"patroni": [{"host": "10.9.0.2", "role": "leader", "state": "running"},
+                  {"host": "10.9.0.3", "role": "sync_standby", "state": "streaming", "lag": 0},
+                  {"host": "10.9.0.4", "role": "replica", "state": "creating replica"}]},
+     "replicas not streaming: 10.9.0.4", "cluster.replicas_streaming"),
+    ({"patroni": [{"host": "10.9.0.2", "role": "leader", "state": "running"},
+                  {"host": "10.9.0.3", "role": "replica", "state": "streaming", "lag": 0},
+                  {"host": "10.9.0.4", "role": "replica", "state": "streaming", "lag": 0}]},
+     "no synchronous standby", "cluster.synchronous_standby"),
+    ({"masters": {"10.9.0.2": "10.9.0.2", "10.9.0.3": "10.9.0.3", "10.9.0.4": None}},
+     "the Sentinels do not agree on a master", "cluster.sentinels_agree"),
+    ({"quorum": {"10.9.0.2": True, "10.9.0.3": False, "10.9.0.4": True}},
+     "Sentinels without quorum: 10.9.0.3", "cluster.sentinels_agree"),
+    ({"master_replicas": 1}, "Redis master has 1 of 2 replicas connected", "cluster.redis_replicas"),
+])
+def test_each_missing_part_is_named_and_fails_its_check(changes, problem, failed):
+    state = whole(**changes)
+    assert any(p.startswith(problem) for p in replicated.problems(state, 3)), replicated.problems(state, 3)
+    assert failed in [c.name for c in replicated.checks(TARGET, read=lambda *_: state) if not c.ok]
+
+
+def test_a_lagging_replica_fails_the_lag_check_only():
+    lagging = whole(patroni=[{"host": "10.9.0.2", "role": "leader", "state": "running"},
+                             {"host": "10.9.0.3", "role": "sync_standby", "state": "streaming", "lag": 0},
+                             {"host": "10.9.0.4", "role": "replica", "state": "streaming", "lag": (1 << 20) + 1}])
+    assert [c.name for c in replicated.checks(TARGET, read=lambda *_: lagging) if not c.ok] == [
+        "cluster.replication_lag"]
+
+
+def test_waiting_ends_once_whole_and_names_what_is_missing_at_the_deadline(monkeypatch):
+    monkeypatch.setattr(replicated, "POLL_S", 0)
+    readings = iter([whole(master_replicas=0), whole(master_replicas=1), whole()])
+    assert replicated.wait_until_whole(TARGET, 5, read=lambda *_: next(readings)).master_replicas == 2
+    with pytest.raises(replicated.ClusterNotReady, match=r"not whole after 0 s: no synchronous standby$"):
+        replicated.wait_until_whole(TARGET, 0, read=lambda *_: whole(patroni=[
+            {"host": "10.9.0.2", "role": "leader", "state": "running"},
+            {"host": "10.9.0.3", "role": "replica", "state": "streaming", "lag": 0},
+            {"host": "10.9.0.4", "role": "replica", "state": "streaming", "lag": 0}]))
+
+
+def test_redis_is_resolved_to_the_master_the_sentinels_agree_on():
+    moved = replicated.resolve(TARGET, whole(masters={a: "10.9.0.4" for a in ADDRESSES}))
+    assert (moved.redis.host, moved.redis.port, moved.postgres.host) == ("10.9.0.4", 6379, "10.9.0.2")
+
+
+def test_the_target_survives_the_wire():
+    again = Target.from_dict({**TARGET.to_dict(), "cluster": {**TARGET.to_dict()["cluster"],
+                                                               "members": list(ADDRESSES), "sentinel_port": 26379.0}})
+    assert again == TARGET
