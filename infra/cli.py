@@ -332,6 +332,8 @@ def images_option(p: argparse.ArgumentParser) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if getattr(args, "stack", None):
+            stacks.refuse_replicated(args.stack)
         return args.handler(args)
     except (SinError, auto.CommandError) as exc:
         # Each kind carries its exit code: 2 bad input (nothing changed), 1 a failed step. A failure of the

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Optional
 from urllib.parse import quote
 
 import pulumi
@@ -19,7 +19,10 @@ from infra.components.network import NetworkArgs, SinNetwork
 from infra.components.postdeploy import PostDeploy, PostDeployArgs
 from infra.components.postgres import PostgresArgs, PostgresService
 from infra.components.redis import RedisArgs, RedisService
-from infra.core.targets import CLIENT_SETTINGS, POSTGRES_PORT, REDIS_PORT, PostgresTarget, RedisTarget, Target
+from infra.core import cluster
+from infra.components.cluster import ClusterMember, ClusterMemberArgs
+from infra.core.targets import (CLIENT_SETTINGS, POSTGRES_PORT, REDIS_PORT, ClusterTarget, DockerHost, PostgresTarget,
+                                RedisTarget, Target)
 from infra.deploy.registry import default_actor
 
 
@@ -41,11 +44,10 @@ def target_for(cfg: stack_config.StackConfig) -> Target:
     )
 
 
-def docker_provider(cfg: stack_config.StackConfig) -> docker.Provider:
-    """The stack's Docker host, named in its configuration, so `preview` in a pull request and `up`
+def docker_provider(host: DockerHost, name: str = "docker-host") -> docker.Provider:
+    """A Docker host named in the stack's configuration, so `preview` in a pull request and `up`
     talk to the same engine (unset: DOCKER_HOST, then the local socket)."""
-    return docker.Provider("docker-host", host=cfg.docker.url or None,
-                           ssh_opts=cfg.docker.ssh_options() if cfg.docker.is_ssh else None)
+    return docker.Provider(name, host=host.url or None, ssh_opts=host.ssh_options() if host.is_ssh else None)
 
 
 def backup_agent(cfg: stack_config.StackConfig, postgres: PostgresService, redis: RedisService,
@@ -72,8 +74,10 @@ def backup_agent(cfg: stack_config.StackConfig, postgres: PostgresService, redis
     ), pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=[postgres, redis])))
 
 
-def postgres_url(user: str, password: str, host: str, port: int, database: str) -> str:
-    return f"postgresql://{quote(user)}:{quote(password, safe='')}@{host}:{port}/{quote(database)}"
+def postgres_url(user: str, password: str, host: str, port: Optional[int], database: str) -> str:
+    """``host`` may list several ``address:port`` (libpq's multi-host form) with ``port`` None."""
+    where = host if port is None else f"{host}:{port}"
+    return f"postgresql://{quote(user)}:{quote(password, safe='')}@{where}/{quote(database)}"
 
 
 def redis_url(password: str, host: str, port: int) -> str:
@@ -99,8 +103,11 @@ def program(look: Callable[[stack_config.StackConfig], None] = look_at_host) -> 
     """Declare network, PostgreSQL, Redis and the post-deploy step; export the contract. ``look``
     checks the Docker host first (the unit tests, which have none, pass their own)."""
     cfg = stack_config.from_pulumi()
+    if cfg.cluster:
+        replicated_program(cfg)
+        return
     look(cfg)
-    on_host = pulumi.ResourceOptions(providers=[docker_provider(cfg)])
+    on_host = pulumi.ResourceOptions(providers=[docker_provider(cfg.docker)])
     common = dict(bind_address=cfg.bind_address, retain_volume=cfg.retain_volumes,
                   health_timeout_s=cfg.health_timeout_seconds)
 
@@ -160,5 +167,60 @@ def program(look: Callable[[stack_config.StackConfig], None] = look_at_host) -> 
     pulumi.export("clientSettings", CLIENT_SETTINGS)
     # How the day-2 commands reach the services, passwords included: one structured secret.
     pulumi.export("connection", pulumi.Output.secret(target_for(cfg).to_dict()))
+    pulumi.export("migrationsApplied", step.applied)
+    pulumi.export("verificationChecks", step.checks)
+
+
+def cluster_target(cfg: stack_config.StackConfig) -> Target:
+    """How the post-deploy step reaches a replicated stack: PostgreSQL through the first host's HAProxy
+    (the leader), Redis wherever the Sentinels say its master is (resolved when the step runs)."""
+    pg, rd, first = cfg.postgres, cfg.redis, cfg.cluster.addresses[0]
+    return Target(
+        stack=cfg.stack,
+        postgres=PostgresTarget(first, cluster.HAPROXY_PRIMARY_PORT, pg.database, pg.user, pg.password,
+                                cluster.container_name(cfg.stack, "patroni"), first, pg.major_version),
+        redis=RedisTarget(first, cluster.REDIS_PORT, rd.password, cluster.container_name(cfg.stack, "redis"), first,
+                          rd.major_version),
+        cluster=ClusterTarget(cfg.cluster.addresses, cluster.PATRONI_REST_PORT, cluster.SENTINEL_PORT,
+                              cfg.cluster.secrets.sentinel, cluster.SENTINEL_MASTER_NAME),
+    )
+
+
+def replicated_program(cfg: stack_config.StackConfig) -> None:
+    """Declare every host's servers and the post-deploy step; export what clients need."""
+    cl, pg, rd = cfg.cluster, cfg.postgres, cfg.redis
+    everyone = cluster.members(cl.addresses)
+    images = {"etcd": cl.etcd_image, "patroni": cl.patroni_image, "haproxy": cl.haproxy_image, "redis": rd.image}
+    names = {role: cluster.container_name(cfg.stack, role) for role in cluster.ROLES}
+    role_labels = {role: labels(cfg.project, cfg.stack, role) for role in cluster.ROLES}
+    hosts = []
+    for host, me in zip(cl.hosts, everyone):
+        servers = cluster.servers(everyone, me, cfg.stack, pg.user, cl.secrets, pg.memory_mb, rd.memory_mb)
+        hosts.append(ClusterMember(f"member-{me.name}", ClusterMemberArgs(
+            servers=servers, images=images, names=names, labels=role_labels, retain_volumes=cfg.retain_volumes),
+            pulumi.ResourceOptions(providers=[docker_provider(host.docker, f"docker-{me.name}")])))
+    target = cluster_target(cfg)
+    step = PostDeploy("post-deploy", PostDeployArgs(
+        target=target.to_dict(),
+        migrations=migration_files.fingerprint(migration_files.load()),
+        container_ids=pulumi.Output.all(*(h.container_ids for h in hosts)).apply(
+            lambda per_host: [cid for ids in per_host for cid in ids]),
+        actor=default_actor(),
+        ready_timeout_s=cfg.health_timeout_seconds,
+        services=hosts,
+    ))
+    endpoints = [f"{address}:{cluster.HAPROXY_PRIMARY_PORT}" for address in cl.addresses]
+    pulumi.export("topology", "replicated")
+    pulumi.export("postgresEndpoints", endpoints)
+    pulumi.export("postgresDatabase", pg.database)
+    pulumi.export("postgresUser", pg.user)
+    pulumi.export("postgresMajorVersion", pg.major_version)
+    pulumi.export("postgresUrl", pulumi.Output.secret(
+        postgres_url(pg.user, pg.password, ",".join(endpoints), None, pg.database)))
+    pulumi.export("sentinels", [f"{address}:{cluster.SENTINEL_PORT}" for address in cl.addresses])
+    pulumi.export("sentinelMasterName", cluster.SENTINEL_MASTER_NAME)
+    pulumi.export("redisMajorVersion", rd.major_version)
+    pulumi.export("clientSettings", CLIENT_SETTINGS)
+    pulumi.export("connection", pulumi.Output.secret(target.to_dict()))
     pulumi.export("migrationsApplied", step.applied)
     pulumi.export("verificationChecks", step.checks)

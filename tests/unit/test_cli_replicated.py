@@ -1,0 +1,24 @@
+"""`python -m infra` refuses a replicated stack, before anything runs, with exit 2 and what to use instead."""
+
+from __future__ import annotations
+
+from infra import cli
+from infra.driver import stacks
+
+
+def test_a_replicated_stack_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text("config:\n  sin-datastores:topology: replicated\n")
+    monkeypatch.setattr(stacks, "config_file", lambda name: path)
+    monkeypatch.setattr(stacks, "open_stack", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    assert cli.main(["status", "--stack", "prod"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "sin-datastores: error: stack 'prod' uses the replicated topology, which `python -m infra` does not manage yet; nothing was "
+        "done. Use `pulumi preview|up|destroy --stack prod` (docs/replicated.md)")
+
+
+def test_a_single_host_stack_goes_on(tmp_path, monkeypatch):
+    path = tmp_path / "Pulumi.dev.yaml"
+    path.write_text("config:\n  sin-datastores:topology: single\n")
+    monkeypatch.setattr(stacks, "config_file", lambda name: path)
+    stacks.refuse_replicated("dev")  # no error
