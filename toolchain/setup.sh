@@ -3,9 +3,8 @@
 # the Python venv, the Pulumi CLI + Python language host (an installed upstream `pulumi` on PATH,
 # else built, unpatched, from Go modules) + docker provider (built; installed into the engine's
 # plugin cache), a Docker Engine, the local images (PostgreSQL 16, Redis 7, the backup agent,
-# Patroni, etcd, HAProxy), the host
-# servers the integration tests start (PostgreSQL 16, Redis 7, the versitygw S3 server),
-# and sshd/iproute2 for the remote-host harness.
+# Patroni, etcd, HAProxy), the host servers the integration tests start (PostgreSQL 16, Redis 7,
+# the versitygw S3 server), and sshd/iproute2 for the remote-host harness.
 # A second run takes seconds.
 #
 # Logs go to stderr; stdout is shell to eval:  eval "$(toolchain/setup.sh)"
