@@ -216,7 +216,7 @@ def test_patroni_etcd_haproxy(topology):
     common = ("--label", label, "--network", t.network)
 
     docker("run", "-d", "--name", t.container("etcd"), *common, "--ip", t.etcd_ip, img["SIN_LOCAL_ETCD_IMAGE"],
-           "--name", "etcd1", "--listen-client-urls", "http://0.0.0.0:2379",
+           "--name", "etcd1", "--data-dir", "/var/lib/etcd", "--listen-client-urls", "http://0.0.0.0:2379",
            "--advertise-client-urls", f"http://{t.etcd_ip}:2379", "--listen-peer-urls", "http://0.0.0.0:2380",
            "--initial-advertise-peer-urls", f"http://{t.etcd_ip}:2380",
            "--initial-cluster", f"etcd1=http://{t.etcd_ip}:2380", "--initial-cluster-state", "new")
@@ -233,6 +233,7 @@ def test_patroni_etcd_haproxy(topology):
     wait_for("pg1's GET /primary to answer 200", lambda: http_status(pg1, "http://127.0.0.1:8008/primary") == "200", 60)
     leader = in_container(t.container("etcd"), "etcdctl", "get", "--print-value-only", f"/service/{t.name}/leader")
     assert leader.strip() == "pg1"
+    in_container(t.container("etcd"), "test", "-d", "/var/lib/etcd/member")  # etcd's data in its volume
     bootstrapped = time.monotonic() - started
 
     in_container(pg1, "sh", "-c", "umask 077 && cat >/run/test.pgpass",

@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # sin-local/etcd:<3.5.x>-trixie: Debian trixie minbase + etcd-server, etcd-client (checked to be
 # ETCD_VERSION) + etcd-entrypoint.sh beside this file: etcd runs as user etcd (uid 999) with the
-# arguments the container is given; its data directory is the volume /var/lib/etcd.
+# arguments the container is given, in the volume /var/lib/etcd (give --data-dir /var/lib/etcd;
+# without one, etcd's default <name>.etcd is relative to that working directory). No ETCD_DATA_DIR
+# in the image: etcd 3.5 refuses to start when a variable and a flag both set a setting.
 image_version="$(pin ETCD_VERSION)"
 image_suite="$(pin ETCD_IMAGE_SUITE)"
 image_packages=(etcd-server etcd-client)
@@ -9,7 +11,6 @@ image_pins=()
 image_files=("$toolchain_dir/images/entrypoint-lib.sh")
 image_config=(
   'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-  'ENV ETCD_DATA_DIR=/var/lib/etcd'
   'WORKDIR /var/lib/etcd'
   'VOLUME /var/lib/etcd'
   'EXPOSE 2379 2380'
