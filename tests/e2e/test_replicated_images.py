@@ -5,7 +5,8 @@ members whose YAML is uploaded as /run/secrets/patroni.yml (root, 0400) into eac
 before its start, and one HAProxy whose config is uploaded as /run/secrets/haproxy.cfg. The first
 member bootstraps PostgreSQL 16.14 and becomes the leader in etcd, the second one joins as a
 streaming replica (pg_basebackup 16); HAProxy's REST check (GET /primary) routes port 5000 to the
-leader and keeps the replica out. The passwords, generated here and
+leader and keeps the replica out, and follows a switchover to the other member (the old leader
+rejoins as a replica). The passwords, generated here and
 never printed, are in no `docker inspect`, no log, no process's command line or environment.
 
 Every object carries the label of a test-stack name, so the finally's sweep (or, after a crash,
@@ -241,7 +242,9 @@ def test_patroni_etcd_haproxy(topology):
     version = psql(t, "127.0.0.1", 5432, "SELECT version()")
     assert version.startswith(f"PostgreSQL {PG_VERSION} "), version
     assert psql(t, "127.0.0.1", 5432, "SHOW data_checksums") == "on"
-    for tool in ("pg_rewind", "pg_basebackup", "pg_controldata", "pg_isready", "postgres"):
+    # Every PostgreSQL program Patroni runs (from bin_dir) is the server's version.
+    for tool in ("postgres", "initdb", "pg_ctl", "pg_rewind", "pg_basebackup", "pg_controldata", "pg_isready",
+                 "pg_waldump"):
         assert in_container(pg1, tool, "--version").strip() == f"{tool} (PostgreSQL) {PG_VERSION}"
 
     # The second member clones the leader with pg_basebackup and streams from it.
@@ -259,15 +262,30 @@ def test_patroni_etcd_haproxy(topology):
     upload(haproxy, "/run/secrets/haproxy.cfg", haproxy_config(t))
     docker("start", haproxy)
 
-    def states() -> str:
-        out = in_container(pg1, "python3", "-c", STATS,
-                           stdin=Secret(f"http://{t.haproxy_ip}:8404/;csv\n{t.passwords['stats']}\n"), check=False)
-        return out.strip() if out.strip() == "pg1=UP pg2=DOWN" else ""
+    def routes_to(leader: str) -> None:
+        """HAProxy marks ``leader`` UP and the other member DOWN, and port 5000 reaches the leader."""
+        want = " ".join(f"{m}={'UP' if m == leader else 'DOWN'}" for m in sorted(t.member_ips))
 
-    wait_for("HAProxy to mark the leader UP and the replica DOWN", states, 20)
-    for _ in range(3):  # round robin over the servers the checks left up: always the leader
-        assert psql(t, t.haproxy_ip, 5000, "SELECT inet_server_addr()::text || ' ' || pg_is_in_recovery()") \
-            == f"{t.member_ips['pg1']}/32 false"
+        def states() -> bool:
+            out = in_container(pg1, "python3", "-c", STATS, check=False,
+                               stdin=Secret(f"http://{t.haproxy_ip}:8404/;csv\n{t.passwords['stats']}\n"))
+            return out.strip() == want
+
+        wait_for(f"HAProxy to show {want}", states, 20)
+        for _ in range(3):  # round robin over the servers the checks left up: always the leader
+            assert psql(t, t.haproxy_ip, 5000, "SELECT inet_server_addr()::text || ' ' || pg_is_in_recovery()") \
+                == f"{t.member_ips[leader]}/32 false"
+
+    routes_to("pg1")
+
+    # A switchover (patronictl reads the REST password from the config): HAProxy follows the new
+    # leader, and the old one rejoins as a replica.
+    in_container(pg1, "patronictl", "-c", "/run/patroni/patroni.yml", "switchover", "--leader", "pg1",
+                 "--candidate", "pg2", "--force")
+    wait_for("pg2 to lead", lambda: http_status(pg2, "http://127.0.0.1:8008/primary") == "200", 30)
+    routes_to("pg2")
+    wait_for("pg1 to rejoin as a replica",
+             lambda: http_status(pg1, "http://127.0.0.1:8008/replica") == "200", 30)
 
     # Non-root servers; the uploaded configs root-only, the copies readable by the server's user only.
     roles = ("etcd", "pg1", "pg2", "haproxy")
@@ -292,4 +310,9 @@ def test_patroni_etcd_haproxy(topology):
         for where, text in (("inspect", docker("inspect", container)), ("logs", logs), ("processes", procs)):
             leaks += [f"{role} {where}: the {key} password" for key, pw in t.passwords.items() if pw in text]
     assert not leaks, leaks
+    # Patroni found every program it ran (without pg_waldump it logs a FileNotFoundError after the
+    # switchover and rewinds the old leader blindly).
+    for pg in (pg1, pg2):
+        proc = subprocess.run(["docker", "logs", pg], capture_output=True, timeout=30)
+        assert b"FileNotFoundError" not in proc.stdout + proc.stderr, f"{pg}: Patroni missed a program"
     print(f"replicated images: leader after {bootstrapped:.1f} s, all checked in {time.monotonic() - started:.1f} s")

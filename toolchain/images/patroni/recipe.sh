@@ -2,14 +2,16 @@
 # sin-local/patroni:<patroni>-pg<16.x>-trixie: what the postgres image has (postgres/server.sh:
 # Debian trixie minbase + postgresql-client-17 + the PostgreSQL 16 server of toolchain/pg16.sh)
 # + Debian's patroni (checked to be PATRONI_VERSION) and python3-etcd (its etcd3 DCS talks to
-# etcd's JSON gateway through python-etcd) + pg_basebackup, pg_rewind, pg_controldata, pg_isready
-# 16 from toolchain/pg16-tools.sh ($pgtools) in the server's bin/ + patroni-entrypoint.sh beside
+# etcd's JSON gateway through python-etcd) + the PostgreSQL 16 programs Patroni runs that the
+# server package lacks (pg_basebackup, pg_rewind, pg_controldata, pg_isready, pg_waldump), from
+# toolchain/pg16-tools.sh ($pgtools), in the server's bin/ + patroni-entrypoint.sh beside
 # this file. The config is uploaded as /run/secrets/patroni.yml (root, 0400) before the start.
 . "$toolchain_dir/images/postgres/server.sh"
 image_version="$(pin PATRONI_VERSION)-pg$pg16_version"
 image_suite="$(pin PATRONI_IMAGE_SUITE)"
 image_packages=("${pg16_packages[@]}" patroni python3-etcd)
-image_pins=("$pg16_pin" "pg16-tools=$(pin PG16_TOOLS_PYPI_VERSION) $(pin PG16_TOOLS_WHEEL_SHA256)")
+pg16_tools=($(cd "$pgtools/bin" && ls))
+image_pins=("$pg16_pin" "pg16-tools=$(pin PG16_TOOLS_PYPI_VERSION) $(pin PG16_TOOLS_WHEEL_SHA256) ${pg16_tools[*]}")
 image_files=("$toolchain_dir/images/postgres/server.sh" "$toolchain_dir/images/entrypoint-lib.sh")
 image_config=(
   "ENV PATH=$pg16_path"
@@ -19,7 +21,6 @@ image_config=(
   'ENTRYPOINT ["patroni-entrypoint.sh"]'
   'CMD ["patroni"]'
 )
-pg16_tools=(pg_basebackup pg_rewind pg_controldata pg_isready)
 
 build_rootfs() {
   pg16_server_root
