@@ -66,7 +66,9 @@ if ! command -v debootstrap >/dev/null 2>&1; then
 fi
 find_mirrors
 mkdir -p "$SIN_CACHE/images"
-# This run's bases, one per suite (make_base); removed when the run ends.
+# This run's bases, one per suite (make_base); removed when the run ends (and those of a run
+# killed hours ago, at the next start).
+find "$SIN_CACHE/images" -maxdepth 1 -name 'bases.*' -mmin +240 -exec rm -rf '{}' + 2>/dev/null || :
 run_bases="$(mktemp -d "$SIN_CACHE/images/bases.XXXXXX")"
 trap 'rm -rf "$run_bases"' EXIT
 
