@@ -6,8 +6,8 @@ before its start, and one HAProxy whose config is uploaded as /run/secrets/hapro
 member bootstraps PostgreSQL 16.14 and becomes the leader in etcd, the second one joins as a
 streaming replica (pg_basebackup 16); HAProxy's REST check (GET /primary) routes port 5000 to the
 leader and keeps the replica out, and follows a switchover to the other member (the old leader
-rejoins as a replica). The passwords, generated here and
-never printed, are in no `docker inspect`, no log, no process's command line or environment.
+rejoins as a replica). The passwords, generated here and never printed, are in no `docker
+inspect`, no log, no process's command line or environment.
 
 Every object carries the label of a test-stack name, so the finally's sweep (or, after a crash,
 the test-stack sweeper) removes it; nothing else on the engine is touched.
@@ -100,8 +100,8 @@ def http_status(container: str, url: str) -> str:
 
 
 def psql(t: Topology, host: str, port: int, sql: str) -> str:
-    """psql (over TCP, with a password) inside the leader's container; the password is read from the
-    pgpass file the test put there through stdin."""
+    """psql (over TCP, with a password) inside pg1's container; the password is read from the pgpass
+    file the test put there through stdin."""
     return in_container(t.container("pg1"), "env", "PGPASSFILE=/run/test.pgpass", "PGCONNECT_TIMEOUT=5",
                         "psql", "-X", "-w", "-At", "-h", host, "-p", str(port), "-U", "postgres", "-d", "postgres",
                         "-c", sql).strip()
