@@ -2,14 +2,15 @@
 # Everything this project needs on a fresh Debian machine, idempotently and cached:
 # the Python venv, the Pulumi CLI + Python language host (an installed upstream `pulumi` on PATH,
 # else built, unpatched, from Go modules) + docker provider (built; installed into the engine's
-# plugin cache), a Docker Engine, the local PostgreSQL 16 / Redis 7 images, the host
-# servers the integration tests start (PostgreSQL 16, Redis 7, the versitygw S3 server),
-# and sshd/iproute2 for the remote-host harness.
+# plugin cache), a Docker Engine, the local images (PostgreSQL 16, Redis 7, the backup agent,
+# Patroni, etcd, HAProxy), the host servers the integration tests start (PostgreSQL 16, Redis 7,
+# the versitygw S3 server), and sshd/iproute2 for the remote-host harness.
 # A second run takes seconds.
 #
 # Logs go to stderr; stdout is shell to eval:  eval "$(toolchain/setup.sh)"
 # It exports PATH (toolchain first), SIN_LOCAL_POSTGRES_IMAGE, SIN_LOCAL_REDIS_IMAGE,
-# SIN_LOCAL_BACKUP_IMAGE, SIN_PG16_DIR and SIN_VERSITYGW. Steps can be skipped with
+# SIN_LOCAL_BACKUP_IMAGE, SIN_LOCAL_PATRONI_IMAGE, SIN_LOCAL_ETCD_IMAGE, SIN_LOCAL_HAPROXY_IMAGE,
+# SIN_PG16_DIR and SIN_VERSITYGW. Steps can be skipped with
 # SIN_SETUP_SKIP="images host" etc.
 set -euo pipefail
 
@@ -76,6 +77,9 @@ if ! skip docker; then
     echo "export SIN_LOCAL_POSTGRES_IMAGE='$pg_image'"
     echo "export SIN_LOCAL_REDIS_IMAGE='$redis_image'"
     echo "export SIN_LOCAL_BACKUP_IMAGE='$(sed -n 's/^backup_image=//p' <<<"$images")'"
+    echo "export SIN_LOCAL_PATRONI_IMAGE='$(sed -n 's/^patroni_image=//p' <<<"$images")'"
+    echo "export SIN_LOCAL_ETCD_IMAGE='$(sed -n 's/^etcd_image=//p' <<<"$images")'"
+    echo "export SIN_LOCAL_HAPROXY_IMAGE='$(sed -n 's/^haproxy_image=//p' <<<"$images")'"
   fi
 fi
 

