@@ -120,6 +120,58 @@ def _made_by_a_run(shared_dir: Path) -> Path:
     return Path("/run") / f".{PREFIX}-made-{shared_dir.name}"
 
 
+def _add_namespace(name: str) -> None:
+    """A network namespace ``name`` with its loopback up."""
+    if not NETNS_DIR.exists():
+        _made_by_a_run(NETNS_DIR).touch()
+    _run(["ip", "netns", "add", name], f"ip netns add {name}")
+    _run(["ip", "-n", name, "link", "set", "lo", "up"], f"ip link set lo up ({name})")
+
+
+def _delete_namespace(name: str) -> None:
+    """Delete the namespace ``name`` (with every interface in it, and their veth peers elsewhere)."""
+    if (NETNS_DIR / name).exists():
+        _run(["ip", "netns", "del", name], f"ip netns del {name}")
+
+
+def _ip(namespace: Optional[str]) -> list[str]:
+    return ["ip", "-n", namespace] if namespace else ["ip"]
+
+
+def _add_veth(name: str, namespace: Optional[str], peer: str, peer_namespace: str) -> None:
+    """A veth pair: ``name`` in ``namespace`` (None: this machine's), ``peer`` in ``peer_namespace``."""
+    _run([*_ip(namespace), "link", "add", name, "type", "veth", "peer", "name", peer, "netns", peer_namespace],
+         f"ip link add {name} (veth pair with {peer} in {peer_namespace})")
+
+
+def _configure(interface: str, namespace: Optional[str], address: Optional[str] = None,
+               master: Optional[str] = None) -> None:
+    """Give ``interface`` an address (with prefix) or a bridge, and bring it up."""
+    where = f"{interface} in {namespace or 'this machine'}"
+    if address:
+        _run([*_ip(namespace), "addr", "add", address, "dev", interface], f"ip addr add {address} ({where})")
+    if master:
+        _run([*_ip(namespace), "link", "set", interface, "master", master], f"ip link set master {master} ({where})")
+    _run([*_ip(namespace), "link", "set", interface, "up"], f"ip link set up ({where})")
+
+
+def _release_shared_dir(path: Path, own_name: str) -> None:
+    """The last run out removes /run/netns or /run/sshd when a run made it and nothing else uses it."""
+    marker = _made_by_a_run(path)
+    if not marker.exists() or _other_runs(own_name):
+        return
+    if path.exists() and not any(path.iterdir()):
+        if str(path) in _mount_points():  # `ip netns add` bind-mounts /run/netns onto itself
+            _run(["umount", str(path)], f"umount {path}")
+        path.rmdir()
+    marker.unlink(missing_ok=True)
+
+
+def _other_runs(own_name: str) -> list[Path]:
+    """Base directories of other live remote hosts and LANs (they may share /run/netns and /run/sshd)."""
+    return [p for p in Path("/run").glob(f"{PREFIX}-*") if not p.name.startswith(own_name)]
+
+
 def _terminate(process: Optional[subprocess.Popen], timeout_s: float) -> None:
     if process is None or process.poll() is not None:
         return
@@ -345,8 +397,7 @@ class RemoteDockerHost:
         self.users_dir.mkdir(mode=0o755)
         (self.users_dir / self.NO_DOCKER_USER).write_text(Path(f"{self.identity_file}.pub").read_text())
         (self.users_dir / self.NO_DOCKER_USER).chmod(0o644)
-        veth = _free_network(VETH_POOL, 30)
-        self.host_address, self.address = (str(h) for h in veth.hosts())
+        self.host_address, self.address = (str(h) for h in _free_network(VETH_POOL, 30).hosts())
         self.bridge = f"{next(_free_network(BRIDGE_POOL, 24).hosts())}/24"
         host_key = Path(self.ssh_dir / "host_ed25519.pub").read_text().split()
         self.known_hosts_file.write_text(f"{self.address} {host_key[0]} {host_key[1]}\n")
@@ -371,17 +422,10 @@ class RemoteDockerHost:
         wrapper.chmod(0o700)
 
     def _make_namespace(self) -> None:
-        if not NETNS_DIR.exists():
-            _made_by_a_run(NETNS_DIR).touch()
-        _run(["ip", "netns", "add", self.name], "ip netns add")
-        ns = ["ip", "-n", self.name]
-        _run(["ip", "link", "add", self.host_veth, "type", "veth", "peer", "name", self.namespace_veth,
-              "netns", self.name], "ip link add (veth pair)")
-        _run(["ip", "addr", "add", f"{self.host_address}/30", "dev", self.host_veth], "ip addr add (host side)")
-        _run(["ip", "link", "set", self.host_veth, "up"], "ip link set up (host side)")
-        _run([*ns, "addr", "add", f"{self.address}/30", "dev", self.namespace_veth], "ip addr add (namespace side)")
-        _run([*ns, "link", "set", self.namespace_veth, "up"], "ip link set up (namespace side)")
-        _run([*ns, "link", "set", "lo", "up"], "ip link set lo up (namespace)")
+        _add_namespace(self.name)
+        _add_veth(self.host_veth, None, self.namespace_veth, self.name)
+        _configure(self.host_veth, None, f"{self.host_address}/30")
+        _configure(self.namespace_veth, self.name, f"{self.address}/30")
 
     def _start_sshd(self) -> None:
         if not PRIVSEP_DIR.exists():
@@ -474,11 +518,10 @@ class RemoteDockerHost:
                 os.kill(int(pid.group(1)), signal.SIGKILL)
 
     def _delete_namespace(self) -> None:
-        if self.netns_path.exists():
-            _run(["ip", "netns", "del", self.name], "ip netns del")
+        _delete_namespace(self.name)  # takes the veth pair with it
         if Path(f"/sys/class/net/{self.host_veth}").exists():
             _run(["ip", "link", "del", self.host_veth], "ip link del (host-side veth)")
-        self._release_shared_dir(NETNS_DIR)
+        _release_shared_dir(NETNS_DIR, self.name)
 
     def _remove_cgroups(self) -> None:
         for parent in CGROUP_ROOT.glob(f"*/{self.name}"):
@@ -494,19 +537,5 @@ class RemoteDockerHost:
                 raise RemoteHostError(f"{root} still has mounts ({', '.join(inside)}); not removing it")
             if root.exists():
                 shutil.rmtree(root)
-        self._release_shared_dir(PRIVSEP_DIR)
+        _release_shared_dir(PRIVSEP_DIR, self.name)
 
-    def _release_shared_dir(self, path: Path) -> None:
-        """The last run out removes /run/netns or /run/sshd when a run made it and nothing else uses it."""
-        marker = _made_by_a_run(path)
-        if not marker.exists() or self._other_runs():
-            return
-        if path.exists() and not any(path.iterdir()):
-            if str(path) in _mount_points():  # `ip netns add` bind-mounts /run/netns onto itself
-                _run(["umount", str(path)], f"umount {path}")
-            path.rmdir()
-        marker.unlink(missing_ok=True)
-
-    def _other_runs(self) -> list[Path]:
-        """Base directories of other live remote hosts (they may share /run/netns and /run/sshd)."""
-        return [p for p in Path("/run").glob(f"{PREFIX}-*") if not p.name.startswith(self.name)]
