@@ -9,6 +9,13 @@ the veth with a host key and a client key generated per run. Clients use
 adds ``-F <its own config>`` (pinned host key, that key only, batch mode, one multiplexed
 connection), so ~/.ssh is never read or written. Only loopback and the namespace's two
 addresses are ever contacted; the local Docker Engine is never touched.
+
+Issue #27's replicated topology needs several hosts that reach each other. ``RemoteHostGroup(n)``
+builds ``n`` such hosts on one private LAN (``PrivateLan``): a Linux bridge in a network namespace
+of its own, each host's only interface a veth into it with an address in a free /24 of
+10.215.0.0/16 (its SSH address, and the address its host-networked containers listen on), and
+this machine one more port with the /24's first address, so it reaches every host directly;
+nothing is routed or forwarded by this machine.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ PREREQUISITES = {
 }
 VETH_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 BRIDGE_POOL = ipaddress.IPv4Network("10.214.0.0/16")
+LAN_POOL = ipaddress.IPv4Network("10.215.0.0/16")
 PREFIX = "sinrh"
 NETNS_DIR = Path("/run/netns")
 PRIVSEP_DIR = Path("/run/sshd")
@@ -196,7 +204,8 @@ class RemoteDockerHost:
     # with the run's key, the engine's socket does not (for "user may not use Docker" tests).
     NO_DOCKER_USER = "nobody"
 
-    def __init__(self) -> None:
+    def __init__(self, lan: Optional["PrivateLan"] = None) -> None:
+        self.lan = lan  # None: a veth /30 to this machine; else the host's one interface is a port of ``lan``
         self.run_id = secrets.token_hex(3)
         self.name = f"{PREFIX}-{self.run_id}"  # namespace, hostname, cgroup parent
         self.base = Path("/run") / self.name  # 0700: keys, configs, sockets, exec root
@@ -212,8 +221,8 @@ class RemoteDockerHost:
         self.ssh_config_path = self.ssh_dir / "config"
         self.identity_file = self.ssh_dir / "client_ed25519"
         self.known_hosts_file = self.ssh_dir / "known_hosts"
-        self.host_address = ""
-        self.address = ""  # the namespace side of the veth: where sshd listens
+        self.host_address = ""  # this machine's end: the /30's other address, or its address on the LAN
+        self.address = ""  # the namespace side of the veth: where sshd listens (and, on a LAN, its containers)
         self.bridge = ""
         self._dockerd: Optional[subprocess.Popen] = None
         self._sshd: Optional[subprocess.Popen] = None
@@ -397,7 +406,10 @@ class RemoteDockerHost:
         self.users_dir.mkdir(mode=0o755)
         (self.users_dir / self.NO_DOCKER_USER).write_text(Path(f"{self.identity_file}.pub").read_text())
         (self.users_dir / self.NO_DOCKER_USER).chmod(0o644)
-        self.host_address, self.address = (str(h) for h in _free_network(VETH_POOL, 30).hosts())
+        if self.lan is not None:
+            self.host_address, self.address = self.lan.root_address, self.lan.lease()
+        else:
+            self.host_address, self.address = (str(h) for h in _free_network(VETH_POOL, 30).hosts())
         self.bridge = f"{next(_free_network(BRIDGE_POOL, 24).hosts())}/24"
         host_key = Path(self.ssh_dir / "host_ed25519.pub").read_text().split()
         self.known_hosts_file.write_text(f"{self.address} {host_key[0]} {host_key[1]}\n")
@@ -423,6 +435,9 @@ class RemoteDockerHost:
 
     def _make_namespace(self) -> None:
         _add_namespace(self.name)
+        if self.lan is not None:
+            self.lan.plug(self.name, self.namespace_veth, self.address)
+            return
         _add_veth(self.host_veth, None, self.namespace_veth, self.name)
         _configure(self.host_veth, None, f"{self.host_address}/30")
         _configure(self.namespace_veth, self.name, f"{self.address}/30")
@@ -518,7 +533,7 @@ class RemoteDockerHost:
                 os.kill(int(pid.group(1)), signal.SIGKILL)
 
     def _delete_namespace(self) -> None:
-        _delete_namespace(self.name)  # takes the veth pair with it
+        _delete_namespace(self.name)  # takes the veth pair with it, and so the host's port on a LAN
         if Path(f"/sys/class/net/{self.host_veth}").exists():
             _run(["ip", "link", "del", self.host_veth], "ip link del (host-side veth)")
         _release_shared_dir(NETNS_DIR, self.name)
@@ -539,3 +554,132 @@ class RemoteDockerHost:
                 shutil.rmtree(root)
         _release_shared_dir(PRIVSEP_DIR, self.name)
 
+
+class PrivateLan:
+    """A private LAN for a group of remote hosts: a Linux bridge in a network namespace of its own.
+
+    Each host's namespace has one interface, a veth whose other end is a port of the bridge, with an
+    address in a free /24 of LAN_POOL; this machine has one more port, with the /24's first address, so
+    it reaches every host directly (no route, nothing forwarded by this machine). The bridge's namespace
+    has no address and no firewall rules.
+    """
+
+    BRIDGE = "br0"
+    ROOT_PORT = "root"  # in the LAN's namespace: the peer of this machine's interface
+
+    def __init__(self) -> None:
+        self.run_id = secrets.token_hex(3)
+        self.name = f"{PREFIX}-lan-{self.run_id}"  # the namespace holding the bridge
+        self.netns_path = NETNS_DIR / self.name
+        self.root_veth = f"{PREFIX}lan-{self.run_id}"  # this machine's interface (15 characters, the maximum)
+        self.network: Optional[ipaddress.IPv4Network] = None
+        self.root_address = ""
+        self._addresses: list[str] = []
+
+    def start(self) -> "PrivateLan":
+        """Make the namespace, the bridge and this machine's port; on failure tear down and re-raise."""
+        try:
+            self.network = _free_network(LAN_POOL, 24)
+            root, *self._addresses = (str(a) for a in self.network.hosts())
+            _add_namespace(self.name)
+            _run(["ip", "-n", self.name, "link", "add", self.BRIDGE, "type", "bridge", "stp_state", "0",
+                  "forward_delay", "0"], "ip link add (bridge)")
+            _configure(self.BRIDGE, self.name)
+            _add_veth(self.root_veth, None, self.ROOT_PORT, self.name)
+            _configure(self.ROOT_PORT, self.name, master=self.BRIDGE)
+            _configure(self.root_veth, None, f"{root}/{self.network.prefixlen}")
+            self.root_address = root
+        except BaseException as failure:
+            try:
+                self.close()
+            except RemoteHostError as teardown:
+                failure.add_note(str(teardown))
+            raise
+        return self
+
+    def lease(self) -> str:
+        """The next free host address on the LAN."""
+        if not self.root_address:
+            raise RemoteHostError(f"the LAN {self.name} is not started")
+        return self._addresses.pop(0)
+
+    def port(self, host_name: str) -> str:
+        """The bridge's port (in the LAN's namespace) that leads to the host named ``host_name``."""
+        return host_name
+
+    def plug(self, namespace: str, interface: str, address: str) -> None:
+        """Join ``namespace`` to the LAN: its ``interface`` gets ``address``, its peer becomes a bridge port."""
+        _add_veth(self.port(namespace), self.name, interface, namespace)
+        _configure(self.port(namespace), self.name, master=self.BRIDGE)
+        _configure(interface, namespace, f"{address}/{self.network.prefixlen}")
+
+    def close(self) -> None:
+        """Delete the namespace (the bridge and every port go with it, and so the veths' other ends)."""
+        problems = []
+        for what, action in (("this machine's port", self._delete_root_veth),  # its peer in the LAN goes with it
+                             ("namespace", lambda: _delete_namespace(self.name)),
+                             ("/run/netns", lambda: _release_shared_dir(NETNS_DIR, self.name))):
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - every step must get its chance
+                problems.append(f"{what}: {exc}")
+        if problems:
+            raise RemoteHostError(f"tearing down the LAN {self.name} left: " + "; ".join(problems))
+
+    def _delete_root_veth(self) -> None:
+        if Path(f"/sys/class/net/{self.root_veth}").exists():
+            _run(["ip", "link", "del", self.root_veth], f"ip link del {self.root_veth}")
+
+
+class RemoteHostGroup:
+    """``count`` remote hosts on one private LAN (issue #27's replicated topology).
+
+    Each host is a ``RemoteDockerHost`` whose only interface is its LAN port: ``host.address`` is both
+    where its sshd listens and the address its host-networked containers listen on and announce; the hosts
+    and this machine reach each other directly. A context manager (or ``start()`` / ``close()``); iterate
+    it or index it for the hosts.
+    """
+
+    def __init__(self, count: int = 3) -> None:
+        self.lan = PrivateLan()
+        self.hosts = [RemoteDockerHost(lan=self.lan) for _ in range(count)]
+
+    def start(self) -> "RemoteHostGroup":
+        require_prerequisites()
+        try:
+            self.lan.start()
+            for host in self.hosts:
+                host.start()
+        except BaseException as failure:
+            try:
+                self.close()
+            except RemoteHostError as teardown:
+                failure.add_note(str(teardown))
+            raise
+        return self
+
+    def close(self) -> None:
+        """Every host, then the LAN; keeps going past failures and reports them all at the end."""
+        problems = []
+        for part in (*self.hosts, self.lan):
+            try:
+                part.close()
+            except Exception as exc:  # noqa: BLE001
+                problems.append(str(exc))
+        if problems:
+            raise RemoteHostError("; ".join(problems))
+
+    def __enter__(self) -> "RemoteHostGroup":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self):
+        return iter(self.hosts)
+
+    def __getitem__(self, index: int) -> RemoteDockerHost:
+        return self.hosts[index]
+
+    def __len__(self) -> int:
+        return len(self.hosts)
