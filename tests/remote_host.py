@@ -15,7 +15,11 @@ builds ``n`` such hosts on one private LAN (``PrivateLan``): a Linux bridge in a
 of its own, each host's only interface a veth into it with an address in a free /24 of
 10.215.0.0/16 (its SSH address, and the address its host-networked containers listen on), and
 this machine one more port with the /24's first address, so it reaches every host directly;
-nothing is routed or forwarded by this machine.
+nothing is routed or forwarded by this machine. Two faults, on any host: ``cut_link()`` /
+``restore_link()`` (the far end of its link down: the host keeps running and reaches nobody,
+nobody reaches it, SSH included) and ``stop_engine()`` / ``start_engine()`` (the host lost: its
+dockerd, containerd, shims and every container process SIGKILLed at once, then the engine started
+again on the same data root, so containers with a restart policy come back as after a reboot).
 """
 
 from __future__ import annotations
@@ -163,6 +167,12 @@ def _configure(interface: str, namespace: Optional[str], address: Optional[str] 
     _run([*_ip(namespace), "link", "set", interface, "up"], f"ip link set up ({where})")
 
 
+def _set_link(interface: str, namespace: Optional[str], up: bool) -> None:
+    state = "up" if up else "down"
+    _run([*_ip(namespace), "link", "set", interface, state],
+         f"ip link set {state} ({interface} in {namespace or 'this machine'})")
+
+
 def _release_shared_dir(path: Path, own_name: str) -> None:
     """The last run out removes /run/netns or /run/sshd when a run made it and nothing else uses it."""
     marker = _made_by_a_run(path)
@@ -178,6 +188,14 @@ def _release_shared_dir(path: Path, own_name: str) -> None:
 def _other_runs(own_name: str) -> list[Path]:
     """Base directories of other live remote hosts and LANs (they may share /run/netns and /run/sshd)."""
     return [p for p in Path("/run").glob(f"{PREFIX}-*") if not p.name.startswith(own_name)]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (exists and is not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _terminate(process: Optional[subprocess.Popen], timeout_s: float) -> None:
@@ -227,6 +245,7 @@ class RemoteDockerHost:
         self._dockerd: Optional[subprocess.Popen] = None
         self._sshd: Optional[subprocess.Popen] = None
         self._forwards: list[tuple[int, str, int]] = []
+        self._engine_mounts = ""  # the mount namespace of the running dockerd (its containerd and shims share it)
 
     # --- public surface -------------------------------------------------------------------
 
@@ -340,6 +359,7 @@ class RemoteDockerHost:
         if not (self.exec_root / "containerd" / "containerd.sock").exists():
             raise RemoteHostError(f"the dockerd of {self.name} did not start its own containerd under "
                                   f"{self.exec_root}: {_tail(self.base / 'dockerd.log')}")
+        self._engine_mounts = os.readlink(f"/proc/{self._dockerd.pid}/ns/mnt")
         if self._sshd is not None and self._sshd.poll() is None:
             self._bind_default_sockets()
 
@@ -363,6 +383,81 @@ class RemoteDockerHost:
                 os.kill(int(containerd_pid.read_text().strip()), signal.SIGKILL)
             except (ValueError, ProcessLookupError):
                 pass
+
+    # --- the two faults ---------------------------------------------------------------------
+
+    def cut_link(self) -> None:
+        """Pull the host's cable: the far end of its one link goes down (its port on the LAN bridge, or this
+        machine's side of the /30). The host keeps running with its address; it reaches nobody and nobody
+        reaches it, SSH included (a new connection fails within the client's ConnectTimeout, 5 s). The
+        harness's own shared SSH connection (and its ``forward`` tunnels) is closed, so no later call hangs
+        on it; the next call opens a new one."""
+        self._disconnect()
+        self._forwards.clear()
+        _set_link(*self._far_end(), up=False)
+
+    def restore_link(self) -> None:
+        """Plug the cable back in (``cut_link`` undone)."""
+        _set_link(*self._far_end(), up=True)
+
+    def _far_end(self) -> tuple[str, Optional[str]]:
+        """The interface at the other end of the host's link, and its namespace (None: this machine's)."""
+        if self.lan is not None:
+            return self.lan.port(self.name), self.lan.name
+        return self.host_veth, None
+
+    def stop_engine(self, timeout_s: float = 10) -> None:
+        """The host lost (a power cut, not a shutdown): SIGKILL at once its dockerd, containerd, shims and
+        proxies (the processes in the engine's own mount namespace and the host's network namespace) and
+        every container process (those in its cgroup parent), so no container is told or saved anything;
+        then empty the exec root as a reboot empties /run. sshd and the namespace stay. ``start_engine``
+        starts the engine again on the same data root."""
+        if self._dockerd is None or not self._engine_mounts:
+            raise RemoteHostError(f"the dockerd of {self.name} was never started")
+        deadline = time.monotonic() + timeout_s
+        while pids := self._engine_processes():
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > deadline:
+                raise RemoteHostError(f"processes of the engine of {self.name} outlived SIGKILL: {sorted(pids)}")
+            time.sleep(0.02)
+        self._dockerd.wait(timeout_s)
+        inside = [m for m in _mount_points() if m.startswith(f"{self.exec_root}/")]
+        if inside:
+            raise RemoteHostError(f"{self.exec_root} has mounts here ({', '.join(inside)}); not emptying it")
+        shutil.rmtree(self.exec_root, ignore_errors=True)
+        (self.base / "dockerd.pid").unlink(missing_ok=True)
+
+    def start_engine(self) -> None:
+        """Start the engine again after ``stop_engine`` (or ``stop_daemon``), on the same data root:
+        containers with a restart policy of always or unless-stopped start again, as after a reboot."""
+        self.start_daemon()
+
+    def _engine_processes(self) -> set[int]:
+        """The live processes of this host's engine: dockerd and what it started (in its mount namespace
+        and this host's network namespace) and the containers' (in its cgroup parent); never anything else."""
+        own_mounts = os.readlink("/proc/self/ns/mnt")
+        if not self._engine_mounts or self._engine_mounts == own_mounts:
+            raise RemoteHostError(f"the dockerd of {self.name} is not in a mount namespace of its own")
+        network = f"net:[{os.stat(self.netns_path).st_ino}]"
+        pids = set()
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if (os.readlink(proc / "ns/mnt") == self._engine_mounts and os.readlink(proc / "ns/net") == network
+                        and int(proc.name) != os.getpid()):
+                    pids.add(int(proc.name))
+            except OSError:  # gone meanwhile, or a zombie
+                continue
+        for parent in CGROUP_ROOT.glob(f"*/{self.name}"):
+            for procs in parent.rglob("cgroup.procs"):
+                try:
+                    pids.update(int(pid) for pid in procs.read_text().split())
+                except OSError:
+                    continue
+        return {pid for pid in pids if _alive(pid)}
 
     def close(self) -> None:
         """Tear down in dependency order; keep going past failures and report them all at the end."""
