@@ -15,7 +15,8 @@ builds ``n`` such hosts on one private LAN (``PrivateLan``): a Linux bridge in a
 of its own, each host's only interface a veth into it with an address in a free /24 of
 10.215.0.0/16 (its SSH address, and the address its host-networked containers listen on), and
 this machine one more port with the /24's first address, so it reaches every host directly;
-nothing is routed or forwarded by this machine. Two faults, on any host: ``cut_link()`` /
+nothing is routed or forwarded by this machine. The hosts share one client key and one known-hosts
+file. Two faults, on any host: ``cut_link()`` /
 ``restore_link()`` (the far end of its link down: the host keeps running and reaches nobody,
 nobody reaches it, SSH included) and ``stop_engine()`` / ``start_engine()`` (the host lost: its
 dockerd, containerd, shims and every container process SIGKILLed at once, then the engine started
@@ -132,6 +133,10 @@ def _made_by_a_run(shared_dir: Path) -> Path:
     return Path("/run") / f".{PREFIX}-made-{shared_dir.name}"
 
 
+def _keygen(key: Path, comment: str) -> None:
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], f"ssh-keygen ({comment})")
+
+
 def _add_namespace(name: str) -> None:
     """A network namespace ``name`` with its loopback up."""
     if not NETNS_DIR.exists():
@@ -237,8 +242,9 @@ class RemoteDockerHost:
         # Readable by NO_DOCKER_USER (sshd reads authorized keys as the user); root-owned for StrictModes.
         self.users_dir = Path("/run") / f"{self.name}-users"
         self.ssh_config_path = self.ssh_dir / "config"
-        self.identity_file = self.ssh_dir / "client_ed25519"
-        self.known_hosts_file = self.ssh_dir / "known_hosts"
+        # On a LAN, the LAN's: one client key every host accepts and one file pinning every host's key.
+        self.identity_file = lan.identity_file if lan else self.ssh_dir / "client_ed25519"
+        self.known_hosts_file = lan.known_hosts_file if lan else self.ssh_dir / "known_hosts"
         self.host_address = ""  # this machine's end: the /30's other address, or its address on the LAN
         self.address = ""  # the namespace side of the veth: where sshd listens (and, on a LAN, its containers)
         self.bridge = ""
@@ -494,9 +500,9 @@ class RemoteDockerHost:
         self.data_root.mkdir(mode=0o700)
         # Not /etc/docker/daemon.json; its own key gives it its own engine ID (not /etc/docker/key.json's).
         (self.base / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(self.base / "key.json")}))
-        for key, comment in ((self.identity_file, "client"), (self.ssh_dir / "host_ed25519", "host")):
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{self.name}-{comment}", "-f", str(key)],
-                 f"ssh-keygen ({comment} key)")
+        _keygen(self.ssh_dir / "host_ed25519", f"{self.name}-host")
+        if self.lan is None:
+            _keygen(self.identity_file, f"{self.name}-client")
         (self.ssh_dir / "authorized_keys").write_text(Path(f"{self.identity_file}.pub").read_text())
         self.users_dir.mkdir(mode=0o755)
         (self.users_dir / self.NO_DOCKER_USER).write_text(Path(f"{self.identity_file}.pub").read_text())
@@ -507,7 +513,8 @@ class RemoteDockerHost:
             self.host_address, self.address = (str(h) for h in _free_network(VETH_POOL, 30).hosts())
         self.bridge = f"{next(_free_network(BRIDGE_POOL, 24).hosts())}/24"
         host_key = Path(self.ssh_dir / "host_ed25519.pub").read_text().split()
-        self.known_hosts_file.write_text(f"{self.address} {host_key[0]} {host_key[1]}\n")
+        with open(self.known_hosts_file, "a") as known_hosts:
+            known_hosts.write(f"{self.address} {host_key[0]} {host_key[1]}\n")
         self._write_client(self.ssh_config_path, self.base / "bin", self.identity_file, self.known_hosts_file,
                            multiplex=True)
 
@@ -656,7 +663,9 @@ class PrivateLan:
     Each host's namespace has one interface, a veth whose other end is a port of the bridge, with an
     address in a free /24 of LAN_POOL; this machine has one more port, with the /24's first address, so
     it reaches every host directly (no route, nothing forwarded by this machine). The bridge's namespace
-    has no address and no firewall rules.
+    has no address and no firewall rules. Its hosts share one client key (``identity_file``) and one
+    known-hosts file pinning each host's own host key (``known_hosts_file``), as one stack's
+    ``dockerSshKeyFile`` and ``dockerSshKnownHostsFile`` serve all its hosts.
     """
 
     BRIDGE = "br0"
@@ -666,6 +675,9 @@ class PrivateLan:
         self.run_id = secrets.token_hex(3)
         self.name = f"{PREFIX}-lan-{self.run_id}"  # the namespace holding the bridge
         self.netns_path = NETNS_DIR / self.name
+        self.base = Path("/run") / self.name  # 0700: the hosts' shared client key and known hosts
+        self.identity_file = self.base / "client_ed25519"
+        self.known_hosts_file = self.base / "known_hosts"
         self.root_veth = f"{PREFIX}lan-{self.run_id}"  # this machine's interface (15 characters, the maximum)
         self.network: Optional[ipaddress.IPv4Network] = None
         self.root_address = ""
@@ -674,6 +686,8 @@ class PrivateLan:
     def start(self) -> "PrivateLan":
         """Make the namespace, the bridge and this machine's port; on failure tear down and re-raise."""
         try:
+            self.base.mkdir(mode=0o700)
+            _keygen(self.identity_file, f"{self.name}-client")
             self.network = _free_network(LAN_POOL, 24)
             root, *self._addresses = (str(a) for a in self.network.hosts())
             _add_namespace(self.name)
@@ -709,11 +723,15 @@ class PrivateLan:
         _configure(interface, namespace, f"{address}/{self.network.prefixlen}")
 
     def close(self) -> None:
-        """Delete the namespace (the bridge and every port go with it, and so the veths' other ends)."""
+        """Delete the namespace (the bridge and every port go with it, and so the veths' other ends) and the
+        directory; call it after its hosts' ``close()``."""
         problems = []
+        # While the LAN's directory exists its hosts leave /run/netns and /run/sshd to it.
         for what, action in (("this machine's port", self._delete_root_veth),  # its peer in the LAN goes with it
                              ("namespace", lambda: _delete_namespace(self.name)),
-                             ("/run/netns", lambda: _release_shared_dir(NETNS_DIR, self.name))):
+                             ("directory", lambda: self.base.exists() and shutil.rmtree(self.base)),
+                             ("/run/netns", lambda: _release_shared_dir(NETNS_DIR, self.name)),
+                             ("/run/sshd", lambda: _release_shared_dir(PRIVSEP_DIR, self.name))):
             try:
                 action()
             except Exception as exc:  # noqa: BLE001 - every step must get its chance
@@ -763,6 +781,16 @@ class RemoteHostGroup:
                 problems.append(str(exc))
         if problems:
             raise RemoteHostError("; ".join(problems))
+
+    @property
+    def identity_file(self) -> Path:
+        """The client key every host of the group accepts (for root, and for NO_DOCKER_USER)."""
+        return self.lan.identity_file
+
+    @property
+    def known_hosts_file(self) -> Path:
+        """Pins every host's own host key, at its LAN address."""
+        return self.lan.known_hosts_file
 
     def __enter__(self) -> "RemoteHostGroup":
         return self.start()

@@ -26,7 +26,8 @@ def leftovers(host: RemoteDockerHost) -> list[str]:
 
 
 def lan_leftovers(lan: PrivateLan) -> list[str]:
-    """What of ``lan`` still exists here: its namespace, this machine's port, any address or route in its /24."""
+    """What of ``lan`` still exists here: its namespace, this machine's port, any address or route in its /24,
+    processes, mounts, its directory."""
     found = []
     if lan.name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout:
         found.append(f"namespace {lan.name}")
@@ -39,6 +40,7 @@ def lan_leftovers(lan: PrivateLan) -> list[str]:
     found += [f"process {p.parent.name}: {_read(p)}" for p in Path("/proc").glob("[0-9]*/cmdline")
               if lan.name in _read(p)]
     found += [f"mount {line}" for line in Path("/proc/self/mountinfo").read_text().splitlines() if lan.name in line]
+    found += [f"directory {lan.base}"] if lan.base.exists() else []
     return found
 
 

@@ -106,6 +106,18 @@ def test_each_host_has_one_lan_address_that_this_machine_reaches_directly(group)
     assert [(r["dst"], r["dev"]) for r in here] == [(str(lan.network), lan.root_veth)]  # on-link, not routed
 
 
+def test_one_key_and_one_known_hosts_file_reach_every_host_of_the_group(group, tmp_path):
+    """As one stack's dockerSshKeyFile and dockerSshKnownHostsFile serve all its hosts."""
+    pinned = [line.split()[0] for line in group.known_hosts_file.read_text().splitlines()]
+    assert pinned == [h.address for h in group]
+    for host in group:
+        assert (host.identity_file, host.known_hosts_file) == (group.identity_file, group.known_hosts_file)
+        env = host.other_client_env(tmp_path / host.name, group.identity_file, group.known_hosts_file)
+        done = subprocess.run(["docker", "info", "--format", "{{.Name}}"], capture_output=True, text=True,
+                              timeout=60, env=env)
+        assert done.stdout.strip() == host.name, done.stderr
+
+
 def test_the_lan_namespace_filters_nothing_though_br_netfilter_is_on(group):
     """br_netfilter (Docker loads it) hands bridged IPv4 frames to the bridge namespace's own iptables;
     those are empty with ACCEPT policies, so nothing is dropped (the next tests prove it)."""
