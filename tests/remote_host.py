@@ -9,6 +9,18 @@ the veth with a host key and a client key generated per run. Clients use
 adds ``-F <its own config>`` (pinned host key, that key only, batch mode, one multiplexed
 connection), so ~/.ssh is never read or written. Only loopback and the namespace's two
 addresses are ever contacted; the local Docker Engine is never touched.
+
+Issue #27's replicated topology needs several hosts that reach each other. ``RemoteHostGroup(n)``
+builds ``n`` such hosts on one private LAN (``PrivateLan``): a Linux bridge in a network namespace
+of its own, each host's only interface a veth into it with an address in a free /24 of
+10.215.0.0/16 (its SSH address, and the address its host-networked containers listen on), and
+this machine one more port with the /24's first address, so it reaches every host directly;
+nothing is routed or forwarded by this machine. The hosts share one client key and one known-hosts
+file, and start and close in parallel. Two faults, on any host: ``cut_link()`` /
+``restore_link()`` (the far end of its link down: the host keeps running and reaches nobody,
+nobody reaches it, SSH included) and ``stop_engine()`` / ``start_engine()`` (the host lost: its
+dockerd, containerd, shims and every container process SIGKILLed at once, then the engine started
+again on the same data root, so containers with a restart policy come back as after a reboot).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import signal
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -38,6 +51,7 @@ PREREQUISITES = {
 }
 VETH_POOL = ipaddress.IPv4Network("10.213.0.0/16")
 BRIDGE_POOL = ipaddress.IPv4Network("10.214.0.0/16")
+LAN_POOL = ipaddress.IPv4Network("10.215.0.0/16")
 PREFIX = "sinrh"
 NETNS_DIR = Path("/run/netns")
 PRIVSEP_DIR = Path("/run/sshd")
@@ -120,6 +134,76 @@ def _made_by_a_run(shared_dir: Path) -> Path:
     return Path("/run") / f".{PREFIX}-made-{shared_dir.name}"
 
 
+def _keygen(key: Path, comment: str) -> None:
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], f"ssh-keygen ({comment})")
+
+
+def _add_namespace(name: str) -> None:
+    """A network namespace ``name`` with its loopback up."""
+    if not NETNS_DIR.exists():
+        _made_by_a_run(NETNS_DIR).touch()
+    _run(["ip", "netns", "add", name], f"ip netns add {name}")
+    _run(["ip", "-n", name, "link", "set", "lo", "up"], f"ip link set lo up ({name})")
+
+
+def _delete_namespace(name: str) -> None:
+    """Delete the namespace ``name`` (with every interface in it, and their veth peers elsewhere)."""
+    if (NETNS_DIR / name).exists():
+        _run(["ip", "netns", "del", name], f"ip netns del {name}")
+
+
+def _ip(namespace: Optional[str]) -> list[str]:
+    return ["ip", "-n", namespace] if namespace else ["ip"]
+
+
+def _add_veth(name: str, namespace: Optional[str], peer: str, peer_namespace: str) -> None:
+    """A veth pair: ``name`` in ``namespace`` (None: this machine's), ``peer`` in ``peer_namespace``."""
+    _run([*_ip(namespace), "link", "add", name, "type", "veth", "peer", "name", peer, "netns", peer_namespace],
+         f"ip link add {name} (veth pair with {peer} in {peer_namespace})")
+
+
+def _configure(interface: str, namespace: Optional[str], address: Optional[str] = None,
+               master: Optional[str] = None) -> None:
+    """Give ``interface`` an address (with prefix) or a bridge, and bring it up."""
+    where = f"{interface} in {namespace or 'this machine'}"
+    if address:
+        _run([*_ip(namespace), "addr", "add", address, "dev", interface], f"ip addr add {address} ({where})")
+    if master:
+        _run([*_ip(namespace), "link", "set", interface, "master", master], f"ip link set master {master} ({where})")
+    _run([*_ip(namespace), "link", "set", interface, "up"], f"ip link set up ({where})")
+
+
+def _set_link(interface: str, namespace: Optional[str], up: bool) -> None:
+    state = "up" if up else "down"
+    _run([*_ip(namespace), "link", "set", interface, state],
+         f"ip link set {state} ({interface} in {namespace or 'this machine'})")
+
+
+def _release_shared_dir(path: Path, own_name: str) -> None:
+    """The last run out removes /run/netns or /run/sshd when a run made it and nothing else uses it."""
+    marker = _made_by_a_run(path)
+    if not marker.exists() or _other_runs(own_name):
+        return
+    if path.exists() and not any(path.iterdir()):
+        if str(path) in _mount_points():  # `ip netns add` bind-mounts /run/netns onto itself
+            _run(["umount", str(path)], f"umount {path}")
+        path.rmdir()
+    marker.unlink(missing_ok=True)
+
+
+def _other_runs(own_name: str) -> list[Path]:
+    """Base directories of other live remote hosts and LANs (they may share /run/netns and /run/sshd)."""
+    return [p for p in Path("/run").glob(f"{PREFIX}-*") if not p.name.startswith(own_name)]
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (exists and is not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _terminate(process: Optional[subprocess.Popen], timeout_s: float) -> None:
     if process is None or process.poll() is not None:
         return
@@ -144,7 +228,8 @@ class RemoteDockerHost:
     # with the run's key, the engine's socket does not (for "user may not use Docker" tests).
     NO_DOCKER_USER = "nobody"
 
-    def __init__(self) -> None:
+    def __init__(self, lan: Optional["PrivateLan"] = None) -> None:
+        self.lan = lan  # None: a veth /30 to this machine; else the host's one interface is a port of ``lan``
         self.run_id = secrets.token_hex(3)
         self.name = f"{PREFIX}-{self.run_id}"  # namespace, hostname, cgroup parent
         self.base = Path("/run") / self.name  # 0700: keys, configs, sockets, exec root
@@ -158,14 +243,16 @@ class RemoteDockerHost:
         # Readable by NO_DOCKER_USER (sshd reads authorized keys as the user); root-owned for StrictModes.
         self.users_dir = Path("/run") / f"{self.name}-users"
         self.ssh_config_path = self.ssh_dir / "config"
-        self.identity_file = self.ssh_dir / "client_ed25519"
-        self.known_hosts_file = self.ssh_dir / "known_hosts"
-        self.host_address = ""
-        self.address = ""  # the namespace side of the veth: where sshd listens
+        # On a LAN, the LAN's: one client key every host accepts and one file pinning every host's key.
+        self.identity_file = lan.identity_file if lan else self.ssh_dir / "client_ed25519"
+        self.known_hosts_file = lan.known_hosts_file if lan else self.ssh_dir / "known_hosts"
+        self.host_address = ""  # this machine's end: the /30's other address, or its address on the LAN
+        self.address = ""  # the namespace side of the veth: where sshd listens (and, on a LAN, its containers)
         self.bridge = ""
         self._dockerd: Optional[subprocess.Popen] = None
         self._sshd: Optional[subprocess.Popen] = None
         self._forwards: list[tuple[int, str, int]] = []
+        self._engine_mounts = ""  # the mount namespace of the running dockerd (its containerd and shims share it)
 
     # --- public surface -------------------------------------------------------------------
 
@@ -279,6 +366,7 @@ class RemoteDockerHost:
         if not (self.exec_root / "containerd" / "containerd.sock").exists():
             raise RemoteHostError(f"the dockerd of {self.name} did not start its own containerd under "
                                   f"{self.exec_root}: {_tail(self.base / 'dockerd.log')}")
+        self._engine_mounts = os.readlink(f"/proc/{self._dockerd.pid}/ns/mnt")
         if self._sshd is not None and self._sshd.poll() is None:
             self._bind_default_sockets()
 
@@ -302,6 +390,81 @@ class RemoteDockerHost:
                 os.kill(int(containerd_pid.read_text().strip()), signal.SIGKILL)
             except (ValueError, ProcessLookupError):
                 pass
+
+    # --- the two faults ---------------------------------------------------------------------
+
+    def cut_link(self) -> None:
+        """Pull the host's cable: the far end of its one link goes down (its port on the LAN bridge, or this
+        machine's side of the /30). The host keeps running with its address; it reaches nobody and nobody
+        reaches it, SSH included (a new connection fails within the client's ConnectTimeout, 5 s). The
+        harness's own shared SSH connection (and its ``forward`` tunnels) is closed, so no later call hangs
+        on it; the next call opens a new one."""
+        self._disconnect()
+        self._forwards.clear()
+        _set_link(*self._far_end(), up=False)
+
+    def restore_link(self) -> None:
+        """Plug the cable back in (``cut_link`` undone)."""
+        _set_link(*self._far_end(), up=True)
+
+    def _far_end(self) -> tuple[str, Optional[str]]:
+        """The interface at the other end of the host's link, and its namespace (None: this machine's)."""
+        if self.lan is not None:
+            return self.lan.port(self.name), self.lan.name
+        return self.host_veth, None
+
+    def stop_engine(self, timeout_s: float = 10) -> None:
+        """The host lost (a power cut, not a shutdown): SIGKILL at once its dockerd, containerd, shims and
+        proxies (the processes in the engine's own mount namespace and the host's network namespace) and
+        every container process (those in its cgroup parent), so no container is told or saved anything;
+        then empty the exec root as a reboot empties /run. sshd and the namespace stay. ``start_engine``
+        starts the engine again on the same data root."""
+        if self._dockerd is None or not self._engine_mounts:
+            raise RemoteHostError(f"the dockerd of {self.name} was never started")
+        deadline = time.monotonic() + timeout_s
+        while pids := self._engine_processes():
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > deadline:
+                raise RemoteHostError(f"processes of the engine of {self.name} outlived SIGKILL: {sorted(pids)}")
+            time.sleep(0.02)
+        self._dockerd.wait(timeout_s)
+        inside = [m for m in _mount_points() if m.startswith(f"{self.exec_root}/")]
+        if inside:
+            raise RemoteHostError(f"{self.exec_root} has mounts here ({', '.join(inside)}); not emptying it")
+        shutil.rmtree(self.exec_root, ignore_errors=True)
+        (self.base / "dockerd.pid").unlink(missing_ok=True)
+
+    def start_engine(self) -> None:
+        """Start the engine again after ``stop_engine`` (or ``stop_daemon``), on the same data root:
+        containers with a restart policy of always or unless-stopped start again, as after a reboot."""
+        self.start_daemon()
+
+    def _engine_processes(self) -> set[int]:
+        """The live processes of this host's engine: dockerd and what it started (in its mount namespace
+        and this host's network namespace) and the containers' (in its cgroup parent); never anything else."""
+        own_mounts = os.readlink("/proc/self/ns/mnt")
+        if not self._engine_mounts or self._engine_mounts == own_mounts:
+            raise RemoteHostError(f"the dockerd of {self.name} is not in a mount namespace of its own")
+        network = f"net:[{os.stat(self.netns_path).st_ino}]"
+        pids = set()
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if (os.readlink(proc / "ns/mnt") == self._engine_mounts and os.readlink(proc / "ns/net") == network
+                        and int(proc.name) != os.getpid()):
+                    pids.add(int(proc.name))
+            except OSError:  # gone meanwhile, or a zombie
+                continue
+        for parent in CGROUP_ROOT.glob(f"*/{self.name}"):
+            for procs in parent.rglob("cgroup.procs"):
+                try:
+                    pids.update(int(pid) for pid in procs.read_text().split())
+                except OSError:
+                    continue
+        return {pid for pid in pids if _alive(pid)}
 
     def close(self) -> None:
         """Tear down in dependency order; keep going past failures and report them all at the end."""
@@ -338,18 +501,21 @@ class RemoteDockerHost:
         self.data_root.mkdir(mode=0o700)
         # Not /etc/docker/daemon.json; its own key gives it its own engine ID (not /etc/docker/key.json's).
         (self.base / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(self.base / "key.json")}))
-        for key, comment in ((self.identity_file, "client"), (self.ssh_dir / "host_ed25519", "host")):
-            _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{self.name}-{comment}", "-f", str(key)],
-                 f"ssh-keygen ({comment} key)")
+        _keygen(self.ssh_dir / "host_ed25519", f"{self.name}-host")
+        if self.lan is None:
+            _keygen(self.identity_file, f"{self.name}-client")
         (self.ssh_dir / "authorized_keys").write_text(Path(f"{self.identity_file}.pub").read_text())
         self.users_dir.mkdir(mode=0o755)
         (self.users_dir / self.NO_DOCKER_USER).write_text(Path(f"{self.identity_file}.pub").read_text())
         (self.users_dir / self.NO_DOCKER_USER).chmod(0o644)
-        veth = _free_network(VETH_POOL, 30)
-        self.host_address, self.address = (str(h) for h in veth.hosts())
+        if self.lan is not None:
+            self.host_address, self.address = self.lan.root_address, self.lan.lease()
+        else:
+            self.host_address, self.address = (str(h) for h in _free_network(VETH_POOL, 30).hosts())
         self.bridge = f"{next(_free_network(BRIDGE_POOL, 24).hosts())}/24"
         host_key = Path(self.ssh_dir / "host_ed25519.pub").read_text().split()
-        self.known_hosts_file.write_text(f"{self.address} {host_key[0]} {host_key[1]}\n")
+        with open(self.known_hosts_file, "a") as known_hosts:
+            known_hosts.write(f"{self.address} {host_key[0]} {host_key[1]}\n")
         self._write_client(self.ssh_config_path, self.base / "bin", self.identity_file, self.known_hosts_file,
                            multiplex=True)
 
@@ -371,17 +537,13 @@ class RemoteDockerHost:
         wrapper.chmod(0o700)
 
     def _make_namespace(self) -> None:
-        if not NETNS_DIR.exists():
-            _made_by_a_run(NETNS_DIR).touch()
-        _run(["ip", "netns", "add", self.name], "ip netns add")
-        ns = ["ip", "-n", self.name]
-        _run(["ip", "link", "add", self.host_veth, "type", "veth", "peer", "name", self.namespace_veth,
-              "netns", self.name], "ip link add (veth pair)")
-        _run(["ip", "addr", "add", f"{self.host_address}/30", "dev", self.host_veth], "ip addr add (host side)")
-        _run(["ip", "link", "set", self.host_veth, "up"], "ip link set up (host side)")
-        _run([*ns, "addr", "add", f"{self.address}/30", "dev", self.namespace_veth], "ip addr add (namespace side)")
-        _run([*ns, "link", "set", self.namespace_veth, "up"], "ip link set up (namespace side)")
-        _run([*ns, "link", "set", "lo", "up"], "ip link set lo up (namespace)")
+        _add_namespace(self.name)
+        if self.lan is not None:
+            self.lan.plug(self.name, self.namespace_veth, self.address)
+            return
+        _add_veth(self.host_veth, None, self.namespace_veth, self.name)
+        _configure(self.host_veth, None, f"{self.host_address}/30")
+        _configure(self.namespace_veth, self.name, f"{self.address}/30")
 
     def _start_sshd(self) -> None:
         if not PRIVSEP_DIR.exists():
@@ -474,11 +636,10 @@ class RemoteDockerHost:
                 os.kill(int(pid.group(1)), signal.SIGKILL)
 
     def _delete_namespace(self) -> None:
-        if self.netns_path.exists():
-            _run(["ip", "netns", "del", self.name], "ip netns del")
+        _delete_namespace(self.name)  # takes the veth pair with it, and so the host's port on a LAN
         if Path(f"/sys/class/net/{self.host_veth}").exists():
             _run(["ip", "link", "del", self.host_veth], "ip link del (host-side veth)")
-        self._release_shared_dir(NETNS_DIR)
+        _release_shared_dir(NETNS_DIR, self.name)
 
     def _remove_cgroups(self) -> None:
         for parent in CGROUP_ROOT.glob(f"*/{self.name}"):
@@ -494,19 +655,164 @@ class RemoteDockerHost:
                 raise RemoteHostError(f"{root} still has mounts ({', '.join(inside)}); not removing it")
             if root.exists():
                 shutil.rmtree(root)
-        self._release_shared_dir(PRIVSEP_DIR)
+        _release_shared_dir(PRIVSEP_DIR, self.name)
 
-    def _release_shared_dir(self, path: Path) -> None:
-        """The last run out removes /run/netns or /run/sshd when a run made it and nothing else uses it."""
-        marker = _made_by_a_run(path)
-        if not marker.exists() or self._other_runs():
-            return
-        if path.exists() and not any(path.iterdir()):
-            if str(path) in _mount_points():  # `ip netns add` bind-mounts /run/netns onto itself
-                _run(["umount", str(path)], f"umount {path}")
-            path.rmdir()
-        marker.unlink(missing_ok=True)
 
-    def _other_runs(self) -> list[Path]:
-        """Base directories of other live remote hosts (they may share /run/netns and /run/sshd)."""
-        return [p for p in Path("/run").glob(f"{PREFIX}-*") if not p.name.startswith(self.name)]
+class PrivateLan:
+    """A private LAN for a group of remote hosts: a Linux bridge in a network namespace of its own.
+
+    Each host's namespace has one interface, a veth whose other end is a port of the bridge, with an
+    address in a free /24 of LAN_POOL; this machine has one more port, with the /24's first address, so
+    it reaches every host directly (no route, nothing forwarded by this machine). The bridge's namespace
+    has no address and no firewall rules. Its hosts share one client key (``identity_file``) and one
+    known-hosts file pinning each host's own host key (``known_hosts_file``), as one stack's
+    ``dockerSshKeyFile`` and ``dockerSshKnownHostsFile`` serve all its hosts.
+    """
+
+    BRIDGE = "br0"
+    ROOT_PORT = "root"  # in the LAN's namespace: the peer of this machine's interface
+
+    def __init__(self) -> None:
+        self.run_id = secrets.token_hex(3)
+        self.name = f"{PREFIX}-lan-{self.run_id}"  # the namespace holding the bridge
+        self.netns_path = NETNS_DIR / self.name
+        self.base = Path("/run") / self.name  # 0700: the hosts' shared client key and known hosts
+        self.identity_file = self.base / "client_ed25519"
+        self.known_hosts_file = self.base / "known_hosts"
+        self.root_veth = f"{PREFIX}lan-{self.run_id}"  # this machine's interface (15 characters, the maximum)
+        self.network: Optional[ipaddress.IPv4Network] = None
+        self.root_address = ""
+        self._addresses: list[str] = []
+
+    def start(self) -> "PrivateLan":
+        """Make the namespace, the bridge and this machine's port; on failure tear down and re-raise."""
+        try:
+            self.base.mkdir(mode=0o700)
+            _keygen(self.identity_file, f"{self.name}-client")
+            self.network = _free_network(LAN_POOL, 24)
+            root, *self._addresses = (str(a) for a in self.network.hosts())
+            _add_namespace(self.name)
+            _run(["ip", "-n", self.name, "link", "add", self.BRIDGE, "type", "bridge", "stp_state", "0",
+                  "forward_delay", "0"], "ip link add (bridge)")
+            _configure(self.BRIDGE, self.name)
+            _add_veth(self.root_veth, None, self.ROOT_PORT, self.name)
+            _configure(self.ROOT_PORT, self.name, master=self.BRIDGE)
+            _configure(self.root_veth, None, f"{root}/{self.network.prefixlen}")
+            self.root_address = root
+        except BaseException as failure:
+            try:
+                self.close()
+            except RemoteHostError as teardown:
+                failure.add_note(str(teardown))
+            raise
+        return self
+
+    def lease(self) -> str:
+        """The next free host address on the LAN."""
+        if not self.root_address:
+            raise RemoteHostError(f"the LAN {self.name} is not started")
+        return self._addresses.pop(0)
+
+    def port(self, host_name: str) -> str:
+        """The bridge's port (in the LAN's namespace) that leads to the host named ``host_name``."""
+        return host_name
+
+    def plug(self, namespace: str, interface: str, address: str) -> None:
+        """Join ``namespace`` to the LAN: its ``interface`` gets ``address``, its peer becomes a bridge port."""
+        _add_veth(self.port(namespace), self.name, interface, namespace)
+        _configure(self.port(namespace), self.name, master=self.BRIDGE)
+        _configure(interface, namespace, f"{address}/{self.network.prefixlen}")
+
+    def close(self) -> None:
+        """Delete the namespace (the bridge and every port go with it, and so the veths' other ends) and the
+        directory; call it after its hosts' ``close()``."""
+        problems = []
+        # While the LAN's directory exists its hosts leave /run/netns and /run/sshd to it.
+        for what, action in (("this machine's port", self._delete_root_veth),  # its peer in the LAN goes with it
+                             ("namespace", lambda: _delete_namespace(self.name)),
+                             ("directory", lambda: self.base.exists() and shutil.rmtree(self.base)),
+                             ("/run/netns", lambda: _release_shared_dir(NETNS_DIR, self.name)),
+                             ("/run/sshd", lambda: _release_shared_dir(PRIVSEP_DIR, self.name))):
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - every step must get its chance
+                problems.append(f"{what}: {exc}")
+        if problems:
+            raise RemoteHostError(f"tearing down the LAN {self.name} left: " + "; ".join(problems))
+
+    def _delete_root_veth(self) -> None:
+        if Path(f"/sys/class/net/{self.root_veth}").exists():
+            _run(["ip", "link", "del", self.root_veth], f"ip link del {self.root_veth}")
+
+
+class RemoteHostGroup:
+    """``count`` remote hosts on one private LAN (issue #27's replicated topology).
+
+    Each host is a ``RemoteDockerHost`` whose only interface is its LAN port: ``host.address`` is both
+    where its sshd listens and the address its host-networked containers listen on and announce; the hosts
+    and this machine reach each other directly. A context manager (or ``start()`` / ``close()``); iterate
+    it or index it for the hosts.
+    """
+
+    def __init__(self, count: int = 3) -> None:
+        self.lan = PrivateLan()
+        self.hosts = [RemoteDockerHost(lan=self.lan) for _ in range(count)]
+
+    def start(self) -> "RemoteHostGroup":
+        require_prerequisites()
+        try:
+            self.lan.start()
+            with ThreadPoolExecutor(len(self.hosts)) as pool:  # independent: about as fast as one host
+                for done in [pool.submit(host.start) for host in self.hosts]:
+                    done.result()
+        except BaseException as failure:
+            try:
+                self.close()
+            except RemoteHostError as teardown:
+                failure.add_note(str(teardown))
+            raise
+        return self
+
+    def close(self) -> None:
+        """Every host (at once), then the LAN; keeps going past failures and reports them all at the end."""
+        problems = []
+        with ThreadPoolExecutor(len(self.hosts)) as pool:
+            closing = [pool.submit(host.close) for host in self.hosts]
+        for part, done in [*zip(self.hosts, closing), (self.lan, None)]:
+            try:
+                done.result() if done else part.close()
+            except Exception as exc:  # noqa: BLE001
+                problems.append(str(exc))
+        if problems:
+            raise RemoteHostError("; ".join(problems))
+
+    def load_image(self, image: str) -> None:
+        """Copy a local image to every host's engine, all at once."""
+        with ThreadPoolExecutor(len(self.hosts)) as pool:
+            for done in [pool.submit(host.load_image, image) for host in self.hosts]:
+                done.result()
+
+    @property
+    def identity_file(self) -> Path:
+        """The client key every host of the group accepts (for root, and for NO_DOCKER_USER)."""
+        return self.lan.identity_file
+
+    @property
+    def known_hosts_file(self) -> Path:
+        """Pins every host's own host key, at its LAN address."""
+        return self.lan.known_hosts_file
+
+    def __enter__(self) -> "RemoteHostGroup":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self):
+        return iter(self.hosts)
+
+    def __getitem__(self, index: int) -> RemoteDockerHost:
+        return self.hosts[index]
+
+    def __len__(self) -> int:
+        return len(self.hosts)

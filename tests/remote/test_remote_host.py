@@ -13,7 +13,8 @@ import pytest
 import redis as redis_lib
 
 from infra.driver.teststacks import free_port
-from tests.remote_host import CGROUP_ROOT, NETNS_DIR, PRIVSEP_DIR, PREFIX, RemoteDockerHost, RemoteHostError
+from tests.remote.leftovers import leftovers
+from tests.remote_host import NETNS_DIR, PRIVSEP_DIR, PREFIX, RemoteDockerHost, RemoteHostError
 
 pytestmark = pytest.mark.e2e
 
@@ -168,19 +169,19 @@ def test_the_remote_daemon_stops_and_starts_again_keeping_its_data(remote_host):
     assert proc.stdout.split() == [f"{remote_host.name}-kept"]
 
 
-def leftovers(host: RemoteDockerHost) -> list[str]:
-    """What of ``host`` still exists on this machine: namespace, veth, processes, mounts, directories, cgroups."""
-    found = []
-    if host.name in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout:
-        found.append(f"namespace {host.name}")
-    if Path(f"/sys/class/net/{host.host_veth}").exists():
-        found.append(f"veth {host.host_veth}")
-    found += [f"process {p.parent.name}: {_read(p)}" for p in Path("/proc").glob("[0-9]*/cmdline")
-              if host.name in _read(p)]
-    found += [f"mount {line}" for line in Path("/proc/self/mountinfo").read_text().splitlines() if host.name in line]
-    found += [f"directory {d}" for d in (host.base, host.data_root) if d.exists()]
-    found += [f"cgroup {d}" for d in CGROUP_ROOT.glob(f"*/{host.name}")]
-    return found
+def test_a_cut_link_makes_a_single_host_unreachable_until_it_is_restored(remote_host, tmp_path):
+    env = remote_host.other_client_env(tmp_path / "client", remote_host.identity_file, remote_host.known_hosts_file)
+    remote_host.cut_link()
+    try:
+        started = time.monotonic()
+        cut = subprocess.run(["ssh", remote_host.address, "true"], capture_output=True, text=True, timeout=60, env=env)
+        assert cut.returncode == 255 and time.monotonic() - started < 10, cut.stderr
+        # The host's own end stays up with its address, without carrier: a pulled cable.
+        link = json.loads(remote_host.run_in_namespace(["ip", "-j", "addr", "show", remote_host.namespace_veth]).stdout)[0]
+        assert {"UP", "NO-CARRIER"} <= set(link["flags"]) and link["addr_info"][0]["local"] == remote_host.address
+    finally:
+        remote_host.restore_link()
+    assert remote_host.docker("info", "--format", "{{.Name}}").strip() == remote_host.name
 
 
 def test_close_leaves_nothing_behind_and_the_local_engine_unchanged(redis_image):
@@ -223,10 +224,3 @@ def test_a_start_that_fails_halfway_tears_down_what_it_built():
         assert leftovers(host) == []
     finally:
         host.close()
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:  # the process exited meanwhile
-        return ""
