@@ -418,7 +418,9 @@ class RemoteDockerHost:
         proxies (the processes in the engine's own mount namespace and the host's network namespace) and
         every container process (those in its cgroup parent), so no container is told or saved anything;
         then empty the exec root as a reboot empties /run. sshd and the namespace stay. ``start_engine``
-        starts the engine again on the same data root."""
+        starts the engine again on the same data root. The host's kernel lives on, so peers see the
+        containers' connections closed (RST/FIN) at once; for a host that vanishes without a word, as in a
+        power cut, call ``cut_link()`` first."""
         if self._dockerd is None or not self._engine_mounts:
             raise RemoteHostError(f"the dockerd of {self.name} was never started")
         deadline = time.monotonic() + timeout_s

@@ -179,10 +179,18 @@ def test_a_lost_engine_takes_every_container_and_comes_back_like_after_a_reboot(
     kept, port = serve(c, redis_image, "--restart", "unless-stopped")
     once, once_port = serve(c, redis_image)  # no restart policy
     c_processes = c._engine_processes()
+    peer = socket.create_connection((c.address, port), timeout=3)
 
     started = time.monotonic()
     c.stop_engine()
     print(f"stop_engine: {time.monotonic() - started:.2f} s")
+    # C's kernel lives on and closes the killed server's connections: a peer learns at once (here, a reset).
+    with peer:
+        try:
+            closed = peer.recv(64) == b""
+        except ConnectionResetError:
+            closed = True
+        assert closed
     assert c._engine_processes() == set()
     assert all(not _alive(pid) for pid in c_processes)
     assert not ping_from_here(c.address, port) and not ping_from_here(c.address, once_port)
