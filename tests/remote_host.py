@@ -37,8 +37,9 @@ import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import pytest
 
@@ -112,6 +113,20 @@ def _free_network(pool: ipaddress.IPv4Network, prefix: int) -> ipaddress.IPv4Net
         if not any(net.overlaps(u) for u in used):
             return net
     raise RemoteHostError(f"no free /{prefix} in {pool}: every one tried overlaps an address or route here")
+
+
+@contextmanager
+def _closed_if_it_fails(part) -> Iterator[None]:
+    """Close ``part`` (a host, the LAN, a group) when its start fails; the start's failure stays the
+    error, and what the teardown could not remove rides along as a note."""
+    try:
+        yield
+    except BaseException as failure:
+        try:
+            part.close()
+        except RemoteHostError as teardown:
+            failure.add_note(str(teardown))
+        raise
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -306,10 +321,12 @@ class RemoteDockerHost:
         if load.returncode != 0:
             raise RemoteHostError(f"docker load on {self.docker_host} failed: {load.stderr.decode(errors='replace')}")
 
-    def run_in_namespace(self, argv: Sequence[str], timeout_s: float = 30) -> subprocess.CompletedProcess:
-        """Run ``argv`` in the namespace's network (for the tests' own checks); not checked."""
+    def run_in_namespace(self, argv: Sequence[str], timeout_s: float = 30,
+                         input: Optional[str] = None) -> subprocess.CompletedProcess:
+        """Run ``argv`` in the namespace's network (for the tests' own checks; ``input`` on its stdin,
+        e.g. a password); not checked."""
         return subprocess.run(["nsenter", f"--net={self.netns_path}", "--", *argv], capture_output=True,
-                              text=True, timeout=timeout_s)
+                              text=True, timeout=timeout_s, input=input)
 
     def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> int:
         """An `ssh -L` tunnel from a free port on this machine's 127.0.0.1 to ``remote_host:remote_port``
@@ -323,18 +340,12 @@ class RemoteDockerHost:
     def start(self) -> "RemoteDockerHost":
         """Build everything; on any failure tear down what was built and re-raise."""
         require_prerequisites()
-        try:
+        with _closed_if_it_fails(self):
             self._make_files()
             self._make_namespace()
             self.start_daemon()
             self._start_sshd()
             self._connect()
-        except BaseException as failure:
-            try:
-                self.close()
-            except RemoteHostError as teardown:  # the start failure stays the error; this rides along
-                failure.add_note(str(teardown))
-            raise
         return self
 
     def start_daemon(self) -> None:
@@ -688,7 +699,7 @@ class PrivateLan:
 
     def start(self) -> "PrivateLan":
         """Make the namespace, the bridge and this machine's port; on failure tear down and re-raise."""
-        try:
+        with _closed_if_it_fails(self):
             self.base.mkdir(mode=0o700)
             _keygen(self.identity_file, f"{self.name}-client")
             self.network = _free_network(LAN_POOL, 24)
@@ -701,12 +712,6 @@ class PrivateLan:
             _configure(self.ROOT_PORT, self.name, master=self.BRIDGE)
             _configure(self.root_veth, None, f"{root}/{self.network.prefixlen}")
             self.root_address = root
-        except BaseException as failure:
-            try:
-                self.close()
-            except RemoteHostError as teardown:
-                failure.add_note(str(teardown))
-            raise
         return self
 
     def lease(self) -> str:
@@ -762,17 +767,11 @@ class RemoteHostGroup:
 
     def start(self) -> "RemoteHostGroup":
         require_prerequisites()
-        try:
+        with _closed_if_it_fails(self):
             self.lan.start()
             with ThreadPoolExecutor(len(self.hosts)) as pool:  # independent: about as fast as one host
                 for done in [pool.submit(host.start) for host in self.hosts]:
                     done.result()
-        except BaseException as failure:
-            try:
-                self.close()
-            except RemoteHostError as teardown:
-                failure.add_note(str(teardown))
-            raise
         return self
 
     def close(self) -> None:

@@ -119,6 +119,9 @@ def problems(state: ClusterState, size: int) -> list[str]:
     not_streaming = [m["host"] for m in state.replicas if m.get("state") != "streaming"]
     if not_streaming:
         found.append(f"replicas not streaming: {', '.join(not_streaming)}")
+    lagging = [m["host"] for m in state.replicas if not _caught_up(m)]
+    if lagging:
+        found.append(f"replicas more than {MAX_LAG_BYTES} bytes behind: {', '.join(lagging)}")
     if not any(m.get("role") == "sync_standby" for m in state.replicas):
         found.append("no synchronous standby")
     if state.master is None:
@@ -130,21 +133,32 @@ def problems(state: ClusterState, size: int) -> list[str]:
     return found
 
 
-def wait_until_whole(target: Target, deadline_s: float,
-                     read: Callable[[ClusterTarget, int, str], ClusterState] = read_state) -> ClusterState:
-    """Return the state once every member is in place (a new cluster bootstraps and copies its
-    replicas first); raise :class:`ClusterNotReady` with what is missing at the deadline."""
+def _caught_up(member: dict) -> bool:
+    return isinstance(member.get("lag"), int) and member["lag"] <= MAX_LAG_BYTES
+
+
+Reader = Callable[[ClusterTarget, int, str], ClusterState]
+
+
+def settled(target: Target, deadline_s: float, read: Reader = read_state) -> tuple[ClusterState, list[str]]:
+    """The first reading of a whole cluster (a new one bootstraps and copies its replicas, a replica
+    catches up after the migrations), or the last one at the deadline with what it lacks."""
     cluster = target.cluster
     give_up = time.monotonic() + deadline_s
     while True:
         state = read(cluster, target.redis.port, target.redis.password)
         missing = problems(state, len(cluster.members))
-        if not missing:
-            return state
-        if time.monotonic() >= give_up:
-            raise ClusterNotReady(f"the replicated cluster is not whole after {deadline_s:.0f} s: "
-                                  + "; ".join(missing))
+        if not missing or time.monotonic() >= give_up:
+            return state, missing
         time.sleep(POLL_S)
+
+
+def wait_until_whole(target: Target, deadline_s: float, read: Reader = read_state) -> ClusterState:
+    """The state once every member is in place; :class:`ClusterNotReady` with what is missing at the deadline."""
+    state, missing = settled(target, deadline_s, read)
+    if missing:
+        raise ClusterNotReady(f"the replicated cluster is not whole after {deadline_s:.0f} s: " + "; ".join(missing))
+    return state
 
 
 def resolve(target: Target, state: ClusterState) -> Target:
@@ -162,10 +176,10 @@ def ensure_database(target: PostgresTarget, deadline_s: float) -> bool:
         return True
 
 
-def checks(target: Target, read: Callable[[ClusterTarget, int, str], ClusterState] = read_state) -> list[Check]:
-    """The cluster's checks, from one reading."""
+def checks(target: Target, deadline_s: float, read: Reader = read_state) -> list[Check]:
+    """The cluster's checks, from the reading :func:`settled` ends with."""
     started = time.perf_counter()
-    state = read(target.cluster, target.redis.port, target.redis.password)
+    state, _ = settled(target, deadline_s, read)
     size = len(target.cluster.members)
     latency_ms = (time.perf_counter() - started) * 1000
 
@@ -181,8 +195,8 @@ def checks(target: Target, read: Callable[[ClusterTarget, int, str], ClusterStat
               and len(state.replicas) == size - 1,
               ", ".join(f"{m['host']} {m.get('state')}" for m in state.replicas), f"{size - 1} streaming"),
         check("cluster.synchronous_standby", bool(sync), ", ".join(sync) or "none", "at least one"),
-        check("cluster.replication_lag", len(lags) == size - 1 and all(isinstance(v, int) for v in lags.values())
-              and worst <= MAX_LAG_BYTES, f"{worst} bytes at most", f"<= {MAX_LAG_BYTES} bytes"),
+        check("cluster.replication_lag", len(lags) == size - 1 and all(_caught_up(m) for m in state.replicas),
+              f"{worst} bytes at most", f"<= {MAX_LAG_BYTES} bytes"),
         check("cluster.sentinels_agree", state.master is not None and all(state.quorum.values()),
               f"master {state.master or 'disputed'}, quorum on {sum(state.quorum.values())} of {size}",
               "one master, quorum on every Sentinel"),

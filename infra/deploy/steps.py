@@ -71,7 +71,7 @@ def run(target: Target, actor: str | None = None, migration_dir: Path = migratio
     phases.done("migrate")
     report = run_checks(target.postgres, target.redis, deadline_s=deadline_s, migration_dir=migration_dir)
     if target.cluster:
-        report = Report(report.checks + replicated.checks(target))
+        report = Report(report.checks + replicated.checks(target, deadline_s))
     phases.done("verify")
     if not report.ok:
         raise VerificationFailed(report)

@@ -47,7 +47,7 @@ def test_patroni_runs_synchronous_with_rewind_on_etcd_and_announces_its_host():
     assert config["restapi"]["connect_address"] == "10.9.0.4:8008"
     dcs = config["bootstrap"]["dcs"]
     assert dcs["synchronous_mode"] is True and dcs["postgresql"]["use_pg_rewind"] is True
-    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (20, 2, 5)
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (12, 2, 5)
     assert config["postgresql"]["authentication"] == {
         "superuser": {"username": "sinadmin", "password": "s" * 20},
         "replication": {"username": "replicator", "password": "r" * 20}}
@@ -97,3 +97,18 @@ def test_sentinels_watch_the_first_member_with_a_majority_quorum(count, quorum):
 
 def test_no_password_shows_in_the_reprs():
     assert "s" * 20 not in repr(SECRETS) and "t" * 20 not in repr(SECRETS)
+
+
+def test_each_member_runs_five_servers_and_redis_and_sentinel_seed_a_writable_file_once():
+    servers = {s.role: s for s in cluster.servers(HOSTS, SECOND, "prod", "sinadmin", SECRETS, 512, 256)}
+    assert list(servers) == ["etcd", "patroni", "haproxy", "redis", "sentinel"]
+    assert servers["sentinel"].image == "redis" and servers["patroni"].image == "patroni"
+    assert (servers["patroni"].memory_mb, servers["redis"].memory_mb) == (512, 256)
+    assert servers["haproxy"].data_path is None and servers["redis"].data_path == "/data"
+    sh, flag, script, name, *args = servers["sentinel"].command
+    assert (sh, flag, name, args) == ("sh", "-c", "sh", ["/data/sentinel.conf", "--sentinel"])
+    assert script == ('test -f /data/sentinel.conf || install -m 600 /run/secrets/sentinel.conf /data/sentinel.conf; '
+                      'exec docker-entrypoint.sh "$@"')
+    assert list(servers["sentinel"].files) == ["/run/secrets/sentinel.conf"]
+    for server in servers.values():
+        assert not any(secret in " ".join(server.command) for secret in ("s" * 20, "d" * 20, "t" * 20))

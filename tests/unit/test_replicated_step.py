@@ -29,7 +29,7 @@ def whole(**changes) -> ClusterState:
 
 def test_a_whole_cluster_has_no_problems_and_passes_every_check():
     assert replicated.problems(whole(), 3) == []
-    checks = replicated.checks(TARGET, read=lambda *_: whole())
+    checks = replicated.checks(TARGET, 0, read=lambda *_: whole())
     assert [c.name for c in checks] == ["cluster.leader", "cluster.replicas_streaming", "cluster.synchronous_standby",
                                         "cluster.replication_lag", "cluster.sentinels_agree", "cluster.redis_replicas"]
     assert all(c.ok for c in checks), [c for c in checks if not c.ok]
@@ -56,14 +56,24 @@ def test_a_whole_cluster_has_no_problems_and_passes_every_check():
 def test_each_missing_part_is_named_and_fails_its_check(changes, problem, failed):
     state = whole(**changes)
     assert any(p.startswith(problem) for p in replicated.problems(state, 3)), replicated.problems(state, 3)
-    assert failed in [c.name for c in replicated.checks(TARGET, read=lambda *_: state) if not c.ok]
+    assert failed in [c.name for c in replicated.checks(TARGET, 0, read=lambda *_: state) if not c.ok]
+
+
+def test_the_checks_wait_for_a_replica_to_catch_up_up_to_the_deadline(monkeypatch):
+    monkeypatch.setattr(replicated, "POLL_S", 0)
+    behind = whole(patroni=[{"host": "10.9.0.2", "role": "leader", "state": "running"},
+                            {"host": "10.9.0.3", "role": "sync_standby", "state": "streaming", "lag": 0},
+                            {"host": "10.9.0.4", "role": "replica", "state": "streaming", "lag": 4_332_864}])
+    readings = iter([behind, behind, whole()])
+    assert all(c.ok for c in replicated.checks(TARGET, 5, read=lambda *_: next(readings)))
+    assert "replicas more than 1048576 bytes behind: 10.9.0.4" in replicated.problems(behind, 3)
 
 
 def test_a_lagging_replica_fails_the_lag_check_only():
     lagging = whole(patroni=[{"host": "10.9.0.2", "role": "leader", "state": "running"},
                              {"host": "10.9.0.3", "role": "sync_standby", "state": "streaming", "lag": 0},
                              {"host": "10.9.0.4", "role": "replica", "state": "streaming", "lag": (1 << 20) + 1}])
-    assert [c.name for c in replicated.checks(TARGET, read=lambda *_: lagging) if not c.ok] == [
+    assert [c.name for c in replicated.checks(TARGET, 0, read=lambda *_: lagging) if not c.ok] == [
         "cluster.replication_lag"]
 
 
