@@ -183,7 +183,9 @@ def patroni_config(cluster: Sequence[Member], me: Member, scope: str, superuser:
                    memory_mb: int = 512) -> str:
     """Patroni's YAML for ``me``: etcd v3 as its store, synchronous mode (an acknowledged commit
     is on a second member), pg_rewind for a former leader, the cluster's addresses in pg_hba."""
-    replication_sources = [f"{m.address}/32" for m in cluster]
+    # Loopback too: Patroni reads its own timeline over a local replication connection to decide
+    # whether a former leader needs pg_rewind (without it, a cut-off leader never rejoined).
+    replication_sources = ["127.0.0.1/32", *(f"{m.address}/32" for m in cluster)]
     hba = ["local all all scram-sha-256",
            "host all all 127.0.0.1/32 scram-sha-256",
            *(f"host replication {REPLICATION_USER} {source} scram-sha-256" for source in replication_sources),

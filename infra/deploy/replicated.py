@@ -14,7 +14,6 @@ import time
 import urllib.request
 from typing import Callable, Optional
 
-import psycopg
 import redis
 from psycopg import sql
 

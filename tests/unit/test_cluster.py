@@ -53,7 +53,8 @@ def test_patroni_runs_synchronous_with_rewind_on_etcd_and_announces_its_host():
         "replication": {"username": "replicator", "password": "r" * 20}}
     assert config["restapi"]["authentication"] == {"username": "patroni", "password": "p" * 20}
     assert [line for line in config["postgresql"]["pg_hba"] if " replication " in line] == [
-        f"host replication replicator 10.9.0.{n}/32 scram-sha-256" for n in (2, 3, 4)]
+        f"host replication replicator {source} scram-sha-256"
+        for source in ("127.0.0.1/32", "10.9.0.2/32", "10.9.0.3/32", "10.9.0.4/32")]
     assert not any(" trust" in line for line in config["postgresql"]["pg_hba"])
 
 
