@@ -100,8 +100,9 @@ def look_at_host(cfg: stack_config.StackConfig) -> None:
 
 
 def program(look: Callable[[stack_config.StackConfig], None] = look_at_host) -> None:
-    """Declare network, PostgreSQL, Redis and the post-deploy step; export the contract. ``look``
-    checks the Docker host first (the unit tests, which have none, pass their own)."""
+    """Declare network, PostgreSQL, Redis and the post-deploy step (or, replicated, the cluster:
+    :func:`replicated_program`); export the contract. ``look`` checks the Docker host first (the
+    unit tests, which have none, pass their own)."""
     cfg = stack_config.from_pulumi()
     if cfg.cluster:
         replicated_program(cfg)

@@ -59,7 +59,9 @@ class ClusterMember(pulumi.ComponentResource):
                          for path, text in sorted(server.files.items())] or None,
                 volumes=mounts or None,
                 **container_defaults(server.memory_mb, args.labels[server.role]),
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[images[server.image], *volumes]),
+                # Its name and its ports on the host are the old container's until that is gone.
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True,
+                                            depends_on=[images[server.image], *volumes]),
             ))
         self.container_ids = pulumi.Output.all(*(c.id for c in containers))
         self.register_outputs({"container_ids": self.container_ids})

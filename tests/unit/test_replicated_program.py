@@ -35,6 +35,7 @@ def test_each_host_gets_its_five_servers_on_its_own_provider(replicated):
                                                           "prod-sentinel"]
         assert all(f"pulumi:providers:docker::docker-{name}::" in c.provider for c in mine)
         assert all(c.inputs["networkMode"] == "host" for c in mine)
+        assert all(replicated.options[c.name].delete_before_replace for c in mine)
     providers = {r.name: r.inputs for r in replicated.of_type("pulumi:providers:docker")}
     assert providers["docker-m10_9_0_3"]["host"] == "ssh://root@10.9.0.3"
     assert "/keys/id" in providers["docker-m10_9_0_3"]["sshOpts"]
