@@ -1,5 +1,5 @@
-"""What the replicated-topology tests watch the cluster with, as its clients would: Patroni's REST API,
-a writer that records each commit the server acknowledged, and a bounded wait."""
+"""What the replicated-topology tests watch the cluster with, as its clients would: Patroni's REST API
+and a writer that records each commit the server acknowledged."""
 
 from __future__ import annotations
 
@@ -10,23 +10,8 @@ import urllib.request
 from typing import Callable, Sequence
 
 import psycopg
-import pytest
 
 from infra.core import cluster
-
-
-def until(what: str, check: Callable[[], object], timeout_s: float, every_s: float = 0.5):
-    """``check()``'s first truthy result; fails the test naming ``what`` and the last error at the deadline."""
-    deadline, last = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except Exception as exc:  # noqa: BLE001 - the last failure is reported below
-            last = exc
-        time.sleep(every_s)
-    pytest.fail(f"{what} not within {timeout_s:.0f} s (last error: {last!r})", pytrace=False)
 
 
 def roles(address: str) -> dict[str, tuple[str, str]]:

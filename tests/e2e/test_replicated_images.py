@@ -29,6 +29,7 @@ import yaml
 from infra.core import dockercli
 from infra.driver import teststacks
 from tests.e2e.support import docker, sweep
+from tests.polling import until
 
 IMAGE_ENV = ("SIN_LOCAL_PATRONI_IMAGE", "SIN_LOCAL_ETCD_IMAGE", "SIN_LOCAL_HAPROXY_IMAGE")
 PG_VERSION = "16.14"
@@ -105,17 +106,6 @@ def psql(t: Topology, host: str, port: int, sql: str) -> str:
     return in_container(t.container("pg1"), "env", "PGPASSFILE=/run/test.pgpass", "PGCONNECT_TIMEOUT=5",
                         "psql", "-X", "-w", "-At", "-h", host, "-p", str(port), "-U", "postgres", "-d", "postgres",
                         "-c", sql).strip()
-
-
-def wait_for(what: str, probe, seconds: float):
-    """The first truthy value of ``probe()`` within ``seconds``."""
-    give_up = time.monotonic() + seconds
-    while True:
-        value = probe()
-        if value:
-            return value
-        assert time.monotonic() < give_up, f"gave up waiting for {what} after {seconds} s"
-        time.sleep(0.5)
 
 
 def patroni_config(t: Topology, member: str) -> Secret:
@@ -231,7 +221,7 @@ def test_patroni_etcd_haproxy(topology):
 
     # The first member bootstraps PostgreSQL and takes the leader key in etcd.
     pg1 = start_member("pg1")
-    wait_for("pg1's GET /primary to answer 200", lambda: http_status(pg1, "http://127.0.0.1:8008/primary") == "200", 60)
+    until("pg1's GET /primary to answer 200", lambda: http_status(pg1, "http://127.0.0.1:8008/primary") == "200", 60)
     leader = in_container(t.container("etcd"), "etcdctl", "get", "--print-value-only", f"/service/{t.name}/leader")
     assert leader.strip() == "pg1"
     in_container(t.container("etcd"), "test", "-d", "/var/lib/etcd/member")  # etcd's data in its volume
@@ -249,12 +239,12 @@ def test_patroni_etcd_haproxy(topology):
 
     # The second member clones the leader with pg_basebackup and streams from it.
     pg2 = start_member("pg2")
-    wait_for("pg2's GET /replica to answer 200", lambda: http_status(pg2, "http://127.0.0.1:8008/replica") == "200", 60)
+    until("pg2's GET /replica to answer 200", lambda: http_status(pg2, "http://127.0.0.1:8008/replica") == "200", 60)
     assert http_status(pg2, "http://127.0.0.1:8008/primary") == "503"
     psql(t, "127.0.0.1", 5432, "CREATE TABLE replicated AS SELECT 42 AS answer")
-    wait_for("pg1 to stream to pg2", lambda: psql(t, "127.0.0.1", 5432, "SELECT host(client_addr) || ' ' || state "
+    until("pg1 to stream to pg2", lambda: psql(t, "127.0.0.1", 5432, "SELECT host(client_addr) || ' ' || state "
                                                   "FROM pg_stat_replication") == f"{t.member_ips['pg2']} streaming", 30)
-    wait_for("the row on pg2", lambda: psql(t, t.member_ips["pg2"], 5432, "SELECT answer FROM replicated "
+    until("the row on pg2", lambda: psql(t, t.member_ips["pg2"], 5432, "SELECT answer FROM replicated "
                                             "WHERE pg_is_in_recovery()") == "42", 30)
 
     haproxy = t.container("haproxy")
@@ -271,7 +261,7 @@ def test_patroni_etcd_haproxy(topology):
                                stdin=Secret(f"http://{t.haproxy_ip}:8404/;csv\n{t.passwords['stats']}\n"))
             return out.strip() == want
 
-        wait_for(f"HAProxy to show {want}", states, 20)
+        until(f"HAProxy to show {want}", states, 20)
         for _ in range(3):  # round robin over the servers the checks left up: always the leader
             assert psql(t, t.haproxy_ip, 5000, "SELECT inet_server_addr()::text || ' ' || pg_is_in_recovery()") \
                 == f"{t.member_ips[leader]}/32 false"
@@ -282,9 +272,9 @@ def test_patroni_etcd_haproxy(topology):
     # leader, and the old one rejoins as a replica.
     in_container(pg1, "patronictl", "-c", "/run/patroni/patroni.yml", "switchover", "--leader", "pg1",
                  "--candidate", "pg2", "--force")
-    wait_for("pg2 to lead", lambda: http_status(pg2, "http://127.0.0.1:8008/primary") == "200", 30)
+    until("pg2 to lead", lambda: http_status(pg2, "http://127.0.0.1:8008/primary") == "200", 30)
     routes_to("pg2")
-    wait_for("pg1 to rejoin as a replica",
+    until("pg1 to rejoin as a replica",
              lambda: http_status(pg1, "http://127.0.0.1:8008/replica") == "200", 30)
 
     # Non-root servers; the uploaded configs root-only, the copies readable by the server's user only.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.polling import until
 from tests.remote.leftovers import lan_leftovers, leftovers
 from tests.remote_host import NETNS_DIR, PRIVSEP_DIR, PREFIX, RemoteDockerHost, RemoteHostGroup, _alive
 
@@ -44,7 +45,7 @@ def serve(host: RemoteDockerHost, image: str, *docker_args: str) -> tuple[str, i
     name, port = f"{host.name}-redis-{secrets.token_hex(2)}", 20000 + secrets.randbelow(10000)
     host.docker("run", "-d", "--name", name, "--network", "host", *docker_args, image,
                 "redis-server", "--bind", host.address, "--port", str(port), "--protected-mode", "no", "--save", "")
-    wait_until(lambda: ping_from_here(host.address, port), f"{name} answering on {host.address}:{port}")
+    until(f"{name} answering on {host.address}:{port}", lambda: ping_from_here(host.address, port), 30, every_s=0.2)
     return name, port
 
 
@@ -78,14 +79,6 @@ def new_ssh(host: RemoteDockerHost, tmp_path, command: str) -> tuple[subprocess.
     started = time.monotonic()
     done = subprocess.run(["ssh", host.address, command], capture_output=True, text=True, timeout=60, env=env)
     return done, time.monotonic() - started
-
-
-def wait_until(check, what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.2)
 
 
 def state(host: RemoteDockerHost, container: str) -> dict:
@@ -167,7 +160,7 @@ def test_a_cut_link_isolates_a_running_host_until_it_is_restored(group, redis_im
     finally:
         a.restore_link()
 
-    wait_until(lambda: ping_from_here(a.address, port), f"{a.address}:{port} reachable again")
+    until(f"{a.address}:{port} reachable again", lambda: ping_from_here(a.address, port), 30, every_s=0.2)
     assert ping_from(b, redis_image, a.address, port).stdout.strip() == "PONG"
     assert new_ssh(a, tmp_path, "true")[0].returncode == 0
     after = state(a, name)
@@ -201,7 +194,7 @@ def test_a_lost_engine_takes_every_container_and_comes_back_like_after_a_reboot(
 
     started = time.monotonic()
     c.start_engine()
-    wait_until(lambda: ping_from_here(c.address, port), f"{kept} back on {c.address}:{port}")
+    until(f"{kept} back on {c.address}:{port}", lambda: ping_from_here(c.address, port), 30, every_s=0.2)
     print(f"start_engine until the restarted server answers: {time.monotonic() - started:.2f} s")
     assert state(c, kept)["Running"]
     assert not state(c, once)["Running"]

@@ -15,7 +15,8 @@ from redis.sentinel import Sentinel
 
 from infra.core import cluster
 from infra.driver import stacks, teststacks
-from tests.cluster_clients import Writer, leader_of, roles, until, whole
+from tests.cluster_clients import Writer, leader_of, roles, whole
+from tests.polling import until
 from tests.remote_host import RemoteHostGroup
 
 pytestmark = pytest.mark.e2e
