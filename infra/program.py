@@ -211,7 +211,7 @@ def replicated_program(cfg: stack_config.StackConfig) -> None:
         services=hosts,
     ))
     endpoints = [f"{address}:{cluster.HAPROXY_PRIMARY_PORT}" for address in cl.addresses]
-    pulumi.export("topology", "replicated")
+    pulumi.export("topology", stack_config.REPLICATED)
     pulumi.export("postgresEndpoints", endpoints)
     pulumi.export("postgresDatabase", pg.database)
     pulumi.export("postgresUser", pg.user)

@@ -36,6 +36,10 @@ ADR_NAMES = {
     "postgresArchiveVolumeName": "postgres_wal_archive",
 }
 
+# The two topologies: the ADR's one Docker host, or the cluster on replicatedHosts (docs/replicated.md).
+TOPOLOGY_KEY, SINGLE, REPLICATED = "topology", "single", "replicated"
+TOPOLOGIES = (SINGLE, REPLICATED)
+
 # Every key with its default (None: required, or derived from the stack name).
 DEFAULTS: dict[str, Optional[str]] = {
     "dockerHost": "",
@@ -81,7 +85,7 @@ DEFAULTS: dict[str, Optional[str]] = {
     "backupS3Region": "us-east-1",
     "backupS3AccessKeyId": "",
     "backupS3SecretAccessKey": "",
-    "topology": "single",
+    TOPOLOGY_KEY: SINGLE,
     "replicatedHosts": "",
     "replicationPassword": "",
     "patroniRestPassword": "",
@@ -90,7 +94,6 @@ DEFAULTS: dict[str, Optional[str]] = {
     "etcdImage": "sin-datastores/etcd:3.5.16",
     "haproxyImage": "sin-datastores/haproxy:3.0",
 }
-TOPOLOGIES = ("single", "replicated")
 # Passwords generated when missing (scripts/up, `python -m infra up`).
 POSTGRES_PASSWORD_KEY, REDIS_PASSWORD_KEY = "postgresPassword", "redisPassword"
 SECRET_KEYS = (POSTGRES_PASSWORD_KEY, REDIS_PASSWORD_KEY)
@@ -359,7 +362,7 @@ class _Reader:
             # Its published ports sit on that host's loopback, which only an SSH tunnel reaches.
             self.fail("dockerHost", f"'{url}' is a remote engine over TCP, whose services cannot be reached from here",
                       "pulumi config set dockerHost ssh://<user>@<host> (the engine over SSH)")
-        replicated = (self.raw.get("topology") or "").strip() == "replicated"  # they serve replicatedHosts then
+        replicated = (self.raw.get(TOPOLOGY_KEY) or "").strip() == REPLICATED  # they serve replicatedHosts then
         for key, value in (("dockerSshKeyFile", key_file), ("dockerSshKnownHostsFile", known_hosts)):
             if value and parts.scheme != "ssh" and not replicated:
                 self.fail(key, "is set but dockerHost is not an ssh:// address",
@@ -527,13 +530,13 @@ def _backup(r: _Reader, stack: str, names: dict[str, str]) -> Optional[BackupCon
 
 
 def _cluster(r: _Reader, superuser_password: str, redis_password: str) -> Optional[ClusterConfig]:
-    topology = r.text("topology")
+    topology = r.text(TOPOLOGY_KEY)
     hosts_text = r.text("replicatedHosts")
     if topology not in TOPOLOGIES:
-        r.fail("topology", f"'{topology}' is not one of {', '.join(TOPOLOGIES)}",
+        r.fail(TOPOLOGY_KEY, f"'{topology}' is not one of {', '.join(TOPOLOGIES)}",
                "pulumi config set topology single (the ADR's one host) or replicated")
         return None
-    if topology == "single":
+    if topology == SINGLE:
         for key in ("replicatedHosts", *CLUSTER_SECRET_KEYS):
             if r.raw.get(key):
                 r.fail(key, "is set but topology is single", f"pulumi config rm {key}, or pulumi config set topology replicated")

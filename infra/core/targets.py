@@ -120,9 +120,6 @@ class ClusterTarget:
     sentinel_password: str = field(repr=False)
     master_name: str
 
-    def sentinels(self) -> list[tuple[str, int]]:
-        return [(address, self.sentinel_port) for address in self.members]
-
 
 @dataclass(frozen=True)
 class Target:

@@ -27,8 +27,8 @@ from infra.core.errors import InputError, OperationFailed
 from infra.core import conflicts, dockercli, dockerhost, statecopy
 from infra.core.engine import Engine
 from infra.driver import backends, drift, locks, pulumi_errors
-from infra.core.config import (BACKUP_PASSPHRASE_KEY, CLUSTER_SECRET_KEYS, DEFAULTS, PROJECT, SECRET_KEYS, StackConfig,
-                          docker_host, parse)
+from infra.core.config import (BACKUP_PASSPHRASE_KEY, CLUSTER_SECRET_KEYS, DEFAULTS, PROJECT, REPLICATED, SECRET_KEYS,
+                               TOPOLOGY_KEY, StackConfig, docker_host, parse)
 from infra.core.targets import DockerHost, Target
 from infra.components.common import labels
 from infra.deploy.registry import default_actor
@@ -136,7 +136,7 @@ def refuse_replicated(name: str) -> None:
     before anything runs (docs/replicated.md says what manages it)."""
     path = config_file(name)
     data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
-    if str((data.get("config") or {}).get(f"{PROJECT}:topology", "")).strip() == "replicated":
+    if str((data.get("config") or {}).get(f"{PROJECT}:{TOPOLOGY_KEY}", "")).strip() == REPLICATED:
         raise StackError(f"stack '{name}' uses the replicated topology, which `python -m infra` does not manage yet; "
                          f"nothing was done. Use `pulumi preview|up|destroy --stack {name}` (docs/replicated.md)")
 
@@ -216,8 +216,8 @@ def backups_on(config: dict[str, auto.ConfigValue]) -> bool:
 
 
 def replicated(config: dict[str, auto.ConfigValue]) -> bool:
-    topology = config.get(f"{PROJECT}:topology")
-    return bool(topology and topology.value.strip() == "replicated")
+    topology = config.get(f"{PROJECT}:{TOPOLOGY_KEY}")
+    return bool(topology and topology.value.strip() == REPLICATED)
 
 
 def missing_passwords(config: dict[str, auto.ConfigValue]) -> list[str]:
