@@ -23,6 +23,8 @@ ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 POSTGRES_PORT = 5432
 PATRONI_REST_PORT = 8008
+# A Redis master takes writes only while a replica is online and acknowledged within this many seconds.
+REDIS_MIN_REPLICAS_MAX_LAG_S = 10
 HAPROXY_PRIMARY_PORT = 5000
 REDIS_PORT = 6379
 SENTINEL_PORT = 26379
@@ -56,17 +58,25 @@ ETCD_NAMESPACE = "/sin-datastores/"
 
 @dataclass(frozen=True)
 class ClusterTiming:
-    """How fast the cluster gives up on a member. Patroni requires loop_wait + 2 * retry_timeout
-    <= ttl; a failover lands within about ttl + loop_wait, and HAProxy's next check. ttl 20 gave
-    writes back after 21-24 s in the failover test; the issue's target is 15 s (median)."""
+    """How fast the cluster gives up on a member. Patroni raises a ttl below 20 s to 20 (its floor,
+    only a warning in its log) and requires loop_wait + 2 * retry_timeout <= ttl; values it would
+    change are refused here, so what is rendered is what runs. The leader lock of a lost leader
+    outlives it by up to ttl (a full ttl, plus etcd's election, when its host also led etcd): the
+    floor of a failover's duration."""
 
-    ttl_s: int = 12
+    ttl_s: int = 20
     loop_wait_s: int = 2
     retry_timeout_s: int = 5
     sentinel_down_after_ms: int = 5000
     sentinel_failover_timeout_ms: int = 30000
 
+    PATRONI_MINIMUMS = {"ttl_s": 20, "loop_wait_s": 1, "retry_timeout_s": 3}
+
     def __post_init__(self) -> None:
+        for name, least in self.PATRONI_MINIMUMS.items():
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} {getattr(self, name)} is below Patroni's minimum {least}; "
+                                 f"Patroni would run with {least}")
         if self.loop_wait_s + 2 * self.retry_timeout_s > self.ttl_s:
             raise ValueError(f"loop_wait {self.loop_wait_s} s + 2 x retry_timeout {self.retry_timeout_s} s "
                              f"exceeds ttl {self.ttl_s} s; Patroni would lose its lock while retrying")
@@ -274,7 +284,9 @@ def haproxy_config(cluster: Sequence[Member], me: Member) -> str:
 def redis_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecrets, memory_mb: int = 256) -> str:
     """Redis on ``me``: the first member starts as master, the others as its replicas; a master
     that sees no replica within 10 s stops taking writes, which bounds what a cut-off master
-    can accept and later lose."""
+    can accept and later lose. A full resync starts at once (the default waits 5 s for more
+    replicas to share it): a new master refuses writes (NOREPLICAS) until a replica is synced,
+    and the wait showed as 3-4 s more of outage in the failover benchmark."""
     lines = [
         f"bind {me.address} 127.0.0.1",
         f"port {REDIS_PORT}",
@@ -285,7 +297,8 @@ def redis_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecrets,
         f"masterauth {secrets.redis}",
         f"replica-announce-ip {me.address}",
         "min-replicas-to-write 1",
-        "min-replicas-max-lag 10",
+        f"min-replicas-max-lag {REDIS_MIN_REPLICAS_MAX_LAG_S}",
+        "repl-diskless-sync-delay 0",
         f"maxmemory {memory_mb * 3 // 4}mb",
         "maxmemory-policy noeviction",
     ]

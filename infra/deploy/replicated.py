@@ -12,11 +12,12 @@ import dataclasses
 import json
 import time
 import urllib.request
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import redis
 from psycopg import sql
 
+from infra.core.cluster import REDIS_MIN_REPLICAS_MAX_LAG_S
 from infra.core.connect import connect_postgres
 from infra.core.errors import OperationFailed
 from infra.core.report import Check
@@ -43,7 +44,8 @@ class ClusterState:
     """Each Sentinel's master address (None: it did not answer)."""
     quorum: dict[str, bool]
     master_replicas: int
-    """Replicas connected to the master the first answering Sentinel names (-1: unknown)."""
+    """Replicas of the master the first answering Sentinel names that it counts for taking writes
+    (online, acknowledged within min-replicas-max-lag); -1: unknown."""
 
     @property
     def leaders(self) -> list[str]:
@@ -101,20 +103,33 @@ def read_state(cluster: ClusterTarget, redis_port: int, redis_password: str) -> 
         try:
             with redis.Redis(host=master, port=redis_port, password=redis_password,
                              socket_connect_timeout=REST_TIMEOUT_S, socket_timeout=REST_TIMEOUT_S) as client:
-                info = client.info("replication")
-                replicas = int(info.get("connected_slaves", 0)) if info.get("role") == "master" else -1
+                replicas = good_replicas(client.info("replication"))
         except redis.RedisError:
             pass
     return ClusterState(patroni, masters, quorum, replicas)
 
 
-def problems(state: ClusterState, size: int) -> list[str]:
-    """Why the cluster is not whole; empty when it is."""
-    found = []
+def good_replicas(info: dict) -> int:
+    """The replicas a master counts for ``min-replicas-to-write``, from its INFO replication: online
+    (a replica still copying the master's data is connected but not online; the master refuses
+    writes with NOREPLICAS meanwhile) and heard from within the lag it allows; -1 if not a master."""
+    if info.get("role") != "master":
+        return -1
+    return sum(1 for key, replica in info.items()
+               if key.startswith("slave") and isinstance(replica, dict) and replica.get("state") == "online"
+               and int(replica.get("lag", 0)) <= REDIS_MIN_REPLICAS_MAX_LAG_S)
+
+
+def problems(state: ClusterState, members: Sequence[str]) -> list[str]:
+    """Why the cluster of ``members`` is not whole; empty when it is."""
+    found, size = [], len(members)
     if len(state.leaders) != 1:
         found.append(f"Patroni leaders: {state.leaders or 'none'} (one expected)")
     if len(state.patroni) != size:
-        found.append(f"Patroni members: {len(state.patroni)} of {size}")
+        listed = {m.get("host") for m in state.patroni}
+        absent = [a for a in members if a not in listed]
+        found.append(f"Patroni members: {len(state.patroni)} of {size}"
+                     + (f" ({', '.join(absent)} absent)" if absent else ""))
     not_streaming = [m["host"] for m in state.replicas if m.get("state") != "streaming"]
     if not_streaming:
         found.append(f"replicas not streaming: {', '.join(not_streaming)}")
@@ -128,7 +143,7 @@ def problems(state: ClusterState, size: int) -> list[str]:
     if not all(state.quorum.values()):
         found.append(f"Sentinels without quorum: {', '.join(a for a, ok in state.quorum.items() if not ok)}")
     if state.master_replicas != size - 1:
-        found.append(f"Redis master has {state.master_replicas} of {size - 1} replicas connected")
+        found.append(f"Redis master has {state.master_replicas} of {size - 1} replicas online")
     return found
 
 
@@ -146,7 +161,7 @@ def settled(target: Target, deadline_s: float, read: Reader = read_state) -> tup
     give_up = time.monotonic() + deadline_s
     while True:
         state = read(cluster, target.redis.port, target.redis.password)
-        missing = problems(state, len(cluster.members))
+        missing = problems(state, cluster.members)
         if not missing or time.monotonic() >= give_up:
             return state, missing
         time.sleep(POLL_S)

@@ -47,7 +47,7 @@ def test_patroni_runs_synchronous_with_rewind_on_etcd_and_announces_its_host():
     assert config["restapi"]["connect_address"] == "10.9.0.4:8008"
     dcs = config["bootstrap"]["dcs"]
     assert dcs["synchronous_mode"] is True and dcs["postgresql"]["use_pg_rewind"] is True
-    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (12, 2, 5)
+    assert (dcs["ttl"], dcs["loop_wait"], dcs["retry_timeout"]) == (20, 2, 5)
     assert config["postgresql"]["authentication"] == {
         "superuser": {"username": "sinadmin", "password": "s" * 20},
         "replication": {"username": "replicator", "password": "r" * 20}}
@@ -58,9 +58,21 @@ def test_patroni_runs_synchronous_with_rewind_on_etcd_and_announces_its_host():
     assert not any(" trust" in line for line in config["postgresql"]["pg_hba"])
 
 
-def test_timing_patroni_would_reject_is_refused():
-    with pytest.raises(ValueError, match="exceeds ttl 10 s"):
-        ClusterTiming(ttl_s=10, loop_wait_s=2, retry_timeout_s=5)
+def test_timing_patroni_would_change_is_refused():
+    """Patroni raises a ttl below 20 to 20 and shortens loop_wait to keep loop_wait + 2 x retry_timeout <= ttl,
+    a warning in its log only: the timing rendered must be the timing that runs."""
+    with pytest.raises(ValueError, match="exceeds ttl 20 s"):
+        ClusterTiming(ttl_s=20, loop_wait_s=2, retry_timeout_s=10)
+    for name, below in (("ttl_s", 19), ("loop_wait_s", 0), ("retry_timeout_s", 2)):
+        with pytest.raises(ValueError, match=f"{name} {below} is below Patroni's minimum"):
+            ClusterTiming(**{name: below})
+    assert ClusterTiming(ttl_s=20, loop_wait_s=1, retry_timeout_s=3).ttl_s == 20
+
+
+def test_the_rendered_timing_is_the_timing_patroni_runs():
+    dcs = yaml.safe_load(cluster.patroni_config(HOSTS, FIRST, "s", "sinadmin", SECRETS))["bootstrap"]["dcs"]
+    assert dcs["ttl"] >= 20 and dcs["loop_wait"] >= 1 and dcs["retry_timeout"] >= 3
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]
 
 
 def test_haproxy_routes_to_whoever_answers_primary_and_cuts_a_demoted_leaders_sessions():
@@ -79,6 +91,7 @@ def test_redis_starts_the_first_member_as_master_and_the_others_as_its_replicas(
     for text in (first, second):
         assert f"requirepass {'d' * 20}" in text and f"masterauth {'d' * 20}" in text
         assert "min-replicas-to-write 1" in text and "appendonly yes" in text
+        assert "repl-diskless-sync-delay 0" in text  # a new master takes writes once a replica is synced
     assert "bind 10.9.0.3 127.0.0.1" in second and "replica-announce-ip 10.9.0.3" in second
 
 

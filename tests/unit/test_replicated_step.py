@@ -28,7 +28,7 @@ def whole(**changes) -> ClusterState:
 
 
 def test_a_whole_cluster_has_no_problems_and_passes_every_check():
-    assert replicated.problems(whole(), 3) == []
+    assert replicated.problems(whole(), ADDRESSES) == []
     checks = replicated.checks(TARGET, 0, read=lambda *_: whole())
     assert [c.name for c in checks] == ["cluster.leader", "cluster.replicas_streaming", "cluster.synchronous_standby",
                                         "cluster.replication_lag", "cluster.sentinels_agree", "cluster.redis_replicas"]
@@ -51,11 +51,14 @@ def test_a_whole_cluster_has_no_problems_and_passes_every_check():
      "the Sentinels do not agree on a master", "cluster.sentinels_agree"),
     ({"quorum": {"10.9.0.2": True, "10.9.0.3": False, "10.9.0.4": True}},
      "Sentinels without quorum: 10.9.0.3", "cluster.sentinels_agree"),
-    ({"master_replicas": 1}, "Redis master has 1 of 2 replicas connected", "cluster.redis_replicas"),
+    ({"master_replicas": 1}, "Redis master has 1 of 2 replicas online", "cluster.redis_replicas"),
+    ({"patroni": [{"host": "10.9.0.2", "role": "leader", "state": "running"},
+                  {"host": "10.9.0.3", "role": "sync_standby", "state": "streaming", "lag": 0}]},
+     "Patroni members: 2 of 3 (10.9.0.4 absent)", "cluster.replicas_streaming"),
 ])
 def test_each_missing_part_is_named_and_fails_its_check(changes, problem, failed):
     state = whole(**changes)
-    assert any(p.startswith(problem) for p in replicated.problems(state, 3)), replicated.problems(state, 3)
+    assert any(p.startswith(problem) for p in replicated.problems(state, ADDRESSES)), replicated.problems(state, ADDRESSES)
     assert failed in [c.name for c in replicated.checks(TARGET, 0, read=lambda *_: state) if not c.ok]
 
 
@@ -66,7 +69,7 @@ def test_the_checks_wait_for_a_replica_to_catch_up_up_to_the_deadline(monkeypatc
                             {"host": "10.9.0.4", "role": "replica", "state": "streaming", "lag": 4_332_864}])
     readings = iter([behind, behind, whole()])
     assert all(c.ok for c in replicated.checks(TARGET, 5, read=lambda *_: next(readings)))
-    assert "replicas more than 1048576 bytes behind: 10.9.0.4" in replicated.problems(behind, 3)
+    assert "replicas more than 1048576 bytes behind: 10.9.0.4" in replicated.problems(behind, ADDRESSES)
 
 
 def test_a_lagging_replica_fails_the_lag_check_only():
@@ -97,3 +100,18 @@ def test_the_target_survives_the_wire():
     again = Target.from_dict({**TARGET.to_dict(), "cluster": {**TARGET.to_dict()["cluster"],
                                                                "members": list(ADDRESSES), "sentinel_port": 26379.0}})
     assert again == TARGET
+
+
+def test_a_replica_counts_for_the_masters_writes_only_once_online_and_recently_heard_from():
+    """A replica still copying the master's data is connected but not online: the master refuses
+    writes (NOREPLICAS) until it is; the step must wait for that, not for the connection."""
+    def replica(state: str, lag: int) -> dict:
+        return {"ip": "10.9.0.3", "port": 6379, "state": state, "offset": 1, "lag": lag}
+
+    assert replicated.good_replicas({"role": "master", "connected_slaves": 2, "slave0": replica("online", 0),
+                                     "slave1": replica("online", 1)}) == 2
+    assert replicated.good_replicas({"role": "master", "connected_slaves": 2, "slave0": replica("online", 0),
+                                     "slave1": replica("wait_bgsave", 0)}) == 1
+    assert replicated.good_replicas({"role": "master", "connected_slaves": 1, "slave0": replica("online", 11)}) == 0
+    assert replicated.good_replicas({"role": "master", "connected_slaves": 1, "slave0": replica("online", 10)}) == 1
+    assert replicated.good_replicas({"role": "slave", "master_host": "10.9.0.2"}) == -1
