@@ -129,9 +129,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     outputs = stack.outputs()
     target = stacks.target_from_outputs(args.stack, outputs, stacks.docker_host_of(stack))
     agent = outputs.get("backupContainerName")
-    with dockerhost.reach(target) as reached:
-        result = status.collect(reached, drift=stacks.drift_of(stack),
-                               backup_agent=(agent.value, outputs["backupSchedule"].value) if agent else None)
+    if target.cluster:  # its members answer on their own addresses; nothing to tunnel
+        result = status.collect_replicated(target)
+    else:
+        with dockerhost.reach(target) as reached:
+            result = status.collect(reached, drift=stacks.drift_of(stack),
+                                    backup_agent=(agent.value, outputs["backupSchedule"].value) if agent else None)
     print(result.to_json() if args.json else result.table())
     return 0 if result.healthy else 1
 
@@ -276,8 +279,10 @@ def parser() -> argparse.ArgumentParser:
     command("verify", cmd_verify, "verify both services").add_argument("--json", action="store_true")
     command("baseline", cmd_baseline, "mark migrations up to a version as applied").add_argument(
         "--version", type=int, required=True)
-    command("status", cmd_status, "containers, monitoring figures, pending migrations, audit; "
-            "exit 1 when unhealthy").add_argument("--json", action="store_true")
+    p = command("status", cmd_status, "containers (a replicated stack: its members), monitoring figures, "
+                "pending migrations, audit; exit 1 when unhealthy")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(replicated=True)
     p = command("backup", cmd_backup, "back up PostgreSQL (pg_dump -Fc) and Redis (BGSAVE + AOF copy)")
     p.add_argument("--to", type=Path, default=stacks.HOME / "backups",
                    help="backup root; the backup lands in ROOT/STACK/<UTC time>/ (default %(default)s)")
@@ -332,7 +337,7 @@ def images_option(p: argparse.ArgumentParser) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if getattr(args, "stack", None):
+        if getattr(args, "stack", None) and not getattr(args, "replicated", False):
             stacks.refuse_replicated(args.stack)
         return args.handler(args)
     except (SinError, auto.CommandError) as exc:

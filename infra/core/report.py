@@ -47,3 +47,9 @@ class Report:
         lines = ["  ".join(cell[:60].ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
+
+
+def columns(rows: list[tuple]) -> list[str]:
+    """Rows as aligned text columns (the first row is the header)."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]

@@ -132,13 +132,15 @@ def config_file(name: str) -> Path:
 
 
 def refuse_replicated(name: str) -> None:
-    """`python -m infra` manages the ADR's single host only, so far; a replicated stack is refused
-    before anything runs (docs/replicated.md says what manages it)."""
+    """`python -m infra` manages the ADR's single host only, so far (of a replicated stack it shows
+    the `status`); a replicated stack is refused before anything runs (docs/replicated.md says what
+    manages it)."""
     path = config_file(name)
     data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     if str((data.get("config") or {}).get(f"{PROJECT}:{TOPOLOGY_KEY}", "")).strip() == REPLICATED:
-        raise StackError(f"stack '{name}' uses the replicated topology, which `python -m infra` does not manage yet; "
-                         f"nothing was done. Use `pulumi preview|up|destroy --stack {name}` (docs/replicated.md)")
+        raise StackError(f"stack '{name}' uses the replicated topology, which `python -m infra` does not manage yet "
+                         f"beyond `status`; nothing was done. Use `pulumi preview|up|destroy --stack {name}` "
+                         f"(docs/replicated.md)")
 
 
 @contextmanager

@@ -3,21 +3,25 @@
 Container state, health, uptime and restarts from Docker; the ADR's monitoring figures
 (connection count, table sizes, Redis memory and clients); pending migrations and the
 last audit entries. ``problems`` lists whatever is unhealthy; it is empty when all is well.
-Pending migrations are a warning, not a problem: they are normal during a rollout.
+Pending migrations are a warning, not a problem: they are normal during a rollout. A replicated
+stack has members instead of containers: each as Patroni and its Sentinel see it, the cluster's own
+problems (a member absent, no leader or synchronous standby, a replica behind, Sentinels in dispute)
+and the figures from the leader and the master.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Optional, Sequence
 
 from infra.core import dockercli
-from infra.deploy import migration_files, migrations
+from infra.deploy import migration_files, migrations, replicated
 from infra.ops import agentstatus
 from infra.core.connect import ConnectError, connect_postgres, connect_redis
 from infra.driver.drift import Finding
+from infra.core.report import columns
 from infra.core.targets import Target
 from infra.deploy.checks import TABLE_SIZES_SQL
 
@@ -50,9 +54,24 @@ class Container:
 
 
 @dataclass
+class Member:
+    """One member of a replicated stack: Patroni's view of it, and what its own Sentinel says."""
+
+    address: str
+    role: str
+    """leader, sync_standby, replica; absent when Patroni does not list it."""
+    state: str
+    lag_bytes: Optional[int]
+    sentinel_master: Optional[str]
+    """The master this member's Sentinel names (None: it did not answer)."""
+    quorum: bool
+
+
+@dataclass
 class Status:
     stack: str
     containers: list[Container]
+    members: list[Member] = field(default_factory=list)
     postgres: dict = field(default_factory=dict)
     redis: dict = field(default_factory=dict)
     backups: dict = field(default_factory=dict)
@@ -70,10 +89,15 @@ class Status:
 
     def table(self) -> str:
         lines = [f"stack {self.stack}: {'healthy' if self.healthy else 'UNHEALTHY'}", ""]
-        rows = [("container", "state", "health", "uptime", "restarts", "image")] + [
-            (c.name, c.state, c.health, _duration(c.uptime_s), str(c.restarts if c.restarts is not None else "-"),
-             c.image) for c in self.containers]
-        lines += _columns(rows) + [""]
+        if self.members:
+            rows = [("member", "patroni", "state", "lag", "its sentinel's master", "quorum")] + [
+                (m.address, m.role, m.state, "-" if m.lag_bytes is None else f"{m.lag_bytes} B",
+                 m.sentinel_master or "no answer", "yes" if m.quorum else "no") for m in self.members]
+        else:
+            rows = [("container", "state", "health", "uptime", "restarts", "image")] + [
+                (c.name, c.state, c.health, _duration(c.uptime_s), str(c.restarts if c.restarts is not None else "-"),
+                 c.image) for c in self.containers]
+        lines += columns(rows) + [""]
         pg, rd = self.postgres, self.redis
         if pg:
             lines.append(f"postgres    {pg['version']}, {pg['connections']} connections")
@@ -82,11 +106,12 @@ class Status:
             lines.append(f"redis       {rd['version']}, memory {rd['used_memory_human']} of "
                          f"{rd['maxmemory_human']}, {rd['connected_clients']} clients, "
                          f"aof {'on' if rd['aof_enabled'] else 'OFF'}, last bgsave {rd['last_bgsave_status']}")
-        lines.append(_backups_line(self.backups))
+        lines.append("backups     not yet for the replicated topology (docs/replicated.md)" if self.members
+                     else _backups_line(self.backups))
         lines.append(f"migrations  {len(self.pending_migrations)} pending"
                      + (f": {', '.join(self.pending_migrations)}" if self.pending_migrations else ""))
         if self.audit:
-            lines += ["", "last audit entries"] + _columns(
+            lines += ["", "last audit entries"] + columns(
                 [("time", "actor", "action", "resource")]
                 + [(a["timestamp"], a["actor"], a["action"], f"{a['resource_type']} {a['resource_id']}".strip())
                    for a in self.audit])
@@ -102,11 +127,6 @@ def _backups_line(backups: dict) -> str:
     return (f"backups     schedule '{backups['schedule']}' UTC; last {last.get('name', 'none')} "
             f"{last.get('result', '-')} at {last.get('finished_at', '-')}; next {state.get('next_run_at', '-')}; "
             f"WAL shipped {wal.get('last_shipped_at', '-')}, {wal.get('pending', 0)} waiting")
-
-
-def _columns(rows: list[tuple]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(str(cell).ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
 
 
 def _duration(seconds: Optional[int]) -> str:
@@ -160,6 +180,35 @@ def collect(target: Target, audit_entries: int = 5, now: Optional[datetime] = No
     # A missing or stopped container has its line above already.
     result.problems += [f"drift: {f.line()}" for f in drift
                         if f.what != "container" or f.kind in ("foreign", "changed")]
+    _services(target, result, audit_entries, archiving=bool(backup_agent))
+    return result
+
+
+def collect_replicated(target: Target, audit_entries: int = 5,
+                       read: replicated.Reader = replicated.read_state) -> Status:
+    """A replicated stack: its members and the cluster's problems, then the services' figures from the
+    leader (through the HAProxy on its host) and the master the Sentinels agree on."""
+    members = target.cluster.members
+    state = read(target.cluster, target.redis.port, target.redis.password)
+    result = Status(target.stack, [], [_member(address, state) for address in members])
+    result.problems += replicated.problems(state, members)
+    if len(state.leaders) == 1:
+        target = replace(target, postgres=replace(target.postgres, host=state.leaders[0]))
+    if state.master:
+        target = replicated.resolve(target, state)
+    _services(target, result, audit_entries, archiving=False)
+    return result
+
+
+def _member(address: str, state: replicated.ClusterState) -> Member:
+    listed = next((m for m in state.patroni if m.get("host") == address), {})
+    lag = listed.get("lag")
+    return Member(address, listed.get("role", "absent"), listed.get("state", "-"),
+                  lag if isinstance(lag, int) else None, state.masters.get(address), state.quorum.get(address, False))
+
+
+def _services(target: Target, result: Status, audit_entries: int, archiving: bool) -> None:
+    """The ADR's monitoring figures of PostgreSQL and Redis into ``result``; what fails is a problem."""
     try:
         with connect_postgres(target.postgres, deadline_s=5) as conn:
             result.postgres = {
@@ -167,7 +216,7 @@ def collect(target: Target, audit_entries: int = 5, now: Optional[datetime] = No
                 "connections": conn.execute("SELECT count(*) FROM pg_stat_activity").fetchone()[0],
                 "tables": [{"table": f"{s}.{t}", "size": size} for s, t, size in conn.execute(TABLE_SIZES_SQL)],
             }
-            if backup_agent:
+            if archiving:
                 result.problems += archiver_problems(conn.execute(ARCHIVER_SQL).fetchone())
             plan = migrations.plan(target.postgres, deadline_s=5)
             result.pending_migrations = [m.name for m in plan.pending]
@@ -195,4 +244,3 @@ def collect(target: Target, audit_entries: int = 5, now: Optional[datetime] = No
             result.problems.append("redis: the last persistence write failed; see the container's log")
     except ConnectError as exc:
         result.problems.append(f"redis: {exc}")
-    return result

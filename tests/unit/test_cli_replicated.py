@@ -1,6 +1,9 @@
-"""`python -m infra` refuses a replicated stack, before anything runs, with exit 2 and what to use instead."""
+"""`python -m infra` refuses a replicated stack, before anything runs, with exit 2 and what to use instead;
+except `status`."""
 
 from __future__ import annotations
+
+import pytest
 
 from infra import cli
 from infra.driver import stacks
@@ -11,10 +14,22 @@ def test_a_replicated_stack_is_refused_before_anything_runs(tmp_path, monkeypatc
     path.write_text("config:\n  sin-datastores:topology: replicated\n")
     monkeypatch.setattr(stacks, "config_file", lambda name: path)
     monkeypatch.setattr(stacks, "open_stack", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
-    assert cli.main(["status", "--stack", "prod"]) == 2
+    assert cli.main(["verify", "--stack", "prod"]) == 2
     assert capsys.readouterr().err.strip() == (
-        "sin-datastores: error: stack 'prod' uses the replicated topology, which `python -m infra` does not manage yet; nothing was "
-        "done. Use `pulumi preview|up|destroy --stack prod` (docs/replicated.md)")
+        "sin-datastores: error: stack 'prod' uses the replicated topology, which `python -m infra` does not manage yet "
+        "beyond `status`; nothing was done. Use `pulumi preview|up|destroy --stack prod` (docs/replicated.md)")
+
+
+def test_status_of_a_replicated_stack_goes_on(tmp_path, monkeypatch):
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text("config:\n  sin-datastores:topology: replicated\n")
+    monkeypatch.setattr(stacks, "config_file", lambda name: path)
+    class Opened(Exception):
+        pass
+
+    monkeypatch.setattr(stacks, "open_stack", lambda *a, **k: (_ for _ in ()).throw(Opened()))
+    with pytest.raises(Opened):
+        cli.main(["status", "--stack", "prod"])
 
 
 def test_a_single_host_stack_goes_on(tmp_path, monkeypatch):
