@@ -1,5 +1,6 @@
 """What the replicated-topology tests watch the cluster with, as its clients would: Patroni's REST API
-and a writer that records each commit the server acknowledged."""
+and writers that record each write the server acknowledged (PostgreSQL through an endpoint, Redis
+through Sentinel)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import urllib.request
 from typing import Callable, Sequence
 
 import psycopg
+import redis
 
 from infra.core import cluster
 
@@ -40,50 +42,109 @@ def leader_of(found: dict[str, tuple[str, str]]) -> str:
 
 
 class Writer(threading.Thread):
-    """Inserts rows into ``acked`` through the endpoints in turn, one commit at a time, and records
-    each commit the server acknowledged and when, as an application sees them, and when a commit
-    failed. An id whose commit failed is never reused: it may or may not be there.
+    """Writes one numbered item at a time, as an application does, and records each write the server
+    acknowledged and when, and when a write failed. A number whose write failed is never reused: it
+    may or may not be there. Numbers start at ``first_id``: a second writer on the same table or list
+    starts past the first one's."""
+
+    errors: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, first_id: int):
+        super().__init__(daemon=True)
+        self.acknowledged: list[tuple[int, float]] = []
+        self.failed_at: list[float] = []
+        self.failure_kinds: list[str] = []
+        """Beside ``failed_at``: what each failure was (the exception's class and its first words)."""
+        self.stop = threading.Event()
+        self.next_id = first_id
+
+    def write(self, item: int) -> None:
+        raise NotImplementedError
+
+    def drop_connection(self) -> None:
+        """After a failed write: the next one starts from a new connection."""
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.write(self.next_id)
+                self.acknowledged.append((self.next_id, time.monotonic()))
+            except self.errors as exc:
+                self.failed_at.append(time.monotonic())
+                self.failure_kinds.append(" ".join([type(exc).__name__, *str(exc).split()[:1]]))
+                self.drop_connection()
+                time.sleep(0.1)
+            self.next_id += 1
+            time.sleep(0.01)
+        self.drop_connection()
+
+    def ids(self) -> set[int]:
+        return {item for item, _ in self.acknowledged}
+
+    def back_after(self, moment: float) -> float:
+        """Seconds from ``moment`` until writes were acknowledged again after the first failure
+        that followed it (the outage a client saw); 0 when none failed."""
+        first_failure = next((at for at in self.failed_at if at > moment), None)
+        if first_failure is None:
+            return 0.0
+        return next(at for _, at in self.acknowledged if at > first_failure) - moment
+
+    def outage(self, moment: float) -> str:
+        """The failures after ``moment`` by kind, each with when it was first and last seen: where an
+        outage's time went (e.g. the old master's timeouts, then no master, then refused writes)."""
+        spans: dict[str, list] = {}
+        for at, kind in zip(self.failed_at, self.failure_kinds):
+            if at > moment:
+                span = spans.setdefault(kind, [at, at, 0])
+                span[1], span[2] = at, span[2] + 1
+        return "; ".join(f"{kind} x{n} {first - moment:.1f}-{last - moment:.1f} s"
+                         for kind, (first, last, n) in spans.items())
+
+    def writing_again(self, moment: float) -> bool:
+        return any(at > moment for at in self.failed_at) and self.acknowledged[-1][1] > self.failed_at[-1]
+
+
+class PostgresWriter(Writer):
+    """Inserts rows into ``acked`` through the endpoints in turn, one commit at a time.
 
     No statement_timeout: cancelling a commit that waits for its synchronous standby returns it as
     committed (PostgreSQL's warning "the transaction has already committed locally"), an
     acknowledgement no cluster promises to keep. A dead connection is given up by the socket
     (``tcp_user_timeout`` in the connect function) instead, which acknowledges nothing."""
 
-    def __init__(self, endpoints: Sequence[tuple[str, int]], connect: Callable[[str, int], psycopg.Connection]):
-        super().__init__(daemon=True)
+    errors = (psycopg.Error,)
+
+    def __init__(self, endpoints: Sequence[tuple[str, int]], connect: Callable[[str, int], psycopg.Connection],
+                 first_id: int):
+        super().__init__(first_id)
         self.endpoints, self.connect = list(endpoints), connect
-        self.acknowledged: list[tuple[int, float]] = []
-        self.failed_at: list[float] = []
-        self.stop = threading.Event()
-        self.next_id = 1
+        self.conn: psycopg.Connection | None = None
 
-    def run(self) -> None:
-        conn = None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = self.connect(*self.endpoints[self.next_id % len(self.endpoints)])
-                conn.execute("INSERT INTO acked (id) VALUES (%s)", (self.next_id,))
-                self.acknowledged.append((self.next_id, time.monotonic()))
-            except psycopg.Error:
-                self.failed_at.append(time.monotonic())
-                if conn is not None:
-                    conn.close()
-                conn = None
-                time.sleep(0.1)
-            self.next_id += 1
-            time.sleep(0.01)
-        if conn is not None:
-            conn.close()
+    def write(self, item: int) -> None:
+        if self.conn is None:
+            self.conn = self.connect(*self.endpoints[item % len(self.endpoints)])
+        self.conn.execute("INSERT INTO acked (id) VALUES (%s)", (item,))
 
-    def ids(self) -> set[int]:
-        return {row for row, _ in self.acknowledged}
+    def drop_connection(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
 
-    def back_after(self, moment: float) -> float:
-        """Seconds from ``moment`` until writes were acknowledged again after the first failure
-        that followed it (the outage a client saw)."""
-        first_failure = next(at for at in self.failed_at if at > moment)
-        return next(at for _, at in self.acknowledged if at > first_failure) - moment
 
-    def writing_again(self, moment: float) -> bool:
-        return any(at > moment for at in self.failed_at) and self.acknowledged[-1][1] > self.failed_at[-1]
+class RedisWriter(Writer):
+    """Appends numbers to the list ``key`` on whichever server the Sentinels name master (the client
+    asks them again after a connection error); a write Redis acknowledged but lost in a failover is
+    missing from the list afterwards."""
+
+    errors = (redis.RedisError,)
+
+    def __init__(self, master: redis.Redis, key: str):
+        super().__init__(1)
+        self.master, self.key = master, key
+
+    def write(self, item: int) -> None:
+        self.master.rpush(self.key, item)
+
+    def lost(self) -> set[int]:
+        """The acknowledged numbers the current master does not have."""
+        return self.ids() - {int(item) for item in self.master.lrange(self.key, 0, -1)}

@@ -418,6 +418,13 @@ class RemoteDockerHost:
         """Plug the cable back in (``cut_link`` undone)."""
         _set_link(*self._far_end(), up=True)
 
+    def heal(self) -> None:
+        """Undo whichever fault is in place (the link cut, the engine stopped), so a test that failed
+        midway still leaves a host its teardown can reach; a no-op on a healthy host."""
+        self.restore_link()
+        if self._dockerd is not None and self._dockerd.poll() is not None:
+            self.start_engine()
+
     def _far_end(self) -> tuple[str, Optional[str]]:
         """The interface at the other end of the host's link, and its namespace (None: this machine's)."""
         if self.lan is not None:

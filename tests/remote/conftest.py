@@ -1,4 +1,5 @@
-"""A fresh remote Docker host per test, torn down even when the test fails."""
+"""A fresh remote Docker host per test, torn down even when the test fails; three on one LAN shared by
+the replicated-topology tests."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Iterator
 
 import pytest
 
+from tests import replicated_stacks
 from tests.remote_host import RemoteDockerHost
 
 
@@ -43,3 +45,11 @@ def redis_image() -> str:
     if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
         pytest.fail(f"the local image {image} is missing: run toolchain/images.sh (scripts/test does)", pytrace=False)
     return image
+
+
+@pytest.fixture(scope="session")
+def three_hosts():
+    """Three hosts on one LAN with the replicated topology's images, shared by the replicated tests
+    (each makes and destroys its own stack on them)."""
+    with replicated_stacks.hosts_with_images(3) as group:
+        yield group

@@ -4,64 +4,31 @@ under a writer that records every acknowledged commit."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
-import uuid
 
 import psycopg
 import pytest
-from redis.sentinel import Sentinel
 
 from infra.core import cluster
-from infra.driver import stacks, teststacks
-from tests.cluster_clients import Writer, leader_of, roles, whole
+from tests import replicated_stacks
+from tests.cluster_clients import PostgresWriter, leader_of, roles, whole
+from tests.e2e.support import cli
 from tests.polling import until
-from tests.remote_host import RemoteHostGroup
 
 pytestmark = pytest.mark.e2e
-IMAGE_ENV = {"patroniImage": "SIN_LOCAL_PATRONI_IMAGE", "etcdImage": "SIN_LOCAL_ETCD_IMAGE",
-             "haproxyImage": "SIN_LOCAL_HAPROXY_IMAGE", "redisImage": "SIN_LOCAL_REDIS_IMAGE"}
-
-
-def images() -> dict[str, str]:
-    found = {key: os.environ.get(env, "") for key, env in IMAGE_ENV.items()}
-    for key, image in found.items():
-        if not image or subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
-            pytest.fail(f"{IMAGE_ENV[key]} names no local image: run the tests through scripts/test", pytrace=False)
-    return found
-
-
-@pytest.fixture(scope="module")
-def three_hosts():
-    group = RemoteHostGroup(3)
-    try:
-        group.start()
-        for image in set(images().values()):
-            group.load_image(image)
-        yield group
-    finally:
-        group.close()
 
 
 @pytest.fixture
 def replicated_stack(three_hosts, tmp_path):
-    """A replicated stack over the three hosts; destroyed and removed afterwards, failing or not."""
-    settings = stacks.Settings(backend_url=f"file://{tmp_path / 'state'}", passphrase_file=tmp_path / "passphrase")
-    config = {"topology": "replicated", "replicatedHosts": ",".join(h.docker_host for h in three_hosts),
-              "dockerSshKeyFile": str(three_hosts.identity_file),
-              "dockerSshKnownHostsFile": str(three_hosts.known_hosts_file),
-              "retainVolumes": "false", "healthTimeoutSeconds": "240", **images()}
-    stack = teststacks.create(settings, f"e2e-ha-{uuid.uuid4().hex[:6]}", config)
-    try:
+    with replicated_stacks.replicated_stack(three_hosts, tmp_path, "e2e-ha") as stack:
         yield stack
-    finally:
-        try:
-            stack.destroy(color="never")
-        finally:
-            stack.workspace.remove_stack(stack.name, force=True)
-            stacks.config_file(stack.name).unlink(missing_ok=True)
-            teststacks.release(stack.name)
+
+
+def status(stack, tmp_path) -> tuple[int, str]:
+    """`python -m infra status` of the stack: its exit code and what it printed."""
+    done = cli(replicated_stacks.settings(tmp_path), "status", "--stack", stack.name, timeout_s=120)
+    return done.returncode, done.stdout + done.stderr
 
 
 def connect_url(url: str) -> psycopg.Connection:
@@ -101,7 +68,7 @@ except psycopg.Error as exc:
 
 
 def test_a_replicated_stack_comes_up_serves_its_clients_and_survives_losing_or_cutting_off_the_leader(
-        three_hosts, replicated_stack):
+        three_hosts, replicated_stack, tmp_path):
     stack, addresses = replicated_stack, [h.address for h in three_hosts]
     started = time.monotonic()
     result = stack.up(color="never")
@@ -117,35 +84,30 @@ def test_a_replicated_stack_comes_up_serves_its_clients_and_survives_losing_or_c
     print(f"replicated stack up in {took:.1f} s")
 
     # The ADR's clients: PostgreSQL through an endpoint (psycopg also takes all three), Redis through Sentinel.
-    config = stack.get_all_config()
-    pg_password = config["sin-datastores:postgresPassword"].value
+    pg_password = stack.get_config("sin-datastores:postgresPassword").value
+    connect = replicated_stacks.postgres_connector(pg_password)
     with connect_url(outputs["postgresUrl"]) as conn:
         assert conn.execute("SELECT count(*) FROM services").fetchone() is not None
         conn.execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
-    sentinels = Sentinel([(a, cluster.SENTINEL_PORT) for a in addresses], socket_timeout=2, sentinel_kwargs={
-        "password": config["sin-datastores:sentinelPassword"].value, "socket_timeout": 2})
-    master = sentinels.master_for(outputs["sentinelMasterName"], password=config["sin-datastores:redisPassword"].value,
-                                  socket_timeout=2)
+    sentinels = replicated_stacks.sentinel_client(stack, addresses)
+    master = replicated_stacks.redis_master(stack, sentinels, outputs["sentinelMasterName"])
     master.set("sin:e2e", "1")
     assert master.get("sin:e2e") == b"1"
 
-    # A second `up` with nothing changed changes nothing.
+    # A second `up` with nothing changed changes nothing; `status` shows every member, healthy.
     assert set(stack.preview(color="never").change_summary) == {"same"}
-
-    def connect(address: str, port: int) -> psycopg.Connection:
-        """A client connection; a failure says where and why, without psycopg's frames (their
-        arguments, which a test report shows, hold the password)."""
-        try:
-            return psycopg.connect(host=address, port=port, user="sinadmin", password=pg_password,
-                                   dbname="sinsolver", connect_timeout=2, tcp_user_timeout=5000, autocommit=True)
-        except psycopg.Error as exc:
-            raise psycopg.OperationalError(f"{address}:{port}: {str(exc).strip().splitlines()[0]}") from None
+    code, shown = status(stack, tmp_path)
+    assert code == 0 and shown.startswith(f"stack {stack.name}: healthy"), shown
+    member_lines = [line.split() for line in shown.splitlines() if line.split()[:1] in [[a] for a in addresses]]
+    assert sorted(words[0] for words in member_lines) == sorted(addresses), shown
 
     def fail_the_leader(fault: str) -> None:
         """The leader's host lost (its engine gone, every container at once) or cut off (its link
         down, everything on it running), under a writer; the writes come back on another member,
         no acknowledged commit is lost, and once the host is back it rejoins as a replica."""
-        writer = Writer([(a, cluster.HAPROXY_PRIMARY_PORT) for a in addresses], connect)
+        with connect_url(outputs["postgresUrl"]) as conn:
+            (first_id,) = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM acked").fetchone()
+        writer = PostgresWriter([(a, cluster.HAPROXY_PRIMARY_PORT) for a in addresses], connect, first_id)
         writer.start()
         until("the writer's first commits", lambda: len(writer.acknowledged) >= 20, 30)
         leader = leader_of(roles(addresses[0]))
@@ -184,6 +146,8 @@ def test_a_replicated_stack_comes_up_serves_its_clients_and_survives_losing_or_c
             stored = {row for (row,) in conn.execute("SELECT id FROM acked")}
         missing = writer.ids() - stored
         assert not missing, f"{len(missing)} acknowledged commits lost: {sorted(missing)[:10]}"
+        code, shown = status(stack, tmp_path)
+        assert code == 1 and any(leader in line for line in shown.splitlines() if line.startswith("problem:")), shown
 
         host.start_engine() if fault == "lost" else host.restore_link()
 
@@ -205,6 +169,13 @@ def test_a_replicated_stack_comes_up_serves_its_clients_and_survives_losing_or_c
 
     fail_the_leader("cut off")
     fail_the_leader("lost")
+
+    def healthy() -> bool:
+        code, shown = status(stack, tmp_path)
+        assert code == 0, shown  # until() reports the last one
+        return True
+
+    until("`status` healthy again", healthy, 60)
 
     stack.destroy(color="never")
     for host in three_hosts:

@@ -1,0 +1,113 @@
+"""A replicated stack on hosts of the remote-host harness, as the end-to-end test and the failover
+benchmark make it: the hosts with the local images loaded, the stack over them, and its clients."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import psycopg
+from pulumi import automation as auto
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from infra.core import cluster
+from infra.driver import stacks, teststacks
+from tests.remote_host import RemoteHostGroup
+
+IMAGE_ENV = {"patroniImage": "SIN_LOCAL_PATRONI_IMAGE", "etcdImage": "SIN_LOCAL_ETCD_IMAGE",
+             "haproxyImage": "SIN_LOCAL_HAPROXY_IMAGE", "redisImage": "SIN_LOCAL_REDIS_IMAGE"}
+
+
+def local_images() -> dict[str, str]:
+    """The stack's image settings: the images toolchain/setup.sh built and named in its environment."""
+    found = {key: os.environ.get(env, "") for key, env in IMAGE_ENV.items()}
+    for key, image in found.items():
+        if not image or subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
+            raise RuntimeError(f"{IMAGE_ENV[key]} names no local image: run this through scripts/test or scripts/bench")
+    return found
+
+
+@contextlib.contextmanager
+def hosts_with_images(count: int) -> Iterator[RemoteHostGroup]:
+    """``count`` SSH-only Docker hosts on one LAN, each with the local images; closed afterwards."""
+    images = local_images()
+    group = RemoteHostGroup(count)
+    try:
+        group.start()
+        for image in set(images.values()):
+            group.load_image(image)
+        yield group
+    finally:
+        group.close()
+
+
+def settings(state_dir: Path) -> stacks.Settings:
+    """A private state backend and passphrase under ``state_dir``."""
+    return stacks.Settings(backend_url=f"file://{state_dir / 'state'}", passphrase_file=state_dir / "passphrase")
+
+
+@contextlib.contextmanager
+def replicated_stack(hosts: RemoteHostGroup, state_dir: Path, prefix: str,
+                     program_dir: Optional[Path] = None) -> Iterator[auto.Stack]:
+    """A replicated stack over ``hosts`` (state under ``state_dir``), of the program in ``program_dir``
+    (default: this checkout's; another: e.g. an earlier release's, whose stack file stays there);
+    destroyed and removed afterwards, failing or not (a fault left in place undone first, or the
+    destroy cannot reach that host)."""
+    config = {"topology": "replicated", "replicatedHosts": ",".join(h.docker_host for h in hosts),
+              "dockerSshKeyFile": str(hosts.identity_file), "dockerSshKnownHostsFile": str(hosts.known_hosts_file),
+              "retainVolumes": "false", "healthTimeoutSeconds": "240", **local_images()}
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    if program_dir is None:
+        stack = teststacks.create(settings(state_dir), name, config)
+    else:
+        stack = auto.create_or_select_stack(name, work_dir=str(program_dir), opts=auto.LocalWorkspaceOptions(
+            work_dir=str(program_dir), env_vars=settings(state_dir).env()))
+        teststacks.mark_in_use(name)
+        stacks.configure(stack, config)
+        stacks.ensure_secrets(stack)
+    try:
+        yield stack
+    finally:
+        try:
+            for host in hosts:
+                host.heal()
+            stack.destroy(color="never")
+        finally:
+            stack.workspace.remove_stack(stack.name, force=True)
+            stacks.config_file(stack.name).unlink(missing_ok=True)
+            teststacks.release(stack.name)
+
+
+def postgres_connector(password: str) -> Callable[[str, int], psycopg.Connection]:
+    """Connections as a client makes them; a failure says where and why, without psycopg's frames
+    (their arguments, which a report shows, hold the password). A dead peer is given up by the socket
+    (tcp_user_timeout), never by cancelling a commit (see cluster_clients.Writer)."""
+    def connect(address: str, port: int) -> psycopg.Connection:
+        try:
+            return psycopg.connect(host=address, port=port, user="sinadmin", password=password, dbname="sinsolver",
+                                   connect_timeout=2, tcp_user_timeout=5000, autocommit=True)
+        except psycopg.Error as exc:
+            raise psycopg.OperationalError(f"{address}:{port}: {str(exc).strip().splitlines()[0]}") from None
+    return connect
+
+
+def sentinel_client(stack: auto.Stack, addresses: list[str]) -> Sentinel:
+    """The Sentinels as a client asks them: short timeouts, so a dead host costs a second, not the
+    kernel's TCP retries; no retries inside redis-py (its default, 10 with backoff, spends ~20 s on a
+    dead Sentinel at every new connection), the caller retries."""
+    password = stack.get_config("sin-datastores:sentinelPassword").value
+    timeouts = {"socket_timeout": 2, "socket_connect_timeout": 1, "retry": Retry(NoBackoff(), 0)}
+    return Sentinel([(a, cluster.SENTINEL_PORT) for a in addresses], sentinel_kwargs={"password": password, **timeouts},
+                    **timeouts)
+
+
+def redis_master(stack: auto.Stack, sentinels: Sentinel, master_name: str):
+    """A client of whichever server the Sentinels name master (found again after a failover)."""
+    return sentinels.master_for(master_name, password=stack.get_config("sin-datastores:redisPassword").value,
+                                socket_timeout=2, socket_connect_timeout=1)
