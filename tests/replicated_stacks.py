@@ -4,6 +4,7 @@ benchmark make it: the hosts with the local images loaded, the stack over them, 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import uuid
@@ -111,3 +112,21 @@ def redis_master(stack: auto.Stack, sentinels: Sentinel, master_name: str):
     """A client of whichever server the Sentinels name master (found again after a failover)."""
     return sentinels.master_for(master_name, password=stack.get_config("sin-datastores:redisPassword").value,
                                 socket_timeout=2, socket_connect_timeout=1)
+
+
+def adr_node_clients(stack: auto.Stack, postgres_endpoint: str) -> dict:
+    """The ADR's Node clients (pg's Pool through ``postgres_endpoint``, ioredis through the Sentinels;
+    tests/adr_clients.cjs) against the stack: what they read and wrote. Passwords on stdin only."""
+    modules = os.environ.get("SIN_NODE_CLIENTS", "")
+    if not modules or not Path(modules, "ioredis").is_dir():
+        raise RuntimeError("SIN_NODE_CLIENTS names no node_modules with pg and ioredis: run this through "
+                           "scripts/test (toolchain/node-clients.sh installs them)")
+    outputs = {k: v.value for k, v in stack.outputs().items()}
+    settings = {"postgresEndpoint": postgres_endpoint, "sentinels": outputs["sentinels"],
+                "masterName": outputs["sentinelMasterName"]}
+    secrets = {key: stack.get_config(f"sin-datastores:{key}Password").value
+               for key in ("postgres", "redis", "sentinel")}
+    done = subprocess.run(["node", str(Path(__file__).with_name("adr_clients.cjs")), json.dumps(settings)],
+                          input=json.dumps(secrets), capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "NODE_PATH": modules})
+    return json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {"error": done.stderr[-500:]}

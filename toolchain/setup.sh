@@ -89,6 +89,7 @@ if ! skip host; then
   echo "export SIN_VERSITYGW='$("$here/s3-server.sh" | last)'"
   "$here/host-services.sh" >/dev/null
   "$here/remote-host.sh" >/dev/null
+  echo "export SIN_NODE_CLIENTS='$("$here/node-clients.sh" | last)'"
 fi
 
 echo "export PATH='$pulumi_bin:$venv/bin':\"\$PATH\""
