@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 from urllib.parse import quote
 
 import pulumi
 import pulumi_docker as docker
 
-from infra.core import config as stack_config, conflicts
+from infra.core import config as stack_config, conflicts, dockerhost
 from infra.core.dockerhost import DockerHostError
 from infra.core.engine import EngineError
 from infra.deploy import migration_files
@@ -87,7 +88,10 @@ def redis_url(password: str, host: str, port: int) -> str:
 def look_at_host(cfg: stack_config.StackConfig) -> None:
     """Refuse, before anything is declared, what the stack would collide with on its Docker host
     (the engine shows the error once, without a Python traceback). `python -m infra` has looked
-    already, knowing the names the stack's state declares."""
+    already, knowing the names the stack's state declares. Replicated: :func:`look_at_cluster_hosts`."""
+    if cfg.cluster:
+        look_at_cluster_hosts(cfg)
+        return
     if os.environ.get(conflicts.LOOKED_ENV) == cfg.stack:
         return
     try:
@@ -99,15 +103,38 @@ def look_at_host(cfg: stack_config.StackConfig) -> None:
                         f"context address); a taken name, port or subnet shows as Docker's error")
 
 
+def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> None:
+    """Refuse a run that cannot reach every host of the cluster, before anything is declared, naming
+    each host and why (the project's refresh fails on such a host first, in the docker provider's
+    words; this speaks for a run without it). Nothing changes anywhere, so no healthy member is
+    touched because another host is down. The hosts are reached at once."""
+    def unreachable(host: stack_config.ClusterHost) -> Optional[str]:
+        try:
+            with dockerhost.session(host.docker):
+                return None
+        except (DockerHostError, EngineError) as exc:
+            return str(exc)
+
+    hosts = cfg.cluster.hosts
+    with ThreadPoolExecutor(len(hosts)) as pool:
+        unseen = [reason for reason in pool.map(unreachable, hosts) if reason]
+    if unseen:
+        raise pulumi.RunError(
+            f"{len(unseen)} of the {len(hosts)} hosts of the replicated cluster cannot be reached, so nothing was "
+            f"previewed or changed on any host: {'; '.join(unseen)}. The members there (etcd, Patroni with "
+            f"PostgreSQL, HAProxy, Redis, Sentinel) cannot be read; the others keep serving (`python -m infra "
+            f"status --stack {cfg.stack}` shows the cluster). Bring the host or SSH to it back, then run again.")
+
+
 def program(look: Callable[[stack_config.StackConfig], None] = look_at_host) -> None:
     """Declare network, PostgreSQL, Redis and the post-deploy step (or, replicated, the cluster:
     :func:`replicated_program`); export the contract. ``look`` checks the Docker host first (the
     unit tests, which have none, pass their own)."""
     cfg = stack_config.from_pulumi()
+    look(cfg)
     if cfg.cluster:
         replicated_program(cfg)
         return
-    look(cfg)
     on_host = pulumi.ResourceOptions(providers=[docker_provider(cfg.docker)])
     common = dict(bind_address=cfg.bind_address, retain_volume=cfg.retain_volumes,
                   health_timeout_s=cfg.health_timeout_seconds)

@@ -307,7 +307,7 @@ def test_a_conflict_on_the_host_is_the_programs_error_without_a_traceback(monkey
         raise conflicts.HostConflicts("h", [conflicts.Conflict("networkName", "sin-network", "held", "rename")])
 
     monkeypatch.setattr(conflicts, "check_host", conflicted)
-    cfg = SimpleNamespace(stack="dev")
+    cfg = SimpleNamespace(stack="dev", cluster=None)
     with pytest.raises(pulumi.RunError, match="networkName sin-network: held; rename"):
         program_module.look_at_host(cfg)
     # `python -m infra` looked already (knowing the state's names): the program does not look again.

@@ -88,3 +88,40 @@ def test_the_step_waits_for_every_host_and_reruns_when_a_container_is_replaced(r
 
 def test_the_single_host_stack_declares_no_cluster(dev):
     assert not dev.of_type(MEMBER)
+
+
+def test_a_host_that_cannot_be_reached_stops_the_run_before_anything_is_declared(monkeypatch):
+    """Every host is tried; the error names each one out of reach and why, and that nothing changed."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import pulumi
+
+    from infra import program as program_module
+    from infra.core import dockerhost
+    from infra.core.config import ClusterHost
+    from infra.core.targets import DockerHost
+
+    tried = []
+
+    @contextlib.contextmanager
+    def session(host):
+        tried.append(host.url)
+        if host.url.endswith("10.9.0.3"):
+            raise dockerhost.DockerHostError(f"{host.describe()}: SSH connection timed out")
+        yield SimpleNamespace()
+
+    monkeypatch.setattr(dockerhost, "session", session)
+    hosts = tuple(ClusterHost(DockerHost(f"ssh://root@{a}"), a) for a in ADDRESSES)
+    cfg = SimpleNamespace(stack="prod", cluster=SimpleNamespace(hosts=hosts))
+    with pytest.raises(pulumi.RunError) as raised:
+        program_module.look_at_host(cfg)
+    assert sorted(tried) == [f"ssh://root@{a}" for a in ADDRESSES]
+    message = str(raised.value)
+    assert message.startswith("1 of the 3 hosts of the replicated cluster cannot be reached, so nothing was "
+                              "previewed or changed on any host: ssh://root@10.9.0.3")
+    assert "SSH connection timed out" in message and "python -m infra status --stack prod" in message
+    tried.clear()
+    monkeypatch.setattr(dockerhost, "session", lambda host: contextlib.nullcontext(tried.append(host.url)))
+    program_module.look_at_host(cfg)  # every host reached: the run goes on
+    assert len(tried) == 3
