@@ -21,16 +21,13 @@ from infra.core import cluster
 from infra.driver import stacks, teststacks
 from tests.remote_host import RemoteHostGroup
 
-IMAGE_ENV = {"patroniImage": "SIN_LOCAL_PATRONI_IMAGE", "etcdImage": "SIN_LOCAL_ETCD_IMAGE",
-             "haproxyImage": "SIN_LOCAL_HAPROXY_IMAGE", "redisImage": "SIN_LOCAL_REDIS_IMAGE"}
-
-
 def local_images() -> dict[str, str]:
     """The stack's image settings: the images toolchain/setup.sh built and named in its environment."""
-    found = {key: os.environ.get(env, "") for key, env in IMAGE_ENV.items()}
+    found = stacks.local_images(stacks.LOCAL_CLUSTER_IMAGE_ENV)
     for key, image in found.items():
-        if not image or subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
-            raise RuntimeError(f"{IMAGE_ENV[key]} names no local image: run this through scripts/test or scripts/bench")
+        if not stacks.image_present(image):
+            raise RuntimeError(f"{stacks.LOCAL_CLUSTER_IMAGE_ENV[key]} names no local image: run this through "
+                               f"scripts/test or scripts/bench")
     return found
 
 

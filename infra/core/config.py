@@ -40,6 +40,12 @@ ADR_NAMES = {
 TOPOLOGY_KEY, SINGLE, REPLICATED = "topology", "single", "replicated"
 TOPOLOGIES = (SINGLE, REPLICATED)
 
+
+def is_replicated(topology: object) -> bool:
+    """Whether a raw ``topology`` value (from the stack file or the config, unparsed) names the cluster."""
+    return str(topology or "").strip() == REPLICATED
+
+
 # Every key with its default (None: required, or derived from the stack name).
 DEFAULTS: dict[str, Optional[str]] = {
     "dockerHost": "",
@@ -362,7 +368,7 @@ class _Reader:
             # Its published ports sit on that host's loopback, which only an SSH tunnel reaches.
             self.fail("dockerHost", f"'{url}' is a remote engine over TCP, whose services cannot be reached from here",
                       "pulumi config set dockerHost ssh://<user>@<host> (the engine over SSH)")
-        replicated = (self.raw.get(TOPOLOGY_KEY) or "").strip() == REPLICATED  # they serve replicatedHosts then
+        replicated = is_replicated(self.raw.get(TOPOLOGY_KEY))  # they serve replicatedHosts then
         for key, value in (("dockerSshKeyFile", key_file), ("dockerSshKnownHostsFile", known_hosts)):
             if value and parts.scheme != "ssh" and not replicated:
                 self.fail(key, "is set but dockerHost is not an ssh:// address",

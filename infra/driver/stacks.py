@@ -27,8 +27,8 @@ from infra.core.errors import InputError, OperationFailed
 from infra.core import conflicts, dockercli, dockerhost, statecopy
 from infra.core.engine import Engine
 from infra.driver import backends, drift, locks, pulumi_errors
-from infra.core.config import (BACKUP_PASSPHRASE_KEY, CLUSTER_SECRET_KEYS, DEFAULTS, PROJECT, REPLICATED, SECRET_KEYS,
-                               TOPOLOGY_KEY, StackConfig, docker_host, parse)
+from infra.core.config import (BACKUP_PASSPHRASE_KEY, CLUSTER_SECRET_KEYS, DEFAULTS, PROJECT, SECRET_KEYS, TOPOLOGY_KEY,
+                               StackConfig, docker_host, is_replicated, parse)
 from infra.core.targets import DockerHost, Target
 from infra.components.common import labels
 from infra.deploy.registry import default_actor
@@ -43,6 +43,9 @@ LEGACY_STEP_TYPES = (f"{LEGACY_PROVIDER}:index:Step", f"pulumi:providers:{LEGACY
 # Local images built by toolchain/images.sh, used when the configured ones are not on the host.
 LOCAL_IMAGE_ENV = {"postgresImage": "SIN_LOCAL_POSTGRES_IMAGE", "redisImage": "SIN_LOCAL_REDIS_IMAGE",
                    "backupImage": "SIN_LOCAL_BACKUP_IMAGE"}
+# The replicated topology's (issue #27): Redis' is the single host's.
+LOCAL_CLUSTER_IMAGE_ENV = {"patroniImage": "SIN_LOCAL_PATRONI_IMAGE", "etcdImage": "SIN_LOCAL_ETCD_IMAGE",
+                           "haproxyImage": "SIN_LOCAL_HAPROXY_IMAGE", "redisImage": LOCAL_IMAGE_ENV["redisImage"]}
 # Which state this is (a stack tag, kept in the backend beside the checkpoint: it outlives `destroy`
 # and moves with the state); the stack's state copy on its Docker host names it (infra.core.statecopy).
 STATE_ID_TAG = f"{PROJECT}:state-id"
@@ -137,7 +140,7 @@ def refuse_replicated(name: str) -> None:
     manages it)."""
     path = config_file(name)
     data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
-    if str((data.get("config") or {}).get(f"{PROJECT}:{TOPOLOGY_KEY}", "")).strip() == REPLICATED:
+    if is_replicated((data.get("config") or {}).get(f"{PROJECT}:{TOPOLOGY_KEY}")):
         raise StackError(f"stack '{name}' uses the replicated topology, which `python -m infra` does not manage yet "
                          f"beyond `status`; nothing was done. Use `pulumi preview|up|destroy --stack {name}` "
                          f"(docs/replicated.md)")
@@ -219,7 +222,7 @@ def backups_on(config: dict[str, auto.ConfigValue]) -> bool:
 
 def replicated(config: dict[str, auto.ConfigValue]) -> bool:
     topology = config.get(f"{PROJECT}:{TOPOLOGY_KEY}")
-    return bool(topology and topology.value.strip() == REPLICATED)
+    return bool(topology and is_replicated(topology.value))
 
 
 def missing_passwords(config: dict[str, auto.ConfigValue]) -> list[str]:
@@ -248,10 +251,11 @@ def image_present(image: str, env: Optional[dict[str, str]] = None) -> bool:
                           env={**os.environ, **(env or {})}).returncode == 0
 
 
-def local_images() -> dict[str, str]:
-    """The images toolchain/images.sh built, by config key (it exports them; scripts/* eval it)."""
-    images = {key: os.environ.get(env, "") for key, env in LOCAL_IMAGE_ENV.items()}
-    missing = [LOCAL_IMAGE_ENV[key] for key, image in images.items() if not image]
+def local_images(names: dict[str, str] = LOCAL_IMAGE_ENV) -> dict[str, str]:
+    """The images toolchain/images.sh built, by config key (it exports them; scripts/* eval it);
+    ``names``: config key -> environment variable (LOCAL_CLUSTER_IMAGE_ENV for the replicated topology)."""
+    images = {key: os.environ.get(env, "") for key, env in names.items()}
+    missing = [names[key] for key, image in images.items() if not image]
     if missing:
         raise StackError(f"{', '.join(missing)} not set: run toolchain/images.sh through toolchain/setup.sh "
                          f"(scripts/up, scripts/test and scripts/bench do)")

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import redis as redis_lib
@@ -151,3 +152,29 @@ def kill_marked(mark: str) -> None:
     for pid in marked_processes(mark):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def resource_steps(events: list, types: Optional[set[str]] = None) -> dict[tuple[str, str], str]:
+    """(type, name) -> what the update did to each resource (of ``types``), the refresh before it left out."""
+    steps = {}
+    for event in events:
+        meta = event.resource_pre_event.metadata if event.resource_pre_event else None
+        if meta and (types is None or meta.type in types):
+            op = str(getattr(meta.op, "value", meta.op))
+            if op != "refresh":
+                steps[(meta.type, meta.urn.rsplit("::", 1)[-1])] = op
+    return steps
+
+
+def volume_steps(events: list) -> dict[str, str]:
+    return {name: op for (_, name), op in resource_steps(events, {"docker:index/volume:Volume"}).items()}
+
+
+def release_tree(release: str, tree: Path) -> Path:
+    """The files of an earlier release of this repository in ``tree``, run with this checkout's
+    virtualenv (same pins): for the tests that upgrade a stack that release made."""
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", release], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    (tree / ".venv").symlink_to(ROOT / ".venv")
+    return tree

@@ -9,7 +9,6 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Optional
 
 import psycopg
 import pytest
@@ -17,30 +16,14 @@ import redis as redis_lib
 from pulumi import automation as auto
 
 from infra.driver import stacks, teststacks
-from tests.e2e.support import MARK, assert_no_process_left, local_images, mark, sweep
+from tests.e2e.support import (MARK, assert_no_process_left, local_images, mark, release_tree, resource_steps,
+                               sweep, volume_steps)
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 # The last release of main (the last with the post-deploy step as a resource of this project's own
 # provider plugin, sin-postdeploy); bump it with each release.
 PREVIOUS_RELEASE = "b4cf473"
 STEP_PROVIDER = "pulumi-resource-sin-postdeploy"
-
-
-def resource_steps(events: list, types: Optional[set[str]] = None) -> dict[tuple[str, str], str]:
-    """(type, name) -> what the update did to each resource (of ``types``), the refresh before it left out."""
-    steps = {}
-    for event in events:
-        meta = event.resource_pre_event.metadata if event.resource_pre_event else None
-        if meta and (types is None or meta.type in types):
-            op = str(getattr(meta.op, "value", meta.op))
-            if op != "refresh":
-                steps[(meta.type, meta.urn.rsplit("::", 1)[-1])] = op
-    return steps
-
-
-def volume_steps(events: list) -> dict[str, str]:
-    return {name: op for (_, name), op in resource_steps(events, {"docker:index/volume:Volume"}).items()}
 
 
 def step_provider_of(tree: Path) -> Path:
@@ -73,11 +56,7 @@ def step_provider_of(tree: Path) -> Path:
 def previous_tree(tmp_path) -> Path:
     """The previous release's files, run with this checkout's virtualenv (same pins), its step's
     provider named in its Pulumi.yaml (not installed into any plugin cache)."""
-    tree = tmp_path / "previous"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-    (tree / ".venv").symlink_to(ROOT / ".venv")
+    tree = release_tree(PREVIOUS_RELEASE, tmp_path / "previous")
     with (tree / "Pulumi.yaml").open("a") as project:
         project.write(f"plugins:\n  providers:\n    - name: sin-postdeploy\n      path: {step_provider_of(tree)}\n")
     return tree

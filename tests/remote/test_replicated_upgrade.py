@@ -4,7 +4,6 @@ no resource deleted, the data and every acknowledged commit kept, and nothing le
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,26 +13,19 @@ from infra.core import cluster
 from infra.driver import stacks
 from tests import replicated_stacks
 from tests.cluster_clients import PostgresWriter
-from tests.e2e.test_upgrade import resource_steps
+from tests.e2e.support import release_tree, resource_steps, volume_steps
 from tests.polling import until
 
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
 # The last release of main whose replicated topology differs from this one's (it rendered ttl 12,
 # which Patroni ran as 20, and no repl-diskless-sync-delay); bump it with each release that changes it.
 PREVIOUS_RELEASE = "570c698"
-CONTAINER, VOLUME = "docker:index/container:Container", "docker:index/volume:Volume"
+CONTAINER = "docker:index/container:Container"
 
 
 @pytest.fixture
 def previous_tree(tmp_path) -> Path:
-    """The previous release's files, run with this checkout's virtualenv (same pins)."""
-    tree = tmp_path / "previous"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE], capture_output=True, check=True)
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-    (tree / ".venv").symlink_to(ROOT / ".venv")
-    return tree
+    return release_tree(PREVIOUS_RELEASE, tmp_path / "previous")
 
 
 def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes_data_and_commits(
@@ -57,7 +49,7 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             events: list = []
             stack.preview(color="never", on_event=events.append)
             steps = resource_steps(events)
-            assert {op for (kind, _), op in steps.items() if kind == VOLUME} == {"same"}, steps
+            assert set(volume_steps(events).values()) == {"same"}, steps
             assert "delete" not in steps.values(), steps
             assert {kind for (kind, _), op in steps.items() if op == "replace"} <= {CONTAINER}, steps
 
@@ -70,8 +62,7 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             until("commits after the up", lambda: writer.acknowledged[-1][1] > done, 60)
             writer.stop.set()
             writer.join(30)
-            steps = resource_steps(events)
-            assert {op for (kind, _), op in steps.items() if kind == VOLUME} == {"same"}, steps
+            assert set(volume_steps(events).values()) == {"same"}, resource_steps(events)
             assert result.outputs["verificationChecks"].value == 26
             with connect(addresses[1], cluster.HAPROXY_PRIMARY_PORT) as conn:
                 stored = {row for (row,) in conn.execute("SELECT id FROM acked")}
