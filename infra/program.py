@@ -12,7 +12,7 @@ import pulumi_docker as docker
 
 from infra.core import config as stack_config, conflicts, dockerhost
 from infra.core.dockerhost import DockerHostError
-from infra.core.engine import EngineError
+from infra.core.engine import Engine, EngineError
 from infra.deploy import migration_files
 from infra.components.backupagent import BackupAgent, BackupAgentArgs
 from infra.components.common import labels
@@ -85,13 +85,12 @@ def redis_url(password: str, host: str, port: int) -> str:
     return f"redis://:{quote(password, safe='')}@{host}:{port}/0"
 
 
-def look_at_host(cfg: stack_config.StackConfig) -> None:
+def look_at_host(cfg: stack_config.StackConfig) -> Optional[cluster.Primaries]:
     """Refuse, before anything is declared, what the stack would collide with on its Docker host
     (the engine shows the error once, without a Python traceback). `python -m infra` has looked
     already, knowing the names the stack's state declares. Replicated: :func:`look_at_cluster_hosts`."""
     if cfg.cluster:
-        look_at_cluster_hosts(cfg)
-        return
+        return look_at_cluster_hosts(cfg)
     if os.environ.get(conflicts.LOOKED_ENV) == cfg.stack:
         return
     try:
@@ -101,39 +100,77 @@ def look_at_host(cfg: stack_config.StackConfig) -> None:
     if not looked:
         pulumi.log.warn(f"{cfg.docker.describe()}: could not look for conflicts before creating (a TLS or "
                         f"context address); a taken name, port or subnet shows as Docker's error")
+    return None
 
 
-def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> None:
+def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
     """Refuse a run that cannot reach every host of the cluster, before anything is declared, naming
     each host and why (the project's refresh fails on such a host first, in the docker provider's
     words; this speaks for a run without it). Nothing changes anywhere, so no healthy member is
-    touched because another host is down. The hosts are reached at once."""
-    def unreachable(host: stack_config.ClusterHost) -> Optional[str]:
+    touched because another host is down. The hosts are reached at once. A host list other than
+    the running members' is refused too (:func:`refuse_changed_host_list`), and so is a host where
+    a new member's names or ports are taken. Then read where the cluster takes writes, which a
+    change reaches last."""
+    def look(host: stack_config.ClusterHost) -> tuple[Optional[str], frozenset[str], list[str]]:
+        """Why the host cannot be reached (None: it can), the host list its member runs with, and
+        what a new member there would collide with."""
         try:
-            with dockerhost.session(host.docker):
-                return None
+            with dockerhost.session(host.docker) as current:
+                engine = Engine.of(current.docker_env)
+                if engine is None:
+                    return None, frozenset(), []
+                return (None, conflicts.cluster_hosts_on(engine, cfg.stack),
+                        conflicts.member_conflicts(engine, cfg.stack, cfg.project, cluster.Member(host.address),
+                                                   cfg.cluster.patroni_image))
         except (DockerHostError, EngineError) as exc:
-            return str(exc)
+            return str(exc), frozenset(), []
 
     hosts = cfg.cluster.hosts
     with ThreadPoolExecutor(len(hosts)) as pool:
-        unseen = [reason for reason in pool.map(unreachable, hosts) if reason]
+        found = list(pool.map(look, hosts))
+    # A changed list first: a host added or swapped in is often one not set up yet.
+    refuse_changed_host_list(cfg, {host.address: listed for host, (_, listed, _) in zip(hosts, found) if listed})
+    unseen = [reason for reason, _, _ in found if reason]
+    taken = [f"{host.docker.describe()}: {conflict}" for host, (_, _, held) in zip(hosts, found) for conflict in held]
+    if taken:
+        raise pulumi.RunError(
+            f"the hosts of the replicated cluster already have what its new members would take, so nothing was "
+            f"previewed or changed on any host ({len(taken)} conflict{'s' if len(taken) != 1 else ''}):\n"
+            + "\n".join(f"  - {line}" for line in taken)
+            + "\nFree them on those hosts (stop the process or remove the object), then run again.")
     if unseen:
         raise pulumi.RunError(
             f"{len(unseen)} of the {len(hosts)} hosts of the replicated cluster cannot be reached, so nothing was "
             f"previewed or changed on any host: {'; '.join(unseen)}. The members there (etcd, Patroni with "
             f"PostgreSQL, HAProxy, Redis, Sentinel) cannot be read; the others keep serving (`python -m infra "
             f"status --stack {cfg.stack}` shows the cluster). Bring the host or SSH to it back, then run again.")
+    from infra.deploy import replicated  # the database clients load for a replicated stack only
+    return replicated.primaries(cluster_target(cfg))
 
 
-def program(look: Callable[[stack_config.StackConfig], None] = look_at_host) -> None:
+def refuse_changed_host_list(cfg: stack_config.StackConfig, running: dict[str, frozenset[str]]) -> None:
+    """Refuse a host list other than the one the running members were started with (``running``: per
+    host, its member's list). A member cannot yet be added or removed (each would need etcd's member
+    add or remove first), and a list changed by two members or more would also lose etcd's majority."""
+    wanted = frozenset(cfg.cluster.addresses)
+    other = {address: listed for address, listed in running.items() if listed != wanted}
+    if other:
+        address, listed = sorted(other.items())[0]
+        raise pulumi.RunError(
+            f"replicatedHosts lists {', '.join(cfg.cluster.addresses)}, but the cluster running on {address} has "
+            f"the hosts {', '.join(sorted(listed))}: adding or removing a host is not supported yet, so nothing was "
+            f"previewed or changed on any host. Set replicatedHosts back to those hosts "
+            f"(`pulumi config set replicatedHosts ssh://<user>@<address>,... --stack {cfg.stack}`).")
+
+
+def program(look: Callable[[stack_config.StackConfig], Optional[cluster.Primaries]] = look_at_host) -> None:
     """Declare network, PostgreSQL, Redis and the post-deploy step (or, replicated, the cluster:
     :func:`replicated_program`); export the contract. ``look`` checks the Docker host first (the
     unit tests, which have none, pass their own)."""
     cfg = stack_config.from_pulumi()
-    look(cfg)
+    primaries = look(cfg)
     if cfg.cluster:
-        replicated_program(cfg)
+        replicated_program(cfg, primaries or cluster.Primaries())
         return
     on_host = pulumi.ResourceOptions(providers=[docker_provider(cfg.docker)])
     common = dict(bind_address=cfg.bind_address, retain_volume=cfg.retain_volumes,
@@ -214,19 +251,32 @@ def cluster_target(cfg: stack_config.StackConfig) -> Target:
     )
 
 
-def replicated_program(cfg: stack_config.StackConfig) -> None:
-    """Declare every host's servers and the post-deploy step; export what clients need."""
+def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primaries) -> None:
+    """Declare every host's servers and the post-deploy step; export what clients need. A server
+    with a health check changes on one host at a time, its primary's host last (``primaries``):
+    each waits for the one before it to be healthy again."""
     cl, pg, rd = cfg.cluster, cfg.postgres, cfg.redis
     everyone = cluster.members(cl.addresses)
     images = {"etcd": cl.etcd_image, "patroni": cl.patroni_image, "haproxy": cl.haproxy_image, "redis": rd.image}
     names = {role: cluster.container_name(cfg.stack, role) for role in cluster.ROLES}
     role_labels = {role: labels(cfg.project, cfg.stack, role) for role in cluster.ROLES}
-    hosts = []
+    by_member, servers = {}, {}
     for host, me in zip(cl.hosts, everyone):
-        servers = cluster.servers(everyone, me, cfg.stack, pg.user, cl.secrets, pg.memory_mb, rd.memory_mb)
-        hosts.append(ClusterMember(f"member-{me.name}", ClusterMemberArgs(
-            servers=servers, images=images, names=names, labels=role_labels, retain_volumes=cfg.retain_volumes),
-            pulumi.ResourceOptions(providers=[docker_provider(host.docker, f"docker-{me.name}")])))
+        servers[me] = {s.role: s for s in cluster.servers(everyone, me, cfg.stack, pg.user, cl.secrets,
+                                                          pg.memory_mb, rd.memory_mb)}
+        by_member[me] = ClusterMember(f"member-{me.name}", ClusterMemberArgs(
+            servers=list(servers[me].values()), images=images, names=names, labels=role_labels,
+            retain_volumes=cfg.retain_volumes, health_timeout_s=cfg.health_timeout_seconds),
+            pulumi.ResourceOptions(providers=[docker_provider(host.docker, f"docker-{me.name}")]))
+    for role in cluster.ROLES:
+        before: list[pulumi.Resource] = []
+        for me in cluster.rolling_order(everyone, primaries.of(role)):
+            container = by_member[me].declare(role, after=before)
+            # Only a server `up` waits for can hold the next one back: "created" alone says nothing.
+            before = [container] if servers[me][role].health else []
+    hosts = list(by_member.values())
+    for member in hosts:
+        member.complete()
     target = cluster_target(cfg)
     step = PostDeploy("post-deploy", PostDeployArgs(
         target=target.to_dict(),

@@ -46,8 +46,8 @@ def container_defaults(memory_mb: pulumi.Input[int], values: Mapping[str, str]) 
     )
 
 
-# Docker's healthcheck is for `status`, monitoring and whoever watches the containers; `up`
-# does not wait for it (the post-deploy step polls both services itself, see
+# Docker's healthcheck is for `status`, monitoring and whoever watches the containers; on a
+# single host `up` does not wait for it (the post-deploy step polls both services itself, see
 # infra.core.connect.wait_until_answering). So it runs at a monitoring pace: a failed service is
 # reported unhealthy within about HEALTH_INTERVAL_S x HEALTH_RETRIES, and the checks of an idle
 # stack cost the CPU the lifecycle benchmark measures (docs/benchmarks.md).
@@ -66,12 +66,13 @@ def go_duration(seconds: int) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
-def healthcheck(shell_command: str, start_period_s: int) -> docker.ContainerHealthcheckArgs:
+def healthcheck(shell_command: str, start_period_s: int,
+                interval_s: int = HEALTH_INTERVAL_S) -> docker.ContainerHealthcheckArgs:
     """Docker's healthcheck for ``shell_command``; failures within ``start_period_s`` of a
     (re)start do not count, so a long crash recovery is not reported as unhealthy."""
     return docker.ContainerHealthcheckArgs(
         tests=["CMD-SHELL", shell_command],
-        interval=go_duration(HEALTH_INTERVAL_S),
+        interval=go_duration(interval_s),
         timeout=go_duration(HEALTH_CHECK_TIMEOUT_S),
         start_period=go_duration(start_period_s),
         retries=HEALTH_RETRIES,

@@ -8,7 +8,7 @@ from typing import Optional
 import pulumi
 import pulumi_docker as docker
 
-from infra.core.targets import REDIS_CONFIG_DIR, REDIS_PORT
+from infra.core.targets import REDIS_CONFIG_DIR, REDIS_PORT, redis_cli
 from infra.components.common import ServiceArgs, ServiceSpec, declare_service, healthcheck
 
 CONFIG_FILE = f"{REDIS_CONFIG_DIR}/redis.conf"
@@ -16,11 +16,8 @@ DATA_PATH = "/data"
 # Share of the container limit Redis may use for data; the rest covers AOF rewrites and buffers.
 MAXMEMORY_SHARE = 0.75
 # PING must answer PONG with the password from the config file (an unauthenticated
-# client gets NOAUTH); REDISCLI_AUTH keeps it off the command line.
-HEALTHCHECK = (
-    f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {CONFIG_FILE})\" "
-    "redis-cli --no-auth-warning -h 127.0.0.1 ping | grep -qx PONG"
-)
+# client gets NOAUTH).
+HEALTHCHECK = redis_cli(CONFIG_FILE, "ping") + " | grep -qx PONG"
 
 
 @dataclass

@@ -13,10 +13,13 @@ tests render them to start the same servers by hand.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import yaml
+
+from infra.core.targets import redis_cli
 
 # The ports every member listens on, on its host's address (one home for each).
 ETCD_CLIENT_PORT = 2379
@@ -122,6 +125,9 @@ class Server:
     data_path: Optional[str]
     """Where its named volume is mounted; None: it keeps nothing."""
     memory_mb: int
+    health: Optional[str] = None
+    """A shell command that succeeds once the server serves its part of the cluster; a change
+    reaches the next member's server of the same role only then (None: not waited for)."""
 
     @property
     def image(self) -> str:
@@ -135,6 +141,37 @@ def container_name(stack: str, role: str) -> str:
 
 
 ROLES = ("etcd", "patroni", "haproxy", "redis", "sentinel")
+
+
+@dataclass(frozen=True)
+class Primaries:
+    """Where the cluster takes writes, as read before a run: Patroni's leader and the Redis master
+    the Sentinels agree on (None: no cluster yet, or no single answer)."""
+
+    postgres: Optional[str] = None
+    redis: Optional[str] = None
+
+    def of(self, role: str) -> Optional[str]:
+        """The primary whose host a change of ``role`` reaches last (Sentinel follows Redis)."""
+        return self.postgres if role == "patroni" else self.redis if role in ("redis", "sentinel") else None
+
+
+def rolling_order(cluster: Sequence[Member], primary: Optional[str]) -> tuple[Member, ...]:
+    """The order in which a change reaches one role's containers, one host after the other: the
+    replicas in list order, the primary last, so that it restarts once and hands over to a replica
+    that is back and caught up. A new cluster (no primary) goes in list order: the first member
+    bootstraps (and is the seeded Redis master), the others copy it."""
+    last = [m for m in cluster if m.address == primary]
+    return tuple(m for m in cluster if m.address != primary) + tuple(last)
+
+
+def patroni_health(me: Member) -> str:
+    """Healthy: this member's PostgreSQL runs as the primary, or runs and streams from it (Patroni's
+    /readiness alone also passes a replica that is running but not replicating)."""
+    return ("python3 -c 'import json, sys, urllib.request as u; "
+            f"s = json.load(u.urlopen(\"{me.url(PATRONI_REST_PORT)}/patroni\", timeout=3)); "
+            "sys.exit(0 if s.get(\"state\") == \"running\" and "
+            "(s.get(\"role\") == \"primary\" or s.get(\"replication_state\") == \"streaming\") else 1)'")
 
 
 def seeded(seed: str, config: str, *server_args: str) -> tuple[str, ...]:
@@ -152,15 +189,19 @@ def servers(cluster: Sequence[Member], me: Member, scope: str, superuser: str, s
         Server("etcd", tuple(etcd_command(cluster, me, scope)), {}, ETCD_VOLUME_PATH, SMALL_SERVER_MEMORY_MB["etcd"]),
         Server("patroni", (), {PATRONI_CONFIG_FILE: patroni_config(cluster, me, scope, superuser, secrets, timing,
                                                                     postgres_memory_mb)},
-               PATRONI_VOLUME_PATH, postgres_memory_mb),
+               PATRONI_VOLUME_PATH, postgres_memory_mb, patroni_health(me)),
         Server("haproxy", (), {HAPROXY_CONFIG_FILE: haproxy_config(cluster, me)}, None,
                SMALL_SERVER_MEMORY_MB["haproxy"]),
         Server("redis", seeded(REDIS_SEED_FILE, redis_config_path),
                {REDIS_SEED_FILE: redis_config(cluster, me, secrets, redis_memory_mb)}, REDIS_VOLUME_PATH,
-               redis_memory_mb),
+               redis_memory_mb,
+               # A master, or a replica whose link to its master is up (it has the master's data). The
+               # password comes from the uploaded seed: the server's own copy is rewritten, quoted.
+               redis_cli(REDIS_SEED_FILE, "info replication") + " | grep -Eq '^(role:master|master_link_status:up)'"),
         Server("sentinel", seeded(SENTINEL_SEED_FILE, sentinel_config_path, "--sentinel"),
                {SENTINEL_SEED_FILE: sentinel_config(cluster, me, secrets, timing)}, REDIS_VOLUME_PATH,
-               SMALL_SERVER_MEMORY_MB["sentinel"]),
+               SMALL_SERVER_MEMORY_MB["sentinel"],
+               redis_cli(SENTINEL_SEED_FILE, f"-p {SENTINEL_PORT} ping") + " | grep -qx PONG"),
     )
 
 
@@ -186,6 +227,26 @@ def etcd_command(cluster: Sequence[Member], me: Member, token: str, state: str =
         "--initial-cluster-state", state,
         "--initial-cluster-token", token,
     ]
+
+
+def listening(me: Member) -> tuple[tuple[str, str, int], ...]:
+    """(role, address, port) of every socket ``me``'s servers listen on (their files and arguments
+    below say the same): what must be free on a host before its member is created."""
+    loopback = "127.0.0.1"
+    return (("etcd", me.address, ETCD_CLIENT_PORT), ("etcd", loopback, ETCD_CLIENT_PORT),
+            ("etcd", me.address, ETCD_PEER_PORT),
+            ("patroni", me.address, POSTGRES_PORT), ("patroni", loopback, POSTGRES_PORT),
+            ("patroni", me.address, PATRONI_REST_PORT),
+            ("haproxy", me.address, HAPROXY_PRIMARY_PORT), ("haproxy", loopback, HAPROXY_PRIMARY_PORT),
+            ("redis", me.address, REDIS_PORT), ("redis", loopback, REDIS_PORT),
+            ("sentinel", me.address, SENTINEL_PORT), ("sentinel", loopback, SENTINEL_PORT))
+
+
+def etcd_members(command: str) -> frozenset[str]:
+    """The hosts' addresses named by ``--initial-cluster`` in an etcd member's command line (as
+    Docker lists it, space-joined): the host list the member was started with."""
+    listed = re.search(r"--initial-cluster (\S+)", command)
+    return frozenset(re.findall(r"=http://([0-9.]+):", listed.group(1))) if listed else frozenset()
 
 
 def patroni_config(cluster: Sequence[Member], me: Member, scope: str, superuser: str,

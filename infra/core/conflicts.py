@@ -20,7 +20,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from infra.core import dockerhost, statecopy
+from infra.core import cluster, dockerhost, statecopy
 from infra.core.config import StackConfig
 from infra.core.dockercli import LABEL_PREFIX, SCRATCH_LABEL, STACK_LABEL
 from infra.core.engine import Engine, EngineError, message
@@ -58,6 +58,79 @@ class HostConflicts(InputError):
         super().__init__(f"{host} already has what this stack would take; nothing was created "
                          f"({len(conflicts)} conflict{'s' if len(conflicts) != 1 else ''}):\n"
                          + "\n".join(f"  - {c.line()}" for c in conflicts))
+
+
+def cluster_hosts_on(engine: Engine, stack: str) -> frozenset[str]:
+    """The host list the replicated stack's etcd member on this engine was started with (empty:
+    none of the stack's members runs here)."""
+    name = "/" + cluster.container_name(stack, "etcd")
+    for container in engine.containers():
+        if name in (container.get("Names") or []) and (container.get("Labels") or {}).get(STACK_LABEL) == stack:
+            return cluster.etcd_members(container.get("Command") or "")
+    return frozenset()
+
+
+# Tries to bind each address:port given, as the servers do (SO_REUSEADDR), and prints those it cannot.
+BIND_PROBE = ("import socket, sys\n"
+              "for where in sys.argv[1:]:\n"
+              "    address, port = where.rsplit(':', 1)\n"
+              "    s = socket.socket()\n"
+              "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+              "    try:\n"
+              "        s.bind((address, int(port)))\n"
+              "    except OSError as e:\n"
+              "        print('taken', where, e.strerror)\n"
+              "    s.close()\n")
+
+
+def held_sockets(engine: Engine, image: str, sockets: list[tuple[str, int]], stack: str, project: str) -> set[str]:
+    """Which of ``sockets`` (address, port) something on the engine's host holds: a throwaway container
+    of ``image`` (with python3) on the host's network tries to bind each, and is removed at once."""
+    name = f"{probe_prefix(stack)}{secrets.token_hex(3)}"
+    role_label, role = SCRATCH_LABEL.split("=")
+    status, body = engine.request("POST", f"/containers/create?name={name}", {
+        "Image": image, "Entrypoint": ["python3", "-c", BIND_PROBE], "Cmd": [f"{a}:{p}" for a, p in sockets],
+        "Labels": {PROJECT_LABEL: project, STACK_LABEL: stack, role_label: role},
+        "HostConfig": {"NetworkMode": "host"},
+    })
+    if status != 201:
+        raise EngineError(f"creating a container to check the ports failed: {message(body)}", status)
+    try:
+        status, body = engine.request("POST", f"/containers/{name}/start")
+        if status not in (200, 204, 304):
+            raise EngineError(f"starting a container to check the ports failed: {message(body)}", status)
+        engine.request("POST", f"/containers/{name}/wait")
+        _, logs = engine.request("GET", f"/containers/{name}/logs?stdout=1")
+        return set(re.findall(r"taken (\S+:\d+)", str(logs)))
+    finally:
+        engine.request("DELETE", f"/containers/{name}?force=1&v=1")
+
+
+def member_conflicts(engine: Engine, stack: str, project: str, me: cluster.Member, probe_image: str) -> list[str]:
+    """What keeps ``me``'s servers from starting on its host, when none of the stack's containers is
+    there yet (a new member; an existing one holds its own names and ports): a container or volume
+    with one of its names, a socket one of them listens on."""
+    remove_probes(engine, stack)
+    containers = engine.containers()
+    if any((c.get("Labels") or {}).get(STACK_LABEL) == stack for c in containers):
+        return []
+    found = []
+    names = {"/" + cluster.container_name(stack, role): role for role in cluster.ROLES}
+    for c in containers:
+        for name in (c.get("Names") or []):
+            if name in names:
+                found.append(f"container name {name[1:]} ({names[name]}): taken by a container {maker(c.get('Labels'))}")
+    volumes = {f"{cluster.container_name(stack, role)}-data": role for role in cluster.ROLES}
+    for v in engine.volumes():
+        if v.get("Name") in volumes and (v.get("Labels") or {}).get(STACK_LABEL) != stack:
+            found.append(f"volume name {v['Name']} ({volumes[v['Name']]}): taken by a volume {maker(v.get('Labels'))}")
+    if engine.has_image(probe_image):
+        roles = {(address, port): role for role, address, port in cluster.listening(me)}
+        for where in sorted(held_sockets(engine, probe_image, list(roles), stack, project)):
+            address, port = where.rsplit(":", 1)
+            found.append(f"port {where} ({roles[(address, int(port))]}): something on the host listens there "
+                         f"(`ss -ltnp 'sport = :{port}'` on that host names it)")
+    return found
 
 
 def owned_by(labels: Optional[dict], cfg: StackConfig) -> bool:

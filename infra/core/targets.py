@@ -21,6 +21,14 @@ REDIS_CONFIG_DIR = "/usr/local/etc/redis"
 POSTGRES_DATA_PATH = "/var/lib/postgresql/data"
 POSTGRES_SOCKET_DIR = "/var/run/postgresql"
 
+
+def redis_cli(config_file: str, arguments: str) -> str:
+    """A shell command running ``redis-cli`` on loopback with the password from ``config_file``
+    (``requirepass``): REDISCLI_AUTH keeps it off the command line."""
+    return (f"REDISCLI_AUTH=\"$(sed -n 's/^requirepass //p' {config_file})\" "
+            f"redis-cli --no-auth-warning -h 127.0.0.1 {arguments}")
+
+
 # SSH to a remote Docker host: how long connecting may take, and the engine's default socket there.
 SSH_CONNECT_TIMEOUT_S = 5
 DEFAULT_REMOTE_SOCKET = "/var/run/docker.sock"

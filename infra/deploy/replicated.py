@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 import redis
 from psycopg import sql
 
-from infra.core.cluster import REDIS_MIN_REPLICAS_MAX_LAG_S
+from infra.core.cluster import REDIS_MIN_REPLICAS_MAX_LAG_S, Primaries
 from infra.core.connect import connect_postgres
 from infra.core.errors import OperationFailed
 from infra.core.report import Check
@@ -217,3 +217,10 @@ def checks(target: Target, deadline_s: float, read: Reader = read_state) -> list
         check("cluster.redis_replicas", state.master_replicas == size - 1, str(state.master_replicas),
               str(size - 1)),
     ]
+
+
+def primaries(target: Target, read: Reader = read_state) -> Primaries:
+    """Where the cluster takes writes now: the one Patroni leader and the master the Sentinels agree
+    on; None for each where there is no cluster yet or no single answer."""
+    state = read(target.cluster, target.redis.port, target.redis.password)
+    return Primaries(state.leaders[0] if len(state.leaders) == 1 else None, state.master)

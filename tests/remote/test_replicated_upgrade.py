@@ -17,9 +17,9 @@ from tests.e2e.support import release_tree, resource_steps, volume_steps
 from tests.polling import until
 
 pytestmark = pytest.mark.e2e
-# The last release of main whose replicated topology differs from this one's (it rendered ttl 12,
-# which Patroni ran as 20, and no repl-diskless-sync-delay); bump it with each release that changes it.
-PREVIOUS_RELEASE = "570c698"
+# The last release of main whose replicated topology differs from this one's (its data servers had no
+# health check, so a change replaced them on every host at once); bump it with each release that changes it.
+PREVIOUS_RELEASE = "5d8c23a"
 CONTAINER = "docker:index/container:Container"
 
 

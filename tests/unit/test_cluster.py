@@ -126,3 +126,48 @@ def test_each_member_runs_five_servers_and_redis_and_sentinel_seed_a_writable_fi
     assert list(servers["sentinel"].files) == ["/run/secrets/sentinel.conf"]
     for server in servers.values():
         assert not any(secret in " ".join(server.command) for secret in ("s" * 20, "d" * 20, "t" * 20))
+
+
+def test_a_change_reaches_the_primary_last_and_a_new_cluster_goes_in_list_order():
+    assert cluster.rolling_order(HOSTS, "10.9.0.2") == (SECOND, THIRD, FIRST)
+    assert cluster.rolling_order(HOSTS, "10.9.0.3") == (FIRST, THIRD, SECOND)
+    assert cluster.rolling_order(HOSTS, None) == HOSTS
+    assert cluster.rolling_order(HOSTS, "10.9.0.99") == HOSTS, "a primary outside the list changes nothing"
+
+
+def test_patroni_follows_the_leader_redis_and_sentinel_the_master_the_rest_nothing():
+    primaries = cluster.Primaries(postgres="10.9.0.3", redis="10.9.0.4")
+    assert [primaries.of(role) for role in cluster.ROLES] == [None, "10.9.0.3", None, "10.9.0.4", "10.9.0.4"]
+
+
+def test_the_data_servers_health_reads_the_password_from_the_upload_and_names_none():
+    """Redis and Sentinel read the password from their uploaded seed file (the copy in the volume is
+    rewritten with it quoted); Patroni's REST API reads without one. etcd and HAProxy have no health
+    check: `up` does not wait for them."""
+    servers = {s.role: s for s in cluster.servers(HOSTS, SECOND, "prod", "sinadmin", SECRETS, 512, 256)}
+    assert servers["etcd"].health is None and servers["haproxy"].health is None
+    assert "http://10.9.0.3:8008/patroni" in servers["patroni"].health
+    assert "sed -n 's/^requirepass //p' /run/secrets/redis.conf" in servers["redis"].health
+    assert "sed -n 's/^requirepass //p' /run/secrets/sentinel.conf" in servers["sentinel"].health
+    assert "-p 26379 ping" in servers["sentinel"].health
+    for server in servers.values():
+        assert not any(secret in (server.health or "") for secret in ("s" * 20, "p" * 20, "d" * 20, "t" * 20))
+
+
+def test_the_host_list_a_running_etcd_member_was_started_with_is_read_from_its_command_line():
+    """As Docker lists a container's command: entrypoint and arguments joined with spaces."""
+    from infra.core import conflicts
+
+    command = " ".join(["etcd-entrypoint.sh", *cluster.etcd_command(HOSTS, SECOND, "prod")])
+    assert cluster.etcd_members(command) == {"10.9.0.2", "10.9.0.3", "10.9.0.4"}
+    assert cluster.etcd_members("etcd --name x") == frozenset()
+
+    class Engine:
+        def containers(self):
+            return [{"Names": ["/prod-etcd"], "Labels": {"sin-datastores.stack": "other"}, "Command": command},
+                    {"Names": ["/prod-patroni"], "Labels": {"sin-datastores.stack": "prod"}, "Command": command},
+                    {"Names": ["/prod-etcd"], "Labels": {"sin-datastores.stack": "prod"},
+                     "Command": " ".join(cluster.etcd_command(HOSTS[:2], FIRST, "prod"))}]
+
+    assert conflicts.cluster_hosts_on(Engine(), "prod") == {"10.9.0.2", "10.9.0.3"}
+    assert conflicts.cluster_hosts_on(Engine(), "staging") == frozenset()

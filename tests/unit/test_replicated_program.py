@@ -90,38 +90,156 @@ def test_the_single_host_stack_declares_no_cluster(dev):
     assert not dev.of_type(MEMBER)
 
 
-def test_a_host_that_cannot_be_reached_stops_the_run_before_anything_is_declared(monkeypatch):
-    """Every host is tried; the error names each one out of reach and why, and that nothing changed."""
+@pytest.fixture
+def cluster_hosts(monkeypatch):
+    """The look at the cluster's hosts with stand-ins: ``hosts`` (address -> a DockerHostError, or the host
+    list its member runs with), ``conflicts`` (address -> what a new member there collides with); ``tried``
+    records the hosts reached, ``cfg`` is the stack's; where the cluster takes writes is read through a
+    stand-in too."""
     import contextlib
     from types import SimpleNamespace
 
-    import pulumi
-
     from infra import program as program_module
-    from infra.core import dockerhost
+    from infra.core import conflicts, dockerhost
     from infra.core.config import ClusterHost
     from infra.core.targets import DockerHost
+    from infra.deploy import replicated
 
-    tried = []
+    state = SimpleNamespace(tried=[], hosts={}, program=program_module)
 
     @contextlib.contextmanager
     def session(host):
-        tried.append(host.url)
-        if host.url.endswith("10.9.0.3"):
-            raise dockerhost.DockerHostError(f"{host.describe()}: SSH connection timed out")
-        yield SimpleNamespace()
+        address = host.url.rsplit("@", 1)[1]
+        state.tried.append(host.url)
+        if isinstance(state.hosts.get(address), Exception):
+            raise state.hosts[address]
+        yield SimpleNamespace(docker_env={"DOCKER_HOST": f"tcp://{address}:2375"})
 
     monkeypatch.setattr(dockerhost, "session", session)
+    monkeypatch.setattr(conflicts, "cluster_hosts_on",
+                        lambda engine, stack: state.hosts.get(engine.address[6:-5], frozenset()))
+    state.conflicts = {}
+    monkeypatch.setattr(conflicts, "member_conflicts",
+                        lambda engine, stack, project, me, image: state.conflicts.get(me.address, []))
+    monkeypatch.setattr(program_module, "cluster_target", lambda given: ("target of", given))
+    monkeypatch.setattr(replicated, "primaries", lambda target: ("primaries read through", target))
     hosts = tuple(ClusterHost(DockerHost(f"ssh://root@{a}"), a) for a in ADDRESSES)
-    cfg = SimpleNamespace(stack="prod", cluster=SimpleNamespace(hosts=hosts))
+    state.cfg = SimpleNamespace(stack="prod", project="sin-datastores",
+                                cluster=SimpleNamespace(hosts=hosts, addresses=ADDRESSES, patroni_image="patroni:x"))
+    state.error = dockerhost.DockerHostError
+    return state
+
+
+def test_a_host_that_cannot_be_reached_stops_the_run_before_anything_is_declared(cluster_hosts):
+    """Every host is tried; the error names each one out of reach and why, and that nothing changed."""
+    import pulumi
+
+    cluster_hosts.hosts["10.9.0.3"] = cluster_hosts.error("ssh://root@10.9.0.3: SSH connection timed out")
     with pytest.raises(pulumi.RunError) as raised:
-        program_module.look_at_host(cfg)
-    assert sorted(tried) == [f"ssh://root@{a}" for a in ADDRESSES]
+        cluster_hosts.program.look_at_host(cluster_hosts.cfg)
+    assert sorted(cluster_hosts.tried) == [f"ssh://root@{a}" for a in ADDRESSES]
     message = str(raised.value)
     assert message.startswith("1 of the 3 hosts of the replicated cluster cannot be reached, so nothing was "
                               "previewed or changed on any host: ssh://root@10.9.0.3")
     assert "SSH connection timed out" in message and "python -m infra status --stack prod" in message
-    tried.clear()
-    monkeypatch.setattr(dockerhost, "session", lambda host: contextlib.nullcontext(tried.append(host.url)))
-    program_module.look_at_host(cfg)  # every host reached: the run goes on
-    assert len(tried) == 3
+
+
+def test_every_host_reached_the_run_goes_on_knowing_where_the_cluster_takes_writes(cluster_hosts):
+    cfg = cluster_hosts.cfg
+    cluster_hosts.hosts.update({a: frozenset(ADDRESSES) for a in ADDRESSES})
+    assert cluster_hosts.program.look_at_host(cfg) == ("primaries read through", ("target of", cfg))
+    assert len(cluster_hosts.tried) == 3
+    cluster_hosts.hosts.clear()  # a new cluster: no member runs anywhere yet
+    assert cluster_hosts.program.look_at_host(cfg) == ("primaries read through", ("target of", cfg))
+
+
+@pytest.mark.parametrize("running", [
+    pytest.param(("10.9.0.2", "10.9.0.3"), id="a host added"),
+    pytest.param(("10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.0.6"), id="two hosts removed"),
+    pytest.param(("10.9.0.2", "10.9.0.3", "10.9.0.7"), id="a host swapped"),
+])
+def test_a_host_list_other_than_the_running_clusters_is_refused_before_anything_is_declared(cluster_hosts, running):
+    """Adding or removing a host needs etcd's member add or remove first, which `up` does not do yet."""
+    import pulumi
+
+    cluster_hosts.hosts.update({a: frozenset(running) for a in ADDRESSES if a in running})
+    # A host swapped in may not be set up yet: the changed list is what the operator hears of.
+    cluster_hosts.hosts.setdefault("10.9.0.4", cluster_hosts.error("ssh://root@10.9.0.4: No route to host"))
+    with pytest.raises(pulumi.RunError) as raised:
+        cluster_hosts.program.look_at_host(cluster_hosts.cfg)
+    message = str(raised.value)
+    assert message.startswith("replicatedHosts lists 10.9.0.2, 10.9.0.3, 10.9.0.4, but the cluster running on "
+                              f"10.9.0.2 has the hosts {', '.join(sorted(running))}: adding or removing a host is not "
+                              "supported yet, so nothing was previewed or changed on any host"), message
+    assert "pulumi config set replicatedHosts" in message and "--stack prod" in message
+
+
+def test_what_a_new_member_would_collide_with_is_refused_naming_each_host_before_anything_is_declared(
+        cluster_hosts):
+    import pulumi
+
+    cluster_hosts.conflicts["10.9.0.4"] = ["port 10.9.0.4:5432 (patroni): something on the host listens there",
+                                           "container name prod-etcd (etcd): taken by a container not made by "
+                                           "this stack"]
+    cluster_hosts.hosts["10.9.0.3"] = cluster_hosts.error("ssh://root@10.9.0.3: No route to host")
+    with pytest.raises(pulumi.RunError) as raised:
+        cluster_hosts.program.look_at_host(cluster_hosts.cfg)
+    assert str(raised.value).splitlines() == [
+        "the hosts of the replicated cluster already have what its new members would take, so nothing was "
+        "previewed or changed on any host (2 conflicts):",
+        "  - ssh://root@10.9.0.4: port 10.9.0.4:5432 (patroni): something on the host listens there",
+        "  - ssh://root@10.9.0.4: container name prod-etcd (etcd): taken by a container not made by this stack",
+        "Free them on those hosts (stop the process or remove the object), then run again."]
+
+
+def rolled(primaries) -> "RecordingMocks":
+    from infra.core.cluster import Primaries
+    return run_program({"topology": "replicated", "replicatedHosts": ",".join(f"ssh://root@{a}" for a in ADDRESSES),
+                        "dockerSshKeyFile": "/keys/id", "healthTimeoutSeconds": "240", **CLUSTER_SECRETS},
+                       stack="prod", look=lambda cfg: Primaries(*primaries))
+
+
+def chain(mocks, role: str) -> list[str]:
+    """The hosts of ``role``'s containers in the order their dependencies force, each after the one before."""
+    containers = {c.name: c for c in mocks.of_type(CONTAINER) if c.name.endswith(f"-{role}")}
+    urns = {mocks.urns[name]: name for name in containers}
+    waits = {name: [urns[d] for d in mocks.dependencies[name] if d in urns] for name in containers}
+    first = [name for name, before in waits.items() if not before]
+    assert len(first) == 1, f"{role}: {waits}"
+    order = first
+    while len(order) < len(containers):
+        order.append(next(name for name, before in waits.items() if before == [order[-1]]))
+    return [name.split("-")[1] for name in order]
+
+
+def test_a_change_reaches_the_primaries_hosts_last_one_host_at_a_time():
+    """Patroni's containers follow the leader, Redis' and the Sentinels' the master: the others in list
+    order first, each waiting for the one before to be healthy."""
+    mocks = rolled(("10.9.0.2", "10.9.0.3"))
+    assert chain(mocks, "patroni") == ["m10_9_0_3", "m10_9_0_4", "m10_9_0_2"]
+    assert chain(mocks, "redis") == ["m10_9_0_2", "m10_9_0_4", "m10_9_0_3"]
+    assert chain(mocks, "sentinel") == ["m10_9_0_2", "m10_9_0_4", "m10_9_0_3"]
+
+
+def test_a_new_cluster_comes_up_in_list_order_the_first_host_first():
+    mocks = rolled((None, None))
+    for role in ("patroni", "redis", "sentinel"):
+        assert chain(mocks, role) == ["m10_9_0_2", "m10_9_0_3", "m10_9_0_4"], role
+
+
+def test_up_waits_for_each_data_server_to_be_healthy_and_for_nothing_else():
+    """etcd's members need each other to be healthy, so they start together; HAProxy holds no state."""
+    mocks = rolled(("10.9.0.4", "10.9.0.4"))
+    for container in mocks.of_type(CONTAINER):
+        role = container.name.rsplit("-", 1)[1]
+        if role in ("patroni", "redis", "sentinel"):
+            assert container.inputs["wait"] is True and container.inputs["waitTimeout"] == 240, container.name
+            check = container.inputs["healthcheck"]
+            assert check["interval"] == "2s" and check["startPeriod"] == "4m0s", container.name
+            assert "startInterval" not in check, "Docker before 25 (API 1.44) refuses it"
+            assert not any(p in repr(check) for p in PASSWORDS), container.name
+            assert "healthcheck" in mocks.options[container.name].replace_on_changes
+        else:
+            assert "wait" not in container.inputs and "healthcheck" not in container.inputs, container.name
+            others = [d for d in mocks.dependencies[container.name] if d.endswith(f"-{role}")]
+            assert others == [], container.name

@@ -115,3 +115,17 @@ def test_a_replica_counts_for_the_masters_writes_only_once_online_and_recently_h
     assert replicated.good_replicas({"role": "master", "connected_slaves": 1, "slave0": replica("online", 11)}) == 0
     assert replicated.good_replicas({"role": "master", "connected_slaves": 1, "slave0": replica("online", 10)}) == 1
     assert replicated.good_replicas({"role": "slave", "master_host": "10.9.0.2"}) == -1
+
+
+def test_where_the_cluster_takes_writes_is_the_one_leader_and_the_agreed_master_or_none():
+    from infra.core.cluster import Primaries
+
+    def read(state):
+        return lambda cluster, port, password: state
+
+    assert replicated.primaries(TARGET, read(whole())) == Primaries("10.9.0.2", "10.9.0.2")
+    two_leaders = [{**m, "role": "leader"} for m in whole().patroni]
+    assert replicated.primaries(TARGET, read(whole(patroni=two_leaders))).postgres is None
+    disputed = {"10.9.0.2": "10.9.0.2", "10.9.0.3": "10.9.0.3", "10.9.0.4": None}
+    assert replicated.primaries(TARGET, read(whole(masters=disputed))) == Primaries("10.9.0.2", None)
+    assert replicated.primaries(TARGET, read(whole(patroni=[], masters={}))) == Primaries(None, None)
