@@ -171,3 +171,85 @@ def test_the_host_list_a_running_etcd_member_was_started_with_is_read_from_its_c
 
     assert conflicts.cluster_hosts_on(Engine(), "prod") == {"10.9.0.2", "10.9.0.3"}
     assert conflicts.cluster_hosts_on(Engine(), "staging") == frozenset()
+
+
+class ProbedEngine:
+    """An engine whose host holds ``held`` (address:port): answers the bind probe's container as Docker would."""
+
+    def __init__(self, containers=(), volumes=(), held=(), image=True):
+        self._containers, self._volumes, self.held, self.image = list(containers), list(volumes), held, image
+        self.calls: list[tuple[str, str, object]] = []
+
+    def containers(self):
+        return self._containers
+
+    def volumes(self):
+        return self._volumes
+
+    def has_image(self, name):
+        return self.image
+
+    def request(self, method, path, body=None):
+        self.calls.append((method, path, body))
+        if path.startswith("/containers/create"):
+            self.probe = body
+            return 201, {"Id": "probe"}
+        if path.endswith("/logs?stdout=1"):
+            return 200, "".join(f"\x01\x00\x00\x00\x00\x00\x00\x30taken {w} Address already in use\n"
+                                for w in self.probe["Cmd"] if w in self.held)
+        return 204, None
+
+
+def test_a_new_member_is_refused_what_its_host_already_holds_and_the_probe_is_removed():
+    from infra.core import conflicts
+
+    engine = ProbedEngine(
+        containers=[{"Names": ["/prod-etcd"], "Labels": {}}, {"Names": ["/other"], "Labels": {}}],
+        volumes=[{"Name": "prod-redis-data", "Labels": {"sin-datastores.stack": "staging"}},
+                 {"Name": "prod-patroni-data", "Labels": {"sin-datastores.stack": "prod"}}],
+        held={"10.9.0.3:5432", "127.0.0.1:6379"})
+    found = conflicts.member_conflicts(engine, "prod", "sin-datastores", SECOND, "patroni:x")
+    assert found == [
+        "container name prod-etcd (etcd): taken by a container not made by this stack",
+        "volume name prod-redis-data (redis): taken by a volume made by stack 'staging' of sin-datastores",
+        "port 10.9.0.3:5432 (patroni): something on the host listens there (`ss -ltnp 'sport = :5432'` on that "
+        "host names it)",
+        "port 127.0.0.1:6379 (redis): something on the host listens there (`ss -ltnp 'sport = :6379'` on that "
+        "host names it)"]
+    assert engine.probe["HostConfig"] == {"NetworkMode": "host"} and engine.probe["Image"] == "patroni:x"
+    assert sorted(engine.probe["Cmd"]) == sorted(f"{a}:{p}" for _, a, p in cluster.listening(SECOND))
+    assert engine.calls[-1][0] == "DELETE" and "force=1&v=1" in engine.calls[-1][1]
+
+
+def test_a_host_where_the_stack_runs_or_without_the_probe_image_is_not_probed():
+    from infra.core import conflicts
+
+    running = ProbedEngine(containers=[{"Names": ["/prod-etcd"], "Labels": {"sin-datastores.stack": "prod"}}],
+                           held={"10.9.0.3:5432"})
+    assert conflicts.member_conflicts(running, "prod", "sin-datastores", SECOND, "patroni:x") == []
+    assert not any(path.startswith("/containers/create") for _, path, _ in running.calls)
+    bare = ProbedEngine(held={"10.9.0.3:5432"}, image=False)
+    assert conflicts.member_conflicts(bare, "prod", "sin-datastores", SECOND, "patroni:x") == []
+    assert not any(path.startswith("/containers/create") for _, path, _ in bare.calls)
+
+
+def test_every_socket_a_member_listens_on_is_in_what_the_probe_binds():
+    """The rendered files and arguments against :func:`cluster.listening`."""
+    sockets = {(a, p) for _, a, p in cluster.listening(SECOND)}
+    servers = {s.role: s for s in cluster.servers(HOSTS, SECOND, "prod", "sinadmin", SECRETS, 512, 256)}
+    patroni = yaml.safe_load(servers["patroni"].files[cluster.PATRONI_CONFIG_FILE])
+    assert ("10.9.0.3", 8008) in sockets and patroni["restapi"]["listen"] == "10.9.0.3:8008"
+    assert {(a, 5432) for a in patroni["postgresql"]["listen"].split(":")[0].split(",")} <= sockets
+    flags = dict(zip(servers["etcd"].command[::2], servers["etcd"].command[1::2]))
+    for url in flags["--listen-client-urls"].split(",") + [flags["--listen-peer-urls"]]:
+        host, port = url.removeprefix("http://").split(":")
+        assert (host, int(port)) in sockets, url
+    for role, port in (("redis", 6379), ("sentinel", 26379)):
+        text = next(iter(servers[role].files.values()))
+        bound = next(line for line in text.splitlines() if line.startswith("bind ")).split()[1:]
+        assert {(a, port) for a in bound} <= sockets, role
+    haproxy = servers["haproxy"].files[cluster.HAPROXY_CONFIG_FILE]
+    for line in haproxy.splitlines():
+        if line.strip().startswith("bind "):
+            host, port = line.split()[1].split(":")
+            assert (host, int(port)) in sockets, line
