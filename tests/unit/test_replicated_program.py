@@ -243,3 +243,41 @@ def test_up_waits_for_each_data_server_to_be_healthy_and_for_nothing_else():
             assert "wait" not in container.inputs and "healthcheck" not in container.inputs, container.name
             others = [d for d in mocks.dependencies[container.name] if d.endswith(f"-{role}")]
             assert others == [], container.name
+
+
+def test_each_member_is_its_images_volumes_and_containers_as_the_plain_servers_say(replicated):
+    """What each container runs (command, uploads, mounts, health, memory) is the member's servers of
+    infra.core.cluster, under the member; its images are kept on the host, its volumes retained as set."""
+    from infra.core import cluster
+    from infra.core.config import ClusterSecrets
+
+    me = cluster.members(ADDRESSES)[1]
+    secrets = ClusterSecrets(superuser=PG_PASSWORD, replication=CLUSTER_SECRETS["replicationPassword"],
+                             patroni_rest=CLUSTER_SECRETS["patroniRestPassword"], redis=REDIS_PASSWORD,
+                             sentinel=CLUSTER_SECRETS["sentinelPassword"])
+    servers = {s.role: s for s in cluster.servers(cluster.members(ADDRESSES), me, "prod", "sinadmin", secrets,
+                                                  512, 256)}
+    images = [r for r in replicated.of_type("docker:index/remoteImage:RemoteImage")
+              if r.name.startswith(f"member-{me.name}-")]
+    assert sorted(r.name.split("-")[2] for r in images) == ["etcd", "haproxy", "patroni", "redis"]
+    assert all(r.inputs["keepLocally"] is True for r in images)
+    volumes = [v for v in replicated.of_type(VOLUME) if v.name.startswith(f"member-{me.name}-")]
+    for resource in [*images, *volumes]:
+        assert replicated.parent_type(resource.name) == MEMBER, resource.name
+    assert all(replicated.options[v.name].retain_on_delete for v in volumes), "a stack keeps its volumes by default"
+    for role, server in servers.items():
+        container = next(c for c in replicated.of_type(CONTAINER) if c.name == f"member-{me.name}-{role}")
+        inputs = container.inputs
+        assert replicated.parent_type(container.name) == MEMBER
+        assert inputs.get("command") == (list(server.command) or None), role
+        assert inputs["memory"] == server.memory_mb and inputs["memorySwap"] == server.memory_mb, role
+        uploads = unwrap(inputs.get("uploads")) or []
+        assert {u["file"]: u["content"] for u in uploads} == server.files, role
+        mounts = inputs.get("volumes")
+        if server.data_path:
+            assert mounts == [{"volumeName": f"prod-{role}-data", "containerPath": server.data_path}], role
+        else:
+            assert mounts is None, role
+        if server.health:
+            assert inputs["healthcheck"]["tests"] == ["CMD-SHELL", server.health], role
+    assert {k: len(v) for k, v in replicated.component_outputs[f"member-{me.name}"].items()} == {"container_ids": 5}
