@@ -26,7 +26,7 @@ class ClusterMemberArgs:
     servers: Sequence[Server]
     """What runs on this host."""
     images: Mapping[str, str]
-    """Image reference by :attr:`Server.image` key."""
+    """Image reference by :attr:`Server.image` key, one for each key the servers use."""
     names: Mapping[str, str]
     """Container name by role; the data volume is named ``<container>-data``."""
     labels: Mapping[str, Mapping[str, str]]
@@ -50,7 +50,7 @@ class ClusterMember(pulumi.ComponentResource):
         self._name, self._args = name, args
         child = pulumi.ResourceOptions(parent=self)
         self._images = {key: docker.RemoteImage(f"{name}-{key}-image", name=ref, keep_locally=True, opts=child)
-                        for key, ref in sorted(args.images.items()) if any(s.image == key for s in args.servers)}
+                        for key, ref in sorted(args.images.items())}
         self.containers: dict[str, docker.Container] = {}
 
     def declare(self, role: str, after: Sequence[pulumi.Resource] = ()) -> docker.Container:
