@@ -109,8 +109,8 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
     words; this speaks for a run without it). Nothing changes anywhere, so no healthy member is
     touched because another host is down. The hosts are reached at once. A host list other than
     the running members' is refused too (:func:`refuse_changed_host_list`), and so is a host where
-    a new member's names or ports are taken. Then read where the cluster takes writes, which a
-    change reaches last."""
+    a new member's names or ports are taken, and passwords the running cluster refuses. Then read
+    where the cluster takes writes, which a change reaches last."""
     def look(host: stack_config.ClusterHost) -> tuple[Optional[str], frozenset[str], list[str]]:
         """Why the host cannot be reached (None: it can), the host list its member runs with, and
         what a new member there would collide with."""
@@ -145,17 +145,25 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
             f"PostgreSQL, HAProxy, Redis, Sentinel) cannot be read; the others keep serving (`python -m infra "
             f"status --stack {cfg.stack}` shows the cluster). Bring the host or SSH to it back, then run again.")
     from infra.deploy import replicated  # the database clients load for a replicated stack only
-    return replicated.primaries(cluster_target(cfg))
+    target = cluster_target(cfg)
+    refused = replicated.refused_passwords(target)
+    if refused:
+        raise pulumi.RunError(
+            f"the running cluster refuses the configured {' and '.join(refused)}: its servers keep the passwords "
+            f"they were created with, and changing them on a replicated stack is not supported yet, so nothing was "
+            f"previewed or changed on any host. Set {' and '.join(refused)} back to the cluster's (the earlier "
+            f"value is in Pulumi.{cfg.stack}.yaml's history, encrypted as it is now)")
+    return replicated.primaries(target)
 
 
 def refuse_changed_host_list(cfg: stack_config.StackConfig, running: dict[str, frozenset[str]]) -> None:
     """Refuse a host list other than the one the running members were started with (``running``: per
-    host, its member's list). A member cannot yet be added or removed (each would need etcd's member
+    host in the list's order, its member's list). A member cannot yet be added or removed (each would need etcd's member
     add or remove first), and a list changed by two members or more would also lose etcd's majority."""
     wanted = frozenset(cfg.cluster.addresses)
     other = {address: listed for address, listed in running.items() if listed != wanted}
     if other:
-        address, listed = sorted(other.items())[0]
+        address, listed = next(iter(other.items()))  # the first of the list
         raise pulumi.RunError(
             f"replicatedHosts lists {', '.join(cfg.cluster.addresses)}, but the cluster running on {address} has "
             f"the hosts {', '.join(sorted(listed))}: adding or removing a host is not supported yet, so nothing was "

@@ -1,7 +1,8 @@
 """A planned change to a replicated stack (issue #27): one that replaces PostgreSQL's and Redis' containers on
 every host goes one host at a time, the primaries' hosts last, each server healthy again before the next
 stops, while the ADR's kind of clients write; every acknowledged write is kept. A host list other than
-the running cluster's is refused (adding and removing hosts is not there yet)."""
+the running cluster's is refused (adding and removing hosts is not there yet), and so is a password the
+running cluster refuses (changing them is not there yet)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def refuses_what_the_hosts_already_hold(hosts, stack) -> None:
 
 def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_acknowledged_write(
         three_hosts, tmp_path):
-    """First what the hosts already hold is refused; last, a changed host list, before anything is touched."""
+    """First what the hosts already hold is refused; last, a changed host list and a changed password,
+    before anything is touched."""
     addresses = [h.address for h in three_hosts]
     with replicated_stacks.replicated_stack(three_hosts, tmp_path, "e2e-ha-roll") as stack:
         refuses_what_the_hosts_already_hold(three_hosts, stack)
@@ -158,3 +160,13 @@ def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_ac
                     f"supported yet, so nothing was previewed or changed on any host") in str(refused.value)
         assert {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts} == running
         stack.set_config("sin-datastores:replicatedHosts", auto.ConfigValue(",".join(hosts)))
+
+        # A changed password would replace the first host's servers, which would never be healthy again.
+        kept = stack.get_config("sin-datastores:redisPassword").value
+        stack.set_config("sin-datastores:redisPassword", auto.ConfigValue("rotated-redis-password-0123", secret=True))
+        with pytest.raises(auto.CommandError) as refused:
+            stack.preview(color="never")
+        assert "the running cluster refuses the configured redisPassword" in str(refused.value)
+        assert "rotated-redis-password-0123" not in str(refused.value) and kept not in str(refused.value)
+        assert {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts} == running
+        stack.set_config("sin-datastores:redisPassword", auto.ConfigValue(kept, secret=True))

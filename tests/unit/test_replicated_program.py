@@ -123,6 +123,8 @@ def cluster_hosts(monkeypatch):
                         lambda engine, stack, project, me, image: state.conflicts.get(me.address, []))
     monkeypatch.setattr(program_module, "cluster_target", lambda given: ("target of", given))
     monkeypatch.setattr(replicated, "primaries", lambda target: ("primaries read through", target))
+    state.refused = []
+    monkeypatch.setattr(replicated, "refused_passwords", lambda target: state.refused)
     hosts = tuple(ClusterHost(DockerHost(f"ssh://root@{a}"), a) for a in ADDRESSES)
     state.cfg = SimpleNamespace(stack="prod", project="sin-datastores",
                                 cluster=SimpleNamespace(hosts=hosts, addresses=ADDRESSES, patroni_image="patroni:x"))
@@ -174,6 +176,22 @@ def test_a_host_list_other_than_the_running_clusters_is_refused_before_anything_
     assert "pulumi config set replicatedHosts" in message and "--stack prod" in message
 
 
+def test_passwords_the_running_cluster_refuses_stop_the_run_before_anything_is_declared(cluster_hosts):
+    """A changed password would reach the servers' files on the next start, but not their data or the
+    files they rewrite: the first host would be replaced and never come back healthy."""
+    import pulumi
+
+    cluster_hosts.hosts.update({a: frozenset(ADDRESSES) for a in ADDRESSES})
+    cluster_hosts.refused[:] = ["postgresPassword", "redisPassword"]
+    with pytest.raises(pulumi.RunError) as raised:
+        cluster_hosts.program.look_at_host(cluster_hosts.cfg)
+    assert str(raised.value) == (
+        "the running cluster refuses the configured postgresPassword and redisPassword: its servers keep the "
+        "passwords they were created with, and changing them on a replicated stack is not supported yet, so "
+        "nothing was previewed or changed on any host. Set postgresPassword and redisPassword back to the "
+        "cluster's (the earlier value is in Pulumi.prod.yaml's history, encrypted as it is now)")
+
+
 def test_what_a_new_member_would_collide_with_is_refused_naming_each_host_before_anything_is_declared(
         cluster_hosts):
     import pulumi
@@ -192,7 +210,7 @@ def test_what_a_new_member_would_collide_with_is_refused_naming_each_host_before
         "Free them on those hosts (stop the process or remove the object), then run again."]
 
 
-def rolled(primaries) -> "RecordingMocks":
+def rolled(primaries):
     from infra.core.cluster import Primaries
     return run_program({"topology": "replicated", "replicatedHosts": ",".join(f"ssh://root@{a}" for a in ADDRESSES),
                         "dockerSshKeyFile": "/keys/id", "healthTimeoutSeconds": "240", **CLUSTER_SECRETS},
