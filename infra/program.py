@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 from urllib.parse import quote
 
 import pulumi
@@ -103,41 +103,50 @@ def look_at_host(cfg: stack_config.StackConfig) -> Optional[cluster.Primaries]:
     return None
 
 
+class HostLook(NamedTuple):
+    """What the look at one host of the cluster found."""
+
+    unreachable: Optional[str]
+    """Why the host cannot be reached; None: it can."""
+    running: frozenset[str] = frozenset()
+    """The host list the stack's member there runs with (empty: none runs there)."""
+    taken: tuple[str, ...] = ()
+    """What a new member there would collide with."""
+
+
+def look_at_cluster_host(cfg: stack_config.StackConfig, host: stack_config.ClusterHost) -> HostLook:
+    try:
+        with dockerhost.session(host.docker) as current:
+            engine = Engine.of(current.docker_env)
+            if engine is None:
+                return HostLook(None)
+            return HostLook(None, conflicts.cluster_hosts_on(engine, cfg.stack), tuple(conflicts.member_conflicts(
+                engine, cfg.stack, cfg.project, cluster.Member(host.address), cfg.cluster.patroni_image)))
+    except (DockerHostError, EngineError) as exc:
+        return HostLook(str(exc))
+
+
 def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
     """Refuse a run that cannot reach every host of the cluster, before anything is declared, naming
     each host and why (the project's refresh fails on such a host first, in the docker provider's
     words; this speaks for a run without it). Nothing changes anywhere, so no healthy member is
-    touched because another host is down. The hosts are reached at once. A host list other than
-    the running members' is refused too (:func:`refuse_changed_host_list`), and so is a host where
-    a new member's names or ports are taken, and passwords the running cluster refuses. Then read
-    where the cluster takes writes, which a change reaches last."""
-    def look(host: stack_config.ClusterHost) -> tuple[Optional[str], frozenset[str], list[str]]:
-        """Why the host cannot be reached (None: it can), the host list its member runs with, and
-        what a new member there would collide with."""
-        try:
-            with dockerhost.session(host.docker) as current:
-                engine = Engine.of(current.docker_env)
-                if engine is None:
-                    return None, frozenset(), []
-                return (None, conflicts.cluster_hosts_on(engine, cfg.stack),
-                        conflicts.member_conflicts(engine, cfg.stack, cfg.project, cluster.Member(host.address),
-                                                   cfg.cluster.patroni_image))
-        except (DockerHostError, EngineError) as exc:
-            return str(exc), frozenset(), []
-
+    touched because another host is down. The hosts are reached at once. Refused too: a host list
+    other than the running members' (:func:`refuse_changed_host_list`), a host where a new
+    member's names or ports are taken, passwords the running cluster refuses. Then read where the
+    cluster takes writes, which a change reaches last."""
     hosts = cfg.cluster.hosts
     with ThreadPoolExecutor(len(hosts)) as pool:
-        found = list(pool.map(look, hosts))
+        found = list(pool.map(lambda host: look_at_cluster_host(cfg, host), hosts))
     # A changed list first: a host added or swapped in is often one not set up yet.
-    refuse_changed_host_list(cfg, {host.address: listed for host, (_, listed, _) in zip(hosts, found) if listed})
-    unseen = [reason for reason, _, _ in found if reason]
-    taken = [f"{host.docker.describe()}: {conflict}" for host, (_, _, held) in zip(hosts, found) for conflict in held]
+    refuse_changed_host_list(cfg, {host.address: seen.running for host, seen in zip(hosts, found) if seen.running})
+    taken = [f"{host.docker.describe()}: {conflict}" for host, seen in zip(hosts, found) for conflict in seen.taken]
     if taken:
         raise pulumi.RunError(
             f"the hosts of the replicated cluster already have what its new members would take, so nothing was "
             f"previewed or changed on any host ({len(taken)} conflict{'s' if len(taken) != 1 else ''}):\n"
             + "\n".join(f"  - {line}" for line in taken)
             + "\nFree them on those hosts (stop the process or remove the object), then run again.")
+    unseen = [seen.unreachable for seen in found if seen.unreachable]
     if unseen:
         raise pulumi.RunError(
             f"{len(unseen)} of the {len(hosts)} hosts of the replicated cluster cannot be reached, so nothing was "
@@ -157,9 +166,10 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
 
 
 def refuse_changed_host_list(cfg: stack_config.StackConfig, running: dict[str, frozenset[str]]) -> None:
-    """Refuse a host list other than the one the running members were started with (``running``: per
-    host in the list's order, its member's list). A member cannot yet be added or removed (each would need etcd's member
-    add or remove first), and a list changed by two members or more would also lose etcd's majority."""
+    """Refuse a host list other than the one the running members were started with (``running``:
+    per host, in the list's order, its member's list). A member cannot yet be added or removed
+    (each needs etcd's member add or remove first), and a list changed by two members or more
+    would also lose etcd's majority."""
     wanted = frozenset(cfg.cluster.addresses)
     other = {address: listed for address, listed in running.items() if listed != wanted}
     if other:

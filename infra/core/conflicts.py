@@ -119,7 +119,8 @@ def member_conflicts(engine: Engine, stack: str, project: str, me: cluster.Membe
     for c in containers:
         for name in (c.get("Names") or []):
             if name in names:
-                found.append(f"container name {name[1:]} ({names[name]}): taken by a container {maker(c.get('Labels'))}")
+                found.append(f"container name {name[1:]} ({names[name]}): taken by a container "
+                             f"{maker(c.get('Labels'))}")
     volumes = {f"{cluster.container_name(stack, role)}-data": role for role in cluster.ROLES}
     for v in engine.volumes():
         if v.get("Name") in volumes and (v.get("Labels") or {}).get(STACK_LABEL) != stack:
