@@ -290,8 +290,7 @@ def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primari
         before: list[pulumi.Resource] = []
         for me in cluster.rolling_order(everyone, primaries.of(role)):
             container = by_member[me].declare(role, after=before)
-            # Only a server `up` waits for can hold the next one back: "created" alone says nothing.
-            before = [container] if servers[me][role].health else []
+            before = [container] if cluster.one_at_a_time(servers[me][role], primaries) else []
     hosts = list(by_member.values())
     for member in hosts:
         member.complete()

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -80,6 +81,12 @@ def replicated_stack(hosts: RemoteHostGroup, state_dir: Path, prefix: str,
             stack.workspace.remove_stack(stack.name, force=True)
             stacks.config_file(stack.name).unlink(missing_ok=True)
             teststacks.release(stack.name)
+
+
+def started(host, stack: str, role: str) -> datetime:
+    """When the stack's container of ``role`` on ``host`` last started."""
+    stamp = host.docker("inspect", "--format", "{{.State.StartedAt}}", cluster.container_name(stack, role)).strip()
+    return datetime.fromisoformat(stamp[:26].rstrip("Z"))
 
 
 def postgres_connector(password: str) -> Callable[[str, int], psycopg.Connection]:

@@ -156,6 +156,13 @@ class Primaries:
         return self.postgres if role == "patroni" else self.redis if role in ("redis", "sentinel") else None
 
 
+def one_at_a_time(server: Server, primaries: Primaries) -> bool:
+    """Whether a change reaches ``server``'s role one host after the other, each waiting for the one
+    before to be healthy: every server with a health check, except etcd on a new cluster (no
+    leader yet): a member is healthy only within a majority, so those start together."""
+    return server.health is not None and (server.role != "etcd" or primaries.postgres is not None)
+
+
 def rolling_order(cluster: Sequence[Member], primary: Optional[str]) -> tuple[Member, ...]:
     """The order in which a change reaches one role's containers, one host after the other: the
     replicas in list order, the primary last, so that it restarts once and hands over to a replica
@@ -186,7 +193,9 @@ def servers(cluster: Sequence[Member], me: Member, scope: str, superuser: str, s
     """The five servers of ``me``, in the order they start: etcd first, Patroni needs it."""
     redis_config_path, sentinel_config_path = f"{REDIS_VOLUME_PATH}/redis.conf", f"{REDIS_VOLUME_PATH}/sentinel.conf"
     return (
-        Server("etcd", tuple(etcd_command(cluster, me, scope)), {}, ETCD_VOLUME_PATH, SMALL_SERVER_MEMORY_MB["etcd"]),
+        # Healthy: a member of a cluster with a leader (a linearizable read through this member).
+        Server("etcd", tuple(etcd_command(cluster, me, scope)), {}, ETCD_VOLUME_PATH, SMALL_SERVER_MEMORY_MB["etcd"],
+               f"etcdctl --endpoints=http://127.0.0.1:{ETCD_CLIENT_PORT} --command-timeout=3s endpoint health"),
         Server("patroni", (), {PATRONI_CONFIG_FILE: patroni_config(cluster, me, scope, superuser, secrets, timing,
                                                                     postgres_memory_mb)},
                PATRONI_VOLUME_PATH, postgres_memory_mb, patroni_health(me)),

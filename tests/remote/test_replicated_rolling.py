@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from datetime import datetime
 
 import pytest
 from pulumi import automation as auto
@@ -20,12 +19,6 @@ from tests.polling import until
 from tests.replicated_stacks import local_images
 
 pytestmark = pytest.mark.e2e
-
-
-def started(host, stack: str, role: str) -> datetime:
-    """When the container of ``role`` on ``host`` last started."""
-    stamp = host.docker("inspect", "--format", "{{.State.StartedAt}}", cluster.container_name(stack, role)).strip()
-    return datetime.fromisoformat(stamp[:26].rstrip("Z"))
 
 
 def longest_gap(writer, since: float) -> float:
@@ -101,7 +94,7 @@ def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_ac
         # The first host bootstraps, so its primaries usually roll last: not in list order.
         leader = leader_of(until("a whole cluster", whole(addresses), 120))
         redis_master = sentinels.discover_master(master_name)[0]
-        before = {(h.address, role): started(h, stack.name, role) for h in three_hosts
+        before = {(h.address, role): replicated_stacks.started(h, stack.name, role) for h in three_hosts
                   for role in ("patroni", "redis", "sentinel")}
 
         pg_writer = PostgresWriter([(a, cluster.HAPROXY_PRIMARY_PORT) for a in addresses], connect, 1)
@@ -134,7 +127,7 @@ def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_ac
 
         # Both servers were replaced on every host (the Sentinels' settings did not change), one host after
         # the other, the primary's host last; no client waited as long as a failover takes (20 s and more).
-        after = {(h.address, role): started(h, stack.name, role) for h in three_hosts
+        after = {(h.address, role): replicated_stacks.started(h, stack.name, role) for h in three_hosts
                  for role in ("patroni", "redis", "sentinel")}
         assert all(after[(a, role)] > before[(a, role)] for a in addresses for role in ("patroni", "redis")), after
         assert all(after[(a, "sentinel")] == before[(a, "sentinel")] for a in addresses), after

@@ -57,6 +57,7 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             writer.start()
             until("the writer's first commits", lambda: len(writer.acknowledged) >= 20, 30)
             events.clear()
+            etcd_before = [replicated_stacks.started(h, old.name, "etcd") for h in three_hosts]
             result = stack.up(color="never", on_event=events.append)
             done = time.monotonic()
             until("commits after the up", lambda: writer.acknowledged[-1][1] > done, 60)
@@ -72,5 +73,9 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             assert replicated_stacks.redis_master(stack, sentinels, outputs["sentinelMasterName"]).get(
                 "upgrade:key") == b"kept"
             assert set(stack.preview(color="never").change_summary) == {"same"}
+            # etcd gained its health check: replaced one host after the other, in list order.
+            etcd_after = [replicated_stacks.started(h, old.name, "etcd") for h in three_hosts]
+            assert all(a > b for a, b in zip(etcd_after, etcd_before)) and etcd_after == sorted(etcd_after), (
+                etcd_before, etcd_after)
         finally:
             new_file.unlink(missing_ok=True)

@@ -142,10 +142,12 @@ def test_patroni_follows_the_leader_redis_and_sentinel_the_master_the_rest_nothi
 
 def test_the_data_servers_health_reads_the_password_from_the_upload_and_names_none():
     """Redis and Sentinel read the password from their uploaded seed file (the copy in the volume is
-    rewritten with it quoted); Patroni's REST API reads without one. etcd and HAProxy have no health
-    check: `up` does not wait for them."""
+    rewritten with it quoted); Patroni's REST API and etcd read without one. HAProxy has no health
+    check (it keeps nothing, restarts at once): `up` does not wait for it."""
     servers = {s.role: s for s in cluster.servers(HOSTS, SECOND, "prod", "sinadmin", SECRETS, 512, 256)}
-    assert servers["etcd"].health is None and servers["haproxy"].health is None
+    assert servers["haproxy"].health is None
+    assert servers["etcd"].health.startswith("etcdctl --endpoints=http://127.0.0.1:2379 ")
+    assert servers["etcd"].health.endswith(" endpoint health")
     assert "http://10.9.0.3:8008/patroni" in servers["patroni"].health
     assert "sed -n 's/^requirepass //p' /run/secrets/redis.conf" in servers["redis"].health
     assert "sed -n 's/^requirepass //p' /run/secrets/sentinel.conf" in servers["sentinel"].health
@@ -253,3 +255,11 @@ def test_every_socket_a_member_listens_on_is_in_what_the_probe_binds():
         if line.strip().startswith("bind "):
             host, port = line.split()[1].split(":")
             assert (host, int(port)) in sockets, line
+
+
+def test_etcd_rolls_only_on_a_running_cluster_haproxy_never():
+    """A member of a new etcd cluster is healthy only once a majority has started: they start together."""
+    servers = {s.role: s for s in cluster.servers(HOSTS, SECOND, "prod", "sinadmin", SECRETS, 512, 256)}
+    running, new = cluster.Primaries("10.9.0.2", "10.9.0.2"), cluster.Primaries()
+    assert [cluster.one_at_a_time(servers[r], running) for r in cluster.ROLES] == [True, True, False, True, True]
+    assert [cluster.one_at_a_time(servers[r], new) for r in cluster.ROLES] == [False, True, False, True, True]

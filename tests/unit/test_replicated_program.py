@@ -239,18 +239,25 @@ def test_a_change_reaches_the_primaries_hosts_last_one_host_at_a_time():
     assert chain(mocks, "sentinel") == ["m10_9_0_2", "m10_9_0_4", "m10_9_0_3"]
 
 
-def test_a_new_cluster_comes_up_in_list_order_the_first_host_first():
+def test_a_new_cluster_comes_up_in_list_order_the_first_host_first_etcd_all_at_once():
     mocks = rolled((None, None))
     for role in ("patroni", "redis", "sentinel"):
         assert chain(mocks, role) == ["m10_9_0_2", "m10_9_0_3", "m10_9_0_4"], role
+    for container in mocks.of_type(CONTAINER):
+        if container.name.endswith("-etcd"):
+            assert not [d for d in mocks.dependencies[container.name] if d.endswith("-etcd")], container.name
 
 
-def test_up_waits_for_each_data_server_to_be_healthy_and_for_nothing_else():
-    """etcd's members need each other to be healthy, so they start together; HAProxy holds no state."""
+def test_etcd_of_a_running_cluster_rolls_in_list_order():
+    assert chain(rolled(("10.9.0.3", "10.9.0.3")), "etcd") == ["m10_9_0_2", "m10_9_0_3", "m10_9_0_4"]
+
+
+def test_up_waits_for_each_server_to_be_healthy_but_haproxy():
+    """HAProxy keeps nothing and restarts at once."""
     mocks = rolled(("10.9.0.4", "10.9.0.4"))
     for container in mocks.of_type(CONTAINER):
         role = container.name.rsplit("-", 1)[1]
-        if role in ("patroni", "redis", "sentinel"):
+        if role != "haproxy":
             assert container.inputs["wait"] is True and container.inputs["waitTimeout"] == 240, container.name
             check = container.inputs["healthcheck"]
             assert check["interval"] == "2s" and check["startPeriod"] == "4m0s", container.name
