@@ -283,13 +283,13 @@ def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primari
         servers[me] = {s.role: s for s in cluster.servers(everyone, me, cfg.stack, pg.user, cl.secrets,
                                                           pg.memory_mb, rd.memory_mb)}
         by_member[me] = ClusterMember(f"member-{me.name}", ClusterMemberArgs(
-            servers=list(servers[me].values()), images=images, names=names, labels=role_labels,
-            retain_volumes=cfg.retain_volumes, health_timeout_s=cfg.health_timeout_seconds),
+            images=images, names=names, labels=role_labels, retain_volumes=cfg.retain_volumes,
+            health_timeout_s=cfg.health_timeout_seconds),
             pulumi.ResourceOptions(providers=[docker_provider(host.docker, f"docker-{me.name}")]))
     for role in cluster.ROLES:
         before: list[pulumi.Resource] = []
         for me in cluster.rolling_order(everyone, primaries.of(role)):
-            container = by_member[me].declare(role, after=before)
+            container = by_member[me].declare(servers[me][role], after=before)
             before = [container] if cluster.one_at_a_time(servers[me][role], primaries) else []
     hosts = list(by_member.values())
     for member in hosts:

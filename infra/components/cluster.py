@@ -23,8 +23,6 @@ WAIT_CHECK_INTERVAL_S = 2
 class ClusterMemberArgs:
     """Arguments of :class:`ClusterMember`."""
 
-    servers: Sequence[Server]
-    """What runs on this host."""
     images: Mapping[str, str]
     """Image reference by :attr:`Server.image` key, one for each key the servers use."""
     names: Mapping[str, str]
@@ -53,11 +51,10 @@ class ClusterMember(pulumi.ComponentResource):
                         for key, ref in sorted(args.images.items())}
         self.containers: dict[str, docker.Container] = {}
 
-    def declare(self, role: str, after: Sequence[pulumi.Resource] = ()) -> docker.Container:
-        """The container of ``role``, created (or replaced) only once ``after`` is. A server with a
+    def declare(self, server: Server, after: Sequence[pulumi.Resource] = ()) -> docker.Container:
+        """The container of ``server``, created (or replaced) only once ``after`` is. A server with a
         health command makes `up` wait until it is healthy, so whatever comes after it finds it serving."""
-        args = self._args
-        server = next(s for s in args.servers if s.role == role)
+        args, role = self._args, server.role
         container_name = args.names[role]
         volumes, mounts = [], []
         if server.data_path:
@@ -87,6 +84,6 @@ class ClusterMember(pulumi.ComponentResource):
         return container
 
     def complete(self) -> None:
-        """Register the outputs once every server is declared."""
-        self.container_ids = pulumi.Output.all(*(self.containers[s.role].id for s in self._args.servers))
+        """Register the outputs once every server is declared (their ids in the order declared)."""
+        self.container_ids = pulumi.Output.all(*(c.id for c in self.containers.values()))
         self.register_outputs({"container_ids": self.container_ids})
