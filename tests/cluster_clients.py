@@ -100,6 +100,21 @@ class Writer(threading.Thread):
         return "; ".join(f"{kind} x{n} {first - moment:.1f}-{last - moment:.1f} s"
                          for kind, (first, last, n) in spans.items())
 
+    def longest_gap(self, since: float) -> float:
+        """The longest time after ``since`` between two acknowledged writes: what a client waited at worst."""
+        moments = [since, *(at for _, at in self.acknowledged if at > since)]
+        return max(b - a for a, b in zip(moments, moments[1:]))
+
+    def failures_in_a_row(self, since: float) -> int:
+        """The most attempts after ``since`` that failed one after the other (a retry 0.1 s after each)."""
+        events = sorted([(at, True) for _, at in self.acknowledged if at > since]
+                        + [(at, False) for at in self.failed_at if at > since])
+        longest = run = 0
+        for _, ok in events:
+            run = 0 if ok else run + 1
+            longest = max(longest, run)
+        return longest
+
     def writing_again(self, moment: float) -> bool:
         return any(at > moment for at in self.failed_at) and self.acknowledged[-1][1] > self.failed_at[-1]
 

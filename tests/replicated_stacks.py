@@ -89,6 +89,18 @@ def started(host, stack: str, role: str) -> datetime:
     return datetime.fromisoformat(stamp[:26].rstrip("Z"))
 
 
+def objects_on(host, stack: Optional[str] = None, running_only: bool = False) -> list[str]:
+    """The names of the containers and volumes on ``host`` (only the stack's, given ``stack``); with
+    ``running_only``, the running containers' ids."""
+    only = ["--filter", f"label=sin-datastores.stack={stack}"] if stack is not None else []
+    if running_only:
+        return host.docker("ps", "-q", "--no-trunc", *only).split()
+    found = []
+    for listing in (["ps", "-a"], ["volume", "ls"]):
+        found += host.docker(*listing, *only, "--format", "{{.Names}}" if listing[0] == "ps" else "{{.Name}}").split()
+    return found
+
+
 def postgres_connector(password: str) -> Callable[[str, int], psycopg.Connection]:
     """Connections as a client makes them; a failure says where and why, without psycopg's frames
     (their arguments, which a report shows, hold the password). A dead peer is given up by the socket

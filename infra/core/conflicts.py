@@ -17,8 +17,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from infra.core import cluster, dockerhost, statecopy
 from infra.core.config import StackConfig
@@ -83,27 +84,33 @@ BIND_PROBE = ("import socket, sys\n"
               "    s.close()\n")
 
 
-def held_sockets(engine: Engine, image: str, sockets: list[tuple[str, int]], stack: str, project: str) -> set[str]:
-    """Which of ``sockets`` (address, port) something on the engine's host holds: a throwaway container
-    of ``image`` (with python3) on the host's network tries to bind each, and is removed at once."""
+@contextmanager
+def _probe_container(engine: Engine, stack: str, project: str, checking: str, spec: dict) -> Iterator[str]:
+    """A probe container made from ``spec``, by name: labelled, and removed however the check ends."""
     name = f"{probe_prefix(stack)}{secrets.token_hex(3)}"
     role_label, role = SCRATCH_LABEL.split("=")
     status, body = engine.request("POST", f"/containers/create?name={name}", {
-        "Image": image, "Entrypoint": ["python3", "-c", BIND_PROBE], "Cmd": [f"{a}:{p}" for a, p in sockets],
-        "Labels": {PROJECT_LABEL: project, STACK_LABEL: stack, role_label: role},
-        "HostConfig": {"NetworkMode": "host"},
-    })
+        **spec, "Labels": {PROJECT_LABEL: project, STACK_LABEL: stack, role_label: role}})
     if status != 201:
-        raise EngineError(f"creating a container to check the ports failed: {message(body)}", status)
+        raise EngineError(f"creating a container to check {checking} failed: {message(body)}", status)
     try:
+        yield name
+    finally:
+        engine.request("DELETE", f"/containers/{name}?force=1&v=1")
+
+
+def held_sockets(engine: Engine, image: str, sockets: list[tuple[str, int]], stack: str, project: str) -> set[str]:
+    """Which of ``sockets`` (address, port) something on the engine's host holds: a throwaway container
+    of ``image`` (with python3) on the host's network tries to bind each, and is removed at once."""
+    with _probe_container(engine, stack, project, "the ports", {
+            "Image": image, "Entrypoint": ["python3", "-c", BIND_PROBE], "Cmd": [f"{a}:{p}" for a, p in sockets],
+            "HostConfig": {"NetworkMode": "host"}}) as name:
         status, body = engine.request("POST", f"/containers/{name}/start")
         if status not in (200, 204, 304):
             raise EngineError(f"starting a container to check the ports failed: {message(body)}", status)
         engine.request("POST", f"/containers/{name}/wait")
         _, logs = engine.request("GET", f"/containers/{name}/logs?stdout=1")
         return set(re.findall(r"taken (\S+:\d+)", str(logs)))
-    finally:
-        engine.request("DELETE", f"/containers/{name}?force=1&v=1")
 
 
 def member_conflicts(engine: Engine, stack: str, project: str, me: cluster.Member, probe_image: str) -> list[str]:
@@ -345,26 +352,17 @@ def remove_probes(engine: Engine, stack: str) -> None:
 
 def probe_port(engine: Engine, image: str, address: str, port: int, stack: str, project: str) -> Optional[str]:
     """Docker's words when a container cannot publish ``address:port`` (a process holds it), else None."""
-    name = f"{probe_prefix(stack)}{secrets.token_hex(3)}"
-    role_label, role = SCRATCH_LABEL.split("=")
-    status, body = engine.request("POST", f"/containers/create?name={name}", {
-        "Image": image, "Entrypoint": ["true"], "Cmd": [],
-        "Labels": {PROJECT_LABEL: project, STACK_LABEL: stack, role_label: role},
-        "HostConfig": {"PortBindings": {f"{port}/tcp": [{"HostIp": address, "HostPort": str(port)}]}},
-        "ExposedPorts": {f"{port}/tcp": {}},
-    })
-    if status != 201:
-        raise EngineError(f"creating a container to check port {port} failed: {message(body)}", status)
-    try:
-        status, body = engine.request("POST", f"/containers/{body['Id']}/start")
+    with _probe_container(engine, stack, project, f"port {port}", {
+            "Image": image, "Entrypoint": ["true"], "Cmd": [],
+            "HostConfig": {"PortBindings": {f"{port}/tcp": [{"HostIp": address, "HostPort": str(port)}]}},
+            "ExposedPorts": {f"{port}/tcp": {}}}) as name:
+        status, body = engine.request("POST", f"/containers/{name}/start")
         if status in (200, 204, 304):
             return None
         words = message(body)
         if any(w in words for w in PORT_TAKEN_WORDS):
             return words
         raise EngineError(f"starting a container to check port {port} failed: {words}", status)
-    finally:
-        engine.request("DELETE", f"/containers/{name}?force=1&v=1")
 
 
 def process_conflicts(engine: Engine, cfg: StackConfig, ports: list[int], images: Iterable[str],

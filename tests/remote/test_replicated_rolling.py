@@ -16,32 +16,15 @@ from infra.core import cluster
 from tests import replicated_stacks
 from tests.cluster_clients import PostgresWriter, RedisWriter, leader_of, whole
 from tests.polling import until
-from tests.replicated_stacks import local_images
+from tests.replicated_stacks import local_images, objects_on
 
 pytestmark = pytest.mark.e2e
 
 
-def longest_gap(writer, since: float) -> float:
-    """The longest time after ``since`` between two acknowledged writes: what a client waited at worst."""
-    moments = [since, *(at for _, at in writer.acknowledged if at > since)]
-    return max(b - a for a, b in zip(moments, moments[1:]))
-
-
-def failures_in_a_row(writer, since: float) -> int:
-    """The most attempts after ``since`` that failed one after the other (a retry 0.1 s after each)."""
-    events = sorted([(at, True) for _, at in writer.acknowledged if at > since]
-                    + [(at, False) for at in writer.failed_at if at > since])
-    longest = run = 0
-    for _, ok in events:
-        run = 0 if ok else run + 1
-        longest = max(longest, run)
-    return longest
-
-
 def summary(name: str, writer, since: float) -> str:
     return (f"{name}: {len(writer.acknowledged)} acknowledged, {len([t for t in writer.failed_at if t > since])} "
-            f"failed ({failures_in_a_row(writer, since)} in a row at most), longest wait "
-            f"{longest_gap(writer, since):.1f} s ({writer.outage(since)})")
+            f"failed ({writer.failures_in_a_row(since)} in a row at most), longest wait "
+            f"{writer.longest_gap(since):.1f} s ({writer.outage(since)})")
 
 
 def refuses_what_the_hosts_already_hold(hosts, stack) -> None:
@@ -52,13 +35,9 @@ def refuses_what_the_hosts_already_hold(hosts, stack) -> None:
                                  f"import socket, time; s = socket.socket(); s.bind(('{third.address}', 5432)); "
                                  f"s.listen(); print('listening', flush=True); time.sleep(600)"],
                                 stdout=subprocess.PIPE, text=True)
-    def objects() -> dict:
-        return {host.address: (sorted(host.docker("ps", "-aq", "--no-trunc").split()),
-                               sorted(host.docker("volume", "ls", "-q").split())) for host in hosts}
-
     squatter = cluster.container_name(stack.name, "etcd")
     second.docker("create", "--name", squatter, local_images()["etcdImage"])
-    before = objects()
+    before = {host.address: sorted(objects_on(host)) for host in hosts}
     try:
         assert listener.stdout.readline().strip() == "listening"
         for attempt in (stack.preview, stack.up):
@@ -70,7 +49,8 @@ def refuses_what_the_hosts_already_hold(hosts, stack) -> None:
                     f"there") in said, said
             assert (f"{second.docker_host}: container name {squatter} (etcd): taken by a container not made by "
                     f"this stack") in said, said
-        assert objects() == before, "the look left a container or a volume behind, or the run created one"
+        assert {host.address: sorted(objects_on(host)) for host in hosts} == before, \
+            "the look left a container or a volume behind, or the run created one"
     finally:
         listener.kill()
         listener.wait()
@@ -131,7 +111,7 @@ def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_ac
                  for role in ("patroni", "redis", "sentinel")}
         assert all(after[(a, role)] > before[(a, role)] for a in addresses for role in ("patroni", "redis")), after
         assert all(after[(a, "sentinel")] == before[(a, "sentinel")] for a in addresses), after
-        assert max(longest_gap(pg_writer, began), longest_gap(redis_writer, began)) < 10, report
+        assert max(pg_writer.longest_gap(began), redis_writer.longest_gap(began)) < 10, report
         for role, primary in (("patroni", leader), ("redis", redis_master)):
             order = sorted(addresses, key=lambda a: after[(a, role)])
             expected = [*(a for a in addresses if a != primary), primary]

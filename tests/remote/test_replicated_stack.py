@@ -16,6 +16,7 @@ from tests import replicated_stacks
 from tests.cluster_clients import PostgresWriter, leader_of, roles, whole
 from tests.e2e.support import cli, run
 from tests.polling import until
+from tests.replicated_stacks import objects_on
 
 pytestmark = pytest.mark.e2e
 
@@ -45,17 +46,6 @@ def patroni_log(host, stack: str) -> str:
     logs = subprocess.run(["docker", "logs", "--tail", "60", f"{stack}-patroni"], env=host.env, capture_output=True,
                           text=True, timeout=30)
     return logs.stdout + logs.stderr
-
-
-def objects_on(host, stack: str, running_only: bool = False) -> list[str]:
-    """The stack's containers and volumes on ``host``; with ``running_only``, its running containers' ids."""
-    if running_only:
-        return host.docker("ps", "-q", "--no-trunc", "--filter", f"label=sin-datastores.stack={stack}").split()
-    found = []
-    for listing in (["ps", "-a"], ["volume", "ls"]):
-        found += host.docker(*listing, "--filter", f"label=sin-datastores.stack={stack}",
-                             "--format", "{{.Names}}" if listing[0] == "ps" else "{{.Name}}").split()
-    return found
 
 
 # A client on the cut-off host: one INSERT on the leader's own address, its password on stdin.
