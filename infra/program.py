@@ -19,6 +19,7 @@ from infra.components.common import labels
 from infra.components.network import NetworkArgs, SinNetwork
 from infra.components.postdeploy import PostDeploy, PostDeployArgs
 from infra.components.postgres import PostgresArgs, PostgresService
+from infra.components.rotation import PasswordRotation, PasswordRotationArgs
 from infra.components.redis import RedisArgs, RedisService
 from infra.core import cluster
 from infra.components.cluster import ClusterMember, ClusterMemberArgs
@@ -132,8 +133,8 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
     words; this speaks for a run without it). Nothing changes anywhere, so no healthy member is
     touched because another host is down. The hosts are reached at once. Refused too: a host list
     other than the running members' (:func:`refuse_changed_host_list`), a host where a new
-    member's names or ports are taken, passwords the running cluster refuses. Then read where the
-    cluster takes writes, which a change reaches last."""
+    member's names or ports are taken. Then read where the cluster takes writes, which a change
+    reaches last."""
     hosts = cfg.cluster.hosts
     with ThreadPoolExecutor(len(hosts)) as pool:
         found = list(pool.map(lambda host: look_at_cluster_host(cfg, host), hosts))
@@ -154,16 +155,7 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
             f"PostgreSQL, HAProxy, Redis, Sentinel) cannot be read; the others keep serving (`python -m infra "
             f"status --stack {cfg.stack}` shows the cluster). Bring the host or SSH to it back, then run again.")
     from infra.deploy import replicated  # the database clients load for a replicated stack only
-    target = cluster_target(cfg)
-    refused = replicated.refused_passwords(target)
-    if refused:
-        raise pulumi.RunError(
-            f"the running cluster refuses the configured {' and '.join(refused)}: its servers keep the passwords "
-            f"they were created with, and changing them on a replicated stack is not supported yet, so nothing was "
-            f"previewed or changed on any host. Set {' and '.join(refused)} back to the cluster's (the earlier "
-            f"value is in Pulumi.{cfg.stack}.yaml's history, encrypted as it is now)")
-    return replicated.primaries(target)
-
+    return replicated.primaries(cluster_target(cfg))
 
 def refuse_changed_host_list(cfg: stack_config.StackConfig, running: dict[str, frozenset[str]]) -> None:
     """Refuse a host list other than the one the running members were started with (``running``:
@@ -272,8 +264,11 @@ def cluster_target(cfg: stack_config.StackConfig) -> Target:
 def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primaries) -> None:
     """Declare every host's servers and the post-deploy step; export what clients need. A server
     with a health check changes on one host at a time, its primary's host last (``primaries``):
-    each waits for the one before it to be healthy again."""
+    each waits for the one before it to be healthy again. Changed passwords are set on the running
+    servers before any container changes."""
     cl, pg, rd = cfg.cluster, cfg.postgres, cfg.redis
+    target = cluster_target(cfg)
+    rotation = PasswordRotation("passwords", PasswordRotationArgs(target=target.to_dict(), secrets=cl.secrets))
     everyone = cluster.members(cl.addresses)
     images = {"etcd": cl.etcd_image, "patroni": cl.patroni_image, "haproxy": cl.haproxy_image, "redis": rd.image}
     names = {role: cluster.container_name(cfg.stack, role) for role in cluster.ROLES}
@@ -289,12 +284,11 @@ def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primari
     for role in cluster.ROLES:
         before: list[pulumi.Resource] = []
         for me in cluster.rolling_order(everyone, primaries.of(role)):
-            container = by_member[me].declare(servers[me][role], after=before)
+            container = by_member[me].declare(servers[me][role], after=[rotation, *before])
             before = [container] if cluster.one_at_a_time(servers[me][role], primaries) else []
     hosts = list(by_member.values())
     for member in hosts:
         member.complete()
-    target = cluster_target(cfg)
     step = PostDeploy("post-deploy", PostDeployArgs(
         target=target.to_dict(),
         migrations=migration_files.fingerprint(migration_files.load()),

@@ -16,6 +16,20 @@ import redis
 from infra.core import cluster
 
 
+class Secret(redis.CredentialProvider):
+    """A password an application reads at each new connection, as from its secret store (for psycopg:
+    call it): the test changes ``value`` as an operator would."""
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def get_credentials(self) -> tuple[str]:
+        return (self.value,)
+
+    def __call__(self) -> str:
+        return self.value
+
+
 def roles(address: str) -> dict[str, tuple[str, str]]:
     """Patroni's members as ``address`` sees them: host -> (role, state)."""
     url = f"http://{address}:{cluster.PATRONI_REST_PORT}/cluster"

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Optional
 
 import psycopg
 from pulumi import automation as auto
+from redis import CredentialProvider
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -101,33 +102,40 @@ def objects_on(host, stack: Optional[str] = None, running_only: bool = False) ->
     return found
 
 
-def postgres_connector(password: str) -> Callable[[str, int], psycopg.Connection]:
-    """Connections as a client makes them; a failure says where and why, without psycopg's frames
-    (their arguments, which a report shows, hold the password). A dead peer is given up by the socket
-    (tcp_user_timeout), never by cancelling a commit (see cluster_clients.Writer)."""
+def postgres_connector(password: str | Callable[[], str]) -> Callable[[str, int], psycopg.Connection]:
+    """Connections as a client makes them (``password`` may be read at each connection, as from a secret
+    store); a failure says where and why, without psycopg's frames (their arguments, which a report
+    shows, hold the password). A dead peer is given up by the socket (tcp_user_timeout), never by
+    cancelling a commit (see cluster_clients.Writer)."""
     def connect(address: str, port: int) -> psycopg.Connection:
         try:
-            return psycopg.connect(host=address, port=port, user="sinadmin", password=password, dbname="sinsolver",
+            return psycopg.connect(host=address, port=port, user="sinadmin", dbname="sinsolver",
+                                   password=password() if callable(password) else password,
                                    connect_timeout=2, tcp_user_timeout=5000, autocommit=True)
         except psycopg.Error as exc:
             raise psycopg.OperationalError(f"{address}:{port}: {str(exc).strip().splitlines()[0]}") from None
     return connect
 
 
-def sentinel_client(stack: auto.Stack, addresses: list[str]) -> Sentinel:
+def sentinel_client(stack: auto.Stack, addresses: list[str], password: Optional[CredentialProvider] = None) -> Sentinel:
     """The Sentinels as a client asks them: short timeouts, so a dead host costs a second, not the
     kernel's TCP retries; no retries inside redis-py (its default, 10 with backoff, spends ~20 s on a
-    dead Sentinel at every new connection), the caller retries."""
-    password = stack.get_config("sin-datastores:sentinelPassword").value
+    dead Sentinel at every new connection), the caller retries. ``password``: read at each new
+    connection (default: the stack's sentinelPassword)."""
+    credentials = {"credential_provider": password} if password else {
+        "password": stack.get_config("sin-datastores:sentinelPassword").value}
     timeouts = {"socket_timeout": 2, "socket_connect_timeout": 1, "retry": Retry(NoBackoff(), 0)}
-    return Sentinel([(a, cluster.SENTINEL_PORT) for a in addresses], sentinel_kwargs={"password": password, **timeouts},
+    return Sentinel([(a, cluster.SENTINEL_PORT) for a in addresses], sentinel_kwargs={**credentials, **timeouts},
                     **timeouts)
 
 
-def redis_master(stack: auto.Stack, sentinels: Sentinel, master_name: str):
-    """A client of whichever server the Sentinels name master (found again after a failover)."""
-    return sentinels.master_for(master_name, password=stack.get_config("sin-datastores:redisPassword").value,
-                                socket_timeout=2, socket_connect_timeout=1)
+def redis_master(stack: auto.Stack, sentinels: Sentinel, master_name: str,
+                 password: Optional[CredentialProvider] = None):
+    """A client of whichever server the Sentinels name master (found again after a failover).
+    ``password``: read at each new connection (default: the stack's redisPassword)."""
+    credentials = {"credential_provider": password} if password else {
+        "password": stack.get_config("sin-datastores:redisPassword").value}
+    return sentinels.master_for(master_name, socket_timeout=2, socket_connect_timeout=1, **credentials)
 
 
 def adr_node_clients(stack: auto.Stack, postgres_endpoint: str) -> dict:

@@ -120,8 +120,10 @@ class RedisServer:
 
     @classmethod
     def start(cls, password: str | None = None, appendonly: bool = True, port: int | None = None,
-              rdb: Path | None = None) -> "RedisServer":
-        """``rdb``: a snapshot for it to load (AOF off then, or Redis would read the empty AOF instead)."""
+              rdb: Path | None = None, extra: Sequence[str] = (), sentinel: bool = False) -> "RedisServer":
+        """``rdb``: a snapshot for it to load (AOF off then, or Redis would read the empty AOF instead);
+        ``extra``: more lines of its config file; ``sentinel``: run it as a Sentinel (``extra`` says what
+        it monitors)."""
         binary = shutil.which("redis-server")
         if not binary:
             raise MissingServer("redis-server is not installed; run toolchain/host-services.sh")
@@ -134,10 +136,10 @@ class RedisServer:
                 f"appendonly {'yes' if appendonly else 'no'}", "logfile ''"]
         if password:
             conf.append(f"requirepass {password}")
-        (workdir / "redis.conf").write_text("\n".join(conf) + "\n")
+        (workdir / "redis.conf").write_text("\n".join([*conf, *extra]) + "\n")
         (workdir / "redis.conf").chmod(0o600)
-        process = subprocess.Popen([binary, str(workdir / "redis.conf")], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen([binary, str(workdir / "redis.conf"), *(["--sentinel"] if sentinel else [])],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server = cls(process, workdir, port, password)
         deadline = time.monotonic() + 10
         while True:

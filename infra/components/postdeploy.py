@@ -35,16 +35,20 @@ class StepFailed(Exception):
     """The post-deploy step failed; the message is the step's own (no password in it)."""
 
 
-class _PostDeployProvider(dynamic.ResourceProvider):
-    """The step's provider. Its name and module are in the state of every stack (pulumi.dynamic
-    pickles it by reference), the stacks of release 4cf03c7 and earlier included, whose step was
-    this very class: keep both, and keep it free of instance state (the pickle stays ~60 bytes,
-    and equal across releases, so the engine sees no change)."""
+class EngineBoundProvider(dynamic.ResourceProvider):
+    """A dynamic provider whose process ends with the engine that started it."""
 
     def configure(self, req: dynamic.ConfigureRequest) -> None:
         """Called once in each provider process: leave with the engine (see :func:`_leave_with_engine`)."""
         if _serving():
             _leave_with_engine()
+
+
+class _PostDeployProvider(EngineBoundProvider):
+    """The step's provider. Its name and module are in the state of every stack (pulumi.dynamic
+    pickles it by reference), the stacks of release 4cf03c7 and earlier included, whose step was
+    this very class: keep both, and keep it free of instance state (the pickle stays ~60 bytes,
+    and equal across releases, so the engine sees no change)."""
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         return dynamic.CreateResult(id_=props["target"]["stack"], outs=_run(props))

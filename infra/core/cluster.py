@@ -97,6 +97,11 @@ class ClusterSecrets:
     sentinel: str = field(repr=False)
 
 
+# The stack setting each of ClusterSecrets' passwords comes from, for messages.
+SECRET_SETTINGS = {"superuser": "postgresPassword", "replication": "replicationPassword",
+                   "patroni_rest": "patroniRestPassword", "redis": "redisPassword", "sentinel": "sentinelPassword"}
+
+
 @dataclass(frozen=True)
 class Member:
     """One host of the cluster: its address and the name its servers go by."""

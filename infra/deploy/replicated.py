@@ -18,7 +18,7 @@ import redis
 from psycopg import sql
 
 from infra.core.cluster import REDIS_MIN_REPLICAS_MAX_LAG_S, Primaries
-from infra.core.connect import AuthRejected, ConnectError, connect_postgres, connect_redis
+from infra.core.connect import connect_postgres
 from infra.core.errors import OperationFailed
 from infra.core.report import Check
 from infra.core.targets import ClusterTarget, PostgresTarget, Target
@@ -224,23 +224,3 @@ def primaries(target: Target, read: Reader = read_state) -> Primaries:
     on; None for each where there is no cluster yet or no single answer."""
     state = read(target.cluster, target.redis.port, target.redis.password)
     return Primaries(state.leaders[0] if len(state.leaders) == 1 else None, state.master)
-
-
-def refused_passwords(target: Target) -> list[str]:
-    """The password settings the running cluster refuses, each tried once on the first host (none
-    when nothing answers there yet: a new cluster). Its servers keep the passwords they were created
-    with, in PostgreSQL's data and in the files Redis and Sentinel rewrite, which a changed setting
-    does not reach."""
-    maintenance = dataclasses.replace(target.postgres, database=MAINTENANCE_DB)
-    tries = (("postgresPassword", lambda: connect_postgres(maintenance, 0).close()),
-             ("redisPassword", lambda: connect_redis(target.redis, 0).close()),
-             ("sentinelPassword", lambda: _sentinel(target.cluster, target.cluster.members[0]).ping()))
-    refused = []
-    for setting, attempt in tries:
-        try:
-            attempt()
-        except (AuthRejected, redis.AuthenticationError):
-            refused.append(setting)
-        except (ConnectError, redis.RedisError):
-            pass
-    return refused

@@ -1,24 +1,110 @@
 """A planned change to a replicated stack (issue #27): one that replaces PostgreSQL's and Redis' containers on
 every host goes one host at a time, the primaries' hosts last, each server healthy again before the next
-stops, while the ADR's kind of clients write; every acknowledged write is kept. A host list other than
-the running cluster's is refused (adding and removing hosts is not there yet), and so is a password the
-running cluster refuses (changing them is not there yet)."""
+stops, while the ADR's kind of clients write; every acknowledged write is kept. The same for every
+password rotated. A host list other than the running cluster's is refused (adding and removing hosts is
+not there yet)."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
+import urllib.error
+import urllib.request
+import uuid
 
+import psycopg
 import pytest
+import redis
 from pulumi import automation as auto
 
 from infra.core import cluster
 from tests import replicated_stacks
-from tests.cluster_clients import PostgresWriter, RedisWriter, leader_of, whole
+from tests.cluster_clients import PostgresWriter, RedisWriter, Secret, leader_of, whole
 from tests.polling import until
 from tests.replicated_stacks import local_images, objects_on
 
 pytestmark = pytest.mark.e2e
+
+
+def rest_answer(address: str, password: str) -> int:
+    """What Patroni's REST API answers to a request that needs its password (a reload of its file)."""
+    request = urllib.request.Request(f"http://{address}:{cluster.PATRONI_REST_PORT}/reload", data=b"", method="POST",
+                                     headers={"Authorization": "Basic " + base64.b64encode(
+                                         f"{cluster.PATRONI_REST_USER}:{password}".encode()).decode()})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def redis_takes(address: str, port: int, password: str) -> bool:
+    try:
+        redis.Redis(host=address, port=port, password=password, socket_connect_timeout=2).ping()
+        return True
+    except redis.AuthenticationError:
+        return False
+
+
+def rotates_every_password_under_load(hosts, stack, first_id: int) -> None:
+    """Every password changed; the writers' application reads the new ones from its secret store as
+    `up` starts. `up` sets them on the running servers, then rolls the containers; the previous ones are
+    refused afterwards, and no acknowledged write is lost."""
+    addresses = [h.address for h in hosts]
+    keys = ("postgresPassword", "replicationPassword", "patroniRestPassword", "redisPassword", "sentinelPassword")
+    old = {key: stack.get_config(f"sin-datastores:{key}").value for key in keys}
+    new = {key: f"rotated-{key}-{uuid.uuid4().hex[:12]}" for key in keys}
+    pg_password, redis_password, sentinel_password = (Secret(old[key]) for key in
+                                                       ("postgresPassword", "redisPassword", "sentinelPassword"))
+    connect = replicated_stacks.postgres_connector(pg_password)
+    sentinels = replicated_stacks.sentinel_client(stack, addresses, sentinel_password)
+    master_name = cluster.SENTINEL_MASTER_NAME
+    pg_writer = PostgresWriter([(a, cluster.HAPROXY_PRIMARY_PORT) for a in addresses], connect, first_id)
+    redis_writer = RedisWriter(replicated_stacks.redis_master(stack, sentinels, master_name, redis_password),
+                               "rotation")
+    for writer in (pg_writer, redis_writer):
+        writer.start()
+    until("both writers' first writes", lambda: min(len(pg_writer.acknowledged),
+                                                     len(redis_writer.acknowledged)) >= 20, 30)
+    for key, value in new.items():
+        stack.set_config(f"sin-datastores:{key}", auto.ConfigValue(value, secret=True))
+    previewed = stack.preview(color="never")
+    assert previewed.change_summary.get("delete", 0) == 0, previewed.change_summary
+    for secret, key in ((pg_password, "postgresPassword"), (redis_password, "redisPassword"),
+                        (sentinel_password, "sentinelPassword")):
+        secret.value = new[key]
+    began = time.monotonic()
+    result = stack.up(color="never")
+    took, done = time.monotonic() - began, time.monotonic()
+    until("writes after the rotation", lambda: min(pg_writer.acknowledged[-1][1], redis_writer.acknowledged[-1][1])
+          > done, 60)
+    for writer in (pg_writer, redis_writer):
+        writer.stop.set()
+        writer.join(30)
+    report = (f"rotation: up took {took:.1f} s; {summary('PostgreSQL', pg_writer, began)}; "
+              f"{summary('Redis', redis_writer, began)}")
+    print(report)
+    said = result.stdout + result.stderr
+    assert not any(value in said for value in (*old.values(), *new.values())), "a password in up's output"
+    assert result.outputs["verificationChecks"].value == 26, report
+    with connect(addresses[1], cluster.HAPROXY_PRIMARY_PORT) as conn:
+        stored = {row for (row,) in conn.execute("SELECT id FROM acked")}
+    assert not pg_writer.ids() - stored, f"acknowledged commits lost; {report}"
+    assert not redis_writer.lost(), f"acknowledged Redis writes lost; {report}"
+    assert max(pg_writer.longest_gap(began), redis_writer.longest_gap(began)) < 10, report
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        replicated_stacks.postgres_connector(old["postgresPassword"])(addresses[0], cluster.HAPROXY_PRIMARY_PORT)
+    for address in addresses:
+        assert redis_takes(address, cluster.REDIS_PORT, new["redisPassword"]), address
+        assert not redis_takes(address, cluster.REDIS_PORT, old["redisPassword"]), address
+        assert redis_takes(address, cluster.SENTINEL_PORT, new["sentinelPassword"]), address
+        assert not redis_takes(address, cluster.SENTINEL_PORT, old["sentinelPassword"]), address
+        assert (rest_answer(address, new["patroniRestPassword"]),
+                rest_answer(address, old["patroniRestPassword"])) == (202, 401), address
+    # Every replica streams again after its Patroni restarted with the new replication password.
+    until("a whole cluster after the rotation", whole(addresses), 60)
+    assert set(stack.preview(color="never").change_summary) == {"same"}
 
 
 def summary(name: str, writer, since: float) -> str:
@@ -59,8 +145,8 @@ def refuses_what_the_hosts_already_hold(hosts, stack) -> None:
 
 def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_acknowledged_write(
         three_hosts, tmp_path):
-    """First what the hosts already hold is refused; last, a changed host list and a changed password,
-    before anything is touched."""
+    """First what the hosts already hold is refused; then a changed host list, before anything is
+    touched; last, every password rotated under load."""
     addresses = [h.address for h in three_hosts]
     with replicated_stacks.replicated_stack(three_hosts, tmp_path, "e2e-ha-roll") as stack:
         refuses_what_the_hosts_already_hold(three_hosts, stack)
@@ -134,12 +220,4 @@ def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_ac
         assert {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts} == running
         stack.set_config("sin-datastores:replicatedHosts", auto.ConfigValue(",".join(hosts)))
 
-        # A changed password would replace the first host's servers, which would never be healthy again.
-        kept = stack.get_config("sin-datastores:redisPassword").value
-        stack.set_config("sin-datastores:redisPassword", auto.ConfigValue("rotated-redis-password-0123", secret=True))
-        with pytest.raises(auto.CommandError) as refused:
-            stack.preview(color="never")
-        assert "the running cluster refuses the configured redisPassword" in str(refused.value)
-        assert "rotated-redis-password-0123" not in str(refused.value) and kept not in str(refused.value)
-        assert {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts} == running
-        stack.set_config("sin-datastores:redisPassword", auto.ConfigValue(kept, secret=True))
+        rotates_every_password_under_load(three_hosts, stack, pg_writer.next_id)

@@ -86,6 +86,19 @@ def test_the_step_waits_for_every_host_and_reruns_when_a_container_is_replaced(r
     assert sum("$docker:index/container:Container::" in urn for urn in waits_for) == 15
 
 
+def test_every_container_waits_for_the_passwords_to_be_set_on_the_running_servers(replicated):
+    """The rotation runs before any container is replaced: the new ones start with the new passwords."""
+    step = next(r for r in replicated.resources.values() if r.name == "passwords-step")
+    assert is_secret(step.inputs["secrets"]) and is_secret(step.inputs["target"])
+    assert unwrap(step.inputs["secrets"]) == {
+        "superuser": PG_PASSWORD, "replication": CLUSTER_SECRETS["replicationPassword"],
+        "patroni_rest": CLUSTER_SECRETS["patroniRestPassword"], "redis": REDIS_PASSWORD,
+        "sentinel": CLUSTER_SECRETS["sentinelPassword"]}
+    assert list(unwrap(step.inputs["target"])["cluster"]["members"]) == list(ADDRESSES)
+    for container in replicated.of_type(CONTAINER):
+        assert any(urn.endswith("::passwords-step") for urn in replicated.dependencies[container.name]), container.name
+
+
 def test_the_single_host_stack_declares_no_cluster(dev):
     assert not dev.of_type(MEMBER)
 
@@ -123,8 +136,6 @@ def cluster_hosts(monkeypatch):
                         lambda engine, stack, project, me, image: state.conflicts.get(me.address, []))
     monkeypatch.setattr(program_module, "cluster_target", lambda given: ("target of", given))
     monkeypatch.setattr(replicated, "primaries", lambda target: ("primaries read through", target))
-    state.refused = []
-    monkeypatch.setattr(replicated, "refused_passwords", lambda target: state.refused)
     hosts = tuple(ClusterHost(DockerHost(f"ssh://root@{a}"), a) for a in ADDRESSES)
     state.cfg = SimpleNamespace(stack="prod", project="sin-datastores",
                                 cluster=SimpleNamespace(hosts=hosts, addresses=ADDRESSES, patroni_image="patroni:x"))
@@ -174,22 +185,6 @@ def test_a_host_list_other_than_the_running_clusters_is_refused_before_anything_
                               f"10.9.0.2 has the hosts {', '.join(sorted(running))}: adding or removing a host is not "
                               "supported yet, so nothing was previewed or changed on any host"), message
     assert "pulumi config set replicatedHosts" in message and "--stack prod" in message
-
-
-def test_passwords_the_running_cluster_refuses_stop_the_run_before_anything_is_declared(cluster_hosts):
-    """A changed password would reach the servers' files on the next start, but not their data or the
-    files they rewrite: the first host would be replaced and never come back healthy."""
-    import pulumi
-
-    cluster_hosts.hosts.update({a: frozenset(ADDRESSES) for a in ADDRESSES})
-    cluster_hosts.refused[:] = ["postgresPassword", "redisPassword"]
-    with pytest.raises(pulumi.RunError) as raised:
-        cluster_hosts.program.look_at_host(cluster_hosts.cfg)
-    assert str(raised.value) == (
-        "the running cluster refuses the configured postgresPassword and redisPassword: its servers keep the "
-        "passwords they were created with, and changing them on a replicated stack is not supported yet, so "
-        "nothing was previewed or changed on any host. Set postgresPassword and redisPassword back to the "
-        "cluster's (the earlier value is in Pulumi.prod.yaml's history, encrypted as it is now)")
 
 
 def test_what_a_new_member_would_collide_with_is_refused_naming_each_host_before_anything_is_declared(
