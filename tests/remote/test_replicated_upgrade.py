@@ -50,9 +50,10 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             stack.preview(color="never", on_event=events.append)
             steps = resource_steps(events)
             assert set(volume_steps(events).values()) == {"same"}, steps
-            # Only the passwords resource is new; no container is replaced for it.
+            # Only the passwords resource is new (with the engine's default provider of dynamic resources);
+            # no container is replaced for it.
             assert {name: op for (_, name), op in steps.items() if op != "same"} == {
-                "passwords": "create", "passwords-step": "create"}, steps
+                "passwords": "create", "passwords-step": "create", "default": "create"}, steps
             running = {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts}
 
             writer = PostgresWriter([(a, cluster.HAPROXY_PRIMARY_PORT) for a in addresses], connect, 1)
