@@ -21,7 +21,7 @@ from infra.core.targets import POSTGRES_PORT, REDIS_PORT
 from infra.backupagent import BackupAgentError
 from infra.core import dockerhost
 from infra.core.errors import SinError
-from infra.deploy import migration_files, migrations
+from infra.deploy import migration_files, migrations, steps
 from infra.deploy.checks import run_checks
 from infra.deploy.registry import default_actor
 from infra.driver import previews, pulumi_errors, stacks, teststacks
@@ -112,7 +112,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with stacks.reached(args.stack) as target:
-        report = run_checks(target.postgres, target.redis)
+        report = steps.verify(target)
     print(report.to_json() if args.json else report.table())
     return 0 if report.ok else 1
 
@@ -274,11 +274,17 @@ def parser() -> argparse.ArgumentParser:
                                 "or a lost data volume created empty")
     command("down", cmd_down, "destroy the stack's resources").add_argument(
         "--remove", action="store_true", help="also remove the stack from the backend (its config file stays)")
-    command("plan", cmd_plan, "list pending migrations; applies nothing").add_argument("--json", action="store_true")
-    command("migrate", cmd_migrate, "apply pending migrations")
-    command("verify", cmd_verify, "verify both services").add_argument("--json", action="store_true")
-    command("baseline", cmd_baseline, "mark migrations up to a version as applied").add_argument(
-        "--version", type=int, required=True)
+    # These work on a replicated stack too: on its leader and its master (stacks.reached).
+    p = command("plan", cmd_plan, "list pending migrations; applies nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(replicated=True)
+    command("migrate", cmd_migrate, "apply pending migrations").set_defaults(replicated=True)
+    p = command("verify", cmd_verify, "verify both services (a replicated stack: and its cluster)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(replicated=True)
+    p = command("baseline", cmd_baseline, "mark migrations up to a version as applied")
+    p.add_argument("--version", type=int, required=True)
+    p.set_defaults(replicated=True)
     p = command("status", cmd_status, "containers (a replicated stack: its members), monitoring figures, "
                 "pending migrations, audit; exit 1 when unhealthy")
     p.add_argument("--json", action="store_true")

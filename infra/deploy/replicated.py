@@ -176,8 +176,14 @@ def wait_until_whole(target: Target, deadline_s: float, read: Reader = read_stat
 
 
 def resolve(target: Target, state: ClusterState) -> Target:
-    """``target`` with Redis on the master the Sentinels agree on (PostgreSQL stays behind HAProxy)."""
-    return dataclasses.replace(target, redis=dataclasses.replace(target.redis, host=state.master))
+    """``target`` with PostgreSQL through the endpoint on the leader's host (a host that is up) and
+    Redis on the master the Sentinels agree on; each stays where it was when ``state`` names none."""
+    postgres, redis_target = target.postgres, target.redis
+    if len(state.leaders) == 1:
+        postgres = dataclasses.replace(postgres, host=state.leaders[0])
+    if state.master:
+        redis_target = dataclasses.replace(redis_target, host=state.master)
+    return dataclasses.replace(target, postgres=postgres, redis=redis_target)
 
 
 def ensure_database(target: PostgresTarget, deadline_s: float) -> bool:

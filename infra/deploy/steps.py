@@ -44,6 +44,15 @@ class _Phases:
         self._last = now
 
 
+def verify(target: Target, deadline_s: float = 30.0, migration_dir: Path = migration_files.DEFAULT_DIR) -> Report:
+    """Every check of both services; a replicated stack's on its leader and master (``target``
+    resolved), and the cluster's own."""
+    report = run_checks(target.postgres, target.redis, deadline_s=deadline_s, migration_dir=migration_dir)
+    if target.cluster:
+        report = Report(report.checks + replicated.checks(target, deadline_s))
+    return report
+
+
 def run(target: Target, actor: str | None = None, migration_dir: Path = migration_files.DEFAULT_DIR,
         deadline_s: float = 60.0) -> Result:
     """Wait for both services to answer, bring the stored PostgreSQL password in line with the
@@ -69,9 +78,7 @@ def run(target: Target, actor: str | None = None, migration_dir: Path = migratio
     phases.done("credentials")
     outcome = migrations.migrate(target.postgres, actor, migration_dir, deadline_s=deadline_s)
     phases.done("migrate")
-    report = run_checks(target.postgres, target.redis, deadline_s=deadline_s, migration_dir=migration_dir)
-    if target.cluster:
-        report = Report(report.checks + replicated.checks(target, deadline_s))
+    report = verify(target, deadline_s, migration_dir)
     phases.done("verify")
     if not report.ok:
         raise VerificationFailed(report)

@@ -142,8 +142,8 @@ def refuse_replicated(name: str) -> None:
     data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     if is_replicated((data.get("config") or {}).get(f"{PROJECT}:{TOPOLOGY_KEY}")):
         raise StackError(f"stack '{name}' uses the replicated topology, which `python -m infra` does not manage yet "
-                         f"beyond `status`; nothing was done. Use `pulumi preview|up|destroy --stack {name}` "
-                         f"(docs/replicated.md)")
+                         f"beyond `status`, `verify`, `plan`, `migrate` and `baseline`; nothing was done. Use "
+                         f"`pulumi preview|up|destroy --stack {name}` (docs/replicated.md)")
 
 
 @contextmanager
@@ -707,9 +707,15 @@ def deployed_target(name: str, settings: Optional[Settings] = None) -> Target:
 @contextmanager
 def reached(name: str, settings: Optional[Settings] = None) -> Iterator[Target]:
     """A deployed stack's target, reachable for one command (through an SSH tunnel on a remote
-    host, with docker CLI calls going there too)."""
-    with dockerhost.reach(deployed_target(name, settings)) as target:
-        yield target
+    host, with docker CLI calls going there too; a replicated stack's members answer on their own
+    addresses: PostgreSQL through the endpoint on the leader's host, Redis on its master)."""
+    target = deployed_target(name, settings)
+    if target.cluster:
+        from infra.deploy import replicated  # the database clients load for a replicated stack only
+        yield replicated.resolve(target, replicated.read_state(target.cluster, target.redis.port, target.redis.password))
+        return
+    with dockerhost.reach(target) as reached:
+        yield reached
 
 
 def stack_config(name: str, settings: Optional[Settings] = None) -> StackConfig:

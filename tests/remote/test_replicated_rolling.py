@@ -74,24 +74,11 @@ def rotates_every_password_under_load(hosts, stack, first_id: int) -> None:
     for secret, key in ((pg_password, "postgresPassword"), (redis_password, "redisPassword"),
                         (sentinel_password, "sentinelPassword")):
         secret.value = new[key]
-    began = time.monotonic()
-    result = stack.up(color="never")
-    took, done = time.monotonic() - began, time.monotonic()
-    until("writes after the rotation", lambda: min(pg_writer.acknowledged[-1][1], redis_writer.acknowledged[-1][1])
-          > done, 60)
-    for writer in (pg_writer, redis_writer):
-        writer.stop.set()
-        writer.join(30)
-    report = (f"rotation: up took {took:.1f} s; {summary('PostgreSQL', pg_writer, began)}; "
-              f"{summary('Redis', redis_writer, began)}")
-    print(report)
+    result, began, report = up_while_writing(stack, pg_writer, redis_writer, "rotation")
     said = result.stdout + result.stderr
     assert not any(value in said for value in (*old.values(), *new.values())), "a password in up's output"
     assert result.outputs["verificationChecks"].value == 26, report
-    with connect(addresses[1], cluster.HAPROXY_PRIMARY_PORT) as conn:
-        stored = {row for (row,) in conn.execute("SELECT id FROM acked")}
-    assert not pg_writer.ids() - stored, f"acknowledged commits lost; {report}"
-    assert not redis_writer.lost(), f"acknowledged Redis writes lost; {report}"
+    nothing_lost(connect, addresses[1], pg_writer, redis_writer, report)
     assert max(pg_writer.longest_gap(began), redis_writer.longest_gap(began)) < 10, report
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         replicated_stacks.postgres_connector(old["postgresPassword"])(addresses[0], cluster.HAPROXY_PRIMARY_PORT)
@@ -105,6 +92,32 @@ def rotates_every_password_under_load(hosts, stack, first_id: int) -> None:
     # Every replica streams again after its Patroni restarted with the new replication password.
     until("a whole cluster after the rotation", whole(addresses), 60)
     assert set(stack.preview(color="never").change_summary) == {"same"}
+
+
+def up_while_writing(stack, pg_writer, redis_writer, what: str):
+    """`up` while both writers write, until both wrote after it; then they stop. The result, when `up`
+    began, and a report of what the writers saw (printed)."""
+    began = time.monotonic()
+    result = stack.up(color="never")
+    took, done = time.monotonic() - began, time.monotonic()
+    until(f"writes after the {what} change", lambda: min(pg_writer.acknowledged[-1][1],
+                                                         redis_writer.acknowledged[-1][1]) > done, 60)
+    for writer in (pg_writer, redis_writer):
+        writer.stop.set()
+        writer.join(30)
+    report = (f"{what}: up took {took:.1f} s; {summary('PostgreSQL', pg_writer, began)}; "
+              f"{summary('Redis', redis_writer, began)}")
+    print(report)
+    return result, began, report
+
+
+def nothing_lost(connect, address: str, pg_writer, redis_writer, report: str) -> None:
+    """Every commit and write the writers saw acknowledged is there (PostgreSQL read through ``address``)."""
+    with connect(address, cluster.HAPROXY_PRIMARY_PORT) as conn:
+        stored = {row for (row,) in conn.execute("SELECT id FROM acked")}
+    missing = pg_writer.ids() - stored
+    assert not missing, f"{len(missing)} acknowledged commits lost: {sorted(missing)[:10]}; {report}"
+    assert not redis_writer.lost(), f"acknowledged Redis writes lost: {sorted(redis_writer.lost())[:10]}; {report}"
 
 
 def summary(name: str, writer, since: float) -> str:
@@ -171,25 +184,9 @@ def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_ac
                                                          len(redis_writer.acknowledged)) >= 20, 30)
         stack.set_config("sin-datastores:postgresMemoryMb", auto.ConfigValue("640"))
         stack.set_config("sin-datastores:redisMemoryMb", auto.ConfigValue("320"))
-        began = time.monotonic()
-        result = stack.up(color="never")
-        took = time.monotonic() - began
-        done = time.monotonic()
-        until("writes after the up", lambda: min(pg_writer.acknowledged[-1][1], redis_writer.acknowledged[-1][1])
-              > done, 60)
-        for writer in (pg_writer, redis_writer):
-            writer.stop.set()
-            writer.join(30)
-
-        report = (f"up took {took:.1f} s; {summary('PostgreSQL', pg_writer, began)}; "
-                  f"{summary('Redis', redis_writer, began)}")
-        print(report)
+        result, began, report = up_while_writing(stack, pg_writer, redis_writer, "memory")
         assert result.outputs["verificationChecks"].value == 26, report
-        with connect(addresses[1], cluster.HAPROXY_PRIMARY_PORT) as conn:
-            stored = {row for (row,) in conn.execute("SELECT id FROM acked")}
-        missing = pg_writer.ids() - stored
-        assert not missing, f"{len(missing)} acknowledged commits lost: {sorted(missing)[:10]}; {report}"
-        assert not redis_writer.lost(), f"acknowledged Redis writes lost: {sorted(redis_writer.lost())[:10]}; {report}"
+        nothing_lost(connect, addresses[1], pg_writer, redis_writer, report)
 
         # Both servers were replaced on every host (the Sentinels' settings did not change), one host after
         # the other, the primary's host last; no client waited as long as a failover takes (20 s and more).

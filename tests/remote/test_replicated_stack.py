@@ -4,6 +4,7 @@ under a writer that records every acknowledged commit."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -97,6 +98,18 @@ def test_a_replicated_stack_comes_up_serves_its_clients_and_survives_losing_or_c
     assert code == 0 and shown.startswith(f"stack {stack.name}: healthy"), shown
     member_lines = [line.split() for line in shown.splitlines() if line.split()[:1] in [[a] for a in addresses]]
     assert sorted(words[0] for words in member_lines) == sorted(addresses), shown
+    # The day-2 commands that work on it, on its leader and master: verify, plan, migrate.
+    settings = replicated_stacks.settings(tmp_path)
+    verified = cli(settings, "verify", "--stack", stack.name, "--json", timeout_s=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    checks = {c["name"]: c["ok"] for c in json.loads(verified.stdout)["checks"]}
+    assert len(checks) == 26 and all(checks.values()) and "cluster.sentinels_agree" in checks, checks
+    planned = cli(settings, "plan", "--stack", stack.name, "--json", timeout_s=120)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    plan = json.loads(planned.stdout)
+    migrated = cli(settings, "migrate", "--stack", stack.name, timeout_s=120)
+    assert plan["pending"] == [] and migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert migrated.stdout.strip().endswith(f"0 applied, {len(plan['applied'])} already applied"), migrated.stdout
 
     def fail_the_leader(fault: str) -> None:
         """The leader's host lost (its engine gone, every container at once) or cut off (its link

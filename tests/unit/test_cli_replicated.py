@@ -1,5 +1,5 @@
 """`python -m infra` refuses a replicated stack, before anything runs, with exit 2 and what to use instead;
-except `status`."""
+except `status`, `verify`, `plan`, `migrate` and `baseline`."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ def test_a_replicated_stack_is_refused_before_anything_runs(tmp_path, monkeypatc
     path.write_text("config:\n  sin-datastores:topology: replicated\n")
     monkeypatch.setattr(stacks, "config_file", lambda name: path)
     monkeypatch.setattr(stacks, "open_stack", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
-    assert cli.main(["verify", "--stack", "prod"]) == 2
+    assert cli.main(["backup", "--stack", "prod"]) == 2
     assert capsys.readouterr().err.strip() == (
         "sin-datastores: error: stack 'prod' uses the replicated topology, which `python -m infra` does not manage yet "
-        "beyond `status`; nothing was done. Use `pulumi preview|up|destroy --stack prod` (docs/replicated.md)")
+        "beyond `status`, `verify`, `plan`, `migrate` and `baseline`; nothing was done. Use "
+        "`pulumi preview|up|destroy --stack prod` (docs/replicated.md)")
 
 
-def test_status_of_a_replicated_stack_goes_on(tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", [["status"], ["verify"], ["plan"], ["migrate"], ["baseline", "--version", "1"]])
+def test_what_works_on_a_replicated_stack_goes_on(tmp_path, monkeypatch, command):
     path = tmp_path / "Pulumi.prod.yaml"
     path.write_text("config:\n  sin-datastores:topology: replicated\n")
     monkeypatch.setattr(stacks, "config_file", lambda name: path)
@@ -29,7 +31,7 @@ def test_status_of_a_replicated_stack_goes_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(stacks, "open_stack", lambda *a, **k: (_ for _ in ()).throw(Opened()))
     with pytest.raises(Opened):
-        cli.main(["status", "--stack", "prod"])
+        cli.main([*command[:1], "--stack", "prod", *command[1:]])
 
 
 def test_a_single_host_stack_goes_on(tmp_path, monkeypatch):

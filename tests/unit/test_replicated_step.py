@@ -91,9 +91,20 @@ def test_waiting_ends_once_whole_and_names_what_is_missing_at_the_deadline(monke
             {"host": "10.9.0.4", "role": "replica", "state": "streaming", "lag": 0}]))
 
 
-def test_redis_is_resolved_to_the_master_the_sentinels_agree_on():
-    moved = replicated.resolve(TARGET, whole(masters={a: "10.9.0.4" for a in ADDRESSES}))
-    assert (moved.redis.host, moved.redis.port, moved.postgres.host) == ("10.9.0.4", 6379, "10.9.0.2")
+def test_redis_is_resolved_to_the_master_the_sentinels_agree_on_postgres_to_the_leader_s_endpoint():
+    moved = replicated.resolve(TARGET, whole(masters={a: "10.9.0.4" for a in ADDRESSES}, patroni=[
+        {"host": "10.9.0.2", "role": "replica"}, {"host": "10.9.0.3", "role": "leader"}]))
+    assert (moved.redis.host, moved.redis.port, moved.postgres.host, moved.postgres.port) == (
+        "10.9.0.4", 6379, "10.9.0.3", 5000)
+
+
+@pytest.mark.parametrize("state", [
+    pytest.param(whole(patroni=[], masters={a: None for a in ADDRESSES}), id="nothing answers"),
+    pytest.param(whole(patroni=[{"host": a, "role": "leader"} for a in ADDRESSES[:2]],
+                       masters={"10.9.0.2": "10.9.0.2", "10.9.0.3": "10.9.0.3", "10.9.0.4": None}), id="disputed"),
+])
+def test_without_one_leader_or_an_agreed_master_the_target_stays_where_it_was(state):
+    assert replicated.resolve(TARGET, state) == TARGET
 
 
 def test_the_target_survives_the_wire():
