@@ -130,8 +130,11 @@ def refuses_what_the_hosts_already_hold(hosts, stack) -> None:
     """Before a first `up`: a process listening on the third host's PostgreSQL port and a container with the
     second host's etcd name stop `preview` and `up`, each named with its host; nothing is created anywhere."""
     third, second = hosts[2], hosts[1]
+    # It binds as servers do (SO_REUSEADDR): a test before this one may leave connections in TIME_WAIT there.
     listener = subprocess.Popen(["nsenter", f"--net={third.netns_path}", "--", "python3", "-c",
-                                 f"import socket, time; s = socket.socket(); s.bind(('{third.address}', 5432)); "
+                                 f"import socket, time; s = socket.socket(); "
+                                 f"s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                                 f"s.bind(('{third.address}', 5432)); "
                                  f"s.listen(); print('listening', flush=True); time.sleep(600)"],
                                 stdout=subprocess.PIPE, text=True)
     squatter = cluster.container_name(stack.name, "etcd")
