@@ -75,5 +75,5 @@ class PasswordRotation(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: PasswordRotationArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("sin-datastores:index:PasswordRotation", name, None, opts)
-        self.step = PasswordRotationStep(f"{name}-step", args, pulumi.ResourceOptions(parent=self))
+        PasswordRotationStep(f"{name}-step", args, pulumi.ResourceOptions(parent=self))
         self.register_outputs({})

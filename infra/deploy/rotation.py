@@ -31,17 +31,13 @@ from typing import Callable, Iterable, Optional, Sequence
 import psycopg
 import redis
 from psycopg import sql
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from infra.core.cluster import REPLICATION_USER, SECRET_SETTINGS, ClusterSecrets
-from infra.core.connect import CONNECT_TIMEOUT_S, AuthRejected, ConnectError, connect_postgres
+from infra.core.connect import AuthRejected, ConnectError, connect_postgres, connect_redis
 from infra.core.errors import OperationFailed
 from infra.core.targets import Target
 from infra.deploy.credentials import scram_verifier
-
-MAINTENANCE_DB = "postgres"
-REDIS_TIMEOUT_S = 5.0
+from infra.deploy.replicated import MAINTENANCE_DB
 
 
 class RotationRefused(OperationFailed):
@@ -53,7 +49,7 @@ class RotationFailed(OperationFailed):
     """A server refused a step of the rotation; the next run finishes it."""
 
 
-def changed_settings(previous: Optional[ClusterSecrets], configured: ClusterSecrets) -> list[str]:
+def changed_fields(previous: Optional[ClusterSecrets], configured: ClusterSecrets) -> list[str]:
     """The fields of ``configured`` that differ from ``previous`` (none without a previous)."""
     if previous is None:
         return []
@@ -66,7 +62,7 @@ def rotate(target: Target, configured: ClusterSecrets, previous: Optional[Cluste
     password), so a refusal or a server out of reach changes nothing. Without ``previous`` (a new
     cluster, or a stack made before rotation was there) nothing is changed, and every server that
     answers must take the configured passwords."""
-    changed = changed_settings(previous, configured)
+    changed = changed_fields(previous, configured)
 
     def passwords(field: str) -> list[str]:
         return [getattr(configured, field), *([getattr(previous, field)] if field in changed else [])]
@@ -80,10 +76,10 @@ def rotate(target: Target, configured: ClusterSecrets, previous: Optional[Cluste
                         lambda address, password: _postgres(target, address, password),
                         f"PostgreSQL (port {target.postgres.port})")
         _reach_each(members, cl.members, "redis", passwords("redis"), "redis" in changed,
-                    lambda address, password: _redis(address, target.redis.port, password),
+                    lambda address, password: _redis(target, address, target.redis.port, password),
                     f"Redis (port {target.redis.port})")
         _reach_each(sentinels, cl.members, "sentinel", passwords("sentinel"), bool({"redis", "sentinel"} & set(changed)),
-                    lambda address, password: _redis(address, cl.sentinel_port, password),
+                    lambda address, password: _redis(target, address, cl.sentinel_port, password),
                     f"Sentinel (port {cl.sentinel_port})")
         if "sentinel" in changed:
             _step(secrets, _rotate_sentinels, sentinels.values(), configured.sentinel)
@@ -103,19 +99,8 @@ def _postgres(target: Target, address: str, password: str) -> psycopg.Connection
     return connect_postgres(where, 0, password=password)
 
 
-def _redis(address: str, port: int, password: str) -> redis.Redis:
-    """One attempt: redis-py's own retries would try a refused password again, and wait for a dead server."""
-    client = redis.Redis(host=address, port=port, password=password, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                         socket_timeout=REDIS_TIMEOUT_S, decode_responses=True, retry=Retry(NoBackoff(), 0))
-    try:
-        client.ping()
-    except redis.AuthenticationError:
-        client.close()
-        raise AuthRejected(f"Redis {address}:{port} rejected the credentials") from None
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        client.close()
-        raise ConnectError(f"Redis {address}:{port} did not answer: {type(exc).__name__}") from None
-    return client
+def _redis(target: Target, address: str, port: int, password: str) -> redis.Redis:
+    return connect_redis(dataclasses.replace(target.redis, host=address, port=port), 0, password=password)
 
 
 def _reach(addresses: Sequence[str], field: str, passwords: Sequence[str], required: bool,
