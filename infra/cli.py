@@ -255,10 +255,11 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m infra", description=__doc__.splitlines()[0])
     sub = root.add_subparsers(dest="command", required=True)
 
-    def command(name: str, handler, help_: str) -> argparse.ArgumentParser:
+    def command(name: str, handler, help_: str, replicated: bool = False) -> argparse.ArgumentParser:
+        """``replicated``: the command works on a replicated stack too (on its leader and master: stacks.reached)."""
         p = sub.add_parser(name, help=help_)
         p.add_argument("--stack", required=True, help="stack name, e.g. dev")
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, replicated=replicated)
         return p
 
     for name, handler, help_ in (("up", cmd_up, "create or update the stack, then print endpoints and report"),
@@ -274,21 +275,16 @@ def parser() -> argparse.ArgumentParser:
                                 "or a lost data volume created empty")
     command("down", cmd_down, "destroy the stack's resources").add_argument(
         "--remove", action="store_true", help="also remove the stack from the backend (its config file stays)")
-    # These work on a replicated stack too: on its leader and its master (stacks.reached).
-    p = command("plan", cmd_plan, "list pending migrations; applies nothing")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(replicated=True)
-    command("migrate", cmd_migrate, "apply pending migrations").set_defaults(replicated=True)
-    p = command("verify", cmd_verify, "verify both services (a replicated stack: and its cluster)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(replicated=True)
-    p = command("baseline", cmd_baseline, "mark migrations up to a version as applied")
-    p.add_argument("--version", type=int, required=True)
-    p.set_defaults(replicated=True)
-    p = command("status", cmd_status, "containers (a replicated stack: its members), monitoring figures, "
-                "pending migrations, audit; exit 1 when unhealthy")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(replicated=True)
+    command("plan", cmd_plan, "list pending migrations; applies nothing", replicated=True).add_argument(
+        "--json", action="store_true")
+    command("migrate", cmd_migrate, "apply pending migrations", replicated=True)
+    command("verify", cmd_verify, "verify both services (a replicated stack: and its cluster)",
+            replicated=True).add_argument("--json", action="store_true")
+    command("baseline", cmd_baseline, "mark migrations up to a version as applied", replicated=True).add_argument(
+        "--version", type=int, required=True)
+    command("status", cmd_status, "containers (a replicated stack: its members), monitoring figures, "
+            "pending migrations, audit; exit 1 when unhealthy", replicated=True).add_argument(
+        "--json", action="store_true")
     p = command("backup", cmd_backup, "back up PostgreSQL (pg_dump -Fc) and Redis (BGSAVE + AOF copy)")
     p.add_argument("--to", type=Path, default=stacks.HOME / "backups",
                    help="backup root; the backup lands in ROOT/STACK/<UTC time>/ (default %(default)s)")

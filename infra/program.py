@@ -157,6 +157,7 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
     from infra.deploy import replicated  # the database clients load for a replicated stack only
     return replicated.primaries(cluster_target(cfg))
 
+
 def refuse_changed_host_list(cfg: stack_config.StackConfig, running: dict[str, frozenset[str]]) -> None:
     """Refuse a host list other than the one the running members were started with (``running``:
     per host, in the list's order, its member's list). A member cannot yet be added or removed

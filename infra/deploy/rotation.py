@@ -53,7 +53,8 @@ def changed_fields(previous: Optional[ClusterSecrets], configured: ClusterSecret
     """The fields of ``configured`` that differ from ``previous`` (none without a previous)."""
     if previous is None:
         return []
-    return [f.name for f in dataclasses.fields(ClusterSecrets) if getattr(previous, f.name) != getattr(configured, f.name)]
+    names = [f.name for f in dataclasses.fields(ClusterSecrets)]
+    return [name for name in names if getattr(previous, name) != getattr(configured, name)]
 
 
 def rotate(target: Target, configured: ClusterSecrets, previous: Optional[ClusterSecrets]) -> list[str]:
@@ -78,7 +79,8 @@ def rotate(target: Target, configured: ClusterSecrets, previous: Optional[Cluste
         _reach_each(members, cl.members, "redis", passwords("redis"), "redis" in changed,
                     lambda address, password: _redis(target, address, target.redis.port, password),
                     f"Redis (port {target.redis.port})")
-        _reach_each(sentinels, cl.members, "sentinel", passwords("sentinel"), bool({"redis", "sentinel"} & set(changed)),
+        _reach_each(sentinels, cl.members, "sentinel", passwords("sentinel"),
+                    "redis" in changed or "sentinel" in changed,
                     lambda address, password: _redis(target, address, cl.sentinel_port, password),
                     f"Sentinel (port {cl.sentinel_port})")
         if "sentinel" in changed:

@@ -135,9 +135,9 @@ def config_file(name: str) -> Path:
 
 
 def refuse_replicated(name: str) -> None:
-    """`python -m infra` manages the ADR's single host only, so far (of a replicated stack it shows
-    the `status`); a replicated stack is refused before anything runs (docs/replicated.md says what
-    manages it)."""
+    """`python -m infra` manages the ADR's single host only, so far (on a replicated stack it runs
+    `status`, `verify`, `plan`, `migrate` and `baseline`); a replicated stack is refused before
+    anything else runs (docs/replicated.md says what manages it)."""
     path = config_file(name)
     data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     if is_replicated((data.get("config") or {}).get(f"{PROJECT}:{TOPOLOGY_KEY}")):
@@ -712,7 +712,8 @@ def reached(name: str, settings: Optional[Settings] = None) -> Iterator[Target]:
     target = deployed_target(name, settings)
     if target.cluster:
         from infra.deploy import replicated  # the database clients load for a replicated stack only
-        yield replicated.resolve(target, replicated.read_state(target.cluster, target.redis.port, target.redis.password))
+        state = replicated.read_state(target.cluster, target.redis.port, target.redis.password)
+        yield replicated.resolve(target, state)
         return
     with dockerhost.reach(target) as reached:
         yield reached

@@ -45,7 +45,8 @@ def servers(pg_server, pg_target):
             f"sentinel auth-pass {MASTER} {OLD.redis}"])
         started.append(sentinel)
         target = Target("itest", dataclasses.replace(pg_target, user=ADMIN, password=OLD.superuser),
-                        master.target(), cluster=ClusterTarget(("127.0.0.1",), 8008, sentinel.port, OLD.sentinel, MASTER))
+                        master.target(),
+                        cluster=ClusterTarget(("127.0.0.1",), 8008, sentinel.port, OLD.sentinel, MASTER))
         yield target, master, sentinel
     finally:
         for server in started:
