@@ -3,6 +3,8 @@ with host networking, secrets only in uploads; the step's target and the exporte
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import yaml
 
@@ -95,6 +97,12 @@ def test_every_container_waits_for_the_passwords_to_be_set_on_the_running_server
         "patroni_rest": CLUSTER_SECRETS["patroniRestPassword"], "redis": REDIS_PASSWORD,
         "sentinel": CLUSTER_SECRETS["sentinelPassword"]}
     assert list(unwrap(step.inputs["target"])["cluster"]["members"]) == list(ADDRESSES)
+    assert replicated.options["passwords-step"].additional_secret_outputs == ["target", "secrets"]
+    # Its provider is in the state by module and class name (no instance state): keep both.
+    assert step.typ == "pulumi-python:dynamic:Resource" and is_secret(step.inputs["__provider"])
+    pickled = base64.b64decode(unwrap(step.inputs["__provider"]))
+    assert b"infra.components.rotation" in pickled and b"_RotationProvider" in pickled and len(pickled) < 200
+    assert [r.name for r in replicated.of_type("sin-datastores:index:PasswordRotation")] == ["passwords"]
     for container in replicated.of_type(CONTAINER):
         assert any(urn.endswith("::passwords-step") for urn in replicated.dependencies[container.name]), container.name
 

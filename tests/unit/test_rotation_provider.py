@@ -36,8 +36,8 @@ def rotations(monkeypatch):
 
 
 def test_a_changed_password_is_an_update_in_place_and_nothing_else_is():
-    assert (_RotationProvider().diff("prod", DEPLOYED, ROTATED).changes,
-            _RotationProvider().diff("prod", DEPLOYED, ROTATED).replaces) == (True, [])
+    answer = _RotationProvider().diff("prod", DEPLOYED, ROTATED)
+    assert (answer.changes, answer.replaces, answer.delete_before_replace) == (True, [], False)
     moved = {**DEPLOYED, "target": {**TARGET, "postgres": {**TARGET["postgres"], "host": "10.9.0.3"}}}
     assert _RotationProvider().diff("prod", DEPLOYED, moved).changes is False
 
