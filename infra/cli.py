@@ -22,7 +22,6 @@ from infra.backupagent import BackupAgentError
 from infra.core import dockerhost
 from infra.core.errors import SinError
 from infra.deploy import migration_files, migrations, steps
-from infra.deploy.checks import run_checks
 from infra.deploy.registry import default_actor
 from infra.driver import previews, pulumi_errors, stacks, teststacks
 from infra.ops import adopt, agentstatus, move_state, pitr, status, take_back
@@ -55,7 +54,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     say(f"update {result.summary.result}; changes: {changes or 'none'}")
     print_endpoints(result.outputs)
     with dockerhost.reach(stacks.target_from_outputs(args.stack, result.outputs, stacks.docker_host_of(stack))) as target:
-        report = run_checks(target.postgres, target.redis)
+        report = steps.verify(target)
     print(report.table())
     return 0 if report.ok else 1
 

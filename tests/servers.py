@@ -141,15 +141,30 @@ class RedisServer:
         process = subprocess.Popen([binary, str(workdir / "redis.conf"), *(["--sentinel"] if sentinel else [])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server = cls(process, workdir, port, password)
+        try:
+            server._wait_ready(password)
+        except RuntimeError:
+            server.stop()
+            raise
+        return server
+
+    def restart(self, password: str) -> None:
+        """Stop the server and start it again on the config file it may have rewritten; ``password``:
+        the one it takes now."""
+        self.process.terminate()
+        self.process.wait(10)
+        self.process = subprocess.Popen(self.process.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_ready(password)
+
+    def _wait_ready(self, password: str | None) -> None:
         deadline = time.monotonic() + 10
         while True:
             try:
-                redis_lib.Redis(port=port, password=password, socket_connect_timeout=1).ping()
-                return server
+                redis_lib.Redis(port=self.port, password=password, socket_connect_timeout=1).ping()
+                return
             except redis_lib.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    server.stop()
-                    raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port}")
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on 127.0.0.1:{self.port}")
                 time.sleep(0.02)
 
     def target(self, major_version: int = 7) -> RedisTarget:

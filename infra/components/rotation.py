@@ -18,6 +18,7 @@ import pulumi.dynamic as dynamic
 
 from infra.components.postdeploy import EngineBoundProvider, StepFailed
 from infra.core.cluster import ClusterSecrets
+from infra.core.targets import Target
 
 
 class _RotationProvider(EngineBoundProvider):
@@ -42,7 +43,6 @@ class _RotationProvider(EngineBoundProvider):
 
 def _rotate(props: dict[str, Any], previous: Optional[ClusterSecrets]) -> None:
     """Run the plain rotation (imported here, in the provider's process only); a failure is its own words."""
-    from infra.core.targets import Target
     from infra.deploy import rotation
 
     try:

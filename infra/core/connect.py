@@ -61,16 +61,16 @@ def _retry(what: str, attempt: Callable[[], T], is_auth_error: Callable[[Excepti
             return attempt()
         except transient as exc:
             if is_auth_error(exc):
-                raise AuthRejected(f"{what} rejected the credentials: {_first_line(exc)}; the stack's configured password "
+                raise AuthRejected(f"{what} rejected the credentials: {first_line(exc)}; the stack's configured password "
                                    f"differs from the service's: `python -m infra up` sets PostgreSQL's from the "
                                    f"configuration (postgresPassword / redisPassword)") from None
             if time.monotonic() + 0.01 >= give_up:
-                raise ConnectError(f"{what} did not answer within {round(deadline_s, 1):g} s: {_first_line(exc)}; check that its "
+                raise ConnectError(f"{what} did not answer within {round(deadline_s, 1):g} s: {first_line(exc)}; check that its "
                                    f"container runs and is healthy (`python -m infra status`)") from None
             time.sleep(min(next(delays), max(0.0, give_up - time.monotonic())))
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

@@ -33,7 +33,7 @@ import redis
 from psycopg import sql
 
 from infra.core.cluster import REPLICATION_USER, SECRET_SETTINGS, ClusterSecrets
-from infra.core.connect import AuthRejected, ConnectError, connect_postgres, connect_redis
+from infra.core.connect import AuthRejected, ConnectError, connect_postgres, connect_redis, first_line
 from infra.core.errors import OperationFailed
 from infra.core.targets import Target
 from infra.deploy.credentials import scram_verifier
@@ -161,7 +161,7 @@ def _step(secrets: Sequence[str], rotation: Callable, *args) -> None:
     try:
         rotation(*args)
     except (redis.RedisError, psycopg.Error) as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = first_line(exc)
         for secret in secrets:
             text = text.replace(secret, "***")
         raise RotationFailed(f"changing the cluster's passwords stopped half-way ({text}); the servers take the "

@@ -6,7 +6,6 @@ the servers refuse, or a server out of reach, changes nothing."""
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import time
 
 import psycopg
@@ -75,21 +74,6 @@ def accepted(target: Target, master: RedisServer, sentinel: RedisServer, secrets
             takes(target, master.port, secrets.redis), takes(target, sentinel.port, secrets.sentinel)]
 
 
-def restart(server: RedisServer, password: str) -> None:
-    """Stop the server and start it again on the file it rewrote."""
-    server.process.terminate()
-    server.process.wait(10)
-    server.process = subprocess.Popen(server.process.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            redis.Redis(port=server.port, password=password, socket_connect_timeout=1).ping()
-            return
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "it did not come back with the password it was rotated to"
-            time.sleep(0.05)
-
-
 def sentinel_sees_master(sentinel: RedisServer, password: str) -> bool:
     """The Sentinel's pings of the master are answered (with a refused auth-pass they get NOAUTH, which
     does not count), asked after more than a ping interval (1 s)."""
@@ -113,8 +97,8 @@ def test_every_changed_password_is_set_on_the_running_servers_and_kept_across_a_
     assert accepted(target, master, sentinel, NEW) == [True] * 4
     assert accepted(target, master, sentinel, OLD) == [False] * 4
     assert sentinel_sees_master(sentinel, NEW.sentinel)
-    restart(master, NEW.redis)
-    restart(sentinel, NEW.sentinel)
+    master.restart(NEW.redis)
+    sentinel.restart(NEW.sentinel)
     assert accepted(target, master, sentinel, NEW)[2:] == [True, True]
     assert accepted(target, master, sentinel, OLD)[2:] == [False, False]
     assert sentinel_sees_master(sentinel, NEW.sentinel)
@@ -130,7 +114,7 @@ def test_one_changed_password_leaves_the_others_as_they_are(servers, field, sett
     one = dataclasses.replace(OLD, **{field: getattr(NEW, field)})
     assert rotate(target, one, OLD) == [setting]
     server = master if field == "redis" else sentinel
-    restart(server, getattr(one, field))
+    server.restart(getattr(one, field))
     assert accepted(target, master, sentinel, one) == [True] * 4
     assert not takes(target, server.port, getattr(OLD, field))
     assert sentinel_sees_master(sentinel, one.sentinel)
