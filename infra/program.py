@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple, Optional
@@ -17,6 +18,7 @@ from infra.deploy import migration_files
 from infra.components.backupagent import BackupAgent, BackupAgentArgs
 from infra.components.common import labels
 from infra.components.network import NetworkArgs, SinNetwork
+from infra.components.membership import Membership, MembershipArgs
 from infra.components.postdeploy import PostDeploy, PostDeployArgs
 from infra.components.postgres import PostgresArgs, PostgresService
 from infra.components.rotation import PasswordRotation, PasswordRotationArgs
@@ -109,20 +111,22 @@ class HostLook(NamedTuple):
 
     unreachable: Optional[str]
     """Why the host cannot be reached; None: it can."""
-    running: frozenset[str] = frozenset()
-    """The host list the stack's member there runs with (empty: none runs there)."""
+    etcd_hosts: frozenset[str] = frozenset()
+    """The etcd hosts the stack's etcd member there runs with (empty: none runs there)."""
     taken: tuple[str, ...] = ()
     """What a new member there would collide with."""
 
 
 def look_at_cluster_host(cfg: stack_config.StackConfig, host: stack_config.ClusterHost) -> HostLook:
+    everyone = cluster.members(cfg.cluster.addresses)
+    me = cluster.Member(host.address)
     try:
         with dockerhost.session(host.docker) as current:
             engine = Engine.of(current.docker_env)
             if engine is None:
                 return HostLook(None)
             return HostLook(None, conflicts.cluster_hosts_on(engine, cfg.stack), tuple(conflicts.member_conflicts(
-                engine, cfg.stack, cfg.project, cluster.Member(host.address), cfg.cluster.patroni_image)))
+                engine, cfg.stack, cfg.project, me, cfg.cluster.patroni_image, me in cluster.etcd_hosts(everyone))))
     except (DockerHostError, EngineError) as exc:
         return HostLook(str(exc))
 
@@ -131,15 +135,15 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
     """Refuse a run that cannot reach every host of the cluster, before anything is declared, naming
     each host and why (the project's refresh fails on such a host first, in the docker provider's
     words; this speaks for a run without it). Nothing changes anywhere, so no healthy member is
-    touched because another host is down. The hosts are reached at once. Refused too: a host list
-    other than the running members' (:func:`refuse_changed_host_list`), a host where a new
-    member's names or ports are taken. Then read where the cluster takes writes, which a change
-    reaches last."""
+    touched because another host is down. The hosts are reached at once. Refused too: etcd's
+    hosts changed (:func:`refuse_moved_etcd`), a host where a new member's names or ports are
+    taken, a host list changed by more than one host (:func:`refuse_hosts_changed_at_once`).
+    Then read where the cluster takes writes, which a change reaches last, and who is in it."""
     hosts = cfg.cluster.hosts
     with ThreadPoolExecutor(len(hosts)) as pool:
         found = list(pool.map(lambda host: look_at_cluster_host(cfg, host), hosts))
     # A changed list first: a host added or swapped in is often one not set up yet.
-    refuse_changed_host_list(cfg, {host.address: seen.running for host, seen in zip(hosts, found) if seen.running})
+    refuse_moved_etcd(cfg, {host.address: seen.etcd_hosts for host, seen in zip(hosts, found) if seen.etcd_hosts})
     taken = [f"{host.docker.describe()}: {conflict}" for host, seen in zip(hosts, found) for conflict in seen.taken]
     if taken:
         raise pulumi.RunError(
@@ -155,23 +159,42 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
             f"PostgreSQL, HAProxy, Redis, Sentinel) cannot be read; the others keep serving (`python -m infra "
             f"status --stack {cfg.stack}` shows the cluster). Bring the host or SSH to it back, then run again.")
     from infra.deploy import replicated  # the database clients load for a replicated stack only
-    return replicated.primaries(cluster_target(cfg))
+    primaries = replicated.primaries(cluster_target(cfg))
+    refuse_hosts_changed_at_once(cfg, primaries.members)
+    return primaries
 
 
-def refuse_changed_host_list(cfg: stack_config.StackConfig, running: dict[str, frozenset[str]]) -> None:
-    """Refuse a host list other than the one the running members were started with (``running``:
-    per host, in the list's order, its member's list). A member cannot yet be added or removed
-    (each needs etcd's member add or remove first), and a list changed by two members or more
-    would also lose etcd's majority."""
-    wanted = frozenset(cfg.cluster.addresses)
+def _set_hosts_hint(cfg: stack_config.StackConfig) -> str:
+    return f"`pulumi config set replicatedHosts ssh://<user>@<address>,... --stack {cfg.stack}`"
+
+
+def refuse_moved_etcd(cfg: stack_config.StackConfig, running: dict[str, frozenset[str]]) -> None:
+    """Refuse a host list whose first hosts, which run etcd (:func:`infra.core.cluster.etcd_hosts`),
+    are not the ones the running etcd members were started with (``running``: per host, in the list's
+    order, its member's etcd hosts): moving an etcd member needs etcd's member add and remove, which
+    `up` does not do yet. Hosts after them come and go freely."""
+    wanted = frozenset(m.address for m in cluster.etcd_hosts(cluster.members(cfg.cluster.addresses)))
     other = {address: listed for address, listed in running.items() if listed != wanted}
     if other:
         address, listed = next(iter(other.items()))  # the first of the list
         raise pulumi.RunError(
-            f"replicatedHosts lists {', '.join(cfg.cluster.addresses)}, but the cluster running on {address} has "
-            f"the hosts {', '.join(sorted(listed))}: adding or removing a host is not supported yet, so nothing was "
-            f"previewed or changed on any host. Set replicatedHosts back to those hosts "
-            f"(`pulumi config set replicatedHosts ssh://<user>@<address>,... --stack {cfg.stack}`).")
+            f"replicatedHosts lists {', '.join(cfg.cluster.addresses)}, whose first {cluster.ETCD_SIZE} would run "
+            f"etcd, but the etcd member on {address} runs with {', '.join(sorted(listed))}: moving etcd to other "
+            f"hosts is not supported yet, so nothing was previewed or changed on any host. Keep those hosts first "
+            f"in the list, in any order; add or remove hosts after them ({_set_hosts_hint(cfg)}).")
+
+
+def refuse_hosts_changed_at_once(cfg: stack_config.StackConfig, members: frozenset[str]) -> None:
+    """Refuse a host list that adds or removes more than one host of the running cluster (``members``:
+    Patroni's; empty: no cluster yet): each host joins or leaves in an `up` of its own, so that a new
+    replica copies a whole cluster and the Sentinels' majority moves by one host at a time."""
+    added = [a for a in cfg.cluster.addresses if members and a not in members]
+    removed = sorted(members - frozenset(cfg.cluster.addresses))
+    if len(added) + len(removed) > 1:
+        raise pulumi.RunError(
+            f"replicatedHosts adds {', '.join(added) or 'no host'} and removes {', '.join(removed) or 'no host'} "
+            f"at once, so nothing was previewed or changed on any host: change one host per `up` "
+            f"({_set_hosts_hint(cfg)}, then `pulumi up`, for each).")
 
 
 def program(look: Callable[[stack_config.StackConfig], Optional[cluster.Primaries]] = look_at_host) -> None:
@@ -265,8 +288,10 @@ def cluster_target(cfg: stack_config.StackConfig) -> Target:
 def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primaries) -> None:
     """Declare every host's servers and the post-deploy step; export what clients need. A server
     with a health check changes on one host at a time, its primary's host last (``primaries``):
-    each waits for the one before it to be healthy again. Changed passwords are set on the running
-    servers before any container changes."""
+    each waits for the one before it to be healthy again; a host joining the running cluster comes
+    after them. Changed passwords are set on the running servers before any container changes; every
+    container goes before every host's membership, whose delete makes the others forget that host
+    (so a destroyed cluster has no server left to reset)."""
     cl, pg, rd = cfg.cluster, cfg.postgres, cfg.redis
     target = cluster_target(cfg)
     rotation = PasswordRotation("passwords", PasswordRotationArgs(target=target.to_dict(), secrets=cl.secrets))
@@ -274,18 +299,25 @@ def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primari
     images = {"etcd": cl.etcd_image, "patroni": cl.patroni_image, "haproxy": cl.haproxy_image, "redis": rd.image}
     names = {role: cluster.container_name(cfg.stack, role) for role in cluster.ROLES}
     role_labels = {role: labels(cfg.project, cfg.stack, role) for role in cluster.ROLES}
-    by_member, servers = {}, {}
+    by_member, servers, seats = {}, {}, {}
+    engines = {host.address: dataclasses.asdict(host.docker) for host in cl.hosts}
     for host, me in zip(cl.hosts, everyone):
         servers[me] = {s.role: s for s in cluster.servers(everyone, me, cfg.stack, pg.user, cl.secrets,
                                                           pg.memory_mb, rd.memory_mb)}
         by_member[me] = ClusterMember(f"member-{me.name}", ClusterMemberArgs(
-            images=images, names=names, labels=role_labels, retain_volumes=cfg.retain_volumes,
-            health_timeout_s=cfg.health_timeout_seconds),
+            images={s.image: images[s.image] for s in servers[me].values()}, names=names, labels=role_labels,
+            retain_volumes=cfg.retain_volumes, health_timeout_s=cfg.health_timeout_seconds),
             pulumi.ResourceOptions(providers=[docker_provider(host.docker, f"docker-{me.name}")]))
+        seats[me] = Membership(f"member-{me.name}-membership", MembershipArgs(
+            me.address, target.to_dict(), engines, cfg.health_timeout_seconds),
+            pulumi.ResourceOptions(parent=by_member[me], depends_on=[seats[everyone[0]]] if seats else []))
+    joining = frozenset(cl.addresses) - primaries.members if primaries.members else frozenset()
     for role in cluster.ROLES:
         before: list[pulumi.Resource] = []
-        for me in cluster.rolling_order(everyone, primaries.of(role)):
-            container = by_member[me].declare(servers[me][role], after=[rotation, *before])
+        for me in cluster.rolling_order(everyone, primaries.of(role), joining):
+            if role not in servers[me]:
+                continue
+            container = by_member[me].declare(servers[me][role], after=[rotation, *seats.values(), *before])
             before = [container] if cluster.one_at_a_time(servers[me][role], primaries) else []
     hosts = list(by_member.values())
     for member in hosts:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import subprocess
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from redis.sentinel import Sentinel
 
 from infra.core import cluster
 from infra.driver import stacks, teststacks
+from tests.polling import until
 from tests.remote_host import RemoteHostGroup
 
 def local_images() -> dict[str, str]:
@@ -154,3 +156,49 @@ def adr_node_clients(stack: auto.Stack, postgres_endpoint: str) -> dict:
                           input=json.dumps(secrets), capture_output=True, text=True, timeout=60,
                           env={**os.environ, "NODE_PATH": modules})
     return json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {"error": done.stderr[-500:]}
+
+
+def start_writers(stack: auto.Stack, sentinels: Sentinel, endpoints: list[str], connect, first_id: int, key: str):
+    """A PostgreSQL writer through the HAProxy of each of ``endpoints`` (from ``first_id``) and a Redis
+    writer on the master the Sentinels name (list ``key``), returned once both had writes acknowledged."""
+    from tests.cluster_clients import PostgresWriter, RedisWriter
+
+    pg_writer = PostgresWriter([(a, cluster.HAPROXY_PRIMARY_PORT) for a in endpoints], connect, first_id)
+    redis_writer = RedisWriter(redis_master(stack, sentinels, cluster.SENTINEL_MASTER_NAME), key)
+    for writer in (pg_writer, redis_writer):
+        writer.start()
+    until("both writers' first writes", lambda: min(len(pg_writer.acknowledged),
+                                                     len(redis_writer.acknowledged)) >= 20, 30)
+    return pg_writer, redis_writer
+
+
+def up_while_writing(stack, pg_writer, redis_writer, what: str):
+    """`up` while both writers write, until both wrote after it; then they stop. The result, when `up`
+    began, and a report of what the writers saw (printed)."""
+    began = time.monotonic()
+    result = stack.up(color="never")
+    took, done = time.monotonic() - began, time.monotonic()
+    until(f"writes after the {what} change", lambda: min(pg_writer.acknowledged[-1][1],
+                                                         redis_writer.acknowledged[-1][1]) > done, 60)
+    for writer in (pg_writer, redis_writer):
+        writer.stop.set()
+        writer.join(30)
+    report = (f"{what}: up took {took:.1f} s; {writer_summary('PostgreSQL', pg_writer, began)}; "
+              f"{writer_summary('Redis', redis_writer, began)}")
+    print(report)
+    return result, began, report
+
+
+def nothing_lost(connect, address: str, pg_writer, redis_writer, report: str) -> None:
+    """Every commit and write the writers saw acknowledged is there (PostgreSQL read through ``address``)."""
+    with connect(address, cluster.HAPROXY_PRIMARY_PORT) as conn:
+        stored = {row for (row,) in conn.execute("SELECT id FROM acked")}
+    missing = pg_writer.ids() - stored
+    assert not missing, f"{len(missing)} acknowledged commits lost: {sorted(missing)[:10]}; {report}"
+    assert not redis_writer.lost(), f"acknowledged Redis writes lost: {sorted(redis_writer.lost())[:10]}; {report}"
+
+
+def writer_summary(name: str, writer, since: float) -> str:
+    return (f"{name}: {len(writer.acknowledged)} acknowledged, {len([t for t in writer.failed_at if t > since])} "
+            f"failed ({writer.failures_in_a_row(since)} in a row at most), longest wait "
+            f"{writer.longest_gap(since):.1f} s ({writer.outage(since)})")

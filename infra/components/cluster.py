@@ -1,4 +1,4 @@
-"""One host of the replicated topology: its five servers (infra.core.cluster.servers) as containers
+"""One host of the replicated topology: its servers (infra.core.cluster.servers) as containers
 with host networking, each with its named volume and its uploaded files."""
 
 from __future__ import annotations

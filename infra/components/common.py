@@ -8,7 +8,7 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_docker as docker
 
-from infra.core.dockercli import LABEL_PREFIX
+from infra.core.dockercli import LABEL_PREFIX, STOP_GRACE_S
 
 # Rotate container logs instead of letting json-file grow without bound.
 LOG_OPTS = {"max-size": "10m", "max-file": "3"}
@@ -23,11 +23,6 @@ def labels(project: str, stack: str, role: str) -> dict[str, str]:
 def container_labels(values: Mapping[str, str]) -> list[docker.ContainerLabelArgs]:
     return [docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(values.items())]
 
-
-# How long `destroy` and a replacement wait for a container to stop before killing it: long
-# enough for PostgreSQL's shutdown checkpoint and Redis' final AOF write; they usually take
-# well under a second, and the wait ends when the container does.
-STOP_GRACE_S = 60
 
 
 def container_defaults(memory_mb: pulumi.Input[int], values: Mapping[str, str]) -> dict:

@@ -18,8 +18,9 @@ import stat
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pulumi
 import pulumi.dynamic as dynamic
@@ -32,7 +33,17 @@ TRIGGERS = ("target", "migrations", "container_ids")
 
 
 class StepFailed(Exception):
-    """The post-deploy step failed; the message is the step's own (no password in it)."""
+    """A dynamic resource's plain step failed; the message is the step's own (no password in it)."""
+
+
+@contextmanager
+def in_its_own_words() -> Iterator[None]:
+    """A plain step's failure as the engine shows it for the resource: its type and message, without
+    the chain of frames (whose arguments would hold the passwords)."""
+    try:
+        yield
+    except Exception as exc:
+        raise StepFailed(f"{type(exc).__name__}: {exc}") from None
 
 
 class EngineBoundProvider(dynamic.ResourceProvider):
@@ -69,10 +80,8 @@ def _run(props: dict[str, Any]) -> dict[str, Any]:
     """Run the plain step (imported here, in the provider's process only); a failure is its own words."""
     from infra.deploy import provider_step
 
-    try:
+    with in_its_own_words():
         return provider_step.run(props)
-    except Exception as exc:  # the engine shows it as the step's error
-        raise StepFailed(f"{type(exc).__name__}: {exc}") from None
 
 
 _watching = threading.Lock()

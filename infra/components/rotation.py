@@ -16,7 +16,7 @@ from typing import Any, Optional
 import pulumi
 import pulumi.dynamic as dynamic
 
-from infra.components.postdeploy import EngineBoundProvider, StepFailed
+from infra.components.postdeploy import EngineBoundProvider, in_its_own_words
 from infra.core.cluster import ClusterSecrets
 from infra.core.targets import Target
 
@@ -27,6 +27,16 @@ class _RotationProvider(EngineBoundProvider):
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
         _rotate(props, None)
         return dynamic.CreateResult(id_=props["target"]["stack"], outs=props)
+
+    def check(self, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.CheckResult:
+        """Refuse new passwords in the run that adds or removes a host: a joining host has no server to
+        take them yet, and a leaving one is forgotten with the passwords its state last had."""
+        if olds and olds.get("secrets") != news.get("secrets") and _hosts(olds) != _hosts(news):
+            return dynamic.CheckResult(news, [dynamic.CheckFailure("secrets", (
+                f"passwords changed in the same run as replicatedHosts ({', '.join(_hosts(olds))} -> "
+                f"{', '.join(_hosts(news))}); nothing was changed. Set the previous passwords back and run `up` "
+                f"for the hosts, then set the new ones and run `up` again."))])
+        return dynamic.CheckResult(news, [])
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
         """Only the passwords count: the addresses and ports in the target follow the configuration."""
@@ -41,14 +51,18 @@ class _RotationProvider(EngineBoundProvider):
         """Nothing to undo: the passwords live in the servers."""
 
 
+def _hosts(props: dict[str, Any]) -> list[str]:
+    """The cluster's addresses in the resource's target (the engine hands the provider plain values:
+    it accepts no secrets)."""
+    return list(props["target"]["cluster"]["members"])
+
+
 def _rotate(props: dict[str, Any], previous: Optional[ClusterSecrets]) -> None:
     """Run the plain rotation (imported here, in the provider's process only); a failure is its own words."""
     from infra.deploy import rotation
 
-    try:
+    with in_its_own_words():
         rotation.rotate(Target.from_dict(props["target"]), ClusterSecrets(**props["secrets"]), previous)
-    except Exception as exc:  # the engine shows it as the resource's error
-        raise StepFailed(f"{type(exc).__name__}: {exc}") from None
 
 
 @dataclass

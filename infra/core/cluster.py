@@ -1,7 +1,8 @@
 """The replicated topology as plain data: its members and the files each of their servers reads.
 
-Every host of the list runs, with Docker's host networking, an etcd member, PostgreSQL 16
-under Patroni, HAProxy, Redis and a Sentinel, each listening on that host's own address
+Every host of the list runs, with Docker's host networking, PostgreSQL 16 under Patroni,
+HAProxy, Redis and a Sentinel; the first three hosts also run etcd's three members. Each
+server listens on its host's own address
 (the address in its ``ssh://`` URL), which is also the address it announces to the others:
 nothing is published through NAT, so etcd's peer URLs, Patroni's connect addresses, Redis'
 replication and Sentinel's gossip all see the addresses clients use.
@@ -57,6 +58,9 @@ PATRONI_REST_USER = "patroni"
 SENTINEL_MASTER_NAME = "sin-redis"
 # Where Patroni keeps the cluster's keys in etcd (the scope, the stack, goes below it).
 ETCD_NAMESPACE = "/sin-datastores/"
+# etcd runs on the first this-many hosts of the list: three members keep a majority when one is
+# lost (the field's usual size), and the count stays odd as hosts after the third come and go.
+ETCD_SIZE = 3
 
 
 @dataclass(frozen=True)
@@ -151,10 +155,13 @@ ROLES = ("etcd", "patroni", "haproxy", "redis", "sentinel")
 @dataclass(frozen=True)
 class Primaries:
     """Where the cluster takes writes, as read before a run: Patroni's leader and the Redis master
-    the Sentinels agree on (None: no cluster yet, or no single answer)."""
+    the Sentinels agree on (None: no cluster yet, or no single answer); and who is in it."""
 
     postgres: Optional[str] = None
     redis: Optional[str] = None
+    members: frozenset[str] = frozenset()
+    """The hosts whose Patroni is in the running cluster (empty: no cluster yet); a listed host
+    not among them is joining it."""
 
     def of(self, role: str) -> Optional[str]:
         """The primary whose host a change of ``role`` reaches last (Sentinel follows Redis)."""
@@ -163,18 +170,26 @@ class Primaries:
 
 def one_at_a_time(server: Server, primaries: Primaries) -> bool:
     """Whether a change reaches ``server``'s role one host after the other, each waiting for the one
-    before to be healthy: every server with a health check, except etcd on a new cluster (no
-    leader yet): a member is healthy only within a majority, so those start together."""
-    return server.health is not None and (server.role != "etcd" or primaries.postgres is not None)
+    before to be healthy (HAProxy, which has no health check, to be started: replaced on every host
+    at once, it would cut every endpoint at once). On a new cluster (no leader yet) etcd's members
+    start together (a member is healthy only within a majority), and HAProxy waits for nothing."""
+    if server.role in ("etcd", "haproxy") and primaries.postgres is None:
+        return False
+    return server.health is not None or server.role == "haproxy"
 
 
-def rolling_order(cluster: Sequence[Member], primary: Optional[str]) -> tuple[Member, ...]:
+def rolling_order(cluster: Sequence[Member], primary: Optional[str],
+                  joining: frozenset[str] = frozenset()) -> tuple[Member, ...]:
     """The order in which a change reaches one role's containers, one host after the other: the
-    replicas in list order, the primary last, so that it restarts once and hands over to a replica
-    that is back and caught up. A new cluster (no primary) goes in list order: the first member
-    bootstraps (and is the seeded Redis master), the others copy it."""
-    last = [m for m in cluster if m.address == primary]
-    return tuple(m for m in cluster if m.address != primary) + tuple(last)
+    replicas in list order, the primary, so that it restarts once and hands over to a replica
+    that is back and caught up, then the hosts ``joining`` a running cluster (their PostgreSQL
+    copies the leader, which lets them in once its file lists them). A new cluster (no primary)
+    goes in list order: the first member bootstraps (and is the seeded Redis master), the others
+    copy it."""
+    staying = [m for m in cluster if m.address not in joining]
+    last = [m for m in staying if m.address == primary]
+    return (tuple(m for m in staying if m.address != primary) + tuple(last)
+            + tuple(m for m in cluster if m.address in joining))
 
 
 def patroni_health(me: Member) -> str:
@@ -195,12 +210,14 @@ def seeded(seed: str, config: str, *server_args: str) -> tuple[str, ...]:
 
 def servers(cluster: Sequence[Member], me: Member, scope: str, superuser: str, secrets: ClusterSecrets,
             postgres_memory_mb: int, redis_memory_mb: int, timing: ClusterTiming = ClusterTiming()) -> tuple[Server, ...]:
-    """The five servers of ``me``, in the order they start: etcd first, Patroni needs it."""
+    """The servers of ``me``, in the order they start: etcd first (on :func:`etcd_hosts` only),
+    Patroni needs it."""
     redis_config_path, sentinel_config_path = f"{REDIS_VOLUME_PATH}/redis.conf", f"{REDIS_VOLUME_PATH}/sentinel.conf"
-    return (
-        # Healthy: a member of a cluster with a leader (a linearizable read through this member).
-        Server("etcd", tuple(etcd_command(cluster, me, scope)), {}, ETCD_VOLUME_PATH, SMALL_SERVER_MEMORY_MB["etcd"],
-               f"etcdctl --endpoints=http://127.0.0.1:{ETCD_CLIENT_PORT} --command-timeout=3s endpoint health"),
+    # Healthy: a member of a cluster with a leader (a linearizable read through this member).
+    etcd = (Server("etcd", tuple(etcd_command(cluster, me, scope)), {}, ETCD_VOLUME_PATH,
+                   SMALL_SERVER_MEMORY_MB["etcd"],
+                   f"etcdctl --endpoints=http://127.0.0.1:{ETCD_CLIENT_PORT} --command-timeout=3s endpoint health"),)
+    return (etcd if me in etcd_hosts(cluster) else ()) + (
         Server("patroni", (), {PATRONI_CONFIG_FILE: patroni_config(cluster, me, scope, superuser, secrets, timing,
                                                                     postgres_memory_mb)},
                PATRONI_VOLUME_PATH, postgres_memory_mb, patroni_health(me)),
@@ -219,6 +236,11 @@ def servers(cluster: Sequence[Member], me: Member, scope: str, superuser: str, s
     )
 
 
+def etcd_hosts(cluster: Sequence[Member]) -> tuple[Member, ...]:
+    """The members that run etcd: the first :data:`ETCD_SIZE` of the list."""
+    return tuple(cluster[:ETCD_SIZE])
+
+
 def members(addresses: Sequence[str]) -> tuple[Member, ...]:
     """The members, in the order given; the first is the initial leader and Redis master."""
     for address in addresses:
@@ -229,7 +251,7 @@ def members(addresses: Sequence[str]) -> tuple[Member, ...]:
 def etcd_command(cluster: Sequence[Member], me: Member, token: str, state: str = "new") -> list[str]:
     """The etcd member's arguments. ``token`` keeps two clusters on one network apart;
     ``state`` is ``existing`` for a member joining a running cluster."""
-    initial = ",".join(f"{m.name}={m.url(ETCD_PEER_PORT)}" for m in cluster)
+    initial = ",".join(f"{m.name}={m.url(ETCD_PEER_PORT)}" for m in etcd_hosts(cluster))
     return [
         "--name", me.name,
         "--data-dir", ETCD_DATA_DIR,
@@ -243,17 +265,18 @@ def etcd_command(cluster: Sequence[Member], me: Member, token: str, state: str =
     ]
 
 
-def listening(me: Member) -> tuple[tuple[str, str, int], ...]:
+def listening(me: Member, runs_etcd: bool = True) -> tuple[tuple[str, str, int], ...]:
     """(role, address, port) of every socket ``me``'s servers listen on (their files and arguments
     below say the same): what must be free on a host before its member is created."""
     loopback = "127.0.0.1"
-    return (("etcd", me.address, ETCD_CLIENT_PORT), ("etcd", loopback, ETCD_CLIENT_PORT),
-            ("etcd", me.address, ETCD_PEER_PORT),
-            ("patroni", me.address, POSTGRES_PORT), ("patroni", loopback, POSTGRES_PORT),
-            ("patroni", me.address, PATRONI_REST_PORT),
-            ("haproxy", me.address, HAPROXY_PRIMARY_PORT), ("haproxy", loopback, HAPROXY_PRIMARY_PORT),
-            ("redis", me.address, REDIS_PORT), ("redis", loopback, REDIS_PORT),
-            ("sentinel", me.address, SENTINEL_PORT), ("sentinel", loopback, SENTINEL_PORT))
+    etcd = (("etcd", me.address, ETCD_CLIENT_PORT), ("etcd", loopback, ETCD_CLIENT_PORT),
+            ("etcd", me.address, ETCD_PEER_PORT))
+    return (etcd if runs_etcd else ()) + (
+        ("patroni", me.address, POSTGRES_PORT), ("patroni", loopback, POSTGRES_PORT),
+        ("patroni", me.address, PATRONI_REST_PORT),
+        ("haproxy", me.address, HAPROXY_PRIMARY_PORT), ("haproxy", loopback, HAPROXY_PRIMARY_PORT),
+        ("redis", me.address, REDIS_PORT), ("redis", loopback, REDIS_PORT),
+        ("sentinel", me.address, SENTINEL_PORT), ("sentinel", loopback, SENTINEL_PORT))
 
 
 def etcd_members(command: str) -> frozenset[str]:
@@ -285,7 +308,7 @@ def patroni_config(cluster: Sequence[Member], me: Member, scope: str, superuser:
             "connect_address": f"{me.address}:{PATRONI_REST_PORT}",
             "authentication": {"username": PATRONI_REST_USER, "password": secrets.patroni_rest},
         },
-        "etcd3": {"hosts": [f"{m.address}:{ETCD_CLIENT_PORT}" for m in cluster]},
+        "etcd3": {"hosts": [f"{m.address}:{ETCD_CLIENT_PORT}" for m in etcd_hosts(cluster)]},
         "bootstrap": {
             "dcs": {
                 "ttl": timing.ttl_s,
@@ -383,11 +406,16 @@ def redis_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecrets,
     return "\n".join(lines) + "\n"
 
 
+def sentinel_quorum(hosts: int) -> int:
+    """How many Sentinels must agree that the master is down: a majority of the hosts."""
+    return hosts // 2 + 1
+
+
 def sentinel_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecrets,
                     timing: ClusterTiming = ClusterTiming()) -> str:
     """A Sentinel on ``me`` watching the first member as master, quorum a majority. Sentinel
     rewrites this file as the master moves, so it must live in a writable place."""
-    quorum = len(cluster) // 2 + 1
+    quorum = sentinel_quorum(len(cluster))
     leader = cluster[0]
     name = SENTINEL_MASTER_NAME
     lines = [

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 from urllib.parse import urlsplit
 
-from infra.core.cluster import ClusterSecrets
+from infra.core.cluster import ETCD_SIZE, ClusterSecrets
 from infra.core.errors import InputError
 from infra.backupagent.schedule import Cron, ScheduleError
 from infra.core.targets import DockerHost
@@ -226,7 +226,7 @@ class ClusterHost:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """The replicated topology: its hosts (an odd number, three or more), images and passwords."""
+    """The replicated topology: its hosts (three or more), images and passwords."""
 
     hosts: tuple[ClusterHost, ...]
     patroni_image: str
@@ -570,7 +570,8 @@ def _cluster(r: _Reader, superuser_password: str, redis_password: str) -> Option
 
 
 def _cluster_hosts(r: _Reader, text: str) -> tuple[ClusterHost, ...]:
-    """``ssh://user@<IPv4>[:port]`` URLs, comma-separated: an odd number of distinct addresses, at least 3."""
+    """``ssh://user@<IPv4>[:port]`` URLs, comma-separated: at least 3 distinct addresses (etcd runs on the
+    first three: infra.core.cluster.ETCD_SIZE)."""
     fix = "pulumi config set replicatedHosts ssh://root@10.0.0.1,ssh://root@10.0.0.2,ssh://root@10.0.0.3"
     urls = [url.strip() for url in text.split(",") if url.strip()]
     key_file, known_hosts = r.text("dockerSshKeyFile"), r.text("dockerSshKnownHostsFile")
@@ -591,9 +592,9 @@ def _cluster_hosts(r: _Reader, text: str) -> tuple[ClusterHost, ...]:
                    "list each host once")
             continue
         hosts.append(ClusterHost(DockerHost(url, key_file, known_hosts), address))
-    if len(urls) < 3 or len(urls) % 2 == 0:
-        r.fail("replicatedHosts", f"lists {len(urls)} host{'s' if len(urls) != 1 else ''}; etcd needs an odd number, "
-               "at least 3, to keep a majority when one is lost", fix)
+    if len(urls) < ETCD_SIZE:
+        r.fail("replicatedHosts", f"lists {len(urls)} host{'s' if len(urls) != 1 else ''}; the cluster needs at least "
+               f"{ETCD_SIZE}: its first {ETCD_SIZE} run etcd, whose majority must survive losing one", fix)
     return tuple(hosts)
 
 

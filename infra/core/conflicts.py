@@ -62,8 +62,8 @@ class HostConflicts(InputError):
 
 
 def cluster_hosts_on(engine: Engine, stack: str) -> frozenset[str]:
-    """The host list the replicated stack's etcd member on this engine was started with (empty:
-    none of the stack's members runs here)."""
+    """The etcd hosts the replicated stack's etcd member on this engine was started with (empty:
+    no etcd member of the stack runs here)."""
     name = "/" + cluster.container_name(stack, "etcd")
     for container in engine.containers():
         if name in (container.get("Names") or []) and (container.get("Labels") or {}).get(STACK_LABEL) == stack:
@@ -113,7 +113,8 @@ def held_sockets(engine: Engine, image: str, sockets: list[tuple[str, int]], sta
         return set(re.findall(r"taken (\S+:\d+)", str(logs)))
 
 
-def member_conflicts(engine: Engine, stack: str, project: str, me: cluster.Member, probe_image: str) -> list[str]:
+def member_conflicts(engine: Engine, stack: str, project: str, me: cluster.Member, probe_image: str,
+                     runs_etcd: bool) -> list[str]:
     """What keeps ``me``'s servers from starting on its host, when none of the stack's containers is
     there yet (a new member; an existing one holds its own names and ports): a container or volume
     with one of its names, a socket one of them listens on."""
@@ -122,21 +123,22 @@ def member_conflicts(engine: Engine, stack: str, project: str, me: cluster.Membe
     if any((c.get("Labels") or {}).get(STACK_LABEL) == stack for c in containers):
         return []
     found = []
-    names = {"/" + cluster.container_name(stack, role): role for role in cluster.ROLES}
+    roles = [role for role in cluster.ROLES if runs_etcd or role != "etcd"]
+    names = {"/" + cluster.container_name(stack, role): role for role in roles}
     for c in containers:
         for name in (c.get("Names") or []):
             if name in names:
                 found.append(f"container name {name[1:]} ({names[name]}): taken by a container "
                              f"{maker(c.get('Labels'))}")
-    volumes = {f"{cluster.container_name(stack, role)}-data": role for role in cluster.ROLES}
+    volumes = {f"{cluster.container_name(stack, role)}-data": role for role in roles}
     for v in engine.volumes():
         if v.get("Name") in volumes and (v.get("Labels") or {}).get(STACK_LABEL) != stack:
             found.append(f"volume name {v['Name']} ({volumes[v['Name']]}): taken by a volume {maker(v.get('Labels'))}")
     if engine.has_image(probe_image):
-        roles = {(address, port): role for role, address, port in cluster.listening(me)}
-        for where in sorted(held_sockets(engine, probe_image, list(roles), stack, project)):
+        listeners = {(address, port): role for role, address, port in cluster.listening(me, runs_etcd)}
+        for where in sorted(held_sockets(engine, probe_image, list(listeners), stack, project)):
             address, port = where.rsplit(":", 1)
-            found.append(f"port {where} ({roles[(address, int(port))]}): something on the host listens there "
+            found.append(f"port {where} ({listeners[(address, int(port))]}): something on the host listens there "
                          f"(`ss -ltnp 'sport = :{port}'` on that host names it)")
     return found
 

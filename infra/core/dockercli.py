@@ -26,6 +26,12 @@ STACK_LABEL = f"{LABEL_PREFIX}.stack"
 SCRATCH_LABEL = f"{LABEL_PREFIX}.role=scratch"
 
 
+# How long `destroy`, a replacement and a leaving cluster host wait for a container to stop before
+# killing it: long enough for PostgreSQL's shutdown checkpoint and Redis' final AOF write; they
+# usually take well under a second, and the wait ends when the container does.
+STOP_GRACE_S = 60
+
+
 class DockerError(OperationFailed):
     """A docker command failed; the message carries its stderr."""
 

@@ -44,8 +44,13 @@ class ClusterState:
     """Each Sentinel's master address (None: it did not answer)."""
     quorum: dict[str, bool]
     master_replicas: int
-    """Replicas of the master the first answering Sentinel names that it counts for taking writes
-    (online, acknowledged within min-replicas-max-lag); -1: unknown."""
+    """Replicas on the listed hosts of the master the first answering Sentinel names that it counts
+    for taking writes (online, acknowledged within min-replicas-max-lag); -1: unknown."""
+
+    def among(self, members: Sequence[str]) -> "ClusterState":
+        """This reading with Patroni's members on the listed hosts only: a host taken off the list runs
+        until the end of the `up` that removes it (its containers go last)."""
+        return dataclasses.replace(self, patroni=[m for m in self.patroni if m.get("host") in members])
 
     @property
     def leaders(self) -> list[str]:
@@ -74,7 +79,8 @@ def patroni_members(cluster: ClusterTarget) -> list[dict]:
     raise OperationFailed(f"no Patroni REST API answered on {', '.join(cluster.members)}: {last}")
 
 
-def _sentinel(cluster: ClusterTarget, address: str) -> redis.Redis:
+def sentinel(cluster: ClusterTarget, address: str) -> redis.Redis:
+    """A client of the Sentinel on ``address``, with the step's short timeouts."""
     return redis.Redis(host=address, port=cluster.sentinel_port, password=cluster.sentinel_password,
                        socket_connect_timeout=REST_TIMEOUT_S, socket_timeout=REST_TIMEOUT_S, decode_responses=True)
 
@@ -88,11 +94,11 @@ def read_state(cluster: ClusterTarget, redis_port: int, redis_password: str) -> 
     quorum: dict[str, bool] = {}
     for address in cluster.members:
         try:
-            with _sentinel(cluster, address) as sentinel:
-                found = sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", cluster.master_name)
+            with sentinel(cluster, address) as client:
+                found = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", cluster.master_name)
                 masters[address] = found[0] if found else None
                 try:
-                    quorum[address] = bool(sentinel.execute_command("SENTINEL", "CKQUORUM", cluster.master_name))
+                    quorum[address] = bool(client.execute_command("SENTINEL", "CKQUORUM", cluster.master_name))
                 except redis.ResponseError:
                     quorum[address] = False
         except redis.RedisError:
@@ -103,25 +109,27 @@ def read_state(cluster: ClusterTarget, redis_port: int, redis_password: str) -> 
         try:
             with redis.Redis(host=master, port=redis_port, password=redis_password,
                              socket_connect_timeout=REST_TIMEOUT_S, socket_timeout=REST_TIMEOUT_S) as client:
-                replicas = good_replicas(client.info("replication"))
+                replicas = good_replicas(client.info("replication"), cluster.members)
         except redis.RedisError:
             pass
     return ClusterState(patroni, masters, quorum, replicas)
 
 
-def good_replicas(info: dict) -> int:
-    """The replicas a master counts for ``min-replicas-to-write``, from its INFO replication: online
-    (a replica still copying the master's data is connected but not online; the master refuses
-    writes with NOREPLICAS meanwhile) and heard from within the lag it allows; -1 if not a master."""
+def good_replicas(info: dict, members: Sequence[str]) -> int:
+    """The replicas on ``members`` a master counts for ``min-replicas-to-write``, from its INFO
+    replication: online (a replica still copying the master's data is connected but not online; the
+    master refuses writes with NOREPLICAS meanwhile) and heard from within the lag it allows; -1 if
+    not a master."""
     if info.get("role") != "master":
         return -1
     return sum(1 for key, replica in info.items()
                if key.startswith("slave") and isinstance(replica, dict) and replica.get("state") == "online"
-               and int(replica.get("lag", 0)) <= REDIS_MIN_REPLICAS_MAX_LAG_S)
+               and replica.get("ip") in members and int(replica.get("lag", 0)) <= REDIS_MIN_REPLICAS_MAX_LAG_S)
 
 
 def problems(state: ClusterState, members: Sequence[str]) -> list[str]:
     """Why the cluster of ``members`` is not whole; empty when it is."""
+    state = state.among(members)
     found, size = [], len(members)
     if len(state.leaders) != 1:
         found.append(f"Patroni leaders: {state.leaders or 'none'} (one expected)")
@@ -200,6 +208,7 @@ def checks(target: Target, deadline_s: float, read: Reader = read_state) -> list
     """The cluster's checks, from the reading :func:`settled` ends with."""
     started = time.perf_counter()
     state, _ = settled(target, deadline_s, read)
+    state = state.among(target.cluster.members)
     size = len(target.cluster.members)
     latency_ms = (time.perf_counter() - started) * 1000
 
@@ -226,7 +235,12 @@ def checks(target: Target, deadline_s: float, read: Reader = read_state) -> list
 
 
 def primaries(target: Target, read: Reader = read_state) -> Primaries:
-    """Where the cluster takes writes now: the one Patroni leader and the master the Sentinels agree
-    on; None for each where there is no cluster yet or no single answer."""
+    """Where the cluster takes writes now: the one Patroni leader (on a host the list no longer has,
+    the synchronous standby, which the switchover off that host promotes) and the master the
+    Sentinels agree on; None for each where there is no cluster yet or no single answer. And
+    Patroni's members."""
     state = read(target.cluster, target.redis.port, target.redis.password)
-    return Primaries(state.leaders[0] if len(state.leaders) == 1 else None, state.master)
+    leader = state.leaders[0] if len(state.leaders) == 1 else None
+    if leader not in (None, *target.cluster.members):
+        leader = next((m["host"] for m in state.replicas if m.get("role") == "sync_standby"), None)
+    return Primaries(leader, state.master, frozenset(m["host"] for m in state.patroni if m.get("host")))

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.deploy import credentials, migration_files, migrations, registry, replicated
+from infra.deploy import credentials, membership, migration_files, migrations, registry, replicated
 from infra.core.connect import connect_postgres, wait_until_answering
 from infra.core.targets import Target
 from infra.deploy.checks import Report, VerificationFailed, run_checks
@@ -66,6 +66,7 @@ def run(target: Target, actor: str | None = None, migration_dir: Path = migratio
     phases = _Phases()
     if target.cluster:
         # Patroni set the passwords at bootstrap; the step migrates through HAProxy, on the leader.
+        membership.converge(target, deadline_s)
         target = replicated.resolve(target, replicated.wait_until_whole(target, deadline_s))
         replicated.ensure_database(target.postgres, deadline_s)
         wait_until_answering(target, deadline_s)

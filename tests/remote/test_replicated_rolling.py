@@ -1,14 +1,13 @@
 """A planned change to a replicated stack (issue #27): one that replaces PostgreSQL's and Redis' containers on
 every host goes one host at a time, the primaries' hosts last, each server healthy again before the next
 stops, while the ADR's kind of clients write; every acknowledged write is kept. The same for every
-password rotated. A host list other than the running cluster's is refused (adding and removing hosts is
-not there yet)."""
+password rotated. A host list that would move etcd is refused (hosts after the third come and go:
+test_replicated_hosts.py)."""
 
 from __future__ import annotations
 
 import base64
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -74,11 +73,11 @@ def rotates_every_password_under_load(hosts, stack, first_id: int) -> None:
     for secret, key in ((pg_password, "postgresPassword"), (redis_password, "redisPassword"),
                         (sentinel_password, "sentinelPassword")):
         secret.value = new[key]
-    result, began, report = up_while_writing(stack, pg_writer, redis_writer, "rotation")
+    result, began, report = replicated_stacks.up_while_writing(stack, pg_writer, redis_writer, "rotation")
     said = result.stdout + result.stderr
     assert not any(value in said for value in (*old.values(), *new.values())), "a password in up's output"
     assert result.outputs["verificationChecks"].value == 26, report
-    nothing_lost(connect, addresses[1], pg_writer, redis_writer, report)
+    replicated_stacks.nothing_lost(connect, addresses[1], pg_writer, redis_writer, report)
     assert max(pg_writer.longest_gap(began), redis_writer.longest_gap(began)) < 10, report
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         replicated_stacks.postgres_connector(old["postgresPassword"])(addresses[0], cluster.HAPROXY_PRIMARY_PORT)
@@ -92,38 +91,6 @@ def rotates_every_password_under_load(hosts, stack, first_id: int) -> None:
     # Every replica streams again after its Patroni restarted with the new replication password.
     until("a whole cluster after the rotation", whole(addresses), 60)
     assert set(stack.preview(color="never").change_summary) == {"same"}
-
-
-def up_while_writing(stack, pg_writer, redis_writer, what: str):
-    """`up` while both writers write, until both wrote after it; then they stop. The result, when `up`
-    began, and a report of what the writers saw (printed)."""
-    began = time.monotonic()
-    result = stack.up(color="never")
-    took, done = time.monotonic() - began, time.monotonic()
-    until(f"writes after the {what} change", lambda: min(pg_writer.acknowledged[-1][1],
-                                                         redis_writer.acknowledged[-1][1]) > done, 60)
-    for writer in (pg_writer, redis_writer):
-        writer.stop.set()
-        writer.join(30)
-    report = (f"{what}: up took {took:.1f} s; {summary('PostgreSQL', pg_writer, began)}; "
-              f"{summary('Redis', redis_writer, began)}")
-    print(report)
-    return result, began, report
-
-
-def nothing_lost(connect, address: str, pg_writer, redis_writer, report: str) -> None:
-    """Every commit and write the writers saw acknowledged is there (PostgreSQL read through ``address``)."""
-    with connect(address, cluster.HAPROXY_PRIMARY_PORT) as conn:
-        stored = {row for (row,) in conn.execute("SELECT id FROM acked")}
-    missing = pg_writer.ids() - stored
-    assert not missing, f"{len(missing)} acknowledged commits lost: {sorted(missing)[:10]}; {report}"
-    assert not redis_writer.lost(), f"acknowledged Redis writes lost: {sorted(redis_writer.lost())[:10]}; {report}"
-
-
-def summary(name: str, writer, since: float) -> str:
-    return (f"{name}: {len(writer.acknowledged)} acknowledged, {len([t for t in writer.failed_at if t > since])} "
-            f"failed ({writer.failures_in_a_row(since)} in a row at most), longest wait "
-            f"{writer.longest_gap(since):.1f} s ({writer.outage(since)})")
 
 
 def refuses_what_the_hosts_already_hold(hosts, stack) -> None:
@@ -179,17 +146,13 @@ def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_ac
         before = {(h.address, role): replicated_stacks.started(h, stack.name, role) for h in three_hosts
                   for role in ("patroni", "redis", "sentinel")}
 
-        pg_writer = PostgresWriter([(a, cluster.HAPROXY_PRIMARY_PORT) for a in addresses], connect, 1)
-        redis_writer = RedisWriter(replicated_stacks.redis_master(stack, sentinels, master_name), "rolling")
-        for writer in (pg_writer, redis_writer):
-            writer.start()
-        until("both writers' first writes", lambda: min(len(pg_writer.acknowledged),
-                                                         len(redis_writer.acknowledged)) >= 20, 30)
+        pg_writer, redis_writer = replicated_stacks.start_writers(stack, sentinels, addresses, connect, 1,
+                                                                  "rolling")
         stack.set_config("sin-datastores:postgresMemoryMb", auto.ConfigValue("640"))
         stack.set_config("sin-datastores:redisMemoryMb", auto.ConfigValue("320"))
-        result, began, report = up_while_writing(stack, pg_writer, redis_writer, "memory")
+        result, began, report = replicated_stacks.up_while_writing(stack, pg_writer, redis_writer, "memory")
         assert result.outputs["verificationChecks"].value == 26, report
-        nothing_lost(connect, addresses[1], pg_writer, redis_writer, report)
+        replicated_stacks.nothing_lost(connect, addresses[1], pg_writer, redis_writer, report)
 
         # Both servers were replaced on every host (the Sentinels' settings did not change), one host after
         # the other, the primary's host last; no client waited as long as a failover takes (20 s and more).
@@ -205,7 +168,7 @@ def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_ac
         assert set(stack.preview(color="never").change_summary) == {"same"}
         until("a whole cluster after the change", whole(addresses), 60)
 
-        # A host swapped for another (here one not set up, as such a host often is): refused, nothing touched.
+        # An etcd host swapped for another (here one not set up, as such a host often is): refused, nothing touched.
         running = {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts}
         spare = addresses[2].rsplit(".", 1)[0] + ".250"
         hosts = [h.docker_host for h in three_hosts]
@@ -214,9 +177,10 @@ def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_ac
         for attempt in (stack.preview, stack.up):
             with pytest.raises(auto.CommandError) as refused:
                 attempt(color="never")
-            assert (f"replicatedHosts lists {addresses[0]}, {addresses[1]}, {spare}, but the cluster running on "
-                    f"{addresses[0]} has the hosts {', '.join(sorted(addresses))}: adding or removing a host is not "
-                    f"supported yet, so nothing was previewed or changed on any host") in str(refused.value)
+            assert (f"replicatedHosts lists {addresses[0]}, {addresses[1]}, {spare}, whose first 3 would run etcd, "
+                    f"but the etcd member on {addresses[0]} runs with {', '.join(sorted(addresses))}: moving etcd to "
+                    f"other hosts is not supported yet, so nothing was previewed or changed on any host"
+                    ) in str(refused.value)
         assert {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts} == running
         stack.set_config("sin-datastores:replicatedHosts", auto.ConfigValue(",".join(hosts)))
 

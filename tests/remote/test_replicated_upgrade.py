@@ -18,9 +18,9 @@ from tests.polling import until
 
 pytestmark = pytest.mark.e2e
 # The last release of main whose replicated topology differs from this one's (it refused a changed
-# password; this one's `passwords` resource sets it on the running servers); bump it with each release
-# that changes it.
-PREVIOUS_RELEASE = "a12d7c5"
+# host list; this one's membership resources let a host after the third join and leave); bump it with
+# each release that changes it.
+PREVIOUS_RELEASE = "d046f78"
 
 
 @pytest.fixture
@@ -51,10 +51,9 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             stack.preview(color="never", on_event=events.append)
             steps = resource_steps(events)
             assert set(volume_steps(events).values()) == {"same"}, steps
-            # Only the passwords resource is new (with the engine's default provider of dynamic resources);
-            # no container is replaced for it.
+            # Only each host's membership resource is new; no container is replaced for it.
             assert {name: op for (_, name), op in steps.items() if op != "same"} == {
-                "passwords": "create", "passwords-step": "create", "default": "create"}, steps
+                f"member-m{a.replace('.', '_')}-membership": "create" for a in addresses}, steps
             running = {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts}
 
             writer = PostgresWriter([(a, cluster.HAPROXY_PRIMARY_PORT) for a in addresses], connect, 1)
@@ -76,11 +75,10 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             assert replicated_stacks.redis_master(stack, sentinels, outputs["sentinelMasterName"]).get(
                 "upgrade:key") == b"kept"
             assert set(stack.preview(color="never").change_summary) == {"same"}
-            # Created on a running cluster, it checked that the servers take the configured passwords.
             assert {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts} == running
         finally:
-            # Taken down by this release: the previous one cannot read the passwords resource it added
-            # (its provider is pickled by reference, to a module that release lacks).
+            # Taken down by this release: the previous one cannot read the membership resources it added
+            # (their provider is pickled by reference, to a module that release lacks).
             try:
                 if stack is not None:
                     stack.destroy(color="never")

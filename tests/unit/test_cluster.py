@@ -135,6 +135,33 @@ def test_a_change_reaches_the_primary_last_and_a_new_cluster_goes_in_list_order(
     assert cluster.rolling_order(HOSTS, "10.9.0.99") == HOSTS, "a primary outside the list changes nothing"
 
 
+def test_hosts_joining_a_running_cluster_come_after_the_primary():
+    fourth = Member("10.9.0.5")
+    grown = (*HOSTS, fourth)
+    assert cluster.rolling_order(grown, "10.9.0.2", frozenset({"10.9.0.5"})) == (SECOND, THIRD, FIRST, fourth)
+    assert cluster.rolling_order(grown, "10.9.0.5", frozenset()) == (FIRST, SECOND, THIRD, fourth)
+    assert cluster.rolling_order((FIRST, fourth, SECOND), None, frozenset({"10.9.0.5"})) == (FIRST, SECOND, fourth)
+
+
+def test_etcd_runs_on_the_first_three_hosts_and_every_member_knows_those_three():
+    """A fourth and fifth host run Patroni, HAProxy, Redis and Sentinel, and no etcd; the files name
+    the three etcd hosts, and every host for replication and the Sentinels' majority."""
+    grown = cluster.members(["10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.0.6"])
+    assert cluster.etcd_hosts(grown) == HOSTS
+    for me in grown:
+        servers = {s.role: s for s in cluster.servers(grown, me, "prod", "sinadmin", SECRETS, 512, 256)}
+        assert ("etcd" in servers) == (me in HOSTS), me
+        patroni = yaml.safe_load(servers["patroni"].files[cluster.PATRONI_CONFIG_FILE])
+        assert patroni["etcd3"]["hosts"] == ["10.9.0.2:2379", "10.9.0.3:2379", "10.9.0.4:2379"]
+        assert f"host replication replicator {me.address}/32 scram-sha-256" in patroni["postgresql"]["pg_hba"]
+        assert "host replication replicator 10.9.0.6/32 scram-sha-256" in patroni["postgresql"]["pg_hba"]
+        assert "sentinel monitor sin-redis 10.9.0.2 6379 3\n" in servers["sentinel"].files[cluster.SENTINEL_SEED_FILE]
+    flags = dict(zip(*[iter(cluster.etcd_command(grown, SECOND, "prod"))] * 2))
+    assert flags["--initial-cluster"] == cluster.etcd_command(HOSTS, SECOND, "prod")[13]
+    assert [cluster.sentinel_quorum(n) for n in (3, 4, 5)] == [2, 3, 3]
+    assert cluster.etcd_hosts(HOSTS[:2]) == HOSTS[:2]
+
+
 def test_patroni_follows_the_leader_redis_and_sentinel_the_master_the_rest_nothing():
     primaries = cluster.Primaries(postgres="10.9.0.3", redis="10.9.0.4")
     assert [primaries.of(role) for role in cluster.ROLES] == [None, "10.9.0.3", None, "10.9.0.4", "10.9.0.4"]
@@ -210,7 +237,7 @@ def test_a_new_member_is_refused_what_its_host_already_holds_and_the_probe_is_re
         volumes=[{"Name": "prod-redis-data", "Labels": {"sin-datastores.stack": "staging"}},
                  {"Name": "prod-patroni-data", "Labels": {"sin-datastores.stack": "prod"}}],
         held={"10.9.0.3:5432", "127.0.0.1:6379"})
-    found = conflicts.member_conflicts(engine, "prod", "sin-datastores", SECOND, "patroni:x")
+    found = conflicts.member_conflicts(engine, "prod", "sin-datastores", SECOND, "patroni:x", True)
     assert found == [
         "container name prod-etcd (etcd): taken by a container not made by this stack",
         "volume name prod-redis-data (redis): taken by a volume made by stack 'staging' of sin-datastores",
@@ -223,15 +250,28 @@ def test_a_new_member_is_refused_what_its_host_already_holds_and_the_probe_is_re
     assert engine.calls[-1][0] == "DELETE" and "force=1&v=1" in engine.calls[-1][1]
 
 
+def test_a_new_member_after_the_third_host_is_refused_nothing_of_etcd_it_will_not_run():
+    from infra.core import conflicts
+
+    fourth = Member("10.9.0.5")
+    engine = ProbedEngine(containers=[{"Names": ["/prod-etcd"], "Labels": {}}],
+                          volumes=[{"Name": "prod-etcd-data", "Labels": {}}], held={"10.9.0.5:2379", "10.9.0.5:8008"})
+    found = conflicts.member_conflicts(engine, "prod", "sin-datastores", fourth, "patroni:x", False)
+    assert found == ["port 10.9.0.5:8008 (patroni): something on the host listens there (`ss -ltnp 'sport = :8008'` "
+                     "on that host names it)"]
+    assert sorted(engine.probe["Cmd"]) == sorted(f"{a}:{p}" for _, a, p in cluster.listening(fourth, False))
+    assert not any(role == "etcd" for role, _, _ in cluster.listening(fourth, False))
+
+
 def test_a_host_where_the_stack_runs_or_without_the_probe_image_is_not_probed():
     from infra.core import conflicts
 
     running = ProbedEngine(containers=[{"Names": ["/prod-etcd"], "Labels": {"sin-datastores.stack": "prod"}}],
                            held={"10.9.0.3:5432"})
-    assert conflicts.member_conflicts(running, "prod", "sin-datastores", SECOND, "patroni:x") == []
+    assert conflicts.member_conflicts(running, "prod", "sin-datastores", SECOND, "patroni:x", True) == []
     assert not any(path.startswith("/containers/create") for _, path, _ in running.calls)
     bare = ProbedEngine(held={"10.9.0.3:5432"}, image=False)
-    assert conflicts.member_conflicts(bare, "prod", "sin-datastores", SECOND, "patroni:x") == []
+    assert conflicts.member_conflicts(bare, "prod", "sin-datastores", SECOND, "patroni:x", True) == []
     assert not any(path.startswith("/containers/create") for _, path, _ in bare.calls)
 
 
@@ -257,9 +297,10 @@ def test_every_socket_a_member_listens_on_is_in_what_the_probe_binds():
             assert (host, int(port)) in sockets, line
 
 
-def test_etcd_rolls_only_on_a_running_cluster_haproxy_never():
-    """A member of a new etcd cluster is healthy only once a majority has started: they start together."""
+def test_etcd_and_haproxy_roll_only_on_a_running_cluster():
+    """A member of a new etcd cluster is healthy only once a majority has started: they start together.
+    HAProxy's endpoints are replaced one after the other once clients use them."""
     servers = {s.role: s for s in cluster.servers(HOSTS, SECOND, "prod", "sinadmin", SECRETS, 512, 256)}
     running, new = cluster.Primaries("10.9.0.2", "10.9.0.2"), cluster.Primaries()
-    assert [cluster.one_at_a_time(servers[r], running) for r in cluster.ROLES] == [True, True, False, True, True]
+    assert [cluster.one_at_a_time(servers[r], running) for r in cluster.ROLES] == [True, True, True, True, True]
     assert [cluster.one_at_a_time(servers[r], new) for r in cluster.ROLES] == [False, True, False, True, True]

@@ -397,12 +397,16 @@ def test_the_replicated_topology_reads_its_hosts_and_passwords():
     assert all(h.docker.ssh_key_file == "/k" for h in cfg.cluster.hosts)
     assert (cfg.cluster.secrets.superuser, cfg.cluster.secrets.sentinel) == ("p" * 16, "c" * 16)
     assert parse(GOOD, "dev").cluster is None
+    # Any number from three: etcd stays on the first three, so a host is added or removed one at a time.
+    four = parse({**GOOD, **REPLICATED, "replicatedHosts": REPLICATED["replicatedHosts"] + ",ssh://root@10.9.0.5"},
+                 "prod")
+    assert four.cluster.addresses == ("10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5")
 
 
 @pytest.mark.parametrize("overrides, expected", [
     ({"replicatedHosts": "ssh://root@10.9.0.2,ssh://root@10.9.0.3"},
-     [P + "replicatedHosts: lists 2 hosts; etcd needs an odd number, at least 3, to keep a majority when one is "
-          "lost; " + HOSTS_FIX]),
+     [P + "replicatedHosts: lists 2 hosts; the cluster needs at least 3: its first 3 run etcd, whose majority "
+          "must survive losing one; " + HOSTS_FIX]),
     ({"replicatedHosts": "ssh://root@10.9.0.2,ssh://admin@10.9.0.2:2222,ssh://root@10.9.0.4"},
      [P + "replicatedHosts: 10.9.0.2 is listed twice: two members on one host do not survive losing it; "
           "fix: list each host once"]),

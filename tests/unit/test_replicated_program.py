@@ -122,6 +122,7 @@ def cluster_hosts(monkeypatch):
 
     from infra import program as program_module
     from infra.core import conflicts, dockerhost
+    from infra.core.cluster import Primaries
     from infra.core.config import ClusterHost
     from infra.core.targets import DockerHost
     from infra.deploy import replicated
@@ -140,10 +141,13 @@ def cluster_hosts(monkeypatch):
     monkeypatch.setattr(conflicts, "cluster_hosts_on",
                         lambda engine, stack: state.hosts.get(engine.address[6:-5], frozenset()))
     state.conflicts = {}
-    monkeypatch.setattr(conflicts, "member_conflicts",
-                        lambda engine, stack, project, me, image: state.conflicts.get(me.address, []))
+    state.runs_etcd = {}
+    monkeypatch.setattr(conflicts, "member_conflicts", lambda engine, stack, project, me, image, runs_etcd: (
+        state.runs_etcd.__setitem__(me.address, runs_etcd) or state.conflicts.get(me.address, [])))
     monkeypatch.setattr(program_module, "cluster_target", lambda given: ("target of", given))
-    monkeypatch.setattr(replicated, "primaries", lambda target: ("primaries read through", target))
+    state.members = frozenset()
+    monkeypatch.setattr(replicated, "primaries", lambda target: Primaries(
+        "read through", repr(target), state.members))
     hosts = tuple(ClusterHost(DockerHost(f"ssh://root@{a}"), a) for a in ADDRESSES)
     state.cfg = SimpleNamespace(stack="prod", project="sin-datastores",
                                 cluster=SimpleNamespace(hosts=hosts, addresses=ADDRESSES, patroni_image="patroni:x"))
@@ -166,32 +170,83 @@ def test_a_host_that_cannot_be_reached_stops_the_run_before_anything_is_declared
 
 
 def test_every_host_reached_the_run_goes_on_knowing_where_the_cluster_takes_writes(cluster_hosts):
+    from infra.core.cluster import Primaries
+
     cfg = cluster_hosts.cfg
     cluster_hosts.hosts.update({a: frozenset(ADDRESSES) for a in ADDRESSES})
-    assert cluster_hosts.program.look_at_host(cfg) == ("primaries read through", ("target of", cfg))
-    assert len(cluster_hosts.tried) == 3
+    cluster_hosts.members = frozenset(ADDRESSES)
+    assert cluster_hosts.program.look_at_host(cfg) == Primaries("read through", repr(("target of", cfg)),
+                                                                frozenset(ADDRESSES))
+    assert len(cluster_hosts.tried) == 3 and cluster_hosts.runs_etcd == {a: True for a in ADDRESSES}
     cluster_hosts.hosts.clear()  # a new cluster: no member runs anywhere yet
-    assert cluster_hosts.program.look_at_host(cfg) == ("primaries read through", ("target of", cfg))
+    cluster_hosts.members = frozenset()
+    assert cluster_hosts.program.look_at_host(cfg).members == frozenset()
 
 
-@pytest.mark.parametrize("running", [
-    pytest.param(("10.9.0.2", "10.9.0.3"), id="a host added"),
-    pytest.param(("10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.0.6"), id="two hosts removed"),
-    pytest.param(("10.9.0.2", "10.9.0.3", "10.9.0.7"), id="a host swapped"),
+def grow(cluster_hosts, *addresses):
+    """The stack's list set to ``addresses``, the running etcd members started with the first three."""
+    from types import SimpleNamespace
+
+    from infra.core.config import ClusterHost
+    from infra.core.targets import DockerHost
+
+    hosts = tuple(ClusterHost(DockerHost(f"ssh://root@{a}"), a) for a in addresses)
+    cluster_hosts.cfg.cluster = SimpleNamespace(hosts=hosts, addresses=addresses, patroni_image="patroni:x")
+    cluster_hosts.hosts.update({a: frozenset(ADDRESSES) for a in ADDRESSES})
+
+
+@pytest.mark.parametrize("members, listed", [
+    pytest.param(ADDRESSES, (*ADDRESSES, "10.9.0.5"), id="a host added"),
+    pytest.param((*ADDRESSES, "10.9.0.5"), ADDRESSES, id="a host removed"),
+    pytest.param((), (*ADDRESSES, "10.9.0.5"), id="a new cluster of four"),
 ])
-def test_a_host_list_other_than_the_running_clusters_is_refused_before_anything_is_declared(cluster_hosts, running):
-    """Adding or removing a host needs etcd's member add or remove first, which `up` does not do yet."""
+def test_one_host_after_the_etcd_hosts_joins_or_leaves_per_run(cluster_hosts, members, listed):
+    grow(cluster_hosts, *listed)
+    cluster_hosts.members = frozenset(members)
+    assert cluster_hosts.program.look_at_host(cluster_hosts.cfg).members == frozenset(members)
+    assert cluster_hosts.runs_etcd == {a: a in ADDRESSES for a in listed}, "etcd on the first three only"
+
+
+@pytest.mark.parametrize("members, listed, said", [
+    pytest.param(ADDRESSES, (*ADDRESSES, "10.9.0.5", "10.9.0.6"), "adds 10.9.0.5, 10.9.0.6 and removes no host",
+                 id="two hosts added"),
+    pytest.param((*ADDRESSES, "10.9.0.5", "10.9.0.6"), ADDRESSES, "adds no host and removes 10.9.0.5, 10.9.0.6",
+                 id="two hosts removed"),
+    pytest.param((*ADDRESSES, "10.9.0.5"), (*ADDRESSES, "10.9.0.6"), "adds 10.9.0.6 and removes 10.9.0.5",
+                 id="a host swapped"),
+])
+def test_a_host_list_changed_by_more_than_one_host_is_refused_before_anything_is_declared(
+        cluster_hosts, members, listed, said):
     import pulumi
 
-    cluster_hosts.hosts.update({a: frozenset(running) for a in ADDRESSES if a in running})
+    grow(cluster_hosts, *listed)
+    cluster_hosts.members = frozenset(members)
+    with pytest.raises(pulumi.RunError) as raised:
+        cluster_hosts.program.look_at_host(cluster_hosts.cfg)
+    assert str(raised.value) == (
+        f"replicatedHosts {said} at once, so nothing was previewed or changed on any host: change one host per "
+        "`up` (`pulumi config set replicatedHosts ssh://<user>@<address>,... --stack prod`, then `pulumi up`, for "
+        "each).")
+
+
+@pytest.mark.parametrize("listed", [
+    pytest.param(("10.9.0.3", "10.9.0.4", "10.9.0.5"), id="an etcd host removed"),
+    pytest.param(("10.9.0.2", "10.9.0.5", "10.9.0.3", "10.9.0.4"), id="a host added before the third"),
+])
+def test_a_list_that_would_move_etcd_is_refused_before_anything_is_declared(cluster_hosts, listed):
+    """Moving an etcd member needs etcd's member add and remove, which `up` does not do yet."""
+    import pulumi
+
+    grow(cluster_hosts, *listed)
     # A host swapped in may not be set up yet: the changed list is what the operator hears of.
-    cluster_hosts.hosts.setdefault("10.9.0.4", cluster_hosts.error("ssh://root@10.9.0.4: No route to host"))
+    cluster_hosts.hosts.setdefault("10.9.0.5", cluster_hosts.error("ssh://root@10.9.0.5: No route to host"))
     with pytest.raises(pulumi.RunError) as raised:
         cluster_hosts.program.look_at_host(cluster_hosts.cfg)
     message = str(raised.value)
-    assert message.startswith("replicatedHosts lists 10.9.0.2, 10.9.0.3, 10.9.0.4, but the cluster running on "
-                              f"10.9.0.2 has the hosts {', '.join(sorted(running))}: adding or removing a host is not "
-                              "supported yet, so nothing was previewed or changed on any host"), message
+    first = next(a for a in listed if a in ADDRESSES)
+    assert message.startswith(f"replicatedHosts lists {', '.join(listed)}, whose first 3 would run etcd, but the "
+                              f"etcd member on {first} runs with 10.9.0.2, 10.9.0.3, 10.9.0.4: moving etcd to other "
+                              "hosts is not supported yet, so nothing was previewed or changed on any host"), message
     assert "pulumi config set replicatedHosts" in message and "--stack prod" in message
 
 
@@ -256,7 +311,8 @@ def test_etcd_of_a_running_cluster_rolls_in_list_order():
 
 
 def test_up_waits_for_each_server_to_be_healthy_but_haproxy():
-    """HAProxy keeps nothing and restarts at once."""
+    """HAProxy keeps nothing and restarts at once: on a running cluster each waits only for the one
+    before it to be started, one endpoint at a time."""
     mocks = rolled(("10.9.0.4", "10.9.0.4"))
     for container in mocks.of_type(CONTAINER):
         role = container.name.rsplit("-", 1)[1]
@@ -269,8 +325,12 @@ def test_up_waits_for_each_server_to_be_healthy_but_haproxy():
             assert "healthcheck" in mocks.options[container.name].replace_on_changes
         else:
             assert "wait" not in container.inputs and "healthcheck" not in container.inputs, container.name
-            others = [d for d in mocks.dependencies[container.name] if d.endswith(f"-{role}")]
-            assert others == [], container.name
+    assert chain(mocks, "haproxy") == ["m10_9_0_2", "m10_9_0_3", "m10_9_0_4"]
+    new = rolled((None, None))
+    for container in new.of_type(CONTAINER):
+        if container.name.endswith("-haproxy"):
+            assert not [d for d in new.dependencies[container.name] if d.endswith("-haproxy")], \
+                "a new cluster's endpoints start together"
 
 
 def test_each_member_is_its_images_volumes_and_containers_as_the_plain_servers_say(replicated):
@@ -309,3 +369,57 @@ def test_each_member_is_its_images_volumes_and_containers_as_the_plain_servers_s
         if server.health:
             assert inputs["healthcheck"]["tests"] == ["CMD-SHELL", server.health], role
     assert {k: len(v) for k, v in replicated.component_outputs[f"member-{me.name}"].items()} == {"container_ids": 5}
+
+
+FOUR = (*ADDRESSES, "10.9.0.5")
+MEMBERSHIP = "pulumi-python:dynamic:Resource"
+
+
+@pytest.fixture(scope="module")
+def four_hosts():
+    return run_program({"topology": "replicated", "replicatedHosts": ",".join(f"ssh://root@{a}" for a in FOUR),
+                        "dockerSshKeyFile": "/keys/id", **CLUSTER_SECRETS}, stack="prod")
+
+
+def test_a_fourth_host_runs_every_server_but_etcd(four_hosts):
+    mine = {c.inputs["name"] for c in four_hosts.of_type(CONTAINER) if c.name.startswith("member-m10_9_0_5-")}
+    assert mine == {"prod-patroni", "prod-haproxy", "prod-redis", "prod-sentinel"}
+    assert len(four_hosts.of_type(CONTAINER)) == 3 * 5 + 4
+    assert not [r for r in [*four_hosts.of_type(VOLUME), *four_hosts.of_type("docker:index/remoteImage:RemoteImage")]
+                if r.name.startswith("member-m10_9_0_5-etcd")], "nor its volume or image"
+    patroni = next(c for c in four_hosts.of_type(CONTAINER) if c.name == "member-m10_9_0_5-patroni")
+    config = yaml.safe_load(next(u["content"] for u in unwrap(patroni.inputs["uploads"])))
+    assert config["etcd3"]["hosts"] == [f"{a}:2379" for a in ADDRESSES]
+
+
+def test_every_container_goes_before_every_membership_which_waits_for_the_first_hosts(four_hosts):
+    """A membership is deleted after the containers (its delete makes the others forget the host; when
+    the stack is destroyed, no server is left to forget it); the first host's, which stops a leaving
+    host's servers, comes before every other."""
+    seats = {r.name: r for r in four_hosts.of_type(MEMBERSHIP) if r.name.endswith("-membership")}
+    assert sorted(seats) == sorted(f"member-m{a.replace('.', '_')}-membership" for a in FOUR)
+    first = four_hosts.urns["member-m10_9_0_2-membership"]
+    for name, seat in seats.items():
+        member = name.removesuffix("-membership")
+        assert four_hosts.parent_type(name) == MEMBER
+        assert seat.inputs["address"] == member[len("member-m"):].replace("_", ".")
+        assert is_secret(seat.inputs["target"])
+        assert unwrap(seat.inputs["target"])["cluster"]["members"] == list(FOUR)
+        assert seat.inputs["hosts"] == {a: {"url": f"ssh://root@{a}", "ssh_key_file": "/keys/id",
+                                            "ssh_known_hosts_file": ""} for a in FOUR}
+        assert four_hosts.options[name].additional_secret_outputs == ["target"]
+        pickled = base64.b64decode(unwrap(seat.inputs["__provider"]))
+        assert b"infra.components.membership" in pickled and b"_MembershipProvider" in pickled
+        assert (first in four_hosts.dependencies[name]) == (name != "member-m10_9_0_2-membership"), name
+        for container in four_hosts.of_type(CONTAINER):
+            assert four_hosts.urns[name] in four_hosts.dependencies[container.name], container.name
+
+
+def test_a_host_joining_the_running_cluster_comes_after_the_primaries():
+    from infra.core.cluster import Primaries
+
+    mocks = run_program({"topology": "replicated", "replicatedHosts": ",".join(f"ssh://root@{a}" for a in FOUR),
+                         "dockerSshKeyFile": "/keys/id", **CLUSTER_SECRETS}, stack="prod",
+                        look=lambda cfg: Primaries("10.9.0.3", "10.9.0.2", frozenset(ADDRESSES)))
+    assert chain(mocks, "patroni") == ["m10_9_0_2", "m10_9_0_4", "m10_9_0_3", "m10_9_0_5"]
+    assert chain(mocks, "redis") == ["m10_9_0_3", "m10_9_0_4", "m10_9_0_2", "m10_9_0_5"]

@@ -120,12 +120,25 @@ def test_a_replica_counts_for_the_masters_writes_only_once_online_and_recently_h
         return {"ip": "10.9.0.3", "port": 6379, "state": state, "offset": 1, "lag": lag}
 
     assert replicated.good_replicas({"role": "master", "connected_slaves": 2, "slave0": replica("online", 0),
-                                     "slave1": replica("online", 1)}) == 2
+                                     "slave1": replica("online", 1)}, ADDRESSES) == 2
     assert replicated.good_replicas({"role": "master", "connected_slaves": 2, "slave0": replica("online", 0),
-                                     "slave1": replica("wait_bgsave", 0)}) == 1
-    assert replicated.good_replicas({"role": "master", "connected_slaves": 1, "slave0": replica("online", 11)}) == 0
-    assert replicated.good_replicas({"role": "master", "connected_slaves": 1, "slave0": replica("online", 10)}) == 1
-    assert replicated.good_replicas({"role": "slave", "master_host": "10.9.0.2"}) == -1
+                                     "slave1": replica("wait_bgsave", 0)}, ADDRESSES) == 1
+    assert replicated.good_replicas({"role": "master", "connected_slaves": 1, "slave0": replica("online", 11)},
+                                    ADDRESSES) == 0
+    assert replicated.good_replicas({"role": "master", "connected_slaves": 1, "slave0": replica("online", 10)},
+                                    ADDRESSES) == 1
+    assert replicated.good_replicas({"role": "slave", "master_host": "10.9.0.2"}, ADDRESSES) == -1
+    # A host taken off the list still replicates until the end of the run that removes it: not counted.
+    assert replicated.good_replicas({"role": "master", "connected_slaves": 2, "slave0": replica("online", 0),
+                                     "slave1": {**replica("online", 0), "ip": "10.9.0.5"}}, ADDRESSES) == 1
+
+
+def test_a_member_on_a_host_taken_off_the_list_is_neither_missing_nor_counted():
+    leaving = {"host": "10.9.0.5", "role": "replica", "state": "streaming", "lag": 0}
+    state = whole(patroni=[*whole().patroni, leaving])
+    assert replicated.problems(state, ADDRESSES) == []
+    assert all(c.ok for c in replicated.checks(TARGET, 0, read=lambda *_: state))
+    assert state.among(ADDRESSES).patroni == whole().patroni
 
 
 def test_where_the_cluster_takes_writes_is_the_one_leader_and_the_agreed_master_or_none():
@@ -134,9 +147,16 @@ def test_where_the_cluster_takes_writes_is_the_one_leader_and_the_agreed_master_
     def read(state):
         return lambda cluster, port, password: state
 
-    assert replicated.primaries(TARGET, read(whole())) == Primaries("10.9.0.2", "10.9.0.2")
+    assert replicated.primaries(TARGET, read(whole())) == Primaries("10.9.0.2", "10.9.0.2",
+                                                                    frozenset({"10.9.0.2", "10.9.0.3", "10.9.0.4"}))
     two_leaders = [{**m, "role": "leader"} for m in whole().patroni]
     assert replicated.primaries(TARGET, read(whole(patroni=two_leaders))).postgres is None
     disputed = {"10.9.0.2": "10.9.0.2", "10.9.0.3": "10.9.0.3", "10.9.0.4": None}
-    assert replicated.primaries(TARGET, read(whole(masters=disputed))) == Primaries("10.9.0.2", None)
+    leaving = [{"host": "10.9.0.5", "role": "leader", "state": "running"},
+               {"host": "10.9.0.2", "role": "replica", "state": "streaming", "lag": 0},
+               *whole().patroni[1:]]
+    assert replicated.primaries(TARGET, read(whole(patroni=leaving))).postgres == "10.9.0.3", \
+        "a leader on a host off the list: the synchronous standby it hands over to"
+    disputed_master = replicated.primaries(TARGET, read(whole(masters=disputed)))
+    assert (disputed_master.postgres, disputed_master.redis) == ("10.9.0.2", None)
     assert replicated.primaries(TARGET, read(whole(patroni=[], masters={}))) == Primaries(None, None)

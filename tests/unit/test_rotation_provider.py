@@ -13,16 +13,10 @@ from infra.components.rotation import _RotationProvider
 from infra.core.cluster import ClusterSecrets
 from infra.deploy import rotation
 from infra.deploy.rotation import RotationRefused
+from tests.unit.replicated_target import TARGET
 
 SECRETS = ClusterSecrets(superuser="s" * 20, replication="r" * 20, patroni_rest="p" * 20, redis="d" * 20,
                          sentinel="n" * 20)
-TARGET = {"stack": "prod", "postgres": {"host": "10.9.0.2", "port": 5000, "database": "sinsolver", "user": "sinadmin",
-                                        "password": "s" * 20, "container_name": "prod-patroni",
-                                        "container_ip": "10.9.0.2", "major_version": 16},
-          "redis": {"host": "10.9.0.2", "port": 6379, "password": "d" * 20, "container_name": "prod-redis",
-                    "container_ip": "10.9.0.2", "major_version": 7},
-          "cluster": {"members": ["10.9.0.2", "10.9.0.3", "10.9.0.4"], "patroni_rest_port": 8008,
-                      "sentinel_port": 26379, "sentinel_password": "n" * 20, "master_name": "sin-redis"}}
 DEPLOYED = {"target": TARGET, "secrets": asdict(SECRETS)}
 ROTATED = {**DEPLOYED, "secrets": {**asdict(SECRETS), "redis": "e" * 20}}
 
@@ -69,3 +63,20 @@ def test_a_refusal_is_its_own_words_without_the_chain(monkeypatch):
 def test_deleting_it_touches_no_server(rotations):
     _RotationProvider().delete("prod", DEPLOYED)
     assert rotations == []
+
+
+def test_new_passwords_with_a_changed_host_list_are_refused_by_the_check():
+    """A joining host has no server to take them yet, and a leaving one is forgotten with the passwords its
+    state last had: one change per run."""
+    grown = {**ROTATED, "target": {**TARGET, "cluster": {**TARGET["cluster"],
+                                                          "members": [*TARGET["cluster"]["members"], "10.9.0.5"]}}}
+    checked = _RotationProvider().check(DEPLOYED, grown)
+    assert checked.inputs == grown
+    assert [(f.property, f.reason) for f in checked.failures] == [("secrets", (
+        "passwords changed in the same run as replicatedHosts (10.9.0.2, 10.9.0.3, 10.9.0.4 -> 10.9.0.2, 10.9.0.3, "
+        "10.9.0.4, 10.9.0.5); nothing was changed. Set the previous passwords back and run `up` for the hosts, then "
+        "set the new ones and run `up` again."))]
+    same_passwords = {**grown, "secrets": DEPLOYED["secrets"]}
+    assert _RotationProvider().check(DEPLOYED, same_passwords).failures == []
+    assert _RotationProvider().check(DEPLOYED, ROTATED).failures == []
+    assert _RotationProvider().check({}, grown).failures == [], "created: nothing to compare"
