@@ -115,6 +115,8 @@ class HostLook(NamedTuple):
     """The etcd hosts the stack's etcd member there runs with (empty: none runs there)."""
     taken: tuple[str, ...] = ()
     """What a new member there would collide with."""
+    left: tuple[str, ...] = ()
+    """The stack's data volumes there with none of its containers (a member that left)."""
 
 
 def look_at_cluster_host(cfg: stack_config.StackConfig, host: stack_config.ClusterHost) -> HostLook:
@@ -126,7 +128,8 @@ def look_at_cluster_host(cfg: stack_config.StackConfig, host: stack_config.Clust
             if engine is None:
                 return HostLook(None)
             return HostLook(None, conflicts.cluster_hosts_on(engine, cfg.stack), tuple(conflicts.member_conflicts(
-                engine, cfg.stack, cfg.project, me, cfg.cluster.patroni_image, me in cluster.etcd_hosts(everyone))))
+                engine, cfg.stack, cfg.project, me, cfg.cluster.patroni_image, me in cluster.etcd_hosts(everyone))),
+                tuple(conflicts.left_volumes(engine, cfg.stack)))
     except (DockerHostError, EngineError) as exc:
         return HostLook(str(exc))
 
@@ -137,8 +140,9 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
     words; this speaks for a run without it). Nothing changes anywhere, so no healthy member is
     touched because another host is down. The hosts are reached at once. Refused too: etcd's
     hosts changed (:func:`refuse_moved_etcd`), a host where a new member's names or ports are
-    taken, a host list changed by more than one host (:func:`refuse_hosts_changed_at_once`).
-    Then read where the cluster takes writes, which a change reaches last, and who is in it."""
+    taken, a host list changed by more than one host (:func:`refuse_hosts_changed_at_once`), a
+    joining host with a departed member's data (:func:`refuse_old_data_joining`). Then read where
+    the cluster takes writes, which a change reaches last, and who is in it."""
     hosts = cfg.cluster.hosts
     with ThreadPoolExecutor(len(hosts)) as pool:
         found = list(pool.map(lambda host: look_at_cluster_host(cfg, host), hosts))
@@ -161,6 +165,7 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
     from infra.deploy import replicated  # the database clients load for a replicated stack only
     primaries = replicated.primaries(cluster_target(cfg))
     refuse_hosts_changed_at_once(cfg, primaries.members)
+    refuse_old_data_joining(cfg, primaries.members, {host: seen.left for host, seen in zip(hosts, found)})
     return primaries
 
 
@@ -195,6 +200,21 @@ def refuse_hosts_changed_at_once(cfg: stack_config.StackConfig, members: frozens
             f"replicatedHosts adds {', '.join(added) or 'no host'} and removes {', '.join(removed) or 'no host'} "
             f"at once, so nothing was previewed or changed on any host: change one host per `up` "
             f"({_set_hosts_hint(cfg)}, then `pulumi up`, for each).")
+
+
+def refuse_old_data_joining(cfg: stack_config.StackConfig, members: frozenset[str],
+                            left: dict[stack_config.ClusterHost, tuple[str, ...]]) -> None:
+    """Refuse a host joining the running cluster (``members``) with the data volumes a member of this
+    stack left there (``left``): its PostgreSQL and Redis would start on their old data beside the
+    cluster's. Nothing is deleted: the operator removes them, after keeping what they need."""
+    stale = {host: names for host, names in left.items() if names and members and host.address not in members}
+    if stale:
+        host, names = next(iter(stale.items()))
+        raise pulumi.RunError(
+            f"{host.docker.describe()} joins the running cluster but still has the data volumes a member of this "
+            f"stack left there when the host was taken off the list ({', '.join(names)}), so nothing was previewed "
+            f"or changed on any host: a joining member starts empty and copies the cluster. Keep what you need from "
+            f"them, remove them on that host (`docker volume rm {' '.join(names)}`), then run again.")
 
 
 def program(look: Callable[[stack_config.StackConfig], Optional[cluster.Primaries]] = look_at_host) -> None:

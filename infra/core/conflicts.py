@@ -113,6 +113,14 @@ def held_sockets(engine: Engine, image: str, sockets: list[tuple[str, int]], sta
         return set(re.findall(r"taken (\S+:\d+)", str(logs)))
 
 
+def left_volumes(engine: Engine, stack: str) -> list[str]:
+    """The stack's own data volumes on an engine where none of its containers is: left by a member
+    of a host taken off the list (volumes are retained), or by a destroyed stack."""
+    if any((c.get("Labels") or {}).get(STACK_LABEL) == stack for c in engine.containers()):
+        return []
+    return sorted(v["Name"] for v in engine.volumes() if (v.get("Labels") or {}).get(STACK_LABEL) == stack)
+
+
 def member_conflicts(engine: Engine, stack: str, project: str, me: cluster.Member, probe_image: str,
                      runs_etcd: bool) -> list[str]:
     """What keeps ``me``'s servers from starting on its host, when none of the stack's containers is

@@ -263,6 +263,18 @@ def test_a_new_member_after_the_third_host_is_refused_nothing_of_etcd_it_will_no
     assert not any(role == "etcd" for role, _, _ in cluster.listening(fourth, False))
 
 
+def test_the_volumes_a_departed_member_left_are_the_stacks_own_on_a_host_without_its_containers():
+    from infra.core import conflicts
+
+    volumes = [{"Name": "prod-redis-data", "Labels": {"sin-datastores.stack": "prod"}},
+               {"Name": "prod-patroni-data", "Labels": {"sin-datastores.stack": "prod"}},
+               {"Name": "prod-etcd-data", "Labels": {"sin-datastores.stack": "staging"}}, {"Name": "other"}]
+    assert conflicts.left_volumes(ProbedEngine(volumes=volumes), "prod") == ["prod-patroni-data", "prod-redis-data"]
+    running = ProbedEngine(containers=[{"Names": ["/prod-redis"], "Labels": {"sin-datastores.stack": "prod"}}],
+                           volumes=volumes)
+    assert conflicts.left_volumes(running, "prod") == [], "a member there holds its own volumes"
+
+
 def test_a_host_where_the_stack_runs_or_without_the_probe_image_is_not_probed():
     from infra.core import conflicts
 

@@ -145,6 +145,8 @@ def cluster_hosts(monkeypatch):
     monkeypatch.setattr(conflicts, "member_conflicts", lambda engine, stack, project, me, image, runs_etcd: (
         state.runs_etcd.__setitem__(me.address, runs_etcd) or state.conflicts.get(me.address, [])))
     monkeypatch.setattr(program_module, "cluster_target", lambda given: ("target of", given))
+    state.left = {}
+    monkeypatch.setattr(conflicts, "left_volumes", lambda engine, stack: state.left.get(engine.address[6:-5], []))
     state.members = frozenset()
     monkeypatch.setattr(replicated, "primaries", lambda target: Primaries(
         "read through", repr(target), state.members))
@@ -227,6 +229,25 @@ def test_a_host_list_changed_by_more_than_one_host_is_refused_before_anything_is
         f"replicatedHosts {said} at once, so nothing was previewed or changed on any host: change one host per "
         "`up` (`pulumi config set replicatedHosts ssh://<user>@<address>,... --stack prod`, then `pulumi up`, for "
         "each).")
+
+
+def test_a_host_joining_with_the_volumes_a_departed_member_left_is_refused_and_they_are_kept(cluster_hosts):
+    """Its PostgreSQL and Redis would start on their old data beside the cluster's; volumes are retained by
+    default, and nothing deletes data to make a run succeed."""
+    import pulumi
+
+    grow(cluster_hosts, *ADDRESSES, "10.9.0.5")
+    cluster_hosts.members = frozenset(ADDRESSES)
+    cluster_hosts.left["10.9.0.5"] = ["prod-patroni-data", "prod-redis-data"]
+    with pytest.raises(pulumi.RunError) as raised:
+        cluster_hosts.program.look_at_host(cluster_hosts.cfg)
+    assert str(raised.value) == (
+        "ssh://root@10.9.0.5 joins the running cluster but still has the data volumes a member of this stack left "
+        "there when the host was taken off the list (prod-patroni-data, prod-redis-data), so nothing was previewed "
+        "or changed on any host: a joining member starts empty and copies the cluster. Keep what you need from them, "
+        "remove them on that host (`docker volume rm prod-patroni-data prod-redis-data`), then run again.")
+    cluster_hosts.members = frozenset()  # no cluster running: a destroyed stack's retained volumes come back
+    assert cluster_hosts.program.look_at_host(cluster_hosts.cfg).members == frozenset()
 
 
 @pytest.mark.parametrize("listed", [
@@ -408,6 +429,7 @@ def test_every_container_goes_before_every_membership_which_waits_for_the_first_
         assert seat.inputs["hosts"] == {a: {"url": f"ssh://root@{a}", "ssh_key_file": "/keys/id",
                                             "ssh_known_hosts_file": ""} for a in FOUR}
         assert four_hosts.options[name].additional_secret_outputs == ["target"]
+        assert seat.inputs["deadline_s"] == 120, "healthTimeoutSeconds"
         pickled = base64.b64decode(unwrap(seat.inputs["__provider"]))
         assert b"infra.components.membership" in pickled and b"_MembershipProvider" in pickled
         assert (first in four_hosts.dependencies[name]) == (name != "member-m10_9_0_2-membership"), name

@@ -77,6 +77,7 @@ def test_new_passwords_with_a_changed_host_list_are_refused_by_the_check():
         "10.9.0.4, 10.9.0.5); nothing was changed. Set the previous passwords back and run `up` for the hosts, then "
         "set the new ones and run `up` again."))]
     same_passwords = {**grown, "secrets": DEPLOYED["secrets"]}
-    assert _RotationProvider().check(DEPLOYED, same_passwords).failures == []
+    passed = _RotationProvider().check(DEPLOYED, same_passwords)
+    assert (passed.inputs, passed.failures) == (same_passwords, [])
     assert _RotationProvider().check(DEPLOYED, ROTATED).failures == []
     assert _RotationProvider().check({}, grown).failures == [], "created: nothing to compare"
