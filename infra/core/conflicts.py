@@ -113,10 +113,15 @@ def held_sockets(engine: Engine, image: str, sockets: list[tuple[str, int]], sta
         return set(re.findall(r"taken (\S+:\d+)", str(logs)))
 
 
+def _stack_runs_on(containers: list[dict], stack: str) -> bool:
+    """Whether one of ``containers`` (an engine's listing) is the stack's."""
+    return any((c.get("Labels") or {}).get(STACK_LABEL) == stack for c in containers)
+
+
 def left_volumes(engine: Engine, stack: str) -> list[str]:
     """The stack's own data volumes on an engine where none of its containers is: left by a member
     of a host taken off the list (volumes are retained), or by a destroyed stack."""
-    if any((c.get("Labels") or {}).get(STACK_LABEL) == stack for c in engine.containers()):
+    if _stack_runs_on(engine.containers(), stack):
         return []
     return sorted(v["Name"] for v in engine.volumes() if (v.get("Labels") or {}).get(STACK_LABEL) == stack)
 
@@ -128,7 +133,7 @@ def member_conflicts(engine: Engine, stack: str, project: str, me: cluster.Membe
     with one of its names, a socket one of them listens on."""
     remove_probes(engine, stack)
     containers = engine.containers()
-    if any((c.get("Labels") or {}).get(STACK_LABEL) == stack for c in containers):
+    if _stack_runs_on(containers, stack):
         return []
     found = []
     roles = [role for role in cluster.ROLES if runs_etcd or role != "etcd"]

@@ -101,7 +101,8 @@ def hand_over(target: Target, leaving: Mapping[str, DockerHost], deadline_s: flo
                 name = container_name(target.stack, role)
                 if dockercli.inspect("container", name) is None:
                     continue
-                dockercli.docker("stop", "-t", str(dockercli.STOP_GRACE_S), name, timeout_s=dockercli.STOP_GRACE_S + 30)
+                grace = dockercli.STOP_GRACE_S
+                dockercli.docker("stop", "-t", str(grace), name, timeout_s=grace + 30)
                 done.append(f"{role} on {address}: stopped")
                 if role == "patroni":
                     _await(lambda: len([m for m in patroni_members(target.cluster) if m.get("role") == "leader"
