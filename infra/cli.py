@@ -129,7 +129,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     target = stacks.target_from_outputs(args.stack, outputs, stacks.docker_host_of(stack))
     agent = outputs.get("backupContainerName")
     if target.cluster:  # its members answer on their own addresses; nothing to tunnel
-        result = status.collect_replicated(target)
+        backup = stacks.stack_config(args.stack).backup if "backupSchedule" in outputs else None
+        bucket = (pitr.open_store(backup.s3.url, backup), backup.schedule) if backup and backup.s3 else None
+        result = status.collect_replicated(target, backups=bucket)
     else:
         with dockerhost.reach(target) as reached:
             result = status.collect(reached, drift=stacks.drift_of(stack),

@@ -54,28 +54,60 @@ def docker_provider(host: DockerHost, name: str = "docker-host") -> docker.Provi
     return docker.Provider(name, host=host.url or None, ssh_opts=host.ssh_options() if host.is_ssh else None)
 
 
+def agent_settings(cfg: stack_config.StackConfig, host: str, postgres_port: int, redis_port: int) -> dict:
+    """agent.json without the mount paths (infra.backupagent.agent.AgentConfig) for an agent that
+    reaches PostgreSQL and Redis on ``host``; no secrets."""
+    bk, pg = cfg.backup, cfg.postgres
+    return {
+        "stack": cfg.stack, "schedule": bk.schedule,
+        "keep_last": bk.keep_last, "keep_daily": bk.keep_daily, "keep_weekly": bk.keep_weekly,
+        "postgres_host": host, "postgres_port": postgres_port,
+        "postgres_user": pg.user, "postgres_database": pg.database,
+        "redis_host": host, "redis_port": redis_port,
+        "s3": ({"bucket": bk.s3.bucket, "prefix": bk.s3.prefix, "endpoint": bk.s3.endpoint, "region": bk.s3.region}
+               if bk.s3 else None),
+        **({"replicated": True} if cfg.cluster else {}),
+    }
+
+
+def agent_secrets(cfg: stack_config.StackConfig) -> dict[str, str]:
+    """The agent's secret files by name."""
+    bk = cfg.backup
+    secrets = {"postgres-password": cfg.postgres.password, "redis-password": cfg.redis.password,
+               "backup-passphrase": bk.passphrase}
+    if bk.s3:
+        secrets.update({"s3-access-key-id": bk.s3.access_key_id, "s3-secret-access-key": bk.s3.secret_access_key})
+    return secrets
+
+
 def backup_agent(cfg: stack_config.StackConfig, postgres: PostgresService, redis: RedisService,
                  on_host: pulumi.ResourceOptions) -> BackupAgent:
     """The agent that takes the scheduled backups and ships the WAL archive, on the same host."""
-    bk, pg, rd = cfg.backup, cfg.postgres, cfg.redis
-    settings = {
-        "stack": cfg.stack, "schedule": bk.schedule,
-        "keep_last": bk.keep_last, "keep_daily": bk.keep_daily, "keep_weekly": bk.keep_weekly,
-        "postgres_host": cfg.host_address, "postgres_port": pg.host_port,
-        "postgres_user": pg.user, "postgres_database": pg.database,
-        "redis_host": cfg.host_address, "redis_port": rd.host_port,
-        "s3": ({"bucket": bk.s3.bucket, "prefix": bk.s3.prefix, "endpoint": bk.s3.endpoint, "region": bk.s3.region}
-               if bk.s3 else None),
-    }
-    secrets = {"postgres-password": pg.password, "redis-password": rd.password, "backup-passphrase": bk.passphrase}
-    if bk.s3:
-        secrets.update({"s3-access-key-id": bk.s3.access_key_id, "s3-secret-access-key": bk.s3.secret_access_key})
+    bk = cfg.backup
     return BackupAgent("backup", BackupAgentArgs(
         image=bk.image, container_name=bk.container_name, volume_name=bk.volume_name,
         postgres_volume=postgres.data_volume_name, archive_volume=postgres.archive_volume_name,
-        redis_volume=redis.data_volume_name, settings=settings, secrets=secrets, memory_mb=BACKUP_AGENT_MEMORY_MB,
+        redis_volume=redis.data_volume_name,
+        settings=agent_settings(cfg, cfg.host_address, cfg.postgres.host_port, cfg.redis.host_port),
+        secrets=agent_secrets(cfg), memory_mb=BACKUP_AGENT_MEMORY_MB,
         retain_volume=cfg.retain_volumes, labels=labels(cfg.project, cfg.stack, "backup"),
     ), pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=[postgres, redis])))
+
+
+def member_backup_agent(cfg: stack_config.StackConfig, member: ClusterMember, name: str,
+                        after: list[pulumi.Resource]) -> BackupAgent:
+    """One host's agent of a replicated stack: it ships what its PostgreSQL archives and, while that
+    is the leader, takes the scheduled base backups (infra.backupagent.agent); over loopback."""
+    container = cluster.container_name(cfg.stack, cluster.BACKUP_ROLE)
+    return BackupAgent(name, BackupAgentArgs(
+        image=cfg.backup.image, container_name=container, volume_name=f"{container}-data",
+        postgres_volume=member.volumes["patroni"].name, archive_volume=member.volumes["patroni-archive"].name,
+        redis_volume=member.volumes["redis"].name,
+        settings=agent_settings(cfg, "127.0.0.1", cluster.POSTGRES_PORT, cluster.REDIS_PORT),
+        secrets=agent_secrets(cfg), memory_mb=BACKUP_AGENT_MEMORY_MB, retain_volume=cfg.retain_volumes,
+        labels=labels(cfg.project, cfg.stack, cluster.BACKUP_ROLE),
+        data_dir_in_volume=cluster.PATRONI_DATA_DIR.removeprefix(cluster.PATRONI_VOLUME_PATH + "/"), after=after,
+    ), pulumi.ResourceOptions(parent=member))
 
 
 def postgres_url(user: str, password: str, host: str, port: Optional[int], database: str) -> str:
@@ -317,13 +349,14 @@ def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primari
     rotation = PasswordRotation("passwords", PasswordRotationArgs(target=target.to_dict(), secrets=cl.secrets))
     everyone = cluster.members(cl.addresses)
     images = {"etcd": cl.etcd_image, "patroni": cl.patroni_image, "haproxy": cl.haproxy_image, "redis": rd.image}
+    backups = cfg.backup is not None and cfg.backup.scheduled
     names = {role: cluster.container_name(cfg.stack, role) for role in cluster.ROLES}
     role_labels = {role: labels(cfg.project, cfg.stack, role) for role in cluster.ROLES}
     by_member, servers, seats = {}, {}, {}
     engines = {host.address: dataclasses.asdict(host.docker) for host in cl.hosts}
     for host, me in zip(cl.hosts, everyone):
         servers[me] = {s.role: s for s in cluster.servers(everyone, me, cfg.stack, pg.user, cl.secrets,
-                                                          pg.memory_mb, rd.memory_mb)}
+                                                          pg.memory_mb, rd.memory_mb, archiving=backups)}
         by_member[me] = ClusterMember(f"member-{me.name}", ClusterMemberArgs(
             images={s.image: images[s.image] for s in servers[me].values()}, names=names, labels=role_labels,
             retain_volumes=cfg.retain_volumes, health_timeout_s=cfg.health_timeout_seconds),
@@ -342,6 +375,10 @@ def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primari
     hosts = list(by_member.values())
     for member in hosts:
         member.complete()
+    if backups:
+        for me, member in by_member.items():
+            member_backup_agent(cfg, member, f"member-{me.name}-backup",
+                                [member.containers["patroni"], member.containers["redis"], *seats.values()])
     step = PostDeploy("post-deploy", PostDeployArgs(
         target=target.to_dict(),
         migrations=migration_files.fingerprint(migration_files.load()),
@@ -366,3 +403,6 @@ def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primari
     pulumi.export("connection", pulumi.Output.secret(target.to_dict()))
     pulumi.export("migrationsApplied", step.applied)
     pulumi.export("verificationChecks", step.checks)
+    if backups:
+        pulumi.export("backupSchedule", cfg.backup.schedule)
+        pulumi.export("backupS3Url", cfg.backup.s3.url)

@@ -25,14 +25,33 @@ from infra.driver import stacks, teststacks
 from tests.polling import until
 from tests.remote_host import RemoteHostGroup
 
-def local_images() -> dict[str, str]:
-    """The stack's image settings: the images toolchain/setup.sh built and named in its environment."""
-    found = stacks.local_images(stacks.LOCAL_CLUSTER_IMAGE_ENV)
+# The backup agent's image, which a stack with backups runs on every host too.
+BACKUP_IMAGE = {"backupImage": stacks.LOCAL_IMAGE_ENV["backupImage"]}
+
+
+def local_images(names: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The stack's image settings (default: the cluster's): the images toolchain/setup.sh built and named
+    in its environment."""
+    names = names or stacks.LOCAL_CLUSTER_IMAGE_ENV
+    found = stacks.local_images(names)
     for key, image in found.items():
         if not stacks.image_present(image):
-            raise RuntimeError(f"{stacks.LOCAL_CLUSTER_IMAGE_ENV[key]} names no local image: run this through "
-                               f"scripts/test or scripts/bench")
+            raise RuntimeError(f"{names[key]} names no local image: run this through scripts/test or scripts/bench")
     return found
+
+
+def backup_settings(s3, bucket: str, hosts: RemoteHostGroup) -> dict[str, str]:
+    """Scheduled backups into ``bucket`` of the test S3 server ``s3`` (a base backup when the agents start,
+    then yearly), the agent's image copied to ``hosts``; the S3 keys go in with :func:`store_s3_keys`."""
+    image = local_images(BACKUP_IMAGE)
+    hosts.load_image(image["backupImage"])
+    return {"backupSchedule": "0 0 1 1 *", "backupS3Bucket": bucket, "backupS3Endpoint": s3.endpoint, **image}
+
+
+def store_s3_keys(stack: auto.Stack, s3) -> None:
+    """The test S3 server's keys as the stack's secrets (before its first `up` with backups)."""
+    stacks.set_secret(stack, "backupS3AccessKeyId", s3.access_key)
+    stacks.set_secret(stack, "backupS3SecretAccessKey", s3.secret_key)
 
 
 @contextlib.contextmanager
@@ -56,14 +75,16 @@ def settings(state_dir: Path) -> stacks.Settings:
 
 @contextlib.contextmanager
 def replicated_stack(hosts: RemoteHostGroup, state_dir: Path, prefix: str,
-                     program_dir: Optional[Path] = None) -> Iterator[auto.Stack]:
+                     program_dir: Optional[Path] = None,
+                     extra: Optional[dict[str, str]] = None) -> Iterator[auto.Stack]:
     """A replicated stack over ``hosts`` (state under ``state_dir``), of the program in ``program_dir``
-    (default: this checkout's; another: e.g. an earlier release's, whose stack file stays there);
+    (default: this checkout's; another: e.g. an earlier release's, whose stack file stays there), with
+    ``extra`` settings besides the hosts and images;
     destroyed and removed afterwards, failing or not (a fault left in place undone first, or the
     destroy cannot reach that host)."""
     config = {"topology": "replicated", "replicatedHosts": ",".join(h.docker_host for h in hosts),
               "dockerSshKeyFile": str(hosts.identity_file), "dockerSshKnownHostsFile": str(hosts.known_hosts_file),
-              "retainVolumes": "false", "healthTimeoutSeconds": "240", **local_images()}
+              "retainVolumes": "false", "healthTimeoutSeconds": "240", **local_images(), **(extra or {})}
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     if program_dir is None:
         stack = teststacks.create(settings(state_dir), name, config)

@@ -82,6 +82,10 @@ class AgentConfig:
     redis_data: Path
     local_root: Path
     s3: Optional[dict]
+    replicated: bool = False
+    """One agent per host of a replicated stack: the bucket is its only store (each host archives
+    what its own member has; only the bucket holds all of it), and only the agent beside the leader
+    of the moment takes the base backups."""
 
     @classmethod
     def load(cls, path: Path = CONFIG_FILE) -> "AgentConfig":
@@ -98,8 +102,8 @@ def secret(name: str, directory: Path = SECRETS_DIR) -> str:
 # ------------------------------------------------------------------ stores
 
 def open_stores(config: AgentConfig, secrets_dir: Path = SECRETS_DIR) -> list:
-    """The local copy first (always reachable), then the off-host one."""
-    stores = [DirStore(config.local_root / layout.LOCAL_STORE_DIR)]
+    """The local copy first (always reachable), then the off-host one; replicated: the bucket only."""
+    stores = [] if config.replicated else [DirStore(config.local_root / layout.LOCAL_STORE_DIR)]
     if config.s3:
         stores.append(S3Store(config.s3.get("endpoint") or None, config.s3["region"], config.s3["bucket"],
                               config.s3["prefix"], secret("s3-access-key-id", secrets_dir),
@@ -374,6 +378,15 @@ def _another_child(exc: redis.ResponseError) -> bool:
     return "in progress" in str(exc) or "child process is active" in str(exc)
 
 
+def is_replica(config: AgentConfig, secrets_dir: Path = SECRETS_DIR) -> bool:
+    """Whether the PostgreSQL beside this agent is a replica (a replicated stack's base backups come
+    from the leader, whose timeline the WAL of its time is on)."""
+    with psycopg.connect(host=config.postgres_host, port=config.postgres_port, user=config.postgres_user,
+                         password=secret("postgres-password", secrets_dir), dbname=config.postgres_database,
+                         autocommit=True, connect_timeout=10, application_name="sin-backup-agent") as conn:
+        return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
+
+
 def take_backup(config: AgentConfig, stores: list, secrets_dir: Path = SECRETS_DIR,
                 now: Optional[datetime] = None) -> dict:
     """One base backup of both services into every store; returns its manifest."""
@@ -470,8 +483,18 @@ class Agent:
             self.stop.wait(WAL_POLL_S)
 
     def run_once(self) -> bool:
+        """One base backup (replicated: only beside the leader); whether one was taken."""
         started = _now()
         name = layout.backup_name(started)
+        try:
+            if self.config.replicated and is_replica(self.config, self.secrets_dir):
+                log(f"backup {name}: skipped, PostgreSQL here is a replica (the leader's agent takes it)")
+                self.status.set("last_skipped", {"name": name, "at": _iso(started), "reason": "replica"})
+                return False
+        except psycopg.Error as exc:  # down or starting: the first-backup loop or the schedule tries again
+            self.status.set("last_skipped", {"name": name, "at": _iso(started), "reason": type(exc).__name__})
+            log(f"backup {name}: skipped, PostgreSQL here does not answer: {exc}")
+            return False
         self.status.set("running", {"name": name, "started_at": _iso(started)})
         log(f"backup {name}: started")
         try:
@@ -494,13 +517,17 @@ class Agent:
         return True
 
     def has_base_backup(self) -> bool:
-        keys = self.stores[0].list()
+        try:
+            keys = self.stores[0].list()
+        except StoreError:  # the bucket out of reach (replicated): a run tries, and records why it fails
+            return False
         return any(layout.backup_key(n, layout.MANIFEST) in keys for n in layout.backup_names(keys))
 
     def first_backup(self) -> None:
-        """Until the local store holds a base backup (point-in-time recovery starts from one), try
-        again after each failure, backing off; a backup whose off-host copy failed is local
-        already, and the schedule's next run copies a newer one."""
+        """Until the first store (the local one; replicated: the bucket) holds a base backup (point-in-time
+        recovery starts from one), try again after each failure, backing off; a backup whose off-host
+        copy failed is local already, and the schedule's next run copies a newer one. Replicated, the
+        agents beside replicas keep looking until the leader's has taken it."""
         delay, longest = FIRST_BACKUP_RETRY_S
         while not self.stop.is_set() and not self.has_base_backup():
             if self.run_once():

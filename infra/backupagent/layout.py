@@ -28,8 +28,19 @@ STATUS_FILE = "status.json"
 HEARTBEAT_FILE = "heartbeat"
 LOCAL_STORE_DIR = "store"
 WORK_DIR = ".work"
-# Inside the volume mounted at PostgreSQL's /var/lib/postgresql: where archive_command copies to.
+# The WAL archive volume is mounted on the data volume's parent in PostgreSQL's container (single
+# host) and in Patroni's (replicated): the images own that directory (postgres:16-alpine and ours),
+# so a new volume starts out writable by the postgres user. archive_command copies into a folder of it.
+ARCHIVE_MOUNT = "/var/lib/postgresql"
 ARCHIVE_SUBDIR = "wal-archive"
+ARCHIVE_DIR = f"{ARCHIVE_MOUNT}/{ARCHIVE_SUBDIR}"
+# Recovery point: with writes going on, a segment is archived at least this often (the agent
+# ships it within seconds), so a dead host loses at most about this much.
+ARCHIVE_TIMEOUT_S = 30
+# Only sh, cp, mv, cmp: what the official image ships. Writes under a temporary name, so the
+# agent never ships half a segment; a segment archived again after a crash must be identical.
+ARCHIVE_COMMAND = (f"mkdir -p {ARCHIVE_DIR} && if [ -f {ARCHIVE_DIR}/%f ]; then cmp -s %p {ARCHIVE_DIR}/%f; "
+                   f"else cp %p {ARCHIVE_DIR}/%f.tmp && mv {ARCHIVE_DIR}/%f.tmp {ARCHIVE_DIR}/%f; fi")
 STAMP = "%Y%m%dT%H%M%SZ"
 _BASE = re.compile(r"^base/(\d{8}T\d{6}Z)/")
 _WAL = re.compile(r"^wal/(\d+)/([0-9A-F]{24}(?:\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)\.gz\.enc$")

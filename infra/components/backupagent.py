@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import pulumi
 import pulumi_docker as docker
@@ -48,6 +48,10 @@ class BackupAgentArgs:
     memory_mb: int
     retain_volume: bool
     labels: Mapping[str, str]
+    data_dir_in_volume: str = ""
+    """Where PostgreSQL's data directory is inside ``postgres_volume`` (Patroni's: a folder of it)."""
+    after: Sequence[pulumi.Resource] = ()
+    """Created after these, deleted before them."""
 
 
 def agent_code() -> dict[str, str]:
@@ -66,7 +70,8 @@ class BackupAgent(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         image = docker.RemoteImage(f"{name}-image", name=args.image, keep_locally=True, opts=child)
         volume = named_volume(self, f"{name}-copies", args.volume_name, args.labels, args.retain_volume)
-        settings = {**args.settings, "pgdata": f"{PGDATA_MOUNT}/data", "archive": ARCHIVE_MOUNT,
+        pgdata = f"{PGDATA_MOUNT}/data/{args.data_dir_in_volume}".rstrip("/")
+        settings = {**args.settings, "pgdata": pgdata, "archive": ARCHIVE_MOUNT,
                     "redis_data": REDIS_MOUNT, "local_root": LOCAL_MOUNT}
         uploads = [docker.ContainerUploadArgs(file=f"{CODE_MOUNT}/{file}", content=text, permissions="0444")
                    for file, text in agent_code().items()]
@@ -88,8 +93,8 @@ class BackupAgent(pulumi.ComponentResource):
             **container_defaults(args.memory_mb, args.labels),
             # Its name is fixed, so a new version (code, settings) replaces it delete-first; a changed
             # healthcheck is replaced too (the provider would report an update it never applies).
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[image, volume], delete_before_replace=True,
-                                        replace_on_changes=["healthcheck"]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[image, volume, *args.after],
+                                        delete_before_replace=True, replace_on_changes=["healthcheck"]),
         )
         self.container_name = container.name
         self.register_outputs({"container_name": self.container_name})

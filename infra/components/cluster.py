@@ -26,7 +26,8 @@ class ClusterMemberArgs:
     images: Mapping[str, str]
     """Image reference by :attr:`Server.image` key, one for each key the servers use."""
     names: Mapping[str, str]
-    """Container name by role; the data volume is named ``<container>-data``."""
+    """Container name by role; the data volume is named ``<container>-data`` (the WAL archive's
+    ``<container>-archive``)."""
     labels: Mapping[str, Mapping[str, str]]
     """The stack's labels by role."""
     retain_volumes: bool
@@ -50,6 +51,8 @@ class ClusterMember(pulumi.ComponentResource):
         self._images = {key: docker.RemoteImage(f"{name}-{key}-image", name=ref, keep_locally=True, opts=child)
                         for key, ref in sorted(args.images.items())}
         self.containers: dict[str, docker.Container] = {}
+        self.volumes: dict[str, docker.Volume] = {}
+        """By role, and ``<role>-archive`` for a server's WAL archive (the backup agent mounts them)."""
 
     def declare(self, server: Server, after: Sequence[pulumi.Resource] = ()) -> docker.Container:
         """The container of ``server``, created (or replaced) only once ``after`` is. A server with a
@@ -57,11 +60,13 @@ class ClusterMember(pulumi.ComponentResource):
         args, role = self._args, server.role
         container_name = args.names[role]
         volumes, mounts = [], []
-        if server.data_path:
-            volume = named_volume(self, f"{self._name}-{role}-data", f"{container_name}-data", args.labels[role],
-                                  args.retain_volumes)
-            volumes.append(volume)
-            mounts.append(docker.ContainerVolumeArgs(volume_name=volume.name, container_path=server.data_path))
+        for kind, path in (("data", server.data_path), ("archive", server.archive_path)):
+            if path:
+                volume = named_volume(self, f"{self._name}-{role}-{kind}", f"{container_name}-{kind}",
+                                      args.labels[role], args.retain_volumes)
+                self.volumes[role if kind == "data" else f"{role}-{kind}"] = volume
+                volumes.append(volume)
+                mounts.append(docker.ContainerVolumeArgs(volume_name=volume.name, container_path=path))
         waits = dict(healthcheck=healthcheck(server.health, args.health_timeout_s, WAIT_CHECK_INTERVAL_S),
                      wait=True, wait_timeout=args.health_timeout_s) if server.health else {}
         container = docker.Container(

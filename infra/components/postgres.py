@@ -8,7 +8,7 @@ from typing import Optional
 import pulumi
 import pulumi_docker as docker
 
-from infra.backupagent.layout import ARCHIVE_SUBDIR
+from infra.backupagent.layout import ARCHIVE_COMMAND, ARCHIVE_MOUNT, ARCHIVE_TIMEOUT_S
 from infra.components.common import ServiceArgs, ServiceSpec, declare_service, healthcheck, named_volume
 from infra.core.targets import POSTGRES_DATA_PATH, POSTGRES_PORT
 
@@ -18,17 +18,6 @@ DATA_PATH = POSTGRES_DATA_PATH
 # does not depend on the password: a re-attached volume or a rotation that leaves the data with
 # another password is still a running server, whose password the post-deploy step sets
 # (infra/deploy/credentials.py). Authentication is what the verification checks.
-# The WAL archive volume is mounted on the data volume's parent: the image owns that directory
-# (postgres:16-alpine and ours), so a new volume starts out writable by the postgres user.
-ARCHIVE_MOUNT = "/var/lib/postgresql"
-ARCHIVE_DIR = f"{ARCHIVE_MOUNT}/{ARCHIVE_SUBDIR}"
-# Recovery point: with writes going on, a segment is archived at least this often (the agent
-# ships it within seconds), so a dead host loses at most about this much.
-ARCHIVE_TIMEOUT_S = 30
-# Only sh, cp, mv, cmp: what the official image ships. Writes under a temporary name, so the
-# agent never ships half a segment; a segment archived again after a crash must be identical.
-ARCHIVE_COMMAND = (f"mkdir -p {ARCHIVE_DIR} && if [ -f {ARCHIVE_DIR}/%f ]; then cmp -s %p {ARCHIVE_DIR}/%f; "
-                   f"else cp %p {ARCHIVE_DIR}/%f.tmp && mv {ARCHIVE_DIR}/%f.tmp {ARCHIVE_DIR}/%f; fi")
 HEALTHCHECK = f'pg_isready -q -h 127.0.0.1 -p {POSTGRES_PORT} -U "$POSTGRES_USER" -d "$POSTGRES_DB"'
 
 

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import yaml
 
+from infra.backupagent.layout import ARCHIVE_COMMAND, ARCHIVE_MOUNT, ARCHIVE_TIMEOUT_S
 from infra.core.targets import redis_cli
 
 # The ports every member listens on, on its host's address (one home for each).
@@ -137,6 +138,9 @@ class Server:
     health: Optional[str] = None
     """A shell command that succeeds once the server serves its part of the cluster; a change
     reaches the next member's server of the same role only then (None: not waited for)."""
+    archive_path: Optional[str] = None
+    """Where the WAL archive volume is mounted (PostgreSQL with backups on; its backup agent ships
+    what is archived there); None: no archive."""
 
     @property
     def image(self) -> str:
@@ -150,6 +154,9 @@ def container_name(stack: str, role: str) -> str:
 
 
 ROLES = ("etcd", "patroni", "haproxy", "redis", "sentinel")
+# The backup agent's role on every host when backups are on (not a Server: its component uploads its
+# code and settings; infra.components.backupagent): container <stack>-backup, volume <stack>-backup-data.
+BACKUP_ROLE = "backup"
 
 
 @dataclass(frozen=True)
@@ -209,9 +216,10 @@ def seeded(seed: str, config: str, *server_args: str) -> tuple[str, ...]:
 
 
 def servers(cluster: Sequence[Member], me: Member, scope: str, superuser: str, secrets: ClusterSecrets,
-            postgres_memory_mb: int, redis_memory_mb: int, timing: ClusterTiming = ClusterTiming()) -> tuple[Server, ...]:
+            postgres_memory_mb: int, redis_memory_mb: int, timing: ClusterTiming = ClusterTiming(),
+            archiving: bool = False) -> tuple[Server, ...]:
     """The servers of ``me``, in the order they start: etcd first (on :func:`etcd_hosts` only),
-    Patroni needs it."""
+    Patroni needs it. ``archiving``: PostgreSQL archives its WAL (backups on)."""
     redis_config_path, sentinel_config_path = f"{REDIS_VOLUME_PATH}/redis.conf", f"{REDIS_VOLUME_PATH}/sentinel.conf"
     # Healthy: a member of a cluster with a leader (a linearizable read through this member).
     etcd = (Server("etcd", tuple(etcd_command(cluster, me, scope)), {}, ETCD_VOLUME_PATH,
@@ -219,8 +227,8 @@ def servers(cluster: Sequence[Member], me: Member, scope: str, superuser: str, s
                    f"etcdctl --endpoints=http://127.0.0.1:{ETCD_CLIENT_PORT} --command-timeout=3s endpoint health"),)
     return (etcd if me in etcd_hosts(cluster) else ()) + (
         Server("patroni", (), {PATRONI_CONFIG_FILE: patroni_config(cluster, me, scope, superuser, secrets, timing,
-                                                                    postgres_memory_mb)},
-               PATRONI_VOLUME_PATH, postgres_memory_mb, patroni_health(me)),
+                                                                    postgres_memory_mb, archiving)},
+               PATRONI_VOLUME_PATH, postgres_memory_mb, patroni_health(me), ARCHIVE_MOUNT if archiving else None),
         Server("haproxy", (), {HAPROXY_CONFIG_FILE: haproxy_config(cluster, me)}, None,
                SMALL_SERVER_MEMORY_MB["haproxy"]),
         Server("redis", seeded(REDIS_SEED_FILE, redis_config_path),
@@ -288,9 +296,10 @@ def etcd_members(command: str) -> frozenset[str]:
 
 def patroni_config(cluster: Sequence[Member], me: Member, scope: str, superuser: str,
                    secrets: ClusterSecrets, timing: ClusterTiming = ClusterTiming(),
-                   memory_mb: int = 512) -> str:
+                   memory_mb: int = 512, archiving: bool = False) -> str:
     """Patroni's YAML for ``me``: etcd v3 as its store, synchronous mode (an acknowledged commit
-    is on a second member), pg_rewind for a former leader, the cluster's addresses in pg_hba."""
+    is on a second member), pg_rewind for a former leader, the cluster's addresses in pg_hba.
+    ``archiving``: every member archives its WAL (:func:`archive_parameters`)."""
     # Loopback too: Patroni reads its own timeline over a local replication connection to decide
     # whether a former leader needs pg_rewind (without it, a cut-off leader never rejoined).
     replication_sources = ["127.0.0.1/32", *(f"{m.address}/32" for m in cluster)]
@@ -344,13 +353,21 @@ def patroni_config(cluster: Sequence[Member], me: Member, scope: str, superuser:
                 "superuser": {"username": superuser, "password": secrets.superuser},
                 "replication": {"username": REPLICATION_USER, "password": secrets.replication},
             },
-            "parameters": {"unix_socket_directories": "/run/postgresql"},
+            "parameters": {"unix_socket_directories": "/run/postgresql", **(archive_parameters() if archiving else {})},
             "pg_hba": hba,
         },
         "watchdog": {"mode": "off"},
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
     }
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def archive_parameters() -> dict[str, object]:
+    """PostgreSQL's WAL archiving on every member (this member's own settings: they go with its
+    file, so turning backups on or off rolls like any change). ``always``: a replica archives what
+    it receives too, so the segments a lost leader had not archived yet come from the member that
+    takes over (with ``on``, a promoted replica archives only from its new timeline on: a gap)."""
+    return {"archive_mode": "always", "archive_command": ARCHIVE_COMMAND, "archive_timeout": ARCHIVE_TIMEOUT_S}
 
 
 def haproxy_config(cluster: Sequence[Member], me: Member) -> str:

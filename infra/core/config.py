@@ -479,6 +479,12 @@ def parse(raw: Mapping[str, str], stack: str, project: str = PROJECT,
     if postgres.password and postgres.password == redis.password:
         r.fail("redisPassword", "equals postgresPassword",
                "pulumi config set --secret redisPassword <a different password>")
+    backup, cluster = _backup(r, stack, names), _cluster(r, postgres.password, redis.password)
+    if cluster and backup and backup.scheduled and backup.s3 is None:
+        r.fail("backupS3Bucket", "is required with backupSchedule on topology replicated: every host ships the WAL its "
+               "PostgreSQL archives and the leader of the moment takes the base backups, so only a bucket holds all "
+               "of them", "pulumi config set backupS3Bucket <bucket> (and backupS3Endpoint, backupS3AccessKeyId, "
+               "backupS3SecretAccessKey; see docs/backups.md)")
     config = StackConfig(
         project=project,
         stack=stack,
@@ -489,8 +495,8 @@ def parse(raw: Mapping[str, str], stack: str, project: str = PROJECT,
         network=network,
         postgres=postgres,
         redis=redis,
-        backup=_backup(r, stack, names),
-        cluster=_cluster(r, postgres.password, redis.password),
+        backup=backup,
+        cluster=cluster,
     )
     if r.problems:
         raise ConfigError(r.problems)

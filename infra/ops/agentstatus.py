@@ -1,4 +1,5 @@
-"""What the stack's backup agent did and when, read from its status.json; without Pulumi."""
+"""What the stack's backup agent did and when, read from its status.json (a replicated stack's: from its
+bucket, :func:`in_bucket`); without Pulumi."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Optional
 from infra.core import dockercli
 from infra.backupagent import layout
 from infra.backupagent.schedule import Cron, overdue
+from infra.backupagent.store import StoreError
 from infra.components.backupagent import LOCAL_MOUNT
 
 # A scheduled backup counts as missed once this long has passed after its scheduled time.
@@ -53,6 +55,36 @@ def problems(status: Optional[dict], schedule: str, now: datetime) -> list[str]:
             found.append(f"backups: {wal['pending']} WAL segments wait to be shipped since "
                          f"{wal.get('last_shipped_at') or 'the start'}: {wal['last_error']}")
     return found
+
+
+def in_bucket(store, schedule: str, now: datetime,
+              archived: Optional[tuple[str, str, datetime]]) -> tuple[dict, list[str]]:
+    """A replicated stack's backups as its bucket shows them (every host's agent ships there, none holds
+    all of it): the newest complete base backup against the schedule, and whether the WAL segment the
+    leader archived last (``archived``: system identifier, segment, when; None: unknown) reached it.
+    Returns what to show and the problems."""
+    where = store.describe()
+    try:
+        keys = set(store.list())
+    except StoreError as exc:
+        return {"store": where, "schedule": schedule}, [f"backups: {where} cannot be read: {exc}"]
+    complete = [name for name in layout.backup_names(keys) if layout.backup_key(name, layout.MANIFEST) in keys]
+    newest = complete[-1] if complete else None
+    shown = {"store": where, "schedule": schedule, "newest": newest, "last_archived": archived[1] if archived else None}
+    found = []
+    if newest is None:
+        found.append(f"backups: {where} holds no complete base backup yet (the agent beside the leader takes one "
+                     f"when it starts); see `docker logs` of its backup container")
+    elif overdue(Cron.parse(schedule), layout.backup_time(newest), now, GRACE, layout.backup_time(newest)):
+        found.append(f"backups: the newest base backup in {where} is {newest}, although schedule '{schedule}' (UTC) "
+                     f"called for one since; see `docker logs` of the backup container on the leader's host")
+    if archived:
+        sysid, segment, when = archived
+        if layout.wal_key(sysid, segment) not in keys and now - when > WAL_STALL:
+            found.append(f"backups: WAL segment {segment}, archived on the leader at "
+                         f"{when.isoformat(timespec='seconds')}, is not in {where}; see `docker logs` of the backup "
+                         f"containers")
+    return shown, found
 
 
 def run_now(agent: str) -> dict:

@@ -32,6 +32,8 @@ FROM audit_trail ORDER BY id DESC LIMIT %s
 
 
 ARCHIVER_SQL = "SELECT last_archived_time, last_failed_time, last_failed_wal FROM pg_stat_archiver"
+LAST_ARCHIVED_SQL = ("SELECT (SELECT system_identifier FROM pg_control_system()), last_archived_wal, "
+                     "last_archived_time FROM pg_stat_archiver")
 
 
 def archiver_problems(row: tuple) -> list[str]:
@@ -106,8 +108,7 @@ class Status:
             lines.append(f"redis       {rd['version']}, memory {rd['used_memory_human']} of "
                          f"{rd['maxmemory_human']}, {rd['connected_clients']} clients, "
                          f"aof {'on' if rd['aof_enabled'] else 'OFF'}, last bgsave {rd['last_bgsave_status']}")
-        lines.append("backups     not yet for the replicated topology (docs/replicated.md)" if self.members
-                     else _backups_line(self.backups))
+        lines.append(_bucket_line(self.backups) if self.members else _backups_line(self.backups))
         lines.append(f"migrations  {len(self.pending_migrations)} pending"
                      + (f": {', '.join(self.pending_migrations)}" if self.pending_migrations else ""))
         if self.audit:
@@ -127,6 +128,13 @@ def _backups_line(backups: dict) -> str:
     return (f"backups     schedule '{backups['schedule']}' UTC; last {last.get('name', 'none')} "
             f"{last.get('result', '-')} at {last.get('finished_at', '-')}; next {state.get('next_run_at', '-')}; "
             f"WAL shipped {wal.get('last_shipped_at', '-')}, {wal.get('pending', 0)} waiting")
+
+
+def _bucket_line(backups: dict) -> str:
+    if not backups:
+        return "backups     none scheduled (set backupSchedule and backupS3Bucket; see docs/replicated.md)"
+    return (f"backups     schedule '{backups['schedule']}' UTC; newest base backup {backups.get('newest') or 'none'} "
+            f"in {backups['store']}; WAL archived last {backups.get('last_archived') or '-'}")
 
 
 def _duration(seconds: Optional[int]) -> str:
@@ -185,9 +193,11 @@ def collect(target: Target, audit_entries: int = 5, now: Optional[datetime] = No
 
 
 def collect_replicated(target: Target, audit_entries: int = 5,
-                       read: replicated.Reader = replicated.read_state) -> Status:
+                       read: replicated.Reader = replicated.read_state,
+                       backups: Optional[tuple[object, str]] = None, now: Optional[datetime] = None) -> Status:
     """A replicated stack: its members and the cluster's problems, then the services' figures from the
-    leader (through the HAProxy on its host) and the master the Sentinels agree on."""
+    leader (through the HAProxy on its host) and the master the Sentinels agree on. ``backups``: (the
+    bucket's store, the schedule) when the stack has scheduled backups."""
     members = target.cluster.members
     state = read(target.cluster, target.redis.port, target.redis.password)
     result = Status(target.stack, [], [_member(address, state) for address in members])
@@ -196,8 +206,23 @@ def collect_replicated(target: Target, audit_entries: int = 5,
         target = replace(target, postgres=replace(target.postgres, host=state.leaders[0]))
     if state.master:
         target = replicated.resolve(target, state)
-    _services(target, result, audit_entries, archiving=False)
+    _services(target, result, audit_entries, archiving=backups is not None)
+    if backups:
+        store, schedule = backups
+        result.backups, found = agentstatus.in_bucket(store, schedule, now or datetime.now(timezone.utc),
+                                                      _last_archived(target))
+        result.problems += found
     return result
+
+
+def _last_archived(target: Target) -> Optional[tuple[str, str, datetime]]:
+    """The cluster's id and the WAL segment its leader archived last, and when (None: none yet, or no answer)."""
+    try:
+        with connect_postgres(target.postgres, deadline_s=5) as conn:
+            sysid, segment, when = conn.execute(LAST_ARCHIVED_SQL).fetchone()
+    except ConnectError:
+        return None
+    return (str(sysid), segment, when) if segment else None
 
 
 def _member(address: str, state: replicated.ClusterState) -> Member:

@@ -12,6 +12,7 @@ import pytest
 
 from tests import replicated_stacks
 from tests.remote_host import RemoteDockerHost
+from tests.servers import S3Server
 
 
 @contextmanager
@@ -53,3 +54,14 @@ def three_hosts():
     (each makes and destroys its own stack on them)."""
     with replicated_stacks.hosts_with_images(3) as group:
         yield group
+
+
+@pytest.fixture
+def lan_s3(three_hosts):
+    """An S3 server on this machine's address on the three hosts' LAN: their backup agents reach it as
+    they would a bucket."""
+    server = S3Server.start(address=three_hosts.lan.root_address)
+    try:
+        yield server
+    finally:
+        server.stop()

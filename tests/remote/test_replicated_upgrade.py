@@ -1,6 +1,8 @@
 """Upgrading a replicated stack (issue #27): one brought up by the previous release of main, then
 `preview` and `up` with this code, under a writer: no volume replaced or deleted in the preview,
-no resource deleted, the data and every acknowledged commit kept, and nothing left to change."""
+no resource deleted, the data and every acknowledged commit kept, and nothing left to change. The
+stack has scheduled backups configured, which that release ignored on a replicated stack: this one
+turns them on, as an operator turns them on for a running cluster."""
 
 from __future__ import annotations
 
@@ -14,13 +16,15 @@ from infra.driver import stacks
 from tests import replicated_stacks
 from tests.cluster_clients import PostgresWriter
 from tests.e2e.support import release_tree, resource_steps, volume_steps
+from tests.backups import complete_backups, wait_for
 from tests.polling import until
+from tests.replicated_stacks import objects_on
 
 pytestmark = pytest.mark.e2e
-# The last release of main whose replicated topology differs from this one's (it refused a changed
-# host list; this one's membership resources let a host after the third join and leave); bump it with
-# each release that changes it.
-PREVIOUS_RELEASE = "d046f78"
+# The last release of main whose replicated topology differs from this one's (it ignored the backup
+# settings of a replicated stack; this one archives every member's WAL and runs an agent on each host);
+# bump it with each release that changes it.
+PREVIOUS_RELEASE = "4079509"
 
 
 @pytest.fixture
@@ -29,10 +33,15 @@ def previous_tree(tmp_path) -> Path:
 
 
 def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes_data_and_commits(
-        three_hosts, tmp_path, previous_tree):
+        three_hosts, lan_s3, tmp_path, previous_tree):
     addresses = [h.address for h in three_hosts]
-    with replicated_stacks.replicated_stack(three_hosts, tmp_path, "e2e-ha-upg", previous_tree) as old:
+    members = [f"m{a.replace('.', '_')}" for a in addresses]
+    bucket = lan_s3.create_bucket()
+    backups = replicated_stacks.backup_settings(lan_s3, bucket, three_hosts)
+    with replicated_stacks.replicated_stack(three_hosts, tmp_path, "e2e-ha-upg", previous_tree, backups) as old:
+        replicated_stacks.store_s3_keys(old, lan_s3)
         old.up(color="never")
+        assert not [n for h in three_hosts for n in objects_on(h, old.name) if "backup" in n], "ignored before"
         connect = replicated_stacks.postgres_connector(old.get_config("sin-datastores:postgresPassword").value)
         with connect(addresses[0], cluster.HAPROXY_PRIMARY_PORT) as conn:
             conn.execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
@@ -50,11 +59,17 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             events: list = []
             stack.preview(color="never", on_event=events.append)
             steps = resource_steps(events)
-            assert set(volume_steps(events).values()) == {"same"}, steps
-            # Only each host's membership resource is new; no container is replaced for it.
+            # Backups turned on: each host's Patroni gains its archive volume and settings (replaced, its data
+            # volume the same), and its agent is new; the post-deploy step runs again for the new containers.
+            assert {name: op for name, op in volume_steps(events).items() if op != "same"} == {
+                f"member-{m}-{v}": "create" for m in members for v in ("patroni-archive", "backup-copies")}, steps
             assert {name: op for (_, name), op in steps.items() if op != "same"} == {
-                f"member-m{a.replace('.', '_')}-membership": "create" for a in addresses}, steps
-            running = {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts}
+                "post-deploy-step": "update", **{f"member-{m}-patroni": "create-replacement" for m in members},
+                **{f"member-{m}-{part}": "create" for m in members
+                   for part in ("patroni-archive", "backup", "backup-image", "backup-copies", "backup-container")},
+            }, steps
+            running = {h.address: set(h.docker("ps", "-q", "--no-trunc", "--filter",
+                                               f"name={old.name}-[ehrs]").split()) for h in three_hosts}
 
             writer = PostgresWriter([(a, cluster.HAPROXY_PRIMARY_PORT) for a in addresses], connect, 1)
             writer.start()
@@ -65,7 +80,7 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             until("commits after the up", lambda: writer.acknowledged[-1][1] > done, 60)
             writer.stop.set()
             writer.join(30)
-            assert set(volume_steps(events).values()) == {"same"}, resource_steps(events)
+            assert "delete" not in volume_steps(events).values() and "replace" not in volume_steps(events).values()
             assert result.outputs["verificationChecks"].value == 26
             with connect(addresses[1], cluster.HAPROXY_PRIMARY_PORT) as conn:
                 stored = {row for (row,) in conn.execute("SELECT id FROM acked")}
@@ -75,7 +90,9 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             assert replicated_stacks.redis_master(stack, sentinels, outputs["sentinelMasterName"]).get(
                 "upgrade:key") == b"kept"
             assert set(stack.preview(color="never").change_summary) == {"same"}
-            assert {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts} == running
+            assert all(running[h.address] <= set(h.docker("ps", "-q", "--no-trunc").split()) for h in three_hosts), \
+                "a container other than Patroni was replaced"
+            wait_for("the first base backup in the bucket", lambda: complete_backups(lan_s3, bucket, old.name), 180)
         finally:
             # Taken down by this release: the previous one cannot read the membership resources it added
             # (their provider is pickled by reference, to a module that release lacks).

@@ -251,3 +251,81 @@ def test_retries_of_the_first_backup_wait_at_most_five_minutes_and_stop_with_the
     assert waits == [5, 10, 20, 40, 80, 160, 300, 300, 300]
     assert the_agent.status.data["last_run"]["result"] == "failed"
     assert not the_agent.run_now.is_set()
+
+
+# ------------------------------------------------------------------ replicated: one agent per host
+
+S3 = {"bucket": "sin-backups", "prefix": "unit", "endpoint": "http://127.0.0.1:9", "region": "us-east-1"}
+
+
+def replicated_agent(tmp_path: Path, monkeypatch, replica: bool) -> agent.Agent:
+    """An agent of a replicated stack whose PostgreSQL is a replica or the leader; its store a folder."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(parents=True)
+    for name in ("s3-access-key-id", "s3-secret-access-key", "postgres-password", "backup-passphrase"):
+        (secrets / name).write_text(f"{name}-value")
+    the_agent = agent.Agent(config(tmp_path, schedule="0 0 1 1 *", s3=S3, replicated=True), secrets)
+    monkeypatch.setattr(agent, "is_replica", lambda cfg, secrets_dir: replica)
+    return the_agent
+
+
+def test_a_replicated_agent_keeps_no_local_copy_the_bucket_is_its_only_store(tmp_path, monkeypatch):
+    """Each host archives what its own member has: a host's copy would hold a part of the history."""
+    stores = replicated_agent(tmp_path, monkeypatch, replica=True).stores
+    assert [store.describe() for store in stores] == ["s3://sin-backups/unit (endpoint http://127.0.0.1:9)"]
+    assert len(agent.open_stores(config(tmp_path, s3=None))) == 1  # a single host: its local copy
+
+
+def test_beside_a_replica_no_base_backup_is_taken_beside_the_leader_it_is(tmp_path, monkeypatch):
+    taken = []
+    monkeypatch.setattr(agent, "take_backup", lambda cfg, stores, secrets_dir, started: taken.append(started) or
+                        {"postgres": {"system_identifier": SYSID}})
+    monkeypatch.setattr(agent, "prune", lambda *args: [])
+    replica = replicated_agent(tmp_path / "a", monkeypatch, replica=True)
+    assert replica.run_once() is False
+    assert taken == [] and replica.status.data["last_skipped"]["reason"] == "replica"
+    assert "last_run" not in replica.status.data
+    leader = replicated_agent(tmp_path / "b", monkeypatch, replica=False)
+    assert leader.run_once() is True
+    assert len(taken) == 1 and leader.status.data["last_run"]["result"] == "ok"
+
+
+def test_a_postgresql_that_does_not_answer_skips_the_run_to_be_tried_again(tmp_path, monkeypatch):
+    the_agent = replicated_agent(tmp_path, monkeypatch, replica=False)
+
+    def refused(cfg, secrets_dir):
+        raise agent.psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(agent, "is_replica", refused)
+    monkeypatch.setattr(agent, "take_backup", lambda *args: pytest.fail("a backup without knowing the role"))
+    assert the_agent.run_once() is False
+    assert the_agent.status.data["last_skipped"]["reason"] == "OperationalError"
+
+
+def test_agents_beside_replicas_look_for_the_leaders_first_backup_in_the_bucket_until_it_is_there(
+        tmp_path, monkeypatch):
+    the_agent = replicated_agent(tmp_path, monkeypatch, replica=True)
+    bucket = DirStore(tmp_path / "bucket")
+    the_agent.stores = [bucket]
+    waits = []
+
+    def wait_until(self, due):  # the leader's agent puts its backup in while this one waits
+        waits.append(round((due - agent._now()).total_seconds()))
+        if len(waits) == 3:
+            (tmp_path / "manifest.json").write_text("{}")
+            bucket.put(layout.backup_key("20261207T080000Z", layout.MANIFEST), tmp_path / "manifest.json")
+
+    monkeypatch.setattr(agent.Agent, "wait_until", wait_until)
+    the_agent.first_backup()
+    assert waits == [5, 10, 20]
+
+
+def test_an_unreachable_bucket_counts_as_no_base_backup_yet(tmp_path, monkeypatch):
+    the_agent = replicated_agent(tmp_path, monkeypatch, replica=True)
+
+    class Away:
+        def list(self, prefix=""):
+            raise StoreError("s3://sin-backups/unit: connection refused")
+
+    the_agent.stores = [Away()]
+    assert the_agent.has_base_backup() is False

@@ -213,3 +213,19 @@ def test_a_plain_text_passphrase_is_refused_naming_a_value_not_a_password():
 def test_an_https_endpoint_is_accepted():
     assert parse({**ON, **S3, "backupS3Endpoint": "https://s3.example.net"}, "dev").backup.s3.endpoint == (
         "https://s3.example.net")
+
+
+REPLICATED = {"topology": "replicated",
+              "replicatedHosts": "ssh://root@10.9.0.2,ssh://root@10.9.0.3,ssh://root@10.9.0.4",
+              "replicationPassword": "replication-unit-password-01", "patroniRestPassword": "patroni-rest-unit-pw-01",
+              "sentinelPassword": "sentinel-unit-password-0123"}
+
+
+def test_scheduled_backups_of_a_replicated_stack_need_a_bucket_no_host_holds_them_all():
+    assert problems({**ON, **REPLICATED}) == [
+        P + "backupS3Bucket: is required with backupSchedule on topology replicated: every host ships the WAL its "
+            "PostgreSQL archives and the leader of the moment takes the base backups, so only a bucket holds all "
+            "of them; fix: pulumi config set backupS3Bucket <bucket> (and backupS3Endpoint, backupS3AccessKeyId, "
+            "backupS3SecretAccessKey; see docs/backups.md)"]
+    assert parse({**ON, **S3, **REPLICATED}, "prod").backup.s3.url == "s3://sin-backups/prod"
+    assert parse({**GOOD, **S3, **REPLICATED, "backupPassphrase": "b" * 20}, "prod").backup.s3  # restores only

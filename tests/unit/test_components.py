@@ -9,7 +9,8 @@ import dill
 import pytest
 from pulumi.dynamic import ResourceProvider
 
-from infra.components import backupagent, postgres
+from infra.backupagent import layout
+from infra.components import backupagent
 from infra.components.common import container_labels, labels
 from tests.unit.program_mocks import is_secret, output_value, run_program, unwrap
 
@@ -85,7 +86,7 @@ def test_containers_wait_for_their_image_and_volumes(backed_up):
 def test_postgresql_archives_finished_wal_segments_into_the_archive_volume(backed_up):
     container = backed_up.resources["postgres-container"].inputs
     assert container["command"] == ["postgres", "-c", "archive_mode=on",
-                                    "-c", f"archive_command={postgres.ARCHIVE_COMMAND}", "-c", "archive_timeout=30"]
+                                    "-c", f"archive_command={layout.ARCHIVE_COMMAND}", "-c", "archive_timeout=30"]
     assert container["volumes"] == [
         {"volumeName": "postgres_data", "containerPath": "/var/lib/postgresql/data"},
         {"volumeName": "postgres_wal_archive", "containerPath": "/var/lib/postgresql"}]

@@ -4,6 +4,7 @@ with host networking, secrets only in uploads; the step's target and the exporte
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 import yaml
@@ -445,3 +446,59 @@ def test_a_host_joining_the_running_cluster_comes_after_the_primaries():
                         look=lambda cfg: Primaries("10.9.0.3", "10.9.0.2", frozenset(ADDRESSES)))
     assert chain(mocks, "patroni") == ["m10_9_0_2", "m10_9_0_4", "m10_9_0_3", "m10_9_0_5"]
     assert chain(mocks, "redis") == ["m10_9_0_3", "m10_9_0_4", "m10_9_0_2", "m10_9_0_5"]
+
+
+BACKUPS = {"backupSchedule": "0 3 * * *", "backupPassphrase": "b" * 20, "backupS3Bucket": "sin-backups",
+           "backupS3Endpoint": "http://10.9.0.1:7070", "backupS3AccessKeyId": "AKIAEXAMPLE",
+           "backupS3SecretAccessKey": "s" * 30}
+
+
+@pytest.fixture(scope="module")
+def backed_up():
+    return run_program({"topology": "replicated", "replicatedHosts": ",".join(f"ssh://root@{a}" for a in ADDRESSES),
+                        "dockerSshKeyFile": "/keys/id", **CLUSTER_SECRETS, **BACKUPS}, stack="prod")
+
+
+def test_with_backups_every_member_archives_its_wal_into_a_volume_of_its_own(backed_up, replicated):
+    for address in ADDRESSES:
+        name = "m" + address.replace(".", "_")
+        patroni = backed_up.resources[f"member-{name}-patroni"].inputs
+        mounts = {v["volumeName"]: v["containerPath"] for v in patroni["volumes"]}
+        assert mounts == {"prod-patroni-data": "/var/lib/postgresql/data",
+                          "prod-patroni-archive": "/var/lib/postgresql"}
+        parameters = yaml.safe_load(unwrap(patroni["uploads"])[0]["content"])["postgresql"]["parameters"]
+        assert (parameters["archive_mode"], parameters["archive_timeout"]) == ("always", 30)
+        assert "/var/lib/postgresql/wal-archive/%f" in parameters["archive_command"]
+    without = yaml.safe_load(unwrap(replicated.resources["member-m10_9_0_2-patroni"].inputs["uploads"])[0]["content"])
+    assert "archive_mode" not in without["postgresql"]["parameters"], "backups off: no archiving, no change"
+    assert "prod-patroni-archive" not in {v.inputs["name"] for v in replicated.of_type(VOLUME)}
+
+
+def test_with_backups_every_host_runs_an_agent_beside_its_own_servers_over_loopback(backed_up, replicated):
+    agents = backed_up.of_type("sin-datastores:index:BackupAgent")
+    assert sorted(a.name for a in agents) == [f"member-m{a.replace('.', '_')}-backup" for a in ADDRESSES]
+    assert not replicated.of_type("sin-datastores:index:BackupAgent")
+    for address in ADDRESSES:
+        name = "m" + address.replace(".", "_")
+        assert backed_up.parent_type(f"member-{name}-backup") == MEMBER
+        container = backed_up.resources[f"member-{name}-backup-container"]
+        assert f"pulumi:providers:docker::docker-{name}::" in container.provider
+        agent = container.inputs
+        assert (agent["name"], agent["networkMode"]) == ("prod-backup", "host")
+        mounts = {v["volumeName"]: (v["containerPath"], v.get("readOnly", False)) for v in agent["volumes"]}
+        assert mounts == {"prod-patroni-data": ("/sources/postgres/data", True),
+                          "prod-patroni-archive": ("/sources/postgres-archive", False),
+                          "prod-redis-data": ("/sources/redis", True), "prod-backup-data": ("/backups", False)}
+        uploads = {u["file"]: u["content"] for u in unwrap(agent["uploads"])}
+        settings = json.loads(uploads["/etc/sin-backup/agent.json"])
+        assert settings["replicated"] is True and settings["pgdata"] == "/sources/postgres/data/pg16"
+        assert (settings["postgres_host"], settings["postgres_port"], settings["redis_port"]) == (
+            "127.0.0.1", 5432, 6379)
+        assert settings["s3"] == {"bucket": "sin-backups", "prefix": "prod", "endpoint": "http://10.9.0.1:7070",
+                                  "region": "us-east-1"}
+        assert uploads["/run/secrets/postgres-password"] == PG_PASSWORD
+        assert not any(p in repr({k: v for k, v in agent.items() if k != "uploads"}) for p in PASSWORDS)
+        waits_for = backed_up.dependencies[f"member-{name}-backup-container"]
+        for mine in ("patroni", "redis"):
+            assert backed_up.urns[f"member-{name}-{mine}"] in waits_for, mine
+        assert all(backed_up.urns[f"member-m{a.replace('.', '_')}-membership"] in waits_for for a in ADDRESSES)

@@ -5,9 +5,12 @@ leader and the master."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from infra.backupagent import layout
+from infra.backupagent.store import DirStore, StoreError
 from infra.ops import status
 from tests.unit.test_replicated_step import ADDRESSES, TARGET, whole
 
@@ -60,3 +63,71 @@ def test_without_a_leader_postgres_is_read_through_the_first_endpoint(services):
     result = status.collect_replicated(TARGET, read=lambda *_: reading)
     assert "Patroni leaders: none (one expected)" in result.problems
     assert services[0].postgres.host == TARGET.postgres.host
+
+
+# ------------------------------------------------------------------ backups, as the bucket shows them
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=timezone.utc)
+SYSID = "7312345678901234567"
+SEGMENT = "000000020000000000000007"
+
+
+def bucket_with(tmp_path, *names: str, wal: tuple[str, ...] = ()) -> DirStore:
+    store = DirStore(tmp_path / "bucket")
+    (tmp_path / "object").write_text("{}")
+    for name in names:
+        store.put(layout.backup_key(name, layout.MANIFEST), tmp_path / "object")
+    store.put(layout.backup_key("20261207T115900Z", layout.POSTGRES_OBJECT), tmp_path / "object")  # being written
+    for segment in wal:
+        store.put(layout.wal_key(SYSID, segment), tmp_path / "object")
+    return store
+
+
+def test_backups_in_the_bucket_on_schedule_and_the_leaders_wal_there_are_healthy(services, tmp_path, monkeypatch):
+    monkeypatch.setattr(status, "_last_archived", lambda target: (SYSID, SEGMENT, NOW - timedelta(minutes=5)))
+    store = bucket_with(tmp_path, "20261206T030000Z", "20261207T030001Z", wal=(SEGMENT,))
+    result = status.collect_replicated(TARGET, read=lambda *_: whole(), backups=(store, "0 3 * * *"), now=NOW)
+    assert result.healthy, result.problems
+    assert f"backups     schedule '0 3 * * *' UTC; newest base backup 20261207T030001Z in {store.describe()}; " \
+           f"WAL archived last {SEGMENT}" in result.table()
+
+
+def test_a_missed_base_backup_and_wal_that_does_not_reach_the_bucket_are_problems(services, tmp_path, monkeypatch):
+    monkeypatch.setattr(status, "_last_archived", lambda target: (SYSID, SEGMENT, NOW - timedelta(minutes=3)))
+    store = bucket_with(tmp_path, "20261206T030000Z")
+    result = status.collect_replicated(TARGET, read=lambda *_: whole(), backups=(store, "0 3 * * *"), now=NOW)
+    assert result.problems == [
+        f"backups: the newest base backup in {store.describe()} is 20261206T030000Z, although schedule '0 3 * * *' "
+        f"(UTC) called for one since; see `docker logs` of the backup container on the leader's host",
+        f"backups: WAL segment {SEGMENT}, archived on the leader at 2026-12-07T11:57:00+00:00, is not in "
+        f"{store.describe()}; see `docker logs` of the backup containers"]
+    # Within two minutes of its archiving a segment is on its way, not missing.
+    monkeypatch.setattr(status, "_last_archived", lambda target: (SYSID, SEGMENT, NOW - timedelta(seconds=110)))
+    assert len(status.collect_replicated(TARGET, read=lambda *_: whole(), backups=(store, "0 3 * * *"),
+                                         now=NOW).problems) == 1
+
+
+def test_a_bucket_without_a_base_backup_or_out_of_reach_is_a_problem(services, tmp_path, monkeypatch):
+    monkeypatch.setattr(status, "_last_archived", lambda target: None)
+    empty = bucket_with(tmp_path)
+    result = status.collect_replicated(TARGET, read=lambda *_: whole(), backups=(empty, "0 3 * * *"), now=NOW)
+    assert result.problems == [
+        f"backups: {empty.describe()} holds no complete base backup yet (the agent beside the leader takes one when "
+        f"it starts); see `docker logs` of its backup container"]
+    assert "newest base backup none" in result.table()
+
+    class Away:
+        def describe(self):
+            return "s3://sin-backups/prod"
+
+        def list(self, prefix=""):
+            raise StoreError("connection refused")
+
+    result = status.collect_replicated(TARGET, read=lambda *_: whole(), backups=(Away(), "0 3 * * *"), now=NOW)
+    assert result.problems == ["backups: s3://sin-backups/prod cannot be read: connection refused"]
+
+
+def test_without_scheduled_backups_the_bucket_is_not_asked(services):
+    result = status.collect_replicated(TARGET, read=lambda *_: whole())
+    assert result.backups == {}
+    assert "backups     none scheduled (set backupSchedule and backupS3Bucket" in result.table()
