@@ -195,13 +195,13 @@ def _backup_now(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     if args.source.startswith("s3://") or pitr.is_store(Path(args.source)):  # the agent's backups
         config = stacks.stack_config(args.stack).backup
-        with stacks.reached(args.stack) as target:
+        with stacks.reached(args.stack, engine=True) as target:
             outcome = pitr.restore(target, args.source, config, args.to_time, say)
     else:  # a folder written by `backup`
         if args.to_time is not None:
             raise stacks.StackError(f"--to-time needs the backup agent's backups (--from s3://BUCKET/PREFIX, or a "
                                     f"copy of its store); {args.source} is a backup folder of one moment")
-        with stacks.reached(args.stack) as target:
+        with stacks.reached(args.stack, engine=True) as target:
             outcome = commands.restore(target, Path(args.source), say)
     print(outcome.report.table())
     say(f"restored {args.source} into stack {args.stack}; the previous database is kept as "
@@ -294,7 +294,8 @@ def parser() -> argparse.ArgumentParser:
                    help="with --verify: the agent's backups to verify instead (s3://BUCKET/PREFIX or a store folder)")
     p.add_argument("--name", help="with --from: the backup to verify (base/NAME; default the newest)")
     p.add_argument("--now", action="store_true", help="have the stack's backup agent take a scheduled-style backup now")
-    p = command("restore", cmd_restore, "replace the stack's data with a backup, all or nothing")
+    p = command("restore", cmd_restore, "replace the stack's data with a backup, all or nothing (a replicated "
+                "stack's: on its leader and master)", replicated=True)
     p.add_argument("--from", dest="source", required=True,
                    help="a backup folder (ROOT/STACK/<UTC time>), or the agent's backups: s3://BUCKET/PREFIX")
     p.add_argument("--to-time", type=point_in_time,

@@ -136,13 +136,14 @@ def config_file(name: str) -> Path:
 
 def refuse_replicated(name: str) -> None:
     """`python -m infra` manages the ADR's single host only, so far (on a replicated stack it runs
-    `status`, `verify`, `plan`, `migrate` and `baseline`); a replicated stack is refused before
-    anything else runs (docs/replicated.md says what manages it)."""
+    `status`, `verify`, `plan`, `migrate`, `baseline` and `restore`); a replicated stack is refused
+    before anything else runs (docs/replicated.md says what manages it)."""
     path = config_file(name)
     data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     if is_replicated((data.get("config") or {}).get(f"{PROJECT}:{TOPOLOGY_KEY}")):
         raise StackError(f"stack '{name}' uses the replicated topology, which `python -m infra` does not manage yet "
-                         f"beyond `status`, `verify`, `plan`, `migrate` and `baseline`; nothing was done. Use "
+                         f"beyond `status`, `verify`, `plan`, `migrate`, `baseline` and `restore`; nothing was done. "
+                         f"Use "
                          f"`pulumi preview|up|destroy --stack {name}` (docs/replicated.md)")
 
 
@@ -705,18 +706,39 @@ def deployed_target(name: str, settings: Optional[Settings] = None) -> Target:
 
 
 @contextmanager
-def reached(name: str, settings: Optional[Settings] = None) -> Iterator[Target]:
+def reached(name: str, settings: Optional[Settings] = None, engine: bool = False) -> Iterator[Target]:
     """A deployed stack's target, reachable for one command (through an SSH tunnel on a remote
     host, with docker CLI calls going there too; a replicated stack's members answer on their own
-    addresses: PostgreSQL through the endpoint on the leader's host, Redis on its master)."""
+    addresses: PostgreSQL through the endpoint on the leader's host, Redis on its master). ``engine``:
+    a replicated stack's docker CLI calls go to its leader's host (a restore's scratch containers)."""
     target = deployed_target(name, settings)
     if target.cluster:
         from infra.deploy import replicated  # the database clients load for a replicated stack only
         state = replicated.read_state(target.cluster, target.redis.port, target.redis.password)
-        yield replicated.resolve(target, state)
+        resolved = replicated.resolve(target, state)
+        if not engine:
+            yield resolved
+            return
+        if len(state.leaders) != 1:
+            raise StackError(f"stack '{name}' has {len(state.leaders)} PostgreSQL leaders now, and this command "
+                             f"works on the leader's host; nothing was done: see `python -m infra status --stack "
+                             f"{name}`")
+        with dockerhost.session(cluster_host(name, resolved.postgres.host, settings)) as session, \
+                dockerhost.using(session):
+            yield resolved
         return
     with dockerhost.reach(target) as reached:
         yield reached
+
+
+def cluster_host(name: str, address: str, settings: Optional[Settings] = None) -> DockerHost:
+    """The Docker host of a replicated stack's member at ``address``, as its configuration reaches it."""
+    cluster = stack_config(name, settings).cluster
+    for host in cluster.hosts if cluster else ():
+        if host.address == address:
+            return host.docker
+    raise StackError(f"{address} leads stack '{name}' but is not in its replicatedHosts; run `pulumi up --stack "
+                     f"{name}` with the host list the cluster runs on")
 
 
 def stack_config(name: str, settings: Optional[Settings] = None) -> StackConfig:

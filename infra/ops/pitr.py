@@ -37,7 +37,18 @@ from infra.core.targets import POSTGRES_SOCKET_DIR, Target
 from infra.deploy.checks import Check, Report
 
 WAL_DIR = "/var/lib/postgresql/restore-wal"
+SCRATCH_DATA = "/var/lib/postgresql/data"
 RECOVERY_DEADLINE_S = 3600
+# Patroni's image runs any command but `patroni` as root, as given: the scratch server is started as
+# the postgres user on what `docker cp` made root's. Its data directory's configuration names the
+# member's pg_hba (passwords on the socket too) and synchronous standbys: the scratch container,
+# without network, trusts its socket (a file of its own) and waits for no standby.
+PATRONI_SCRATCH_HBA = "/var/lib/postgresql/scratch_hba.conf"
+PATRONI_SCRATCH_START = (f"chown -R postgres:postgres {SCRATCH_DATA} {WAL_DIR} && chmod 700 {SCRATCH_DATA} && "
+                         f"exec setpriv --reuid=postgres --regid=postgres --init-groups -- postgres -D {SCRATCH_DATA} "
+                         f'"$@"')
+PATRONI_SCRATCH_SETTINGS = (f"hba_file={PATRONI_SCRATCH_HBA}", f"ident_file={SCRATCH_DATA}/pg_ident.conf",
+                            f"unix_socket_directories={POSTGRES_SOCKET_DIR}", "synchronous_standby_names=")
 _COUNTS_SQL = """
 SELECT schemaname || '.' || tablename,
        (xpath('/row/c/text()', query_to_xml(format('SELECT count(*) AS c FROM %I.%I', schemaname, tablename),
@@ -156,8 +167,8 @@ def _fetch_wal(store, manifest: dict, passphrase: str, wal_dir: Path) -> int:
 
 
 class ScratchRecovery:
-    """A PostgreSQL container from the live image, without network, recovering a base backup
-    and WAL to a target; removed on exit."""
+    """A PostgreSQL container from the live image (a replicated stack's: Patroni's, on the leader's
+    host), without network, recovering a base backup and WAL to a target; removed on exit."""
 
     def __init__(self, target: Target, fetched: Fetched, settings: list[str]):
         self.target, self.fetched, self.settings = target, fetched, settings
@@ -166,10 +177,11 @@ class ScratchRecovery:
     def __enter__(self) -> "ScratchRecovery":
         live = self.target.postgres
         image = dockercli.inspect("container", live.container_name)["Image"]
-        command = ["postgres", "-c", "listen_addresses=", "-c", "archive_mode=off",
-                   "-c", f"restore_command=cp {WAL_DIR}/%f %p"]
-        for setting in self.settings:
-            command += ["-c", setting]
+        settings = ["listen_addresses=", "archive_mode=off", f"restore_command=cp {WAL_DIR}/%f %p", *self.settings]
+        if self.target.cluster:
+            settings += PATRONI_SCRATCH_SETTINGS
+        options = [part for setting in settings for part in ("-c", setting)]
+        command = ["sh", "-c", PATRONI_SCRATCH_START, "sh", *options] if self.target.cluster else ["postgres", *options]
         dockercli.docker("create", "--name", self.name, "--label", dockercli.SCRATCH_LABEL,
                          "--label", f"{dockercli.STACK_LABEL}={self.target.stack}", "--network", "none",
                          image, *command)
@@ -178,14 +190,17 @@ class ScratchRecovery:
                 data_tar = Path(tmp) / "data.tar"
                 with gzip.open(self.fetched.base_tar, "rb") as source, open(data_tar, "wb") as out:
                     shutil.copyfileobj(source, out)
-                dockercli.copy_in(self.name, data_tar, "/var/lib/postgresql/data")
+                dockercli.copy_in(self.name, data_tar, SCRATCH_DATA)
                 data_tar.unlink()
                 wal_tar = Path(tmp) / "wal.tar"
                 with tarfile.open(wal_tar, "w") as tar:
                     tar.add(self.fetched.wal_dir, arcname=Path(WAL_DIR).name,
                             filter=lambda info: _readable(info) if not info.name.split("/")[-1].startswith(".") else None)
                 dockercli.copy_in(self.name, wal_tar, str(Path(WAL_DIR).parent))
-            dockercli.put_files(self.name, {"/var/lib/postgresql/data/recovery.signal": (b"", 0o600)})
+            files = {f"{SCRATCH_DATA}/recovery.signal": (b"", 0o600)}
+            if self.target.cluster:
+                files[PATRONI_SCRATCH_HBA] = (b"local all all trust\n", 0o644)
+            dockercli.put_files(self.name, files)
             dockercli.docker("start", self.name)
             self._wait_promoted()
             return self

@@ -1,5 +1,5 @@
 """`python -m infra` refuses a replicated stack, before anything runs, with exit 2 and what to use instead;
-except `status`, `verify`, `plan`, `migrate` and `baseline`."""
+except `status`, `verify`, `plan`, `migrate`, `baseline` and `restore`."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ def test_a_replicated_stack_is_refused_before_anything_runs(tmp_path, monkeypatc
     assert cli.main(["backup", "--stack", "prod"]) == 2
     assert capsys.readouterr().err.strip() == (
         "sin-datastores: error: stack 'prod' uses the replicated topology, which `python -m infra` does not manage yet "
-        "beyond `status`, `verify`, `plan`, `migrate` and `baseline`; nothing was done. Use "
+        "beyond `status`, `verify`, `plan`, `migrate`, `baseline` and `restore`; nothing was done. Use "
         "`pulumi preview|up|destroy --stack prod` (docs/replicated.md)")
 
 
-@pytest.mark.parametrize("command", [["status"], ["verify"], ["plan"], ["migrate"], ["baseline", "--version", "1"]])
+@pytest.mark.parametrize("command", [["status"], ["verify"], ["plan"], ["migrate"], ["baseline", "--version", "1"],
+                                     ["restore", "--from", "s3://sin-backups/prod"]])
 def test_what_works_on_a_replicated_stack_goes_on(tmp_path, monkeypatch, command):
     path = tmp_path / "Pulumi.prod.yaml"
     path.write_text("config:\n  sin-datastores:topology: replicated\n")

@@ -502,3 +502,10 @@ def test_with_backups_every_host_runs_an_agent_beside_its_own_servers_over_loopb
         for mine in ("patroni", "redis"):
             assert backed_up.urns[f"member-{name}-{mine}"] in waits_for, mine
         assert all(backed_up.urns[f"member-m{a.replace('.', '_')}-membership"] in waits_for for a in ADDRESSES)
+
+
+def test_with_backups_the_contract_names_the_schedule_and_the_bucket_status_reads(backed_up, replicated):
+    exports = {name: output_value(out) for name, out in backed_up.exports.items()}
+    assert exports["backupSchedule"] == ("0 3 * * *", False)
+    assert exports["backupS3Url"] == ("s3://sin-backups/prod", False)
+    assert "backupSchedule" not in replicated.exports and "backupContainerName" not in backed_up.exports

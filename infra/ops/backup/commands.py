@@ -158,7 +158,7 @@ def _usable_manifest(target: Target, folder: Path) -> dict:
 
 
 def _load_in_scratch(target: Target, dump: Path, rdb: Path, manifest: dict, read_keys: bool) -> _Loaded:
-    scratch = restore_into_scratch(target.postgres, dump)
+    scratch = restore_into_scratch(target.postgres, dump, socket_password=target.cluster is not None)
     try:
         checks = compare_postgres(target.postgres, scratch, manifest)
         entries = []

@@ -7,8 +7,10 @@ import hashlib
 import json
 import secrets
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import Iterator
 
 import psycopg
 from psycopg import sql
@@ -38,13 +40,16 @@ ORDER BY 1, 2
 
 # pg_restore writes the dump as SQL, psql runs it in one transaction. The SET line is
 # dropped because client tools newer than the server (17 against 16, as in the local
-# image) emit a setting a 16 server rejects; with matching tools it is a no-op.
-RESTORE_SCRIPT = ('set -eu; set -o pipefail; pg_restore --file=- '
+# image) emit a setting a 16 server rejects; with matching tools it is a no-op. $4, when
+# given, is a password file (Patroni's socket takes passwords too: socket_password_file).
+RESTORE_SCRIPT = ('set -eu; set -o pipefail; if [ -n "${4:-}" ]; then export PGPASSFILE="$4"; fi; pg_restore --file=- '
                    '| grep -v "^SET transaction_timeout = " '
                    '| psql --quiet --no-psqlrc --set=ON_ERROR_STOP=1 --single-transaction '
                    '--host="$1" --username="$2" --dbname="$3" >/dev/null')
 
 
+# Where socket_password_file puts the password file, in the live container (root's, 0600).
+PASSWORD_FILE = "/run/sin-restore.pgpass"
 _TABLES_SQL = """
 SELECT schemaname, tablename FROM pg_tables
 WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2
@@ -99,14 +104,29 @@ def dump_postgres(target: PostgresTarget, dest: Path) -> dict:
     return info
 
 
-def restore_into_scratch(target: PostgresTarget, dump: Path) -> str:
-    """pg_restore the dump into a new scratch database in one transaction; return its name."""
+@contextmanager
+def socket_password_file(target: PostgresTarget) -> Iterator[str]:
+    """A password file in the live container while a client tool runs there, for a server whose socket
+    takes passwords (a replicated stack's Patroni): never in an environment or on a command line;
+    removed afterwards."""
+    escaped = target.password.replace("\\", "\\\\").replace(":", "\\:")
+    dockercli.put_files(target.container_name, {PASSWORD_FILE: (f"*:*:*:{target.user}:{escaped}\n".encode(), 0o600)})
+    try:
+        yield PASSWORD_FILE
+    finally:
+        dockercli.docker("exec", target.container_name, "rm", "-f", PASSWORD_FILE, check=False)
+
+
+def restore_into_scratch(target: PostgresTarget, dump: Path, socket_password: bool = False) -> str:
+    """pg_restore the dump into a new scratch database in one transaction; return its name.
+    ``socket_password``: the live server's socket takes a password (:func:`socket_password_file`)."""
     scratch = f"{target.database}_restore_{secrets.token_hex(4)}"
     with connect_postgres(maintenance(target)) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch)))
     try:
-        dockercli.exec_from_file(target.container_name,
-                                 ["sh", "-c", RESTORE_SCRIPT, "sh", POSTGRES_SOCKET_DIR, target.user, scratch], dump)
+        argv = ["sh", "-c", RESTORE_SCRIPT, "sh", POSTGRES_SOCKET_DIR, target.user, scratch]
+        with socket_password_file(target) if socket_password else nullcontext("") as password_file:
+            dockercli.exec_from_file(target.container_name, [*argv, password_file], dump)
     except dockercli.DockerError as exc:
         drop_database(target, scratch)
         raise BackupFailed(f"pg_restore into a scratch database failed; nothing live was touched: {exc}; check the "
