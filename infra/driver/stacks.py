@@ -143,8 +143,7 @@ def refuse_replicated(name: str) -> None:
     if is_replicated((data.get("config") or {}).get(f"{PROJECT}:{TOPOLOGY_KEY}")):
         raise StackError(f"stack '{name}' uses the replicated topology, which `python -m infra` does not manage yet "
                          f"beyond `status`, `verify`, `plan`, `migrate`, `baseline` and `restore`; nothing was done. "
-                         f"Use "
-                         f"`pulumi preview|up|destroy --stack {name}` (docs/replicated.md)")
+                         f"Use `pulumi preview|up|destroy --stack {name}` (docs/replicated.md)")
 
 
 @contextmanager
