@@ -101,8 +101,8 @@ def member_backup_agent(cfg: stack_config.StackConfig, member: ClusterMember, na
     container = cluster.container_name(cfg.stack, cluster.BACKUP_ROLE)
     return BackupAgent(name, BackupAgentArgs(
         image=cfg.backup.image, container_name=container, volume_name=f"{container}-data",
-        postgres_volume=member.volumes["patroni"].name, archive_volume=member.volumes["patroni-archive"].name,
-        redis_volume=member.volumes["redis"].name,
+        postgres_volume=member.volumes["patroni-data"].name, archive_volume=member.volumes["patroni-archive"].name,
+        redis_volume=member.volumes["redis-data"].name,
         settings=agent_settings(cfg, "127.0.0.1", cluster.POSTGRES_PORT, cluster.REDIS_PORT),
         secrets=agent_secrets(cfg), memory_mb=BACKUP_AGENT_MEMORY_MB, retain_volume=cfg.retain_volumes,
         labels=labels(cfg.project, cfg.stack, cluster.BACKUP_ROLE),

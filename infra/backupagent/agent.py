@@ -278,10 +278,15 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _postgres_base(config: AgentConfig, password: str, out: BinaryIO, passphrase: str, label: str) -> dict:
-    conn = psycopg.connect(host=config.postgres_host, port=config.postgres_port, user=config.postgres_user,
+def connect_postgres(config: AgentConfig, password: str) -> psycopg.Connection:
+    """The PostgreSQL beside this agent, as the agent (autocommit)."""
+    return psycopg.connect(host=config.postgres_host, port=config.postgres_port, user=config.postgres_user,
                            password=password, dbname=config.postgres_database, autocommit=True,
                            connect_timeout=10, application_name="sin-backup-agent")
+
+
+def _postgres_base(config: AgentConfig, password: str, out: BinaryIO, passphrase: str, label: str) -> dict:
+    conn = connect_postgres(config, password)
     try:
         info = {
             "server_version": conn.execute("SHOW server_version").fetchone()[0],
@@ -381,9 +386,7 @@ def _another_child(exc: redis.ResponseError) -> bool:
 def is_replica(config: AgentConfig, secrets_dir: Path = SECRETS_DIR) -> bool:
     """Whether the PostgreSQL beside this agent is a replica (a replicated stack's base backups come
     from the leader, whose timeline the WAL of its time is on)."""
-    with psycopg.connect(host=config.postgres_host, port=config.postgres_port, user=config.postgres_user,
-                         password=secret("postgres-password", secrets_dir), dbname=config.postgres_database,
-                         autocommit=True, connect_timeout=10, application_name="sin-backup-agent") as conn:
+    with connect_postgres(config, secret("postgres-password", secrets_dir)) as conn:
         return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
 
 

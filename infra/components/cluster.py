@@ -52,7 +52,7 @@ class ClusterMember(pulumi.ComponentResource):
                         for key, ref in sorted(args.images.items())}
         self.containers: dict[str, docker.Container] = {}
         self.volumes: dict[str, docker.Volume] = {}
-        """By role, and ``<role>-archive`` for a server's WAL archive (the backup agent mounts them)."""
+        """``<role>-data`` and ``<role>-archive`` (a server's WAL archive), as their volume names end."""
 
     def declare(self, server: Server, after: Sequence[pulumi.Resource] = ()) -> docker.Container:
         """The container of ``server``, created (or replaced) only once ``after`` is. A server with a
@@ -64,7 +64,7 @@ class ClusterMember(pulumi.ComponentResource):
             if path:
                 volume = named_volume(self, f"{self._name}-{role}-{kind}", f"{container_name}-{kind}",
                                       args.labels[role], args.retain_volumes)
-                self.volumes[role if kind == "data" else f"{role}-{kind}"] = volume
+                self.volumes[f"{role}-{kind}"] = volume
                 volumes.append(volume)
                 mounts.append(docker.ContainerVolumeArgs(volume_name=volume.name, container_path=path))
         waits = dict(healthcheck=healthcheck(server.health, args.health_timeout_s, WAIT_CHECK_INTERVAL_S),
