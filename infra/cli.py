@@ -9,6 +9,7 @@ unhealthy), 2 bad usage or input; bad input changes nothing.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import sys
 from datetime import datetime, timedelta, timezone
@@ -19,12 +20,12 @@ from pulumi import automation as auto
 
 from infra.core.targets import POSTGRES_PORT, REDIS_PORT
 from infra.backupagent import BackupAgentError
-from infra.core import dockerhost
+from infra.core import cluster, dockerhost
 from infra.core.errors import SinError
 from infra.deploy import migration_files, migrations, steps
 from infra.deploy.registry import default_actor
 from infra.driver import previews, pulumi_errors, stacks, teststacks
-from infra.ops import adopt, agentstatus, move_state, pitr, status, take_back
+from infra.ops import adopt, agentstatus, forget_host, move_state, pitr, status, take_back
 from infra.ops.backup import commands
 
 
@@ -145,6 +146,12 @@ def cmd_move_state(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget_host(args: argparse.Namespace) -> int:
+    forget_host.forget_host(stacks.open_stack(args.stack), args.host, say)
+    say(f"`pulumi up --stack {args.stack}` now changes the other hosts only")
+    return 0
+
+
 def cmd_take_back(args: argparse.Namespace) -> int:
     with stacks.new_or_existing(args.stack) as stack:
         copy = take_back.take_back(stack, say)
@@ -164,11 +171,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
         if not args.verify:
             raise stacks.StackError("--from names backups to verify; add --verify")
         config = stacks.stack_config(args.stack).backup
-        with stacks.reached(args.stack) as target:
+        with stacks.reached(args.stack, engine=True) as target:
             report = pitr.verify(target, args.source, config, args.name, say)
         print(report.table())
         return 0 if report.ok else 1
-    with stacks.reached(args.stack) as target:
+    with stacks.reached(args.stack, engine=True) as target:
         folder, manifest = commands.take(target, args.to)
         files = ", ".join(f"{name} {meta['size']} B" for name, meta in sorted(manifest["files"].items()))
         print(f"backup {folder}: {files}; {sum(manifest['postgres']['tables'].values())} rows, "
@@ -181,13 +188,18 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def _backup_now(args: argparse.Namespace) -> int:
+    """The agent takes the backup: a replicated stack's on the leader's host (the others' take none)."""
     stack = stacks.open_stack(args.stack)
-    agent = stack.outputs().get("backupContainerName")
-    if agent is None:
-        raise stacks.StackError(f"stack '{args.stack}' has no backup agent; set backupSchedule and run "
-                                f"`python -m infra up --stack {args.stack}`")
-    with dockerhost.session(stacks.docker_host_of(stack)) as session, dockerhost.using(session):
-        run = agentstatus.run_now(agent.value)
+    outputs = stack.outputs()
+    if "backupSchedule" not in outputs:
+        raise stacks.StackError(f"stack '{args.stack}' has no backup agent; set backupSchedule (docs/backups.md) "
+                                f"and run `up`")
+    if "backupContainerName" in outputs:
+        with dockerhost.session(stacks.docker_host_of(stack)) as session, dockerhost.using(session):
+            run = agentstatus.run_now(outputs["backupContainerName"].value)
+    else:
+        with stacks.reached(args.stack, engine=True):
+            run = agentstatus.run_now(cluster.container_name(args.stack, cluster.BACKUP_ROLE))
     say(f"backup {run['name']}: {run['result']}" + (f": {run.get('error')}" if run.get("error") else ""))
     return 0 if run["result"] == "ok" else 1
 
@@ -256,11 +268,15 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m infra", description=__doc__.splitlines()[0])
     sub = root.add_subparsers(dest="command", required=True)
 
+    on_replicated: list[str] = []
+
     def command(name: str, handler, help_: str, replicated: bool = False) -> argparse.ArgumentParser:
         """``replicated``: the command works on a replicated stack too (on its leader and master: stacks.reached)."""
         p = sub.add_parser(name, help=help_)
         p.add_argument("--stack", required=True, help="stack name, e.g. dev")
-        p.set_defaults(handler=handler, replicated=replicated)
+        p.set_defaults(handler=handler, replicated=replicated, on_replicated=on_replicated)
+        if replicated:
+            on_replicated.append(name)
         return p
 
     for name, handler, help_ in (("up", cmd_up, "create or update the stack, then print endpoints and report"),
@@ -286,7 +302,8 @@ def parser() -> argparse.ArgumentParser:
     command("status", cmd_status, "containers (a replicated stack: its members), monitoring figures, "
             "pending migrations, audit; exit 1 when unhealthy", replicated=True).add_argument(
         "--json", action="store_true")
-    p = command("backup", cmd_backup, "back up PostgreSQL (pg_dump -Fc) and Redis (BGSAVE + AOF copy)")
+    p = command("backup", cmd_backup, "back up PostgreSQL (pg_dump -Fc) and Redis (BGSAVE + AOF copy); a "
+                "replicated stack's on its leader's host", replicated=True)
     p.add_argument("--to", type=Path, default=stacks.HOME / "backups",
                    help="backup root; the backup lands in ROOT/STACK/<UTC time>/ (default %(default)s)")
     p.add_argument("--verify", action="store_true", help="then restore it into scratch places and compare")
@@ -304,6 +321,10 @@ def parser() -> argparse.ArgumentParser:
     command("move-state", cmd_move_state, "move the stack's state, history included, from this machine's "
             "backend into the team's bucket; touches nothing on the Docker host").add_argument(
         "--to", required=True, help="the bucket's backend URL, e.g. s3://BUCKET?region=eu-central-1")
+    command("forget-host", cmd_forget_host, "a replicated stack: drop a host that is gone for good (off "
+            "replicatedHosts, its engine out of reach) from the state, and have the Sentinels forget it; touches "
+            "nothing on that host", replicated=True).add_argument(
+        "--host", required=True, type=host_address, help="the host's address, e.g. 10.0.0.14")
     images_option(command("take-back", cmd_take_back, "take the stack's running environment back into its state, "
                           "lost, from the copy `up` keeps on the Docker host; touches nothing there"))
     p = command("adopt", cmd_adopt, "take over the ADR's compose-style deployment (containers, volumes, network) "
@@ -333,6 +354,14 @@ def point_in_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def host_address(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a host's IPv4 address like 10.0.0.14 (as in "
+                                         f"replicatedHosts)") from None
+
+
 def images_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", choices=("auto", "config", "local"), default="auto",
                    help="auto: local images for configured ones missing on this host (default)")
@@ -342,7 +371,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
         if getattr(args, "stack", None) and not getattr(args, "replicated", False):
-            stacks.refuse_replicated(args.stack)
+            stacks.refuse_replicated(args.stack, args.on_replicated)
         return args.handler(args)
     except (SinError, auto.CommandError) as exc:
         # Each kind carries its exit code: 2 bad input (nothing changed), 1 a failed step. A failure of the

@@ -193,7 +193,9 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
             f"{len(unseen)} of the {len(hosts)} hosts of the replicated cluster cannot be reached, so nothing was "
             f"previewed or changed on any host: {'; '.join(unseen)}. The members there (etcd, Patroni with "
             f"PostgreSQL, HAProxy, Redis, Sentinel) cannot be read; the others keep serving (`python -m infra "
-            f"status --stack {cfg.stack}` shows the cluster). Bring the host or SSH to it back, then run again.")
+            f"status --stack {cfg.stack}` shows the cluster). Bring the host or SSH to it back, then run again; a "
+            f"host after the third that is gone for good: take it off replicatedHosts, run `python -m infra "
+            f"forget-host --stack {cfg.stack} --host <address>`, then `up` (docs/replicated.md).")
     from infra.deploy import replicated  # the database clients load for a replicated stack only
     primaries = replicated.primaries(cluster_target(cfg))
     refuse_hosts_changed_at_once(cfg, primaries.members)
@@ -357,11 +359,11 @@ def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primari
     for host, me in zip(cl.hosts, everyone):
         servers[me] = {s.role: s for s in cluster.servers(everyone, me, cfg.stack, pg.user, cl.secrets,
                                                           pg.memory_mb, rd.memory_mb, archiving=backups)}
-        by_member[me] = ClusterMember(f"member-{me.name}", ClusterMemberArgs(
+        by_member[me] = ClusterMember(me.component, ClusterMemberArgs(
             images={s.image: images[s.image] for s in servers[me].values()}, names=names, labels=role_labels,
             retain_volumes=cfg.retain_volumes, health_timeout_s=cfg.health_timeout_seconds),
-            pulumi.ResourceOptions(providers=[docker_provider(host.docker, f"docker-{me.name}")]))
-        seats[me] = Membership(f"member-{me.name}-membership", MembershipArgs(
+            pulumi.ResourceOptions(providers=[docker_provider(host.docker, me.provider)]))
+        seats[me] = Membership(me.membership, MembershipArgs(
             me.address, target.to_dict(), engines, cfg.health_timeout_seconds),
             pulumi.ResourceOptions(parent=by_member[me], depends_on=[seats[everyone[0]]] if seats else []))
     joining = frozenset(cl.addresses) - primaries.members if primaries.members else frozenset()
@@ -377,7 +379,7 @@ def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primari
         member.complete()
     if backups:
         for me, member in by_member.items():
-            member_backup_agent(cfg, member, f"member-{me.name}-backup",
+            member_backup_agent(cfg, member, f"{me.component}-backup",
                                 [member.containers["patroni"], member.containers["redis"], *seats.values()])
     step = PostDeploy("post-deploy", PostDeployArgs(
         target=target.to_dict(),

@@ -62,6 +62,7 @@ ETCD_NAMESPACE = "/sin-datastores/"
 # etcd runs on the first this-many hosts of the list: three members keep a majority when one is
 # lost (the field's usual size), and the count stays odd as hosts after the third come and go.
 ETCD_SIZE = 3
+MEMBERSHIP_SUFFIX = "-membership"
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,21 @@ class Member:
         """Stable as long as the host keeps its address, whatever the list order: etcd member,
         Patroni member and replication slot names are derived from it."""
         return "m" + self.address.replace(".", "_")
+
+    @property
+    def component(self) -> str:
+        """The name of its component in the stack's state; its resources' names start with it."""
+        return f"member-{self.name}"
+
+    @property
+    def membership(self) -> str:
+        """The name of its membership resource (:mod:`infra.components.membership`)."""
+        return self.component + MEMBERSHIP_SUFFIX
+
+    @property
+    def provider(self) -> str:
+        """The name of the docker provider through which its resources reach its host."""
+        return f"docker-{self.name}"
 
     def url(self, port: int, scheme: str = "http") -> str:
         return f"{scheme}://{self.address}:{port}"

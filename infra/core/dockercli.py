@@ -51,6 +51,14 @@ def docker(*args: str, stdin: Optional[IO[bytes]] = None, stdout: Optional[IO[by
     return "" if stdout is not None else proc.stdout.decode(errors="replace")
 
 
+def logs(container: str, tail: int) -> str:
+    """The last ``tail`` lines the container wrote, stdout and stderr as they came (`docker logs`
+    passes the container's stderr to its own: a server's log is mostly there)."""
+    proc = subprocess.run(["docker", "logs", "--tail", str(tail), container], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+    return proc.stdout.decode(errors="replace")
+
+
 def inspect(kind: str, name: str) -> Optional[dict]:
     """`docker KIND inspect NAME`, or None when there is no such object."""
     proc = subprocess.run(["docker", kind, "inspect", name], capture_output=True, text=True)

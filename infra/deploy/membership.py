@@ -176,6 +176,20 @@ def leave(target: Target, address: str, deadline_s: float) -> list[str]:
     return answering
 
 
+def remembered_by(target: Target, address: str) -> list[str]:
+    """The answering Sentinels of ``target``'s other hosts that still know ``address``: as a Sentinel,
+    a replica or the master (a host that left without :func:`leave`, or came back after it)."""
+    knowing = []
+    for sentinel_address in (a for a in target.cluster.members if a != address and _answers(target, a)):
+        with _sentinel(target, sentinel_address) as sentinel:
+            name = target.cluster.master_name
+            known = [sentinel.sentinel_master(name), *sentinel.sentinel_sentinels(name),
+                     *sentinel.sentinel_slaves(name)]
+            if any(entry.get("ip") == address for entry in known):
+                knowing.append(sentinel_address)
+    return knowing
+
+
 def _answers(target: Target, address: str) -> bool:
     try:
         with _sentinel(target, address) as sentinel:

@@ -18,7 +18,7 @@ import redis
 from psycopg import sql
 
 from infra.core.cluster import REDIS_MIN_REPLICAS_MAX_LAG_S, Primaries
-from infra.core.connect import connect_postgres
+from infra.core.connect import connect_postgres, connect_redis
 from infra.core.errors import OperationFailed
 from infra.core.report import Check
 from infra.core.targets import ClusterTarget, PostgresTarget, Target
@@ -192,6 +192,24 @@ def resolve(target: Target, state: ClusterState) -> Target:
     if state.master:
         redis_target = dataclasses.replace(redis_target, host=state.master)
     return dataclasses.replace(target, postgres=postgres, redis=redis_target)
+
+
+def with_redis_on(target: Target, address: str, deadline_s: float) -> Target:
+    """``target`` with Redis read on the member at ``address`` (a command on that host copies its
+    files), once it holds every write the master had acknowledged when this was called."""
+    if address == target.redis.host:
+        return target
+    member = dataclasses.replace(target.redis, host=address)
+    with connect_redis(target.redis) as master:
+        acknowledged = int(master.info("replication")["master_repl_offset"])
+    give_up = time.monotonic() + deadline_s
+    with connect_redis(member) as replica:
+        while int(replica.info("replication").get("slave_repl_offset", -1)) < acknowledged:
+            if time.monotonic() >= give_up:
+                raise ClusterNotReady(f"the Redis replica on {address} did not catch up with the master on "
+                                      f"{target.redis.host} within {deadline_s:.0f} s")
+            time.sleep(POLL_S)
+    return dataclasses.replace(target, redis=member)
 
 
 def ensure_database(target: PostgresTarget, deadline_s: float) -> bool:

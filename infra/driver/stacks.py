@@ -134,15 +134,16 @@ def config_file(name: str) -> Path:
     return ROOT / f"Pulumi.{name}.yaml"
 
 
-def refuse_replicated(name: str) -> None:
-    """`python -m infra` manages the ADR's single host only, so far (on a replicated stack it runs
-    `status`, `verify`, `plan`, `migrate`, `baseline` and `restore`); a replicated stack is refused
-    before anything else runs (docs/replicated.md says what manages it)."""
+def refuse_replicated(name: str, working: Sequence[str]) -> None:
+    """`python -m infra` manages the ADR's single host only, so far (on a replicated stack it runs the
+    commands ``working``); a replicated stack is refused before anything else runs (docs/replicated.md
+    says what manages it)."""
     path = config_file(name)
     data = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     if is_replicated((data.get("config") or {}).get(f"{PROJECT}:{TOPOLOGY_KEY}")):
+        listed = [f"`{command}`" for command in working]
         raise StackError(f"stack '{name}' uses the replicated topology, which `python -m infra` does not manage yet "
-                         f"beyond `status`, `verify`, `plan`, `migrate`, `baseline` and `restore`; nothing was done. "
+                         f"beyond {', '.join(listed[:-1])} and {listed[-1]}; nothing was done. "
                          f"Use `pulumi preview|up|destroy --stack {name}` (docs/replicated.md)")
 
 
@@ -454,15 +455,21 @@ def finish_interrupted(stack: auto.Stack, deployment: dict, say: Callable[[str],
     while another command holds the lock (before touching the Docker host), then remove the
     containers and networks a killed `up` created without recording them, which the next create would
     collide with. Their data volumes stay (the next `up` attaches them again); what was found is returned."""
-    backend = stack.workspace.env_vars.get("PULUMI_BACKEND_URL", Settings.default().backend_url)
-    locks.clear_stale(backend, PROJECT, stack.name, say)
-    held = locks.locks_of(backend, PROJECT, stack.name)
-    if held:  # another command is changing the stack: touch nothing of it on the Docker host either
-        raise pulumi_errors.locked(stack.name, [lock.describe() for lock in held])
+    refuse_while_locked(stack, say)
     found = drift.interrupted(deployment)
     remove_interrupted(stack, found, say, keep_volumes=True)
     forget_pending_creates(stack, deployment)
     return found
+
+
+def refuse_while_locked(stack: auto.Stack, say: Callable[[str], None]) -> None:
+    """Remove the stale lock a killed command of this machine left (:mod:`infra.driver.locks`); refuse
+    while another command holds the lock: it is changing the stack, so touch nothing of it."""
+    backend = stack.workspace.env_vars.get("PULUMI_BACKEND_URL", Settings.default().backend_url)
+    locks.clear_stale(backend, PROJECT, stack.name, say)
+    held = locks.locks_of(backend, PROJECT, stack.name)
+    if held:
+        raise pulumi_errors.locked(stack.name, [lock.describe() for lock in held])
 
 
 def forget_pending_creates(stack: auto.Stack, deployment: dict) -> None:

@@ -88,14 +88,21 @@ def in_bucket(store, schedule: str, now: datetime,
 
 
 def run_now(agent: str) -> dict:
-    """Ask the agent for a backup now (SIGUSR1) and wait for its record."""
-    before = (read(agent) or {}).get("last_run") or {}
+    """Ask the agent for a backup now (SIGUSR1) and wait for its record, or for why it took none (a
+    replicated stack's agent beside a replica, or beside a PostgreSQL that does not answer)."""
+    before = read(agent) or {}
     dockercli.docker("kill", "--signal", "USR1", agent)
     give_up = time.monotonic() + RUN_NOW_DEADLINE_S
     while time.monotonic() < give_up:
         current = read(agent) or {}
         run = current.get("last_run") or {}
-        if run and run.get("started_at") != before.get("started_at") and not current.get("running"):
+        if run and run.get("started_at") != (before.get("last_run") or {}).get("started_at") \
+                and not current.get("running"):
             return run
+        skipped = current.get("last_skipped")
+        if skipped and skipped != before.get("last_skipped"):
+            why = "is a replica now" if skipped.get("reason") == "replica" else "does not answer"
+            return {"name": skipped.get("name"), "result": "skipped",
+                    "error": f"PostgreSQL beside the agent {agent} {why}; run it again"}
         time.sleep(0.5)
     raise dockercli.DockerError(f"the backup agent {agent} did not finish a backup within {RUN_NOW_DEADLINE_S} s")

@@ -47,6 +47,12 @@ PATRONI_SCRATCH_HBA = "/var/lib/postgresql/scratch_hba.conf"
 PATRONI_SCRATCH_START = (f"chown -R postgres:postgres {SCRATCH_DATA} {WAL_DIR} && chmod 700 {SCRATCH_DATA} && "
                          f"exec setpriv --reuid=postgres --regid=postgres --init-groups -- postgres -D {SCRATCH_DATA} "
                          f'"$@"')
+# PostgreSQL refuses to start when two of them are set, and an empty value assigned from a file after
+# another target counts (a base backup taken on a member Patroni had run as a replica: "multiple
+# recovery targets specified"). Each is set on the command line, which the data directory's files
+# cannot override: empty, but the one recovered to.
+RECOVERY_TARGETS = ("recovery_target", "recovery_target_lsn", "recovery_target_name", "recovery_target_time",
+                    "recovery_target_xid")
 PATRONI_SCRATCH_SETTINGS = (f"hba_file={PATRONI_SCRATCH_HBA}", f"ident_file={SCRATCH_DATA}/pg_ident.conf",
                             f"unix_socket_directories={POSTGRES_SOCKET_DIR}", "synchronous_standby_names=")
 _COUNTS_SQL = """
@@ -163,6 +169,11 @@ def _fetch_wal(store, manifest: dict, passphrase: str, wal_dir: Path) -> int:
         sealed.unlink()
         packed.unlink()
         count += 1
+    end = manifest["postgres"].get("stop_wal")
+    if end and not (wal_dir / end).exists():
+        raise BackupRefused(f"the WAL up to the end of base backup {manifest['name']} ({end}) is not in "
+                            f"{store.describe()} yet: its agent ships it within a minute of the backup; run this "
+                            f"again then. Nothing was changed")
     return count
 
 
@@ -177,7 +188,9 @@ class ScratchRecovery:
     def __enter__(self) -> "ScratchRecovery":
         live = self.target.postgres
         image = dockercli.inspect("container", live.container_name)["Image"]
-        settings = ["listen_addresses=", "archive_mode=off", f"restore_command=cp {WAL_DIR}/%f %p", *self.settings]
+        chosen = {setting.split("=", 1)[0] for setting in self.settings}
+        settings = ["listen_addresses=", "archive_mode=off", f"restore_command=cp {WAL_DIR}/%f %p",
+                    *(f"{name}=" for name in RECOVERY_TARGETS if name not in chosen), *self.settings]
         if self.target.cluster:
             settings += PATRONI_SCRATCH_SETTINGS
         options = [part for setting in settings for part in ("-c", setting)]
@@ -213,7 +226,7 @@ class ScratchRecovery:
         while time.monotonic() < give_up:
             state = (dockercli.inspect("container", self.name) or {}).get("State") or {}
             if not state.get("Running"):
-                log = dockercli.docker("logs", "--tail", "15", self.name, check=False).strip()
+                log = dockercli.logs(self.name, 15).strip()
                 raise BackupFailed(_recovery_failure(log))
             out = dockercli.docker("exec", self.name, "psql", f"--host={POSTGRES_SOCKET_DIR}",
                                    f"--username={self.target.postgres.user}", "--dbname=postgres", "-Atc",

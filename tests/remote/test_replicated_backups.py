@@ -57,6 +57,20 @@ def test_backups_continue_across_a_failover_and_recover_to_either_side_of_it(thr
         with connect(leader, cluster.HAPROXY_PRIMARY_PORT) as conn:
             conn.execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
             conn.execute("CREATE TABLE marks (name text PRIMARY KEY)")
+        settings = replicated_stacks.settings(tmp_path)
+        master = replicated_stacks.redis_master(stack, replicated_stacks.sentinel_client(stack, addresses),
+                                                cluster.SENTINEL_MASTER_NAME)
+
+        # An on-demand backup folder of the cluster (pg_dump on the leader's host, the Redis there), verified.
+        master.set("in-the-folder", "yes")
+        taken = cli(settings, "backup", "--stack", stack.name, "--to", str(tmp_path / "folders"), "--verify",
+                    timeout_s=600)
+        assert taken.returncode == 0, taken.stdout + taken.stderr
+        folder = next(line.split(":")[0].removeprefix("backup ") for line in taken.stdout.splitlines()
+                      if line.startswith("backup "))
+        assert f"backup {tmp_path / 'folders' / stack.name}/" in taken.stdout and "postgres.dump" in taken.stdout
+        master.delete("in-the-folder")
+        master.set("after-the-folder", "yes")
         writer = PostgresWriter([(a, cluster.HAPROXY_PRIMARY_PORT) for a in addresses], connect, 1)
         writer.start()
         try:
@@ -92,7 +106,6 @@ def test_backups_continue_across_a_failover_and_recover_to_either_side_of_it(thr
 
         # Restored from the bucket into the running cluster, to either side of the failover: `restore --to-time`
         # recovers in a scratch container on the leader's host and switches the leader's database and the master.
-        settings = replicated_stacks.settings(tmp_path)
         for to_time, want_marks, acked in ((before_failover, {"before"}, acked_before),
                                            (after_failover, {"before", "after"}, acked_after)):
             restored = cli(settings, "restore", "--stack", stack.name, "--from", f"s3://{bucket}/{stack.name}",
@@ -109,6 +122,30 @@ def test_backups_continue_across_a_failover_and_recover_to_either_side_of_it(thr
             assert not missing, f"restored to {to_time}: {len(missing)} rows acknowledged before it are missing"
             print(f"restored to {to_time.isoformat()}: marks {sorted(marks)}, {len(ids)} rows ({acked} acknowledged "
                   f"before)")
+
+        # On demand, after the failover: the new leader's agent takes a base backup, which recovers.
+        now = cli(settings, "backup", "--stack", stack.name, "--now", timeout_s=600)
+        assert now.returncode == 0 and ": ok" in now.stderr, now.stdout + now.stderr
+        both = complete_backups(lan_s3, bucket, stack.name)
+        assert len(both) == 2 and both[0] == first[0], both
+
+        def verify():
+            """A verify, once the agent shipped the WAL up to the backup's end (refused until then: exit 2)."""
+            done = cli(settings, "backup", "--stack", stack.name, "--verify", "--from", f"s3://{bucket}/{stack.name}",
+                       timeout_s=600)
+            return None if done.returncode == 2 and f"of base backup {both[1]}" in done.stderr else done
+
+        verified = wait_for("a verify of the new base backup", verify, 120)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert f"postgres base backup {both[1]} recovers" in verified.stdout, verified.stdout
+
+        # The folder taken before the failover, restored into the cluster: its rows and keys, nothing after.
+        restored = cli(settings, "restore", "--stack", stack.name, "--from", folder, timeout_s=600)
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+        with connect(new_leader, cluster.HAPROXY_PRIMARY_PORT) as conn:
+            assert conn.execute("SELECT (SELECT count(*) FROM acked) + (SELECT count(*) FROM marks)").fetchone()[0] \
+                == 0
+        assert master.get("in-the-folder") == b"yes" and master.get("after-the-folder") is None
         assert outputs["topology"] == "replicated"
 
 

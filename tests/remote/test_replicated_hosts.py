@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 import urllib.request
 
 import pytest
@@ -15,8 +16,10 @@ import redis
 from pulumi import automation as auto
 
 from infra.core import cluster
+from infra.driver import stacks
 from tests import replicated_stacks
 from tests.cluster_clients import leader_of, roles, whole
+from tests.e2e.support import cli, volume_steps
 from tests.polling import until
 from tests.replicated_stacks import objects_on
 
@@ -193,3 +196,93 @@ def test_a_host_is_added_and_removed_under_load_keeping_every_acknowledged_write
                 f"{', '.join(sorted(three))}: moving etcd to other hosts is not supported yet") in str(refused.value)
         assert {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in hosts} == running
         stack.set_config("sin-datastores:replicatedHosts", auto.ConfigValue(",".join(urls[:3])))
+
+
+def test_a_host_gone_for_good_is_forgotten_without_reaching_it_and_up_goes_on_with_the_others(four_hosts, tmp_path):
+    """The fourth host, leading PostgreSQL and holding the Redis master, is lost for good (engine and link):
+    taken off the list, `pulumi preview` cannot get past its refresh; `forget-host` drops it from the state
+    without reaching it and the Sentinels forget it; `up` then changes the other three only, keeping their
+    volumes and data."""
+    hosts = list(four_hosts)
+    addresses = [h.address for h in hosts]
+    three, gone = addresses[:3], addresses[3]
+    settings = replicated_stacks.settings(tmp_path)
+    with replicated_stacks.replicated_stack(four_hosts, tmp_path, "e2e-ha-gone") as stack:
+        try:
+            stack.up(color="never")
+            secrets = {key: stack.get_config(f"sin-datastores:{key}").value for key in (
+                "postgresPassword", "redisPassword", "sentinelPassword", "patroniRestPassword", "replicationPassword")}
+            connect = replicated_stacks.postgres_connector(secrets["postgresPassword"])
+            until("four members", whole(addresses), 120)
+            switchover_to(gone, addresses, secrets["patroniRestPassword"])
+            fail_redis_over_to(gone, addresses, secrets["redisPassword"], secrets["sentinelPassword"])
+            with connect(gone, cluster.HAPROXY_PRIMARY_PORT) as conn:
+                conn.execute("CREATE TABLE kept (id bigint PRIMARY KEY)")
+                conn.execute("INSERT INTO kept SELECT generate_series(1, 1000)")
+            with redis.Redis(host=gone, port=cluster.REDIS_PORT, password=secrets["redisPassword"]) as master:
+                master.set("kept", "before the loss")
+                assert master.wait(3, 10_000) == 3
+
+            def forget() -> subprocess.CompletedProcess:
+                done = cli(settings, "forget-host", "--stack", stack.name, "--host", gone, timeout_s=600)
+                assert not [s for s in secrets.values() if s in done.stdout + done.stderr], "a secret was printed"
+                return done
+
+            # Refused while it is in the list, and while it answers with the stack's containers: nothing changed.
+            refused = forget()
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert f"{gone} is still in replicatedHosts of stack '{stack.name}'" in refused.stderr
+            stack.set_config("sin-datastores:replicatedHosts", auto.ConfigValue(
+                ",".join(h.docker_host for h in hosts[:3])))
+            state = stacks.exported_deployment(stack)
+            refused = forget()
+            assert refused.returncode == 2, refused.stdout + refused.stderr
+            assert f"{gone} answers and runs the stack's {stack.name}-haproxy" in refused.stderr
+            assert stacks.exported_deployment(stack) == state
+
+            # Lost for good: the others fail over; the refresh of its resources cannot reach it.
+            hosts[3].stop_engine()
+            hosts[3].cut_link()
+            until("a leader and two members on the three", whole(three), 120)
+            with pytest.raises(auto.CommandError) as blocked:
+                stack.preview(color="never")
+            assert gone in str(blocked.value)
+            forgotten = forget()
+            assert forgotten.returncode == 0, forgotten.stdout + forgotten.stderr
+            print(f"forget-host said:\n{forgotten.stderr}")
+            dropped = [r["urn"] for r in state["resources"] if f"m{gone.replace('.', '_')}" in r["urn"]]
+            assert f"dropped {len(dropped)} resources of {gone} from the state of stack '{stack.name}' (nothing " \
+                   f"was done on the host: its engine cannot be reached)" in forgotten.stderr, forgotten.stderr
+            assert not [r for r in stacks.exported_deployment(stack)["resources"] if r["urn"] in dropped]
+            until("three Sentinels settled", settled_sentinels(three, secrets["sentinelPassword"]), 60)
+
+            # `up` goes on with the three: nothing deleted, their data volumes and data kept.
+            events: list = []
+            previewed = stack.preview(color="never", on_event=events.append)
+            assert previewed.change_summary.get("delete", 0) == 0, previewed.change_summary
+            kept = {f"member-m{a.replace('.', '_')}-{role}-data": "same" for a in three for role in (
+                "patroni", "redis", "sentinel")} | {f"member-m{a.replace('.', '_')}-etcd-data": "same" for a in three}
+            assert volume_steps(events) == kept
+            events.clear()
+            result = stack.up(color="never", on_event=events.append)
+            assert result.outputs["verificationChecks"].value == 26
+            assert result.outputs["sentinels"].value == [f"{a}:{cluster.SENTINEL_PORT}" for a in three]
+            assert volume_steps(events) == kept
+            members = until("three members", whole(three), 60)
+            with connect(leader_of(members), cluster.HAPROXY_PRIMARY_PORT) as conn:
+                assert conn.execute("SELECT count(*) FROM kept").fetchone()[0] == 1000
+            master_address = settled_sentinels(three, secrets["sentinelPassword"])()[three[0]][0]
+            with redis.Redis(host=master_address, port=cluster.REDIS_PORT, password=secrets["redisPassword"]) as m:
+                assert m.get("kept") == b"before the loss"
+            shown = cli(settings, "status", "--stack", stack.name, timeout_s=120)
+            assert shown.returncode == 0, shown.stdout + shown.stderr
+            assert set(stack.preview(color="never").change_summary) == {"same"}
+        finally:
+            # Its engine brought back: what the stack left there goes, so that nothing of it rejoins.
+            hosts[3].heal()
+            left = objects_on(hosts[3], stack.name)
+            containers = [name for name in left if not name.endswith(("-data", "-archive"))]
+            if containers:
+                hosts[3].docker("rm", "-f", *containers)
+            if len(left) > len(containers):
+                hosts[3].docker("volume", "rm", *[name for name in left if name not in containers])

@@ -34,6 +34,8 @@ class Cluster:
         self.sent: list[tuple] = []
         self.down: set[str] = set()
         self.relearn = True
+        self.remembers: dict[str, set[str]] = {a: set() for a in members}
+        """Per Sentinel, the gone hosts it still lists among its Sentinels and replicas, until reset."""
 
     def sentinel(self, _target, address):
         if address in self.down:
@@ -48,11 +50,18 @@ class Cluster:
             def sentinel_master(self, name):
                 return dict(view)
 
+            def sentinel_sentinels(self, name):
+                return [{"ip": a} for a in [*cluster.sentinels, *cluster.remembers[address]] if a != address]
+
+            def sentinel_slaves(self, name):
+                return [{"ip": a} for a in [*cluster.sentinels, *cluster.remembers[address]] if a != view["ip"]]
+
             def execute_command(self, *args):
                 cluster.sent.append((address, *args))
                 if args[:2] == ("SENTINEL", "SET"):
                     view["quorum"] = args[4]
                 if args[:2] == ("SENTINEL", "RESET"):
+                    cluster.remembers[address].clear()
                     view["num-other-sentinels"] = view["num-slaves"] = 0
                     if cluster.relearn:  # as the others' hellos and the master's INFO arrive
                         others = len([a for a in cluster.sentinels if a not in cluster.down]) - 1
@@ -145,6 +154,18 @@ def test_leave_of_a_destroyed_cluster_reaches_nothing_and_is_done(cluster):
     found = cluster((*STAYING, "10.9.0.5"))
     found.down.update(found.sentinels)
     assert membership.leave(GROWN, "10.9.0.5", 5) == []
+
+
+def test_the_sentinels_that_still_know_a_gone_host_are_named_as_a_sentinel_a_replica_or_the_master(cluster):
+    found = cluster(STAYING)
+    found.remembers["10.9.0.3"].add("10.9.0.5")
+    found.down.add("10.9.0.4")  # passed over
+    assert membership.remembered_by(THREE, "10.9.0.5") == ["10.9.0.3"]
+    membership.leave(THREE, "10.9.0.5", 5)
+    assert membership.remembered_by(THREE, "10.9.0.5") == []
+    assert membership.remembered_by(THREE, "10.9.0.2") == ["10.9.0.3"]  # the master: others list it as such
+    found.sentinels["10.9.0.3"]["ip"] = "10.9.0.5"
+    assert membership.remembered_by(THREE, "10.9.0.5") == ["10.9.0.3"]
 
 
 @pytest.fixture

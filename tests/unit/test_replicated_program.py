@@ -170,6 +170,7 @@ def test_a_host_that_cannot_be_reached_stops_the_run_before_anything_is_declared
     assert message.startswith("1 of the 3 hosts of the replicated cluster cannot be reached, so nothing was "
                               "previewed or changed on any host: ssh://root@10.9.0.3")
     assert "SSH connection timed out" in message and "python -m infra status --stack prod" in message
+    assert "take it off replicatedHosts, run `python -m infra forget-host --stack prod --host <address>`" in message
 
 
 def test_every_host_reached_the_run_goes_on_knowing_where_the_cluster_takes_writes(cluster_hosts):

@@ -17,6 +17,7 @@ from infra.core import dockercli
 from infra.core.connect import connect_postgres, connect_redis
 from infra.core.report import Report
 from infra.core.targets import Target
+from infra.deploy import replicated
 from infra.ops.backup import BackupFailed, BackupRefused
 from infra.ops.backup.manifest import FILES, FORMAT, MANIFEST, PG_DUMP, REDIS_RDB, file_digest, load_manifest
 from infra.ops.backup.postgres_dump import (compare_postgres, drop_database, dump_postgres, maintenance,
@@ -33,6 +34,9 @@ class Outcome:
     report: Report
     previous_database: str
 
+
+# How long a backup of a replicated stack waits for the Redis replica beside the leader to catch up.
+REDIS_CATCH_UP_S = 60
 
 # Advisory lock key of restores and verifications ("sinrstr"), distinct from the migrations' key.
 LOCK_KEY = 0x73696E72737472
@@ -74,7 +78,11 @@ def require_containers(target: Target) -> None:
 
 
 def take(target: Target, root: Path, now: Optional[datetime] = None) -> tuple[Path, dict]:
-    """Take a backup of both services into ``<root>/<stack>/<UTC time>/``; return the folder and its manifest."""
+    """Take a backup of both services into ``<root>/<stack>/<UTC time>/``; return the folder and its manifest.
+    A replicated stack's, on its leader's host (:func:`infra.driver.stacks.reached` with its engine):
+    pg_dump in the leader's container; Redis saved by the member there once it has the master's writes."""
+    if target.cluster:
+        target = replicated.with_redis_on(target, target.postgres.host, REDIS_CATCH_UP_S)
     require_containers(target)
     now = now or datetime.now(timezone.utc)
     name = now.strftime("%Y%m%dT%H%M%SZ")
@@ -86,7 +94,8 @@ def take(target: Target, root: Path, now: Optional[datetime] = None) -> tuple[Pa
     partial = Path(tempfile.mkdtemp(prefix=f".partial-{name}-", dir=base))
     try:
         manifest = {"format": FORMAT, "stack": target.stack, "created_at": now.isoformat(timespec="seconds")}
-        manifest["postgres"] = dump_postgres(target.postgres, partial / PG_DUMP)
+        manifest["postgres"] = dump_postgres(target.postgres, partial / PG_DUMP,
+                                             socket_password=target.cluster is not None)
         manifest["redis"] = dump_redis(target.redis, partial)
         manifest["files"] = {f: file_digest(partial / f) for f in FILES}
         with open(partial / MANIFEST, "w") as handle:

@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 import psycopg
 from psycopg import sql
@@ -83,7 +83,9 @@ def pg_client(target: PostgresTarget, tool: str, *args: str) -> list[str]:
     return [tool, f"--host={POSTGRES_SOCKET_DIR}", f"--username={target.user}", *args]
 
 
-def dump_postgres(target: PostgresTarget, dest: Path) -> dict:
+def dump_postgres(target: PostgresTarget, dest: Path, socket_password: bool = False) -> dict:
+    """pg_dump in the live container, in a snapshot whose figures go into the manifest.
+    ``socket_password``: the live server's socket takes a password (:func:`socket_password_file`)."""
     conn = connect_postgres(target, autocommit=False)
     try:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -95,8 +97,11 @@ def dump_postgres(target: PostgresTarget, dest: Path) -> dict:
             "tables": table_counts(conn),
             "schema_sha256": schema_digest(conn),
         }
-        dockercli.exec_to_file(target.container_name, pg_client(
-            target, "pg_dump", "--format=custom", f"--snapshot={snapshot}", f"--dbname={target.database}"), dest)
+        with password_file_if(target, socket_password) as password_file:
+            dockercli.exec_to_file(target.container_name, [
+                *(["env", f"PGPASSFILE={password_file}"] if password_file else []),
+                *pg_client(target, "pg_dump", "--format=custom", f"--snapshot={snapshot}",
+                           f"--dbname={target.database}")], dest)
         conn.rollback()
     finally:
         conn.close()
@@ -117,6 +122,11 @@ def socket_password_file(target: PostgresTarget) -> Iterator[str]:
         dockercli.docker("exec", target.container_name, "rm", "-f", PASSWORD_FILE, check=False)
 
 
+def password_file_if(target: PostgresTarget, needed: bool) -> ContextManager[str]:
+    """:func:`socket_password_file` when ``needed``; else no file (an empty path)."""
+    return socket_password_file(target) if needed else nullcontext("")
+
+
 def restore_into_scratch(target: PostgresTarget, dump: Path, socket_password: bool = False) -> str:
     """pg_restore the dump into a new scratch database in one transaction; return its name.
     ``socket_password``: the live server's socket takes a password (:func:`socket_password_file`)."""
@@ -125,7 +135,7 @@ def restore_into_scratch(target: PostgresTarget, dump: Path, socket_password: bo
         admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch)))
     try:
         argv = ["sh", "-c", RESTORE_SCRIPT, "sh", POSTGRES_SOCKET_DIR, target.user, scratch]
-        with socket_password_file(target) if socket_password else nullcontext("") as password_file:
+        with password_file_if(target, socket_password) as password_file:
             dockercli.exec_from_file(target.container_name, [*argv, password_file], dump)
     except dockercli.DockerError as exc:
         drop_database(target, scratch)
