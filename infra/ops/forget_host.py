@@ -58,7 +58,7 @@ def member_urns(deployment: dict, address: str) -> list[str]:
     the docker provider its resources reach the host with."""
     member = cluster.Member(address)
     resources = deployment.get("resources") or []
-    found = {r["urn"] for r in resources if _name(r["urn"]) == member.component and not r.get("custom")}
+    found = {r["urn"] for r in resources if _name(r["urn"]) == member.component}
     for resource in resources:  # parents come before their children in a state
         if resource.get("parent") in found:
             found.add(resource["urn"])
@@ -125,6 +125,7 @@ def running_there(docker: DockerHost, stack: str) -> Optional[list[str]]:
 
 
 def forget_host(stack: auto.Stack, address: str, say: Callable[[str], None]) -> Forgotten:
+    """Drop the host at ``address`` from the stack's state, then from its Sentinels' memory (module docstring)."""
     cfg = stacks.stack_config(stack.name)
     if cfg.cluster is None:
         raise ForgetRefused(f"stack '{stack.name}' is not replicated (topology single): its one host goes with "
@@ -159,7 +160,11 @@ def forget_host(stack: auto.Stack, address: str, say: Callable[[str], None]) -> 
         say(f"dropped {len(urns)} resources of {address} from the state of stack '{stack.name}' (nothing was done "
             f"on the host: {'its engine cannot be reached' if running is None else 'it runs none of them'})")
     reset = membership.leave(target, address, cfg.health_timeout_seconds)
-    say(f"the Sentinels on {', '.join(reset) or 'no host'} reset: they forgot {address}")
+    if len(reset) < len(target.cluster.members):
+        say(f"the Sentinels on {', '.join(reset) or 'no other host'} reset and forgot {address}; the others did not "
+            f"answer: run forget-host again once they do")
+        return Forgotten(tuple(urns), tuple(reset))
+    say(f"the Sentinels on {', '.join(reset)} reset: they forgot {address}")
     for change in membership.converge(target, cfg.health_timeout_seconds):  # the majority of the hosts left
         say(change)
     return Forgotten(tuple(urns), tuple(reset))

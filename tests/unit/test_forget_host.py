@@ -117,17 +117,38 @@ class Stack:
 
 @pytest.fixture
 def forgetting(monkeypatch):
-    """forget_host against a stand-in state and cluster: what it imported and reset, in ``done``."""
+    """forget_host against a stand-in state and cluster of stack 'prod' (each stand-in checks it is asked
+    about that stack): what it imported and reset, in ``done``."""
     done = SimpleNamespace(imported=[], left=[], said=[], running=None, remembered=[], state=deployment(),
-                           addresses=STAYING)
-    monkeypatch.setattr(stacks, "stack_config", lambda name: SimpleNamespace(
-        cluster=SimpleNamespace(addresses=done.addresses), health_timeout_seconds=7))
-    monkeypatch.setattr(stacks, "refuse_while_locked", lambda stack, say: None)
-    monkeypatch.setattr(stacks, "exported_deployment", lambda stack: copy.deepcopy(done.state))
-    monkeypatch.setattr(stacks, "import_deployment", lambda stack, state, doing: done.imported.append(state))
-    monkeypatch.setattr(stacks, "deployed_target", lambda name: DEPLOYED)
-    monkeypatch.setattr(forget_host, "running_there", lambda docker, stack: done.running)
-    monkeypatch.setattr(forget_host.membership, "remembered_by", lambda target, address: done.remembered)
+                           addresses=STAYING, locked_checks=0)
+
+    def prod(name, value):
+        assert name == "prod", name
+        return value
+
+    def locked(stack, say):
+        done.locked_checks += prod(stack.name, 1)
+
+    def running_there(docker, stack):
+        assert docker == DockerHost(**ENGINES[GONE]), "the engine the memberships recorded"
+        return prod(stack, done.running)
+
+    def remembered_by(target, address):
+        assert (target, address) == (THREE, GONE)
+        return done.remembered
+
+    def imported(stack, state, doing):
+        done.imported.append(prod(stack.name, state))
+        assert doing == f"forgetting {GONE} in"
+
+    monkeypatch.setattr(stacks, "stack_config", lambda name: prod(name, SimpleNamespace(
+        cluster=SimpleNamespace(addresses=done.addresses), health_timeout_seconds=7)))
+    monkeypatch.setattr(stacks, "refuse_while_locked", locked)
+    monkeypatch.setattr(stacks, "exported_deployment", lambda stack: prod(stack.name, copy.deepcopy(done.state)))
+    monkeypatch.setattr(stacks, "import_deployment", imported)
+    monkeypatch.setattr(stacks, "deployed_target", lambda name: prod(name, DEPLOYED))
+    monkeypatch.setattr(forget_host, "running_there", running_there)
+    monkeypatch.setattr(forget_host.membership, "remembered_by", remembered_by)
 
     def leave(target, address, deadline_s):
         done.left.append((target, address, deadline_s))
@@ -151,30 +172,44 @@ def test_a_host_out_of_reach_leaves_the_state_then_the_sentinels_forget_it(forge
     assert forgotten == forget_host.Forgotten(tuple(GONE_URNS), STAYING)
     assert forgetting.imported == [forget_host.without_member(deployment(), GONE)]
     assert forgetting.left == [(THREE, GONE, 7), (THREE, "converged", 7)]
-    assert forgetting.said[-1] == "sentinel 10.9.0.2: quorum 3 -> 2"
-    assert forgetting.said[0].startswith("dropped 6 resources of 10.9.0.5 from the state of stack 'prod' (nothing "
-                                         "was done on the host: its engine cannot be reached)")
+    assert forgetting.locked_checks == 1
+    assert forgetting.said == [
+        "dropped 6 resources of 10.9.0.5 from the state of stack 'prod' (nothing was done on the host: its engine "
+        "cannot be reached)",
+        "the Sentinels on 10.9.0.2, 10.9.0.3, 10.9.0.4 reset: they forgot 10.9.0.5",
+        "sentinel 10.9.0.2: quorum 3 -> 2"]
+
+
+def test_a_member_whose_engine_no_membership_recorded_is_taken_for_out_of_reach(forgetting):
+    for resource in forgetting.state["resources"]:
+        for side in ("inputs", "outputs"):
+            if "hosts" in resource.get(side, {}):
+                resource[side]["hosts"] = {}
+    run(forgetting)
+    assert len(forgetting.imported) == 1 and forgetting.said[0].endswith("its engine cannot be reached)")
 
 
 def test_a_host_that_answers_without_the_stacks_containers_is_forgotten_too(forgetting):
     forgetting.running = []
     run(forgetting)
-    assert len(forgetting.imported) == 1 and "it runs none of them" in forgetting.said[0]
+    assert len(forgetting.imported) == 1 and forgetting.said[0].endswith("(nothing was done on the host: it runs "
+                                                                          "none of them)")
 
 
 @pytest.mark.parametrize("case, message", [
     ("listed", "10.9.0.5 is still in replicatedHosts of stack 'prod'; take it off the list first"),
-    ("running", "10.9.0.5 answers and runs the stack's prod-redis: with the host off the list, `pulumi up --stack "
-                "prod` stops them"),
+    ("running", "10.9.0.5 answers and runs the stack's prod-haproxy, prod-redis: with the host off the list, "
+                "`pulumi up --stack prod` stops them"),
     ("etcd", "10.9.0.5 runs one of the stack's 3 etcd members: moving etcd"),
-    ("unknown", "neither the state of stack 'prod' nor its Sentinels know 10.9.0.5: nothing to forget"),
+    ("unknown", "neither the state of stack 'prod' nor its Sentinels know 10.9.0.5: nothing to forget (its hosts: "
+                "10.9.0.2, 10.9.0.3, 10.9.0.4)"),
     ("single", "stack 'prod' is not replicated"),
 ])
 def test_refused_with_nothing_changed(forgetting, monkeypatch, case, message):
     if case == "listed":
         forgetting.addresses = (*STAYING, GONE)
     elif case == "running":
-        forgetting.running = ["prod-redis"]
+        forgetting.running = ["prod-haproxy", "prod-redis"]
     elif case == "etcd":
         forgetting.state["resources"].append(resource("docker:index/container:Container", "member-m10_9_0_5-etcd",
                                                       member(GONE), provider(GONE)))
@@ -193,4 +228,18 @@ def test_a_host_the_state_dropped_but_the_sentinels_still_know_is_only_reset(for
     forgetting.state = {"resources": []}
     forgetting.remembered = ["10.9.0.3"]
     assert run(forgetting) == forget_host.Forgotten((), STAYING)
+    assert forgetting.said[0] == "the state of stack 'prod' holds nothing of 10.9.0.5; its Sentinels still know it"
     assert forgetting.imported == [] and forgetting.left == [(THREE, GONE, 7), (THREE, "converged", 7)]
+
+
+@pytest.mark.parametrize("answering, said", [
+    ([], "the Sentinels on no other host reset and forgot 10.9.0.5; the others did not answer: run forget-host "
+         "again once they do"),
+    (["10.9.0.2", "10.9.0.4"], "the Sentinels on 10.9.0.2, 10.9.0.4 reset and forgot 10.9.0.5; the others did not "
+                               "answer: run forget-host again once they do")])
+def test_sentinels_that_do_not_answer_are_said_and_no_quorum_is_set_without_them(forgetting, monkeypatch,
+                                                                                 answering, said):
+    monkeypatch.setattr(forget_host.membership, "leave", lambda target, address, deadline_s: answering)
+    assert run(forgetting).reset == tuple(answering)
+    assert forgetting.said[1:] == [said]
+    assert forgetting.left == [], "converge would fail on a Sentinel that does not answer"
