@@ -113,15 +113,16 @@ def held_sockets(engine: Engine, image: str, sockets: list[tuple[str, int]], sta
         return set(re.findall(r"taken (\S+:\d+)", str(logs)))
 
 
-def _stack_runs_on(containers: list[dict], stack: str) -> bool:
-    """Whether one of ``containers`` (an engine's listing) is the stack's."""
-    return any((c.get("Labels") or {}).get(STACK_LABEL) == stack for c in containers)
+def stack_containers(containers: list[dict], stack: str) -> list[str]:
+    """The names of the stack's containers among ``containers`` (an engine's listing), sorted."""
+    return sorted((c.get("Names") or ["/?"])[0].lstrip("/") for c in containers
+                  if (c.get("Labels") or {}).get(STACK_LABEL) == stack)
 
 
 def left_volumes(engine: Engine, stack: str) -> list[str]:
     """The stack's own data volumes on an engine where none of its containers is: left by a member
     of a host taken off the list (volumes are retained), or by a destroyed stack."""
-    if _stack_runs_on(engine.containers(), stack):
+    if stack_containers(engine.containers(), stack):
         return []
     return sorted(v["Name"] for v in engine.volumes() if (v.get("Labels") or {}).get(STACK_LABEL) == stack)
 
@@ -133,7 +134,7 @@ def member_conflicts(engine: Engine, stack: str, project: str, me: cluster.Membe
     with one of its names, a socket one of them listens on."""
     remove_probes(engine, stack)
     containers = engine.containers()
-    if _stack_runs_on(containers, stack):
+    if stack_containers(containers, stack):
         return []
     found = []
     roles = [role for role in cluster.ROLES if runs_etcd or role != "etcd"]

@@ -18,14 +18,12 @@ cleanly), a host neither the state nor the Sentinels know, a stack another comma
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from pulumi import automation as auto
 
-from infra.core import cluster, dockerhost
-from infra.core.dockercli import STACK_LABEL
+from infra.core import cluster, conflicts, dockerhost
 from infra.core.engine import Engine, EngineError
 from infra.core.errors import InputError
 from infra.core.targets import DockerHost
@@ -118,8 +116,7 @@ def running_there(docker: DockerHost, stack: str) -> Optional[list[str]]:
             engine = Engine.of(current.docker_env)
             if engine is None:
                 return None
-            return sorted((c.get("Names") or ["/?"])[0].lstrip("/") for c in engine.containers()
-                          if (c.get("Labels") or {}).get(STACK_LABEL) == stack)
+            return conflicts.stack_containers(engine.containers(), stack)
     except (dockerhost.DockerHostError, EngineError):
         return None
 
@@ -142,7 +139,7 @@ def forget_host(stack: auto.Stack, address: str, say: Callable[[str], None]) -> 
         raise ForgetRefused(f"{address} runs one of the stack's {cluster.ETCD_SIZE} etcd members: moving etcd to "
                             f"other hosts is not supported yet, so it cannot be forgotten; nothing was changed")
     deployed = stacks.deployed_target(stack.name)
-    target = dataclasses.replace(deployed, cluster=dataclasses.replace(
+    target = replace(deployed, cluster=replace(
         deployed.cluster, members=tuple(a for a in deployed.cluster.members if a != address)))
     if not urns:
         if not membership.remembered_by(target, address):
