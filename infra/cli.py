@@ -322,8 +322,8 @@ def parser() -> argparse.ArgumentParser:
             "backend into the team's bucket; touches nothing on the Docker host").add_argument(
         "--to", required=True, help="the bucket's backend URL, e.g. s3://BUCKET?region=eu-central-1")
     command("forget-host", cmd_forget_host, "a replicated stack: drop a host that is gone for good (off "
-            "replicatedHosts, its engine out of reach) from the state, and have the Sentinels forget it; touches "
-            "nothing on that host", replicated=True).add_argument(
+            "replicatedHosts, its engine out of reach) from the state, and have etcd and the Sentinels forget it; "
+            "touches nothing on that host", replicated=True).add_argument(
         "--host", required=True, type=host_address, help="the host's address, e.g. 10.0.0.14")
     images_option(command("take-back", cmd_take_back, "take the stack's running environment back into its state, "
                           "lost, from the copy `up` keeps on the Docker host; touches nothing there"))

@@ -143,8 +143,6 @@ class HostLook(NamedTuple):
 
     unreachable: Optional[str]
     """Why the host cannot be reached; None: it can."""
-    etcd_hosts: frozenset[str] = frozenset()
-    """The etcd hosts the stack's etcd member there runs with (empty: none runs there)."""
     taken: tuple[str, ...] = ()
     """What a new member there would collide with."""
     left: tuple[str, ...] = ()
@@ -159,7 +157,7 @@ def look_at_cluster_host(cfg: stack_config.StackConfig, host: stack_config.Clust
             engine = Engine.of(current.docker_env)
             if engine is None:
                 return HostLook(None)
-            return HostLook(None, conflicts.cluster_hosts_on(engine, cfg.stack), tuple(conflicts.member_conflicts(
+            return HostLook(None, tuple(conflicts.member_conflicts(
                 engine, cfg.stack, cfg.project, me, cfg.cluster.patroni_image, me in cluster.etcd_hosts(everyone))),
                 tuple(conflicts.left_volumes(engine, cfg.stack)))
     except (DockerHostError, EngineError) as exc:
@@ -170,16 +168,23 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
     """Refuse a run that cannot reach every host of the cluster, before anything is declared, naming
     each host and why (the project's refresh fails on such a host first, in the docker provider's
     words; this speaks for a run without it). Nothing changes anywhere, so no healthy member is
-    touched because another host is down. The hosts are reached at once. Refused too: etcd's
-    hosts changed (:func:`refuse_moved_etcd`), a host where a new member's names or ports are
-    taken, a host list changed by more than one host (:func:`refuse_hosts_changed_at_once`), a
-    joining host with a departed member's data (:func:`refuse_old_data_joining`). Then read where
-    the cluster takes writes, which a change reaches last, and who is in it."""
+    touched because another host is down. The hosts are reached at once. Refused too, first: etcd's
+    hosts changed other than by the one move `up` makes (:func:`refuse_moved_etcd`), a host list
+    changed by more than one host (:func:`refuse_hosts_changed_at_once`); then a host where a new
+    server's names or ports are taken, a joining host with a departed member's data
+    (:func:`refuse_old_data_joining`). What it read: where the cluster takes writes, which a change
+    reaches last, and who is in it (Patroni's members, etcd's)."""
+    from infra.deploy import etcd, replicated  # the clients load for a replicated stack only
     hosts = cfg.cluster.hosts
+    # A changed list first, read from the servers' own ports: a host added or swapped in is often
+    # one not set up yet.
+    _, in_etcd = etcd.listed(cfg.cluster.addresses)
+    running_etcd = frozenset(m.address for m in in_etcd)
+    refuse_moved_etcd(cfg, running_etcd)
+    primaries = replicated.primaries(cluster_target(cfg))
+    refuse_hosts_changed_at_once(cfg, primaries.members)
     with ThreadPoolExecutor(len(hosts)) as pool:
         found = list(pool.map(lambda host: look_at_cluster_host(cfg, host), hosts))
-    # A changed list first: a host added or swapped in is often one not set up yet.
-    refuse_moved_etcd(cfg, {host.address: seen.etcd_hosts for host, seen in zip(hosts, found) if seen.etcd_hosts})
     taken = [f"{host.docker.describe()}: {conflict}" for host, seen in zip(hosts, found) for conflict in seen.taken]
     if taken:
         raise pulumi.RunError(
@@ -194,33 +199,33 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
             f"previewed or changed on any host: {'; '.join(unseen)}. The members there (etcd, Patroni with "
             f"PostgreSQL, HAProxy, Redis, Sentinel) cannot be read; the others keep serving (`python -m infra "
             f"status --stack {cfg.stack}` shows the cluster). Bring the host or SSH to it back, then run again; a "
-            f"host after the third that is gone for good: take it off replicatedHosts, run `python -m infra "
+            f"host that is gone for good: take it off replicatedHosts, run `python -m infra "
             f"forget-host --stack {cfg.stack} --host <address>`, then `up` (docs/replicated.md).")
-    from infra.deploy import replicated  # the database clients load for a replicated stack only
-    primaries = replicated.primaries(cluster_target(cfg))
-    refuse_hosts_changed_at_once(cfg, primaries.members)
     refuse_old_data_joining(cfg, primaries.members, {host: seen.left for host, seen in zip(hosts, found)})
-    return primaries
+    return dataclasses.replace(primaries, etcd=running_etcd)
 
 
 def _set_hosts_hint(cfg: stack_config.StackConfig) -> str:
     return f"`pulumi config set replicatedHosts ssh://<user>@<address>,... --stack {cfg.stack}`"
 
 
-def refuse_moved_etcd(cfg: stack_config.StackConfig, running: dict[str, frozenset[str]]) -> None:
+def refuse_moved_etcd(cfg: stack_config.StackConfig, running: frozenset[str]) -> None:
     """Refuse a host list whose first hosts, which run etcd (:func:`infra.core.cluster.etcd_hosts`),
-    are not the ones the running etcd members were started with (``running``: per host, in the list's
-    order, its member's etcd hosts): moving an etcd member needs etcd's member add and remove, which
-    `up` does not do yet. Hosts after them come and go freely."""
+    differ from the hosts in etcd's member list (``running``; empty: no etcd yet) other than by the
+    move `up` makes: one etcd host taken off the list, the next host taking its place (the first
+    host's membership resource moves the member: :func:`infra.deploy.membership.move_etcd`). An
+    etcd host kept on the list but after the first ones would lose its member with its data in
+    place, and two at once would leave etcd without a majority of its members while they move."""
     wanted = frozenset(m.address for m in cluster.etcd_hosts(cluster.members(cfg.cluster.addresses)))
-    other = {address: listed for address, listed in running.items() if listed != wanted}
-    if other:
-        address, listed = next(iter(other.items()))  # the first of the list
+    gone, new = sorted(running - wanted), sorted(wanted - running)
+    still_listed = [address for address in gone if address in cfg.cluster.addresses]
+    if running and (still_listed or len(gone) > 1 or len(new) > 1):
         raise pulumi.RunError(
             f"replicatedHosts lists {', '.join(cfg.cluster.addresses)}, whose first {cluster.ETCD_SIZE} would run "
-            f"etcd, but the etcd member on {address} runs with {', '.join(sorted(listed))}: moving etcd to other "
-            f"hosts is not supported yet, so nothing was previewed or changed on any host. Keep those hosts first "
-            f"in the list, in any order; add or remove hosts after them ({_set_hosts_hint(cfg)}).")
+            f"etcd, but etcd's members are on {', '.join(sorted(running))}, so nothing was previewed or changed on "
+            f"any host: etcd moves one host per `up`, and only off a host taken off the list (the next host takes "
+            f"its place). Keep the hosts that run etcd first, in any order; to move etcd off one of them, take "
+            f"that host off the list ({_set_hosts_hint(cfg)}).")
 
 
 def refuse_hosts_changed_at_once(cfg: stack_config.StackConfig, members: frozenset[str]) -> None:
@@ -358,7 +363,8 @@ def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primari
     engines = {host.address: dataclasses.asdict(host.docker) for host in cl.hosts}
     for host, me in zip(cl.hosts, everyone):
         servers[me] = {s.role: s for s in cluster.servers(everyone, me, cfg.stack, pg.user, cl.secrets,
-                                                          pg.memory_mb, rd.memory_mb, archiving=backups)}
+                                                          pg.memory_mb, rd.memory_mb, archiving=backups,
+                                                          etcd_running=bool(primaries.etcd))}
         by_member[me] = ClusterMember(me.component, ClusterMemberArgs(
             images={s.image: images[s.image] for s in servers[me].values()}, names=names, labels=role_labels,
             retain_volumes=cfg.retain_volumes, health_timeout_s=cfg.health_timeout_seconds),

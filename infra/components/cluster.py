@@ -83,6 +83,7 @@ class ClusterMember(pulumi.ComponentResource):
             # Its name and its ports on the host are the old container's until that is gone. The
             # provider never applies a changed healthcheck to a running container: it takes a new one.
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, replace_on_changes=["healthcheck"],
+                                        ignore_changes=["command"] if server.command_at_creation_only else None,
                                         depends_on=[self._images[server.image], *volumes, *after]),
         )
         self.containers[role] = container

@@ -4,7 +4,10 @@ One dynamic resource per host, which that host's containers depend on (and the o
 resources on the first host's):
 - When a host is taken off the list, the first host's resource is updated first and stops the
   leaving host's servers, the primaries moving off them (:func:`infra.deploy.membership.hand_over`),
-  before any container changes; the engine deletes the stopped containers at the end.
+  before any container changes; the engine deletes the stopped containers at the end. When the
+  hosts that run etcd change with it, the same update moves etcd's member to the host that takes
+  the leaving one's place (:func:`infra.deploy.membership.move_etcd`), before that host's etcd
+  container is created.
 - The engine deletes the leaving host's resource after its containers (also when the stack is
   destroyed); its delete runs :func:`infra.deploy.membership.leave` on the hosts that stay, with
   the addresses and passwords its state holds (recorded by every `up`: the cluster's last ones).
@@ -21,6 +24,7 @@ import pulumi
 import pulumi.dynamic as dynamic
 
 from infra.components.postdeploy import EngineBoundProvider, in_its_own_words
+from infra.core.cluster import etcd_hosts, members
 from infra.core.targets import DockerHost, Target
 
 # The inputs whose change the state must record for the leave.
@@ -39,16 +43,26 @@ class _MembershipProvider(EngineBoundProvider):
                                   delete_before_replace=False)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
-        """The first host's resource stops the servers of the hosts that leave the list."""
+        """The first host's resource stops the servers of the hosts that leave the list, then moves
+        etcd's member when the hosts that run etcd changed."""
+        if news["address"] != news["target"]["cluster"]["members"][0]:
+            return dynamic.UpdateResult(outs=news)
         leaving = {address: DockerHost(**docker) for address, docker in olds["hosts"].items()
                    if address not in news["hosts"]}
-        if leaving and news["address"] == news["target"]["cluster"]["members"][0]:
+        if leaving:
             _run("hand_over", Target.from_dict(news["target"]), leaving, news["deadline_s"])
+        if _runs_etcd(olds) != _runs_etcd(news):
+            _run("move_etcd", Target.from_dict(news["target"]), news["deadline_s"])
         return dynamic.UpdateResult(outs=news)
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         """The host's containers are gone: the Sentinels that stay forget it."""
         _run("leave", Target.from_dict(props["target"]), props["address"], props["deadline_s"])
+
+
+def _runs_etcd(props: dict[str, Any]) -> frozenset[str]:
+    """The hosts that run etcd by the list these inputs record."""
+    return frozenset(m.address for m in etcd_hosts(members(props["target"]["cluster"]["members"])))
 
 
 def _run(step: str, *args: Any) -> None:

@@ -14,7 +14,6 @@ tests render them to start the same servers by hand.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -157,6 +156,9 @@ class Server:
     archive_path: Optional[str] = None
     """Where the WAL archive volume is mounted (PostgreSQL with backups on; its backup agent ships
     what is archived there); None: no archive."""
+    command_at_creation_only: bool = False
+    """Its arguments only seed it (etcd's initial cluster: its data directory holds the members
+    afterwards), so a change of them does not replace a running container."""
 
     @property
     def image(self) -> str:
@@ -185,6 +187,9 @@ class Primaries:
     members: frozenset[str] = frozenset()
     """The hosts whose Patroni is in the running cluster (empty: no cluster yet); a listed host
     not among them is joining it."""
+    etcd: frozenset[str] = frozenset()
+    """The hosts in etcd's member list (empty: no etcd cluster yet): an etcd member created on
+    another host joins it."""
 
     def of(self, role: str) -> Optional[str]:
         """The primary whose host a change of ``role`` reaches last (Sentinel follows Redis)."""
@@ -233,14 +238,16 @@ def seeded(seed: str, config: str, *server_args: str) -> tuple[str, ...]:
 
 def servers(cluster: Sequence[Member], me: Member, scope: str, superuser: str, secrets: ClusterSecrets,
             postgres_memory_mb: int, redis_memory_mb: int, timing: ClusterTiming = ClusterTiming(),
-            archiving: bool = False) -> tuple[Server, ...]:
+            archiving: bool = False, etcd_running: bool = False) -> tuple[Server, ...]:
     """The servers of ``me``, in the order they start: etcd first (on :func:`etcd_hosts` only),
-    Patroni needs it. ``archiving``: PostgreSQL archives its WAL (backups on)."""
+    Patroni needs it. ``archiving``: PostgreSQL archives its WAL (backups on). ``etcd_running``: an
+    etcd cluster runs, which a member created now joins."""
     redis_config_path, sentinel_config_path = f"{REDIS_VOLUME_PATH}/redis.conf", f"{REDIS_VOLUME_PATH}/sentinel.conf"
     # Healthy: a member of a cluster with a leader (a linearizable read through this member).
-    etcd = (Server("etcd", tuple(etcd_command(cluster, me, scope)), {}, ETCD_VOLUME_PATH,
-                   SMALL_SERVER_MEMORY_MB["etcd"],
-                   f"etcdctl --endpoints=http://127.0.0.1:{ETCD_CLIENT_PORT} --command-timeout=3s endpoint health"),)
+    etcd = (Server("etcd", tuple(etcd_command(cluster, me, scope, "existing" if etcd_running else "new")), {},
+                   ETCD_VOLUME_PATH, SMALL_SERVER_MEMORY_MB["etcd"],
+                   f"etcdctl --endpoints=http://127.0.0.1:{ETCD_CLIENT_PORT} --command-timeout=3s endpoint health",
+                   command_at_creation_only=True),)
     return (etcd if me in etcd_hosts(cluster) else ()) + (
         Server("patroni", (), {PATRONI_CONFIG_FILE: patroni_config(cluster, me, scope, superuser, secrets, timing,
                                                                     postgres_memory_mb, archiving)},
@@ -301,13 +308,6 @@ def listening(me: Member, runs_etcd: bool = True) -> tuple[tuple[str, str, int],
         ("haproxy", me.address, HAPROXY_PRIMARY_PORT), ("haproxy", loopback, HAPROXY_PRIMARY_PORT),
         ("redis", me.address, REDIS_PORT), ("redis", loopback, REDIS_PORT),
         ("sentinel", me.address, SENTINEL_PORT), ("sentinel", loopback, SENTINEL_PORT))
-
-
-def etcd_members(command: str) -> frozenset[str]:
-    """The hosts' addresses named by ``--initial-cluster`` in an etcd member's command line (as
-    Docker lists it, space-joined): the host list the member was started with."""
-    listed = re.search(r"--initial-cluster (\S+)", command)
-    return frozenset(re.findall(r"=http://([0-9.]+):", listed.group(1))) if listed else frozenset()
 
 
 def patroni_config(cluster: Sequence[Member], me: Member, scope: str, superuser: str,

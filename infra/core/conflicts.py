@@ -61,16 +61,6 @@ class HostConflicts(InputError):
                          + "\n".join(f"  - {c.line()}" for c in conflicts))
 
 
-def cluster_hosts_on(engine: Engine, stack: str) -> frozenset[str]:
-    """The etcd hosts the replicated stack's etcd member on this engine was started with (empty:
-    no etcd member of the stack runs here)."""
-    name = "/" + cluster.container_name(stack, "etcd")
-    for container in engine.containers():
-        if name in (container.get("Names") or []) and (container.get("Labels") or {}).get(STACK_LABEL) == stack:
-            return cluster.etcd_members(container.get("Command") or "")
-    return frozenset()
-
-
 # Tries to bind each address:port given, as the servers do (SO_REUSEADDR), and prints those it cannot.
 BIND_PROBE = ("import socket, sys\n"
               "for where in sys.argv[1:]:\n"
@@ -129,27 +119,33 @@ def left_volumes(engine: Engine, stack: str) -> list[str]:
 
 def member_conflicts(engine: Engine, stack: str, project: str, me: cluster.Member, probe_image: str,
                      runs_etcd: bool) -> list[str]:
-    """What keeps ``me``'s servers from starting on its host, when none of the stack's containers is
-    there yet (a new member; an existing one holds its own names and ports): a container or volume
-    with one of its names, a socket one of them listens on."""
+    """What keeps those of ``me``'s servers that its host does not run yet from starting there (every
+    one for a new member; etcd for a member taking the place of an etcd host that left): a container
+    or volume not of the stack with one of their names, a socket one of them listens on. A running
+    server holds its own names and ports."""
     remove_probes(engine, stack)
     containers = engine.containers()
-    if stack_containers(containers, stack):
+    running = stack_containers(containers, stack)
+    roles = [role for role in cluster.ROLES
+             if (runs_etcd or role != "etcd") and cluster.container_name(stack, role) not in running]
+    if not roles:
         return []
     found = []
-    roles = [role for role in cluster.ROLES if runs_etcd or role != "etcd"]
     names = {"/" + cluster.container_name(stack, role): role for role in roles}
     for c in containers:
         for name in (c.get("Names") or []):
             if name in names:
                 found.append(f"container name {name[1:]} ({names[name]}): taken by a container "
                              f"{maker(c.get('Labels'))}")
+    # The stack's own: a server's whose container a failed run replaced (delete before create), kept
+    # for it; a departed member's data is refused when its host joins (program.refuse_old_data_joining).
     volumes = {f"{cluster.container_name(stack, role)}-data": role for role in roles}
     for v in engine.volumes():
         if v.get("Name") in volumes and (v.get("Labels") or {}).get(STACK_LABEL) != stack:
             found.append(f"volume name {v['Name']} ({volumes[v['Name']]}): taken by a volume {maker(v.get('Labels'))}")
     if engine.has_image(probe_image):
-        listeners = {(address, port): role for role, address, port in cluster.listening(me, runs_etcd)}
+        listeners = {(address, port): role for role, address, port in cluster.listening(me, runs_etcd)
+                     if role in roles}
         for where in sorted(held_sockets(engine, probe_image, list(listeners), stack, project)):
             address, port = where.rsplit(":", 1)
             found.append(f"port {where} ({listeners[(address, int(port))]}): something on the host listens there "

@@ -18,6 +18,8 @@ left to do:
   still counts in the majority that must authorise a failover. Redis' documented way: once the servers
   are stopped, ``SENTINEL RESET`` on each other Sentinel, one at a time, each relearning the
   others before the next.
+- etcd runs on the first hosts of the list: when one of them leaves, its member is removed from etcd
+  and the host that takes its place is added (:func:`move_etcd`), before that host's etcd starts.
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from typing import Callable, Mapping, Optional, Sequence
 import redis
 
 from infra.core import dockercli, dockerhost
-from infra.core.cluster import container_name, sentinel_quorum
+from infra.core.cluster import container_name, etcd_hosts, members, sentinel_quorum
 from infra.core.targets import DockerHost, Target
+from infra.deploy import etcd
 from infra.deploy.replicated import POLL_S, REST_TIMEOUT_S, ClusterNotReady, patroni_members, read_state
 from infra.deploy.replicated import sentinel as sentinel_client
 
 # The order a leaving host's servers stop in: Patroni first (a leader hands over as it stops), etcd
-# last (on the first three hosts only, which do not leave).
+# last (Patroni keeps its leader lock there until then); :func:`move_etcd` then removes its member.
 LEAVING_ORDER = ("patroni", "redis", "sentinel", "haproxy", "etcd")
 
 
@@ -109,6 +112,13 @@ def hand_over(target: Target, leaving: Mapping[str, DockerHost], deadline_s: flo
                                         and m.get("host") in target.cluster.members]) == 1,
                            f"Patroni leader on the hosts that stay after {address}'s stopped", deadline_s)
     return done
+
+
+def move_etcd(target: Target, deadline_s: float) -> list[str]:
+    """etcd's members on the hosts that run etcd in ``target``'s list (the first ones): after one of
+    them left the list (its servers stopped by :func:`hand_over`, or the host gone), its member is
+    removed and the host that took its place added, whose etcd container then joins. What it changed."""
+    return etcd.move([m.address for m in etcd_hosts(members(target.cluster.members))], deadline_s)
 
 
 def _redis_switchover(target: Target, master: str, deadline_s: float) -> str:

@@ -8,12 +8,15 @@ is left is bookkeeping: this drops from the stack's state what it holds of the h
 resources and its docker provider, references to them, its engine in the memberships' records),
 then the Sentinels that stay forget it (:func:`infra.deploy.membership.leave`) and take the majority
 of the hosts left as quorum (:func:`infra.deploy.membership.converge`): with the gone host's vote
-still needed, losing one more host would leave Redis without a failover. The next `up` then
+still needed, losing one more host would leave Redis without a failover. A host that ran etcd first
+leaves etcd's member list (:func:`infra.deploy.etcd.forget`), before the state is touched; the next
+`up` adds a member on the host that took its place among the first ones. The next `up` then
 changes the other hosts only. Nothing is done on the host itself; its volumes stay there.
 
-Refused, nothing changed (exit 2): a host still in the list, a host that runs etcd (moving etcd is
-not supported), a host that answers and still runs the stack's containers (`up` removes it
-cleanly), a host neither the state nor the Sentinels know, a stack another command holds.
+Refused, nothing changed (exit 2): a host still in the list, a host that ran etcd while no etcd
+member of the listed hosts answers, a host that answers and still runs the stack's containers
+(`up` removes it cleanly), a host neither the state, etcd nor the Sentinels know, a stack another
+command holds.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from infra.core import cluster, conflicts, dockerhost
 from infra.core.engine import Engine, EngineError
 from infra.core.errors import InputError
 from infra.core.targets import DockerHost
-from infra.deploy import membership
+from infra.deploy import etcd, membership
 from infra.driver import stacks
 
 PROVIDER_TYPE = "pulumi:providers:docker"
@@ -121,6 +124,12 @@ def running_there(docker: DockerHost, stack: str) -> Optional[list[str]]:
         return None
 
 
+def _leave_etcd(address: str, asking: tuple[str, ...], deadline_s: float, say: Callable[[str], None]) -> None:
+    """Remove the host's etcd member, if etcd lists it (before the state is touched: a failure changes nothing)."""
+    for change in etcd.forget(address, asking, deadline_s):
+        say(change)
+
+
 def forget_host(stack: auto.Stack, address: str, say: Callable[[str], None]) -> Forgotten:
     """Drop the host at ``address`` from the stack's state, then from its Sentinels' memory (module docstring)."""
     cfg = stacks.stack_config(stack.name)
@@ -134,18 +143,23 @@ def forget_host(stack: auto.Stack, address: str, say: Callable[[str], None]) -> 
     stacks.refuse_while_locked(stack, say)
     deployment = stacks.exported_deployment(stack)
     urns = member_urns(deployment, address)
-    etcd = f"{cluster.Member(address).component}-etcd"
-    if any(_name(urn) == etcd for urn in urns):
-        raise ForgetRefused(f"{address} runs one of the stack's {cluster.ETCD_SIZE} etcd members: moving etcd to "
-                            f"other hosts is not supported yet, so it cannot be forgotten; nothing was changed")
+    ran_etcd = any(_name(urn) == f"{cluster.Member(address).component}-etcd" for urn in urns)
+    asked, in_etcd = etcd.listed(cfg.cluster.addresses)
+    if ran_etcd and asked is None:
+        raise ForgetRefused(f"{address} ran one of the stack's etcd members, and no etcd member on "
+                            f"{', '.join(cfg.cluster.addresses)} answers to remove it: etcd changes its members only "
+                            f"with a majority of them up. Bring the other etcd hosts back, then run forget-host "
+                            f"again; nothing was changed")
+    in_etcd = any(m.address == address for m in in_etcd)
     deployed = stacks.deployed_target(stack.name)
     target = replace(deployed, cluster=replace(
         deployed.cluster, members=tuple(a for a in deployed.cluster.members if a != address)))
     if not urns:
-        if not membership.remembered_by(target, address):
-            raise ForgetRefused(f"neither the state of stack '{stack.name}' nor its Sentinels know {address}: "
+        if not in_etcd and not membership.remembered_by(target, address):
+            raise ForgetRefused(f"neither the state of stack '{stack.name}', etcd nor its Sentinels know {address}: "
                                 f"nothing to forget (its hosts: {', '.join(cfg.cluster.addresses)})")
-        say(f"the state of stack '{stack.name}' holds nothing of {address}; its Sentinels still know it")
+        say(f"the state of stack '{stack.name}' holds nothing of {address}; the cluster still knows it")
+        _leave_etcd(address, cfg.cluster.addresses, cfg.health_timeout_seconds, say)
     else:
         docker = recorded_engine(deployment, address)
         running = running_there(docker, stack.name) if docker else None
@@ -153,6 +167,7 @@ def forget_host(stack: auto.Stack, address: str, say: Callable[[str], None]) -> 
             raise ForgetRefused(f"{address} answers and runs the stack's {', '.join(running)}: with the host off the "
                                 f"list, `pulumi up --stack {stack.name}` stops them and has the cluster forget it "
                                 f"cleanly; forget-host is for a host that cannot be reached. Nothing was changed")
+        _leave_etcd(address, cfg.cluster.addresses, cfg.health_timeout_seconds, say)
         stacks.import_deployment(stack, without_member(deployment, address), f"forgetting {address} in")
         say(f"dropped {len(urns)} resources of {address} from the state of stack '{stack.name}' (nothing was done "
             f"on the host: {'its engine cannot be reached' if running is None else 'it runs none of them'})")

@@ -419,7 +419,7 @@ def test_a_team_shares_a_stack_on_the_remote_host_through_its_state_bucket(remot
                 team.s3.client().delete_object(Bucket=team.bucket, Key=key)
         taken = ben.cli("take-back", "--stack", name)
         assert taken.returncode == 0, taken.stdout + taken.stderr
-        assert f"back into this state from its copy there" in taken.stderr and remote.docker_host in taken.stderr
+        assert "back into this state from its copy there" in taken.stderr and remote.docker_host in taken.stderr
         assert "preview after the take-back: no changes" in taken.stderr, taken.stderr
         assert remote.docker("inspect", "--format", "{{.Id}} {{.State.StartedAt}}", f"{name}-room-03-archiv-postgres",
                              f"{name}-room-04-memory-redis") == started

@@ -1,8 +1,11 @@
 """Growing and shrinking a replicated stack (issue #27): a fourth host added to the list gets a
 PostgreSQL replica that catches up, a Redis replica of the master and a Sentinel the others count;
 taken off again (while it leads PostgreSQL), it leaves Patroni, the Sentinels and its replication slot
-cleanly, the others healthy; etcd keeps its three members on the first three hosts throughout. Under a
-writer, no acknowledged commit or write is lost. A list that would move etcd is refused."""
+cleanly, the others healthy; etcd keeps its three members on the first three hosts throughout. One of
+the first three taken off the list leaves etcd too, and the fourth takes its etcd member; one lost for
+good is forgotten, etcd's member with it, and the host listed in its place joins etcd. Under a writer,
+no acknowledged commit or write is lost. A list that would move etcd otherwise is refused. A host after
+the third lost for good is forgotten and `up` goes on with the others."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from infra.core import cluster
 from infra.driver import stacks
 from tests import replicated_stacks
 from tests.cluster_clients import leader_of, roles, whole
-from tests.e2e.support import cli, volume_steps
+from tests.e2e.support import cli, resource_steps, volume_steps
 from tests.polling import until
 from tests.replicated_stacks import objects_on
 
@@ -187,15 +190,124 @@ def test_a_host_is_added_and_removed_under_load_keeping_every_acknowledged_write
         assert etcd_members(hosts[0], stack.name) == peers
         assert set(stack.preview(color="never").change_summary) == {"same"}
 
-        # A list that would move etcd (its first host taken off): refused before anything is touched.
+        # A list that would move etcd otherwise (a host added before the third, which stays on the list):
+        # refused before anything is touched.
         running = {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in hosts}
-        stack.set_config("sin-datastores:replicatedHosts", auto.ConfigValue(",".join(urls[1:])))
+        stack.set_config("sin-datastores:replicatedHosts", auto.ConfigValue(
+            ",".join([urls[0], urls[3], urls[1], urls[2]])))
         with pytest.raises(auto.CommandError) as refused:
             stack.preview(color="never")
-        assert (f"whose first 3 would run etcd, but the etcd member on {addresses[1]} runs with "
-                f"{', '.join(sorted(three))}: moving etcd to other hosts is not supported yet") in str(refused.value)
+        assert (f"whose first 3 would run etcd, but etcd's members are on {', '.join(sorted(three))}, so nothing "
+                f"was previewed or changed on any host: etcd moves one host per `up`") in str(refused.value)
         assert {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in hosts} == running
         stack.set_config("sin-datastores:replicatedHosts", auto.ConfigValue(",".join(urls[:3])))
+
+
+def forget_leftovers(host, stack: str) -> None:
+    """What a stack left on a host it forgot (its engine back): removed, so that nothing of it rejoins."""
+    host.heal()
+    left = objects_on(host, stack)
+    containers = [name for name in left if not name.endswith(("-data", "-archive"))]
+    if containers:
+        host.docker("rm", "-f", *containers)
+    if len(left) > len(containers):
+        host.docker("volume", "rm", *[name for name in left if name not in containers])
+
+
+def test_etcd_moves_off_an_etcd_host_taken_off_the_list_and_off_one_lost_for_good(four_hosts, tmp_path):
+    """Four hosts. The third, which runs etcd, is taken off the list under a writer: its servers stop, its
+    etcd member is removed and the fourth host's added before that host's etcd starts; the first two's etcd
+    containers are kept (their arguments only seeded them). The moved member counts: with the first host's
+    etcd stopped, etcd still takes a write through it. Then the first host is lost for good: `forget-host`
+    removes its etcd member too, and the third host, listed again in its place, joins with etcd."""
+    hosts = list(four_hosts)
+    addresses = [h.address for h in hosts]
+    staying = [addresses[0], addresses[1], addresses[3]]
+    leaving = addresses[2]
+    settings = replicated_stacks.settings(tmp_path)
+    with replicated_stacks.replicated_stack(four_hosts, tmp_path, "e2e-ha-etcd") as stack:
+        stack.up(color="never")
+        secrets = {key: stack.get_config(f"sin-datastores:{key}").value
+                   for key in ("postgresPassword", "redisPassword", "sentinelPassword", "patroniRestPassword",
+                               "replicationPassword")}
+        connect = replicated_stacks.postgres_connector(secrets["postgresPassword"])
+        until("four members", whole(addresses), 120)
+        assert etcd_members(hosts[0], stack.name) == sorted(
+            f"http://{a}:{cluster.ETCD_PEER_PORT}" for a in addresses[:3])
+        with connect(addresses[0], cluster.HAPROXY_PRIMARY_PORT) as conn:
+            conn.execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
+
+        stack.set_config("sin-datastores:replicatedHosts", auto.ConfigValue(
+            ",".join(hosts[i].docker_host for i in (0, 1, 3))))
+        events: list = []
+        stack.preview(color="never", on_event=events.append)
+        containers = {name: op for (_, name), op in resource_steps(events, {"docker:index/container:Container"}).items()
+                      if name.endswith("-etcd")}
+        member = {a: f"member-m{a.replace('.', '_')}" for a in addresses}
+        assert containers == {f"{member[addresses[0]]}-etcd": "same", f"{member[addresses[1]]}-etcd": "same",
+                              f"{member[leaving]}-etcd": "delete", f"{member[addresses[3]]}-etcd": "create"}
+        kept = {name: op for name, op in volume_steps(events).items() if not name.startswith(member[leaving])}
+        assert kept == {**{f"{member[a]}-{role}-data": "same" for a in staying for role in (
+            "patroni", "redis", "sentinel")}, **{f"{member[a]}-etcd-data": "same" for a in staying[:2]},
+            f"{member[addresses[3]]}-etcd-data": "create"}
+
+        sentinels = replicated_stacks.sentinel_client(stack, staying)
+        pg_writer, redis_writer = replicated_stacks.start_writers(stack, sentinels, staying[:2], connect, 1, "etcd")
+        result, began, report = replicated_stacks.up_while_writing(stack, pg_writer, redis_writer, "etcd moved")
+        assert result.outputs["verificationChecks"].value == 26, report
+        replicated_stacks.nothing_lost(connect, staying[0], pg_writer, redis_writer, report)
+        assert objects_on(hosts[2], stack.name) == [], "the removed host keeps a container or volume"
+        peers = sorted(f"http://{a}:{cluster.ETCD_PEER_PORT}" for a in staying)
+        assert etcd_members(hosts[0], stack.name) == peers
+        assert etcd_members(hosts[3], stack.name) == peers
+        until("three members", whole(staying), 60)
+        until("three Sentinels settled", settled_sentinels(staying, secrets["sentinelPassword"]), 60)
+        assert set(stack.preview(color="never").change_summary) == {"same"}
+
+        # The moved member counts in etcd's majority: the first host's etcd stopped, a write still commits.
+        etcd = cluster.container_name(stack.name, "etcd")
+        hosts[0].docker("stop", etcd)
+        try:
+            hosts[3].docker("exec", etcd, "etcdctl", f"--endpoints=http://127.0.0.1:{cluster.ETCD_CLIENT_PORT}",
+                            "--command-timeout=10s", "put", "/e2e/moved", "counted")
+        finally:
+            hosts[0].docker("start", etcd)
+        shown = cli(settings, "status", "--stack", stack.name, timeout_s=120)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+
+        # The first host lost for good (link, then engine): the others fail over; it is taken off the list and
+        # forgotten, the third host listed in its place (an etcd host again), and `up` has it join.
+        with connect(staying[0], cluster.HAPROXY_PRIMARY_PORT) as conn:
+            rows = conn.execute("SELECT count(*) FROM acked").fetchone()[0]
+        try:
+            hosts[0].cut_link()
+            hosts[0].stop_engine()
+            survivors = staying[1:]
+            until("a leader and a replica on the two others", whole(survivors), 120)
+            replaced = [addresses[1], addresses[3], addresses[2]]
+            stack.set_config("sin-datastores:replicatedHosts", auto.ConfigValue(
+                ",".join(hosts[i].docker_host for i in (1, 3, 2))))
+            forgotten = cli(settings, "forget-host", "--stack", stack.name, "--host", addresses[0], timeout_s=600)
+            assert forgotten.returncode == 0, forgotten.stdout + forgotten.stderr
+            assert not [v for v in secrets.values() if v in forgotten.stdout + forgotten.stderr], "a secret printed"
+            print(f"forget-host said:\n{forgotten.stderr}")
+            assert f"etcd: the member on {addresses[0]} removed" in forgotten.stderr
+            assert etcd_members(hosts[1], stack.name) == sorted(
+                f"http://{a}:{cluster.ETCD_PEER_PORT}" for a in survivors)
+            result = stack.up(color="never")
+            assert result.outputs["verificationChecks"].value == 26
+            assert result.outputs["sentinels"].value == [f"{a}:{cluster.SENTINEL_PORT}" for a in replaced]
+            peers = sorted(f"http://{a}:{cluster.ETCD_PEER_PORT}" for a in replaced)
+            assert etcd_members(hosts[2], stack.name) == peers
+            members = until("three members", whole(replaced), 60)
+            with connect(leader_of(members), cluster.HAPROXY_PRIMARY_PORT) as conn:
+                assert conn.execute("SELECT count(*) FROM acked").fetchone()[0] == rows
+            until("three Sentinels settled", settled_sentinels(replaced, secrets["sentinelPassword"]), 60)
+            shown = cli(settings, "status", "--stack", stack.name, timeout_s=120)
+            assert shown.returncode == 0, shown.stdout + shown.stderr
+            assert set(stack.preview(color="never").change_summary) == {"same"}
+        finally:
+            forget_leftovers(hosts[0], stack.name)
 
 
 def test_a_host_gone_for_good_is_forgotten_without_reaching_it_and_up_goes_on_with_the_others(four_hosts, tmp_path):
@@ -278,11 +390,4 @@ def test_a_host_gone_for_good_is_forgotten_without_reaching_it_and_up_goes_on_wi
             assert shown.returncode == 0, shown.stdout + shown.stderr
             assert set(stack.preview(color="never").change_summary) == {"same"}
         finally:
-            # Its engine brought back: what the stack left there goes, so that nothing of it rejoins.
-            hosts[3].heal()
-            left = objects_on(hosts[3], stack.name)
-            containers = [name for name in left if not name.endswith(("-data", "-archive"))]
-            if containers:
-                hosts[3].docker("rm", "-f", *containers)
-            if len(left) > len(containers):
-                hosts[3].docker("volume", "rm", *[name for name in left if name not in containers])
+            forget_leftovers(hosts[3], stack.name)

@@ -183,23 +183,19 @@ def test_the_data_servers_health_reads_the_password_from_the_upload_and_names_no
         assert not any(secret in (server.health or "") for secret in ("s" * 20, "p" * 20, "d" * 20, "t" * 20))
 
 
-def test_the_host_list_a_running_etcd_member_was_started_with_is_read_from_its_command_line():
-    """As Docker lists a container's command: entrypoint and arguments joined with spaces."""
-    from infra.core import conflicts
+def test_an_etcd_member_created_beside_a_running_etcd_joins_it_and_its_arguments_only_seed_it():
+    """Its data directory holds the members once it started: a later list (an etcd host moved) must not
+    replace the running members' containers, and a member created while etcd runs joins the cluster."""
+    def etcd(running):
+        return {s.role: s for s in cluster.servers(HOSTS, THIRD, "prod", "sinadmin", SECRETS, 512, 256,
+                                                   etcd_running=running)}["etcd"]
 
-    command = " ".join(["etcd-entrypoint.sh", *cluster.etcd_command(HOSTS, SECOND, "prod")])
-    assert cluster.etcd_members(command) == {"10.9.0.2", "10.9.0.3", "10.9.0.4"}
-    assert cluster.etcd_members("etcd --name x") == frozenset()
-
-    class Engine:
-        def containers(self):
-            return [{"Names": ["/prod-etcd"], "Labels": {"sin-datastores.stack": "other"}, "Command": command},
-                    {"Names": ["/prod-patroni"], "Labels": {"sin-datastores.stack": "prod"}, "Command": command},
-                    {"Names": ["/prod-etcd"], "Labels": {"sin-datastores.stack": "prod"},
-                     "Command": " ".join(cluster.etcd_command(HOSTS[:2], FIRST, "prod"))}]
-
-    assert conflicts.cluster_hosts_on(Engine(), "prod") == {"10.9.0.2", "10.9.0.3"}
-    assert conflicts.cluster_hosts_on(Engine(), "staging") == frozenset()
+    new, joining = etcd(False), etcd(True)
+    assert dict(zip(new.command[::2], new.command[1::2]))["--initial-cluster-state"] == "new"
+    assert dict(zip(joining.command[::2], joining.command[1::2]))["--initial-cluster-state"] == "existing"
+    assert new.command_at_creation_only and joining.command_at_creation_only
+    others = cluster.servers(HOSTS, THIRD, "prod", "sinadmin", SECRETS, 512, 256, etcd_running=True)
+    assert [s.role for s in others if s.command_at_creation_only] == ["etcd"]
 
 
 class ProbedEngine:
@@ -278,13 +274,37 @@ def test_the_volumes_a_departed_member_left_are_the_stacks_own_on_a_host_without
 def test_a_host_where_the_stack_runs_or_without_the_probe_image_is_not_probed():
     from infra.core import conflicts
 
-    running = ProbedEngine(containers=[{"Names": ["/prod-etcd"], "Labels": {"sin-datastores.stack": "prod"}}],
-                           held={"10.9.0.3:5432"})
+    running = ProbedEngine(containers=[{"Names": [f"/prod-{role}"], "Labels": {"sin-datastores.stack": "prod"}}
+                                       for role in cluster.ROLES], held={"10.9.0.3:5432"})
     assert conflicts.member_conflicts(running, "prod", "sin-datastores", SECOND, "patroni:x", True) == []
     assert not any(path.startswith("/containers/create") for _, path, _ in running.calls)
     bare = ProbedEngine(held={"10.9.0.3:5432"}, image=False)
     assert conflicts.member_conflicts(bare, "prod", "sin-datastores", SECOND, "patroni:x", True) == []
     assert not any(path.startswith("/containers/create") for _, path, _ in bare.calls)
+
+
+def test_a_member_taking_an_etcd_hosts_place_is_refused_what_would_keep_its_new_etcd_from_starting():
+    """Its other servers run and hold their own names and ports; etcd's are probed. The stack's own volume
+    is no conflict (a run that failed after the container's delete keeps it for the next)."""
+    from infra.core import conflicts
+
+    engine = ProbedEngine(
+        containers=[{"Names": [f"/prod-{role}"], "Labels": {"sin-datastores.stack": "prod"}}
+                    for role in ("patroni", "haproxy", "redis", "sentinel")],
+        volumes=[{"Name": "prod-etcd-data", "Labels": {"sin-datastores.stack": "staging"}},
+                 {"Name": "prod-patroni-data", "Labels": {"sin-datastores.stack": "prod"}}],
+        held={"10.9.0.4:2380", "10.9.0.4:5432"})
+    found = conflicts.member_conflicts(engine, "prod", "sin-datastores", THIRD, "patroni:x", True)
+    assert found == [
+        "volume name prod-etcd-data (etcd): taken by a volume made by stack 'staging' of sin-datastores",
+        "port 10.9.0.4:2380 (etcd): something on the host listens there (`ss -ltnp 'sport = :2380'` on that "
+        "host names it)"]
+    engine._volumes[0]["Labels"] = {"sin-datastores.stack": "prod"}
+    assert conflicts.member_conflicts(engine, "prod", "sin-datastores", THIRD, "patroni:x", True) == [
+        found[1]]
+    assert sorted(engine.probe["Cmd"]) == sorted(f"{a}:{p}" for role, a, p in cluster.listening(THIRD)
+                                                 if role == "etcd")
+    assert conflicts.member_conflicts(engine, "prod", "sin-datastores", THIRD, "patroni:x", False) == []
 
 
 def test_every_socket_a_member_listens_on_is_in_what_the_probe_binds():

@@ -120,7 +120,7 @@ def forgetting(monkeypatch):
     """forget_host against a stand-in state and cluster of stack 'prod' (each stand-in checks it is asked
     about that stack): what it imported and reset, in ``done``."""
     done = SimpleNamespace(imported=[], left=[], said=[], running=None, remembered=[], state=deployment(),
-                           addresses=STAYING, locked_checks=0)
+                           addresses=STAYING, locked_checks=0, etcd=STAYING, order=[])
 
     def prod(name, value):
         assert name == "prod", name
@@ -139,7 +139,18 @@ def forgetting(monkeypatch):
 
     def imported(stack, state, doing):
         done.imported.append(prod(stack.name, state))
+        done.order.append("state")
         assert doing == f"forgetting {GONE} in"
+
+    def listed(addresses):
+        assert tuple(addresses) == done.addresses, "etcd asked of the listed hosts"
+        return ("10.9.0.2", tuple(forget_host.etcd.EtcdMember(str(n), a) for n, a in enumerate(done.etcd))) \
+            if done.etcd else (None, ())
+
+    def forget_member(address, asking, deadline_s):
+        assert (address, tuple(asking), deadline_s) == (GONE, done.addresses, 7)
+        done.order.append("etcd")
+        return [f"etcd: the member on {address} removed"] if address in done.etcd else []
 
     monkeypatch.setattr(stacks, "stack_config", lambda name: prod(name, SimpleNamespace(
         cluster=SimpleNamespace(addresses=done.addresses), health_timeout_seconds=7)))
@@ -149,6 +160,8 @@ def forgetting(monkeypatch):
     monkeypatch.setattr(stacks, "deployed_target", lambda name: prod(name, DEPLOYED))
     monkeypatch.setattr(forget_host, "running_there", running_there)
     monkeypatch.setattr(forget_host.membership, "remembered_by", remembered_by)
+    monkeypatch.setattr(forget_host.etcd, "listed", listed)
+    monkeypatch.setattr(forget_host.etcd, "forget", forget_member)
 
     def leave(target, address, deadline_s):
         done.left.append((target, address, deadline_s))
@@ -200,9 +213,11 @@ def test_a_host_that_answers_without_the_stacks_containers_is_forgotten_too(forg
     ("listed", "10.9.0.5 is still in replicatedHosts of stack 'prod'; take it off the list first"),
     ("running", "10.9.0.5 answers and runs the stack's prod-haproxy, prod-redis: with the host off the list, "
                 "`pulumi up --stack prod` stops them"),
-    ("etcd", "10.9.0.5 runs one of the stack's 3 etcd members: moving etcd"),
-    ("unknown", "neither the state of stack 'prod' nor its Sentinels know 10.9.0.5: nothing to forget (its hosts: "
-                "10.9.0.2, 10.9.0.3, 10.9.0.4)"),
+    ("etcd", "10.9.0.5 ran one of the stack's etcd members, and no etcd member on 10.9.0.2, 10.9.0.3, 10.9.0.4 "
+             "answers to remove it: etcd changes its members only with a majority of them up. Bring the other etcd "
+             "hosts back, then run forget-host again; nothing was changed"),
+    ("unknown", "neither the state of stack 'prod', etcd nor its Sentinels know 10.9.0.5: nothing to forget (its "
+                "hosts: 10.9.0.2, 10.9.0.3, 10.9.0.4)"),
     ("single", "stack 'prod' is not replicated"),
 ])
 def test_refused_with_nothing_changed(forgetting, monkeypatch, case, message):
@@ -213,6 +228,7 @@ def test_refused_with_nothing_changed(forgetting, monkeypatch, case, message):
     elif case == "etcd":
         forgetting.state["resources"].append(resource("docker:index/container:Container", "member-m10_9_0_5-etcd",
                                                       member(GONE), provider(GONE)))
+        forgetting.etcd = ()
     elif case == "unknown":
         forgetting.state = {"resources": []}
     else:
@@ -220,7 +236,7 @@ def test_refused_with_nothing_changed(forgetting, monkeypatch, case, message):
     with pytest.raises(forget_host.ForgetRefused, match=message.replace("(", r"\(").replace(")", r"\)")) as refused:
         run(forgetting)
     assert refused.value.exit_code == 2
-    assert forgetting.imported == [] and forgetting.left == []
+    assert forgetting.imported == [] and forgetting.left == [] and forgetting.order == []
 
 
 def test_a_host_the_state_dropped_but_the_sentinels_still_know_is_only_reset(forgetting):
@@ -228,8 +244,27 @@ def test_a_host_the_state_dropped_but_the_sentinels_still_know_is_only_reset(for
     forgetting.state = {"resources": []}
     forgetting.remembered = ["10.9.0.3"]
     assert run(forgetting) == forget_host.Forgotten((), STAYING)
-    assert forgetting.said[0] == "the state of stack 'prod' holds nothing of 10.9.0.5; its Sentinels still know it"
+    assert forgetting.said[0] == "the state of stack 'prod' holds nothing of 10.9.0.5; the cluster still knows it"
     assert forgetting.imported == [] and forgetting.left == [(THREE, GONE, 7), (THREE, "converged", 7)]
+
+
+def test_an_etcd_host_leaves_etcds_members_before_the_state_is_touched(forgetting):
+    """Its member removed, the next `up` adds one on the host that took its place among the first three."""
+    forgetting.state["resources"].append(resource("docker:index/container:Container", "member-m10_9_0_5-etcd",
+                                                  member(GONE), provider(GONE)))
+    forgetting.etcd = ("10.9.0.2", "10.9.0.3", GONE)
+    forgotten = run(forgetting)
+    assert len(forgotten.urns) == len(GONE_URNS) + 1
+    assert forgetting.order == ["etcd", "state"]
+    assert forgetting.said[:2] == ["etcd: the member on 10.9.0.5 removed",
+                                   "dropped 7 resources of 10.9.0.5 from the state of stack 'prod' (nothing was done "
+                                   "on the host: its engine cannot be reached)"]
+    # Run again after a failure that came after the state was changed: only etcd still lists it.
+    forgetting.state, forgetting.order, forgetting.said = {"resources": []}, [], []
+    assert run(forgetting) == forget_host.Forgotten((), STAYING)
+    assert forgetting.order == ["etcd"] and forgetting.said[:2] == [
+        "the state of stack 'prod' holds nothing of 10.9.0.5; the cluster still knows it",
+        "etcd: the member on 10.9.0.5 removed"]
 
 
 @pytest.mark.parametrize("answering, said", [

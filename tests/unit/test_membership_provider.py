@@ -1,6 +1,7 @@
 """The membership resources' dynamic provider (infra.components.membership._MembershipProvider): an
 update records the cluster as it is and, on the first host's resource, stops the servers of the
-hosts that leave; the delete makes the hosts that stay forget this one; failures in their own words."""
+hosts that leave and moves etcd's member when its hosts changed; the delete makes the hosts that stay
+forget this one; failures in their own words."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ def steps(monkeypatch):
         ("hand_over", target.cluster.members, leaving, deadline)))
     monkeypatch.setattr(membership, "leave", lambda target, address, deadline: ran.append(
         ("leave", target.cluster.members, address, deadline)))
+    monkeypatch.setattr(membership, "move_etcd", lambda target, deadline: ran.append(
+        ("move_etcd", target.cluster.members, deadline)))
     return ran
 
 
@@ -65,6 +68,31 @@ def test_other_hosts_updates_and_a_growing_list_move_nothing(steps):
     provider.update("10.9.0.2", seat("10.9.0.2"), seat("10.9.0.2", GROWN))
     provider.update("10.9.0.2", seat("10.9.0.2"), {**seat("10.9.0.2"), "deadline_s": 60})
     assert steps == []
+
+
+def test_an_etcd_host_leaving_has_its_servers_stopped_then_its_member_moved_to_the_host_taking_its_place(steps):
+    from infra.core.targets import DockerHost
+
+    moved = {**TARGET, "cluster": {**TARGET["cluster"], "members": ["10.9.0.2", "10.9.0.3", "10.9.0.5"]}}
+    _MembershipProvider().update("10.9.0.2", seat("10.9.0.2", GROWN), seat("10.9.0.2", moved))
+    assert steps == [("hand_over", ("10.9.0.2", "10.9.0.3", "10.9.0.5"),
+                      {"10.9.0.4": DockerHost("ssh://root@10.9.0.4", "/k", "")}, 240),
+                     ("move_etcd", ("10.9.0.2", "10.9.0.3", "10.9.0.5"), 240)]
+    steps.clear()
+    # Its first host leaving: the next one's resource is the first of the new list; the others move nothing.
+    without_first = {**TARGET, "cluster": {**TARGET["cluster"], "members": ["10.9.0.3", "10.9.0.4", "10.9.0.5"]}}
+    _MembershipProvider().update("10.9.0.5", seat("10.9.0.5", GROWN), seat("10.9.0.5", without_first))
+    assert steps == []
+    _MembershipProvider().update("10.9.0.3", seat("10.9.0.3", GROWN), seat("10.9.0.3", without_first))
+    assert [step[0] for step in steps] == ["hand_over", "move_etcd"] and "10.9.0.2" in steps[0][2]
+    steps.clear()
+    # Reordered etcd hosts (the same three), or a host forgotten from the state (none leaves): nothing stops;
+    # etcd moves only when its hosts changed.
+    reordered = {**TARGET, "cluster": {**TARGET["cluster"], "members": ["10.9.0.3", "10.9.0.2", "10.9.0.4"]}}
+    _MembershipProvider().update("10.9.0.3", seat("10.9.0.3"), seat("10.9.0.3", reordered))
+    assert steps == []
+    _MembershipProvider().update("10.9.0.2", seat("10.9.0.2", GROWN, engines(moved)), seat("10.9.0.2", moved))
+    assert steps == [("move_etcd", ("10.9.0.2", "10.9.0.3", "10.9.0.5"), 240)]
 
 
 def test_delete_makes_the_others_forget_the_host_with_the_recorded_cluster(steps):

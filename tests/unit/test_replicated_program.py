@@ -114,10 +114,10 @@ def test_the_single_host_stack_declares_no_cluster(dev):
 
 @pytest.fixture
 def cluster_hosts(monkeypatch):
-    """The look at the cluster's hosts with stand-ins: ``hosts`` (address -> a DockerHostError, or the host
-    list its member runs with), ``conflicts`` (address -> what a new member there collides with); ``tried``
-    records the hosts reached, ``cfg`` is the stack's; where the cluster takes writes is read through a
-    stand-in too."""
+    """The look at the cluster's hosts with stand-ins: ``hosts`` (address -> a DockerHostError: out of reach),
+    ``conflicts`` (address -> what a new member there collides with), ``etcd`` (the hosts in etcd's member
+    list, read from the first listed host that answers, in ``asked``); ``tried`` records the hosts reached,
+    ``cfg`` is the stack's; where the cluster takes writes is read through a stand-in too."""
     import contextlib
     from types import SimpleNamespace
 
@@ -126,9 +126,9 @@ def cluster_hosts(monkeypatch):
     from infra.core.cluster import Primaries
     from infra.core.config import ClusterHost
     from infra.core.targets import DockerHost
-    from infra.deploy import replicated
+    from infra.deploy import etcd, replicated
 
-    state = SimpleNamespace(tried=[], hosts={}, program=program_module)
+    state = SimpleNamespace(tried=[], hosts={}, program=program_module, etcd=frozenset(), asked=[])
 
     @contextlib.contextmanager
     def session(host):
@@ -139,8 +139,10 @@ def cluster_hosts(monkeypatch):
         yield SimpleNamespace(docker_env={"DOCKER_HOST": f"tcp://{address}:2375"})
 
     monkeypatch.setattr(dockerhost, "session", session)
-    monkeypatch.setattr(conflicts, "cluster_hosts_on",
-                        lambda engine, stack: state.hosts.get(engine.address[6:-5], frozenset()))
+    monkeypatch.setattr(etcd, "listed", lambda addresses: (
+        state.asked.append(tuple(addresses)),
+        ("10.9.0.2", tuple(etcd.EtcdMember(str(n), a) for n, a in enumerate(sorted(state.etcd))))
+        if state.etcd else (None, ()))[1])
     state.conflicts = {}
     state.runs_etcd = {}
     monkeypatch.setattr(conflicts, "member_conflicts", lambda engine, stack, project, me, image, runs_etcd: (
@@ -177,18 +179,19 @@ def test_every_host_reached_the_run_goes_on_knowing_where_the_cluster_takes_writ
     from infra.core.cluster import Primaries
 
     cfg = cluster_hosts.cfg
-    cluster_hosts.hosts.update({a: frozenset(ADDRESSES) for a in ADDRESSES})
+    cluster_hosts.etcd = frozenset(ADDRESSES)
     cluster_hosts.members = frozenset(ADDRESSES)
     assert cluster_hosts.program.look_at_host(cfg) == Primaries("read through", repr(("target of", cfg)),
-                                                                frozenset(ADDRESSES))
+                                                                frozenset(ADDRESSES), frozenset(ADDRESSES))
     assert len(cluster_hosts.tried) == 3 and cluster_hosts.runs_etcd == {a: True for a in ADDRESSES}
-    cluster_hosts.hosts.clear()  # a new cluster: no member runs anywhere yet
+    assert cluster_hosts.asked == [ADDRESSES], "etcd's members asked of the listed hosts"
+    cluster_hosts.etcd = frozenset()  # a new cluster: no member runs anywhere yet
     cluster_hosts.members = frozenset()
-    assert cluster_hosts.program.look_at_host(cfg).members == frozenset()
+    assert cluster_hosts.program.look_at_host(cfg) == Primaries("read through", repr(("target of", cfg)))
 
 
 def grow(cluster_hosts, *addresses):
-    """The stack's list set to ``addresses``, the running etcd members started with the first three."""
+    """The stack's list set to ``addresses``, etcd's members on the first three of ADDRESSES."""
     from types import SimpleNamespace
 
     from infra.core.config import ClusterHost
@@ -196,7 +199,7 @@ def grow(cluster_hosts, *addresses):
 
     hosts = tuple(ClusterHost(DockerHost(f"ssh://root@{a}"), a) for a in addresses)
     cluster_hosts.cfg.cluster = SimpleNamespace(hosts=hosts, addresses=addresses, patroni_image="patroni:x")
-    cluster_hosts.hosts.update({a: frozenset(ADDRESSES) for a in ADDRESSES})
+    cluster_hosts.etcd = frozenset(ADDRESSES)
 
 
 @pytest.mark.parametrize("members, listed", [
@@ -231,6 +234,7 @@ def test_a_host_list_changed_by_more_than_one_host_is_refused_before_anything_is
         f"replicatedHosts {said} at once, so nothing was previewed or changed on any host: change one host per "
         "`up` (`pulumi config set replicatedHosts ssh://<user>@<address>,... --stack prod`, then `pulumi up`, for "
         "each).")
+    assert cluster_hosts.tried == [], "refused before any host is reached (a host swapped in may not be set up)"
 
 
 def test_a_host_joining_with_the_volumes_a_departed_member_left_is_refused_and_they_are_kept(cluster_hosts):
@@ -252,25 +256,49 @@ def test_a_host_joining_with_the_volumes_a_departed_member_left_is_refused_and_t
     assert cluster_hosts.program.look_at_host(cluster_hosts.cfg).members == frozenset()
 
 
-@pytest.mark.parametrize("listed", [
-    pytest.param(("10.9.0.3", "10.9.0.4", "10.9.0.5"), id="an etcd host removed"),
-    pytest.param(("10.9.0.2", "10.9.0.5", "10.9.0.3", "10.9.0.4"), id="a host added before the third"),
+@pytest.mark.parametrize("members, listed, etcd", [
+    pytest.param((*ADDRESSES, "10.9.0.5"), ("10.9.0.2", "10.9.0.3", "10.9.0.5"), ADDRESSES,
+                 id="the third host removed, the fourth takes its place"),
+    pytest.param((*ADDRESSES, "10.9.0.5"), ("10.9.0.3", "10.9.0.4", "10.9.0.5"), ADDRESSES,
+                 id="the first host removed"),
+    pytest.param((*ADDRESSES, "10.9.0.5"), ("10.9.0.2", "10.9.0.3", "10.9.0.5"), ADDRESSES[:2],
+                 id="run again after the member was removed"),
+    pytest.param((*ADDRESSES, "10.9.0.5"), ("10.9.0.2", "10.9.0.3", "10.9.0.5"),
+                 ("10.9.0.2", "10.9.0.3", "10.9.0.5"), id="run again after the member was added"),
+    pytest.param(ADDRESSES, ("10.9.0.4", "10.9.0.2", "10.9.0.3"), ADDRESSES, id="reordered"),
 ])
-def test_a_list_that_would_move_etcd_is_refused_before_anything_is_declared(cluster_hosts, listed):
-    """Moving an etcd member needs etcd's member add and remove, which `up` does not do yet."""
+def test_etcd_moves_off_a_host_taken_off_the_list_to_the_host_that_takes_its_place(
+        cluster_hosts, members, listed, etcd):
+    grow(cluster_hosts, *listed)
+    cluster_hosts.members, cluster_hosts.etcd = frozenset(members), frozenset(etcd)
+    looked = cluster_hosts.program.look_at_host(cluster_hosts.cfg)
+    assert looked.etcd == frozenset(etcd), "a member created now joins the running etcd"
+    assert cluster_hosts.runs_etcd == {a: a in listed[:3] for a in listed}
+
+
+@pytest.mark.parametrize("listed, etcd", [
+    pytest.param(("10.9.0.2", "10.9.0.5", "10.9.0.3", "10.9.0.4"), ADDRESSES, id="a host added before the third"),
+    pytest.param(("10.9.0.2", "10.9.0.5", "10.9.0.6"), ADDRESSES, id="two etcd hosts removed"),
+    pytest.param(("10.9.0.2", "10.9.0.5", "10.9.0.6", "10.9.0.3"), ADDRESSES[:2], id="two etcd hosts added"),
+])
+def test_a_list_that_would_move_etcd_otherwise_is_refused_before_any_host_is_reached(cluster_hosts, listed, etcd):
+    """Kept on the list but after the first three, a host's member would be removed with its data in
+    place; two at once would leave etcd without a majority of its members while they move."""
     import pulumi
 
     grow(cluster_hosts, *listed)
+    cluster_hosts.etcd = frozenset(etcd)
     # A host swapped in may not be set up yet: the changed list is what the operator hears of.
     cluster_hosts.hosts.setdefault("10.9.0.5", cluster_hosts.error("ssh://root@10.9.0.5: No route to host"))
     with pytest.raises(pulumi.RunError) as raised:
         cluster_hosts.program.look_at_host(cluster_hosts.cfg)
-    message = str(raised.value)
-    first = next(a for a in listed if a in ADDRESSES)
-    assert message.startswith(f"replicatedHosts lists {', '.join(listed)}, whose first 3 would run etcd, but the "
-                              f"etcd member on {first} runs with 10.9.0.2, 10.9.0.3, 10.9.0.4: moving etcd to other "
-                              "hosts is not supported yet, so nothing was previewed or changed on any host"), message
-    assert "pulumi config set replicatedHosts" in message and "--stack prod" in message
+    assert str(raised.value) == (
+        f"replicatedHosts lists {', '.join(listed)}, whose first 3 would run etcd, but etcd's members are on "
+        f"{', '.join(sorted(etcd))}, so nothing was previewed or changed on any host: etcd moves one host per `up`, "
+        "and only off a host taken off the list (the next host takes its place). Keep the hosts that run etcd first, "
+        "in any order; to move etcd off one of them, take that host off the list (`pulumi config set "
+        "replicatedHosts ssh://<user>@<address>,... --stack prod`).")
+    assert cluster_hosts.tried == [], "no host reached"
 
 
 def test_what_a_new_member_would_collide_with_is_refused_naming_each_host_before_anything_is_declared(
@@ -510,3 +538,22 @@ def test_with_backups_the_contract_names_the_schedule_and_the_bucket_status_read
     assert exports["backupSchedule"] == ("0 3 * * *", False)
     assert exports["backupS3Url"] == ("s3://sin-backups/prod", False)
     assert "backupSchedule" not in replicated.exports and "backupContainerName" not in backed_up.exports
+
+
+def test_an_etcd_member_created_beside_running_etcd_joins_it_and_no_running_member_is_replaced_for_its_list():
+    """Once etcd runs, a container created for a member (the host taking an etcd host's place) starts
+    with ``--initial-cluster-state existing``; every etcd container's arguments only seed it."""
+    def etcd_commands(mocks):
+        return {c.name: c.inputs["command"] for c in mocks.of_type(CONTAINER) if c.name.endswith("-etcd")}
+
+    new = rolled((None, None))
+    joining = rolled(("10.9.0.2", "10.9.0.2", frozenset(ADDRESSES), frozenset(ADDRESSES[:2])))
+    for mocks, state in ((new, "new"), (joining, "existing")):
+        commands = etcd_commands(mocks)
+        assert len(commands) == 3
+        for command in commands.values():
+            assert command[command.index("--initial-cluster-state") + 1] == state
+        for name in commands:
+            assert mocks.options[name].ignore_changes == ["command"], name
+    others = [c.name for c in new.of_type(CONTAINER) if not c.name.endswith("-etcd")]
+    assert others and not any(new.options[name].ignore_changes for name in others)
