@@ -43,7 +43,7 @@ def _call(address: str, verb: str, body: dict) -> dict:
 
 
 def _members(reply: dict) -> tuple[EtcdMember, ...]:
-    return tuple(EtcdMember(str(m["ID"]), urlsplit(m["peerURLs"][0]).hostname) for m in reply.get("members", []))
+    return tuple(EtcdMember(str(m["ID"]), urlsplit(m["peerURLs"][0]).hostname) for m in reply["members"])
 
 
 def listed(addresses: Sequence[str]) -> tuple[Optional[str], tuple[EtcdMember, ...]]:

@@ -106,3 +106,65 @@ def test_a_move_with_no_etcd_answering_says_so(monkeypatch, gateway):
     with pytest.raises(ClusterNotReady, match="within 30 s: no etcd member on 10.9.0.2, 10.9.0.3, 10.9.0.5 "
                                               "answers; run `up` again"):
         etcd.move(["10.9.0.2", "10.9.0.3", "10.9.0.5"], 30)
+
+
+def test_the_gateway_is_asked_with_etcds_json_on_its_client_port_and_its_error_is_said(monkeypatch):
+    """A stand-in server on loopback, as etcd's gateway answers: POST /v3/cluster/member/<verb>, JSON both ways."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked = []
+
+    class Gateway(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            asked.append((self.path, self.headers["Content-Type"], body))
+            if self.path.endswith("/remove"):
+                reply, code = {"error": "etcdserver: member not found", "code": 5,
+                               "message": "etcdserver: member not found"}, 404
+            else:
+                reply, code = {"header": {}, "members": [
+                    {"ID": "15985099378392235387", "name": "m127_0_0_1", "peerURLs": ["http://127.0.0.1:2380"]},
+                    {"ID": "834402285226417173", "peerURLs": ["http://10.9.0.5:2380"]}]}, 200
+            data = json.dumps(reply).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gateway)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(etcd, "ETCD_CLIENT_PORT", server.server_address[1])
+    monkeypatch.setattr(etcd.time, "sleep", lambda s: None)
+    try:
+        assert etcd.listed(["127.0.0.1"]) == ("127.0.0.1", (etcd.EtcdMember("15985099378392235387", "127.0.0.1"),
+                                                            etcd.EtcdMember("834402285226417173", "10.9.0.5")))
+        assert asked == [("/v3/cluster/member/list", "application/json", {})]
+        clock = iter(range(0, 10000, 10))
+        monkeypatch.setattr(etcd.time, "monotonic", lambda: next(clock))
+        with pytest.raises(ClusterNotReady) as raised:
+            etcd.move(["127.0.0.1"], 15)
+        assert str(raised.value) == ("etcd's members were not moved to 127.0.0.1 within 15 s: etcd said: etcdserver: "
+                                     "member not found; run `up` again")
+        assert asked[2] == ("/v3/cluster/member/remove", "application/json", {"ID": "834402285226417173"})
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_forgetting_a_host_removes_its_member_only_when_etcd_lists_it(monkeypatch, gateway):
+    given = gateway("10.9.0.2", "10.9.0.3", "10.9.0.5")
+    given.down = {"10.9.0.5"}
+    monkeypatch.setattr(etcd, "_call", given)
+    assert etcd.forget("10.9.0.5", ["10.9.0.2", "10.9.0.3", "10.9.0.4"], 30) == [
+        "etcd: the member on 10.9.0.5 removed"]
+    assert sorted(given.members.values()) == ["10.9.0.2", "10.9.0.3"]
+    given.calls.clear()
+    assert etcd.forget("10.9.0.5", ["10.9.0.2", "10.9.0.3", "10.9.0.4"], 30) == []
+    assert [verb for _, verb, _ in given.calls] == ["list"], "nothing removed or added"
+    assert etcd.forget("10.9.0.4", ["10.9.0.2", "10.9.0.3", "10.9.0.4"], 30) == [], "a host etcd never had"

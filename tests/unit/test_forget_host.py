@@ -202,6 +202,12 @@ def test_a_member_whose_engine_no_membership_recorded_is_taken_for_out_of_reach(
     assert len(forgetting.imported) == 1 and forgetting.said[0].endswith("its engine cannot be reached)")
 
 
+def test_a_host_that_ran_no_etcd_is_forgotten_while_etcd_answers_nowhere(forgetting):
+    forgetting.etcd = ()
+    assert run(forgetting).urns == tuple(GONE_URNS)
+    assert len(forgetting.imported) == 1 and forgetting.order == ["etcd", "state"]
+
+
 def test_a_host_that_answers_without_the_stacks_containers_is_forgotten_too(forgetting):
     forgetting.running = []
     run(forgetting)

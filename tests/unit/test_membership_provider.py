@@ -64,7 +64,7 @@ def test_the_first_hosts_update_stops_a_leaving_hosts_servers_reached_as_its_sta
 
 def test_other_hosts_updates_and_a_growing_list_move_nothing(steps):
     provider = _MembershipProvider()
-    provider.update("10.9.0.3", seat("10.9.0.3", GROWN), seat("10.9.0.3"))
+    assert provider.update("10.9.0.3", seat("10.9.0.3", GROWN), seat("10.9.0.3")).outs == seat("10.9.0.3")
     provider.update("10.9.0.2", seat("10.9.0.2"), seat("10.9.0.2", GROWN))
     provider.update("10.9.0.2", seat("10.9.0.2"), {**seat("10.9.0.2"), "deadline_s": 60})
     assert steps == []
