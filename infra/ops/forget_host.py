@@ -9,9 +9,9 @@ resources and its docker provider, references to them, its engine in the members
 then the Sentinels that stay forget it (:func:`infra.deploy.membership.leave`) and take the majority
 of the hosts left as quorum (:func:`infra.deploy.membership.converge`): with the gone host's vote
 still needed, losing one more host would leave Redis without a failover. A host that ran etcd first
-leaves etcd's member list (:func:`infra.deploy.etcd.forget`), before the state is touched; the next
-`up` adds a member on the host that took its place among the first ones. The next `up` then
-changes the other hosts only. Nothing is done on the host itself; its volumes stay there.
+leaves etcd's member list (:func:`infra.deploy.etcd.forget`), before the state is touched. The next
+`up` then changes the other hosts only (and adds an etcd member on the host that took its place
+among the first ones). Nothing is done on the host itself; its volumes stay there.
 
 Refused, nothing changed (exit 2): a host still in the list, a host that ran etcd while no etcd
 member of the listed hosts answers, a host that answers and still runs the stack's containers
@@ -144,13 +144,13 @@ def forget_host(stack: auto.Stack, address: str, say: Callable[[str], None]) -> 
     deployment = stacks.exported_deployment(stack)
     urns = member_urns(deployment, address)
     ran_etcd = any(_name(urn) == f"{cluster.Member(address).component}-etcd" for urn in urns)
-    asked, in_etcd = etcd.listed(cfg.cluster.addresses)
+    asked, etcd_members = etcd.listed(cfg.cluster.addresses)
     if ran_etcd and asked is None:
         raise ForgetRefused(f"{address} ran one of the stack's etcd members, and no etcd member on "
                             f"{', '.join(cfg.cluster.addresses)} answers to remove it: etcd changes its members only "
                             f"with a majority of them up. Bring the other etcd hosts back, then run forget-host "
                             f"again; nothing was changed")
-    in_etcd = any(m.address == address for m in in_etcd)
+    in_etcd = any(m.address == address for m in etcd_members)
     deployed = stacks.deployed_target(stack.name)
     target = replace(deployed, cluster=replace(
         deployed.cluster, members=tuple(a for a in deployed.cluster.members if a != address)))
