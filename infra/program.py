@@ -216,7 +216,7 @@ def refuse_moved_etcd(cfg: stack_config.StackConfig, running: frozenset[str]) ->
     host's membership resource moves the member: :func:`infra.deploy.membership.move_etcd`). An
     etcd host kept on the list but after the first ones would lose its member with its data in
     place, and two at once would leave etcd without a majority of its members while they move."""
-    wanted = frozenset(m.address for m in cluster.etcd_hosts(cluster.members(cfg.cluster.addresses)))
+    wanted = frozenset(cluster.etcd_addresses(cfg.cluster.addresses))
     gone, new = sorted(running - wanted), sorted(wanted - running)
     still_listed = [address for address in gone if address in cfg.cluster.addresses]
     if running and (still_listed or len(gone) > 1 or len(new) > 1):

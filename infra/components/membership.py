@@ -24,7 +24,7 @@ import pulumi
 import pulumi.dynamic as dynamic
 
 from infra.components.postdeploy import EngineBoundProvider, in_its_own_words
-from infra.core.cluster import etcd_hosts, members
+from infra.core.cluster import etcd_addresses
 from infra.core.targets import DockerHost, Target
 
 # The inputs whose change the state must record for the leave.
@@ -62,7 +62,7 @@ class _MembershipProvider(EngineBoundProvider):
 
 def _runs_etcd(props: dict[str, Any]) -> frozenset[str]:
     """The hosts that run etcd by the list these inputs record."""
-    return frozenset(m.address for m in etcd_hosts(members(props["target"]["cluster"]["members"])))
+    return frozenset(etcd_addresses(props["target"]["cluster"]["members"]))
 
 
 def _run(step: str, *args: Any) -> None:

@@ -272,6 +272,11 @@ def etcd_hosts(cluster: Sequence[Member]) -> tuple[Member, ...]:
     return tuple(cluster[:ETCD_SIZE])
 
 
+def etcd_addresses(addresses: Sequence[str]) -> tuple[str, ...]:
+    """The addresses of a host list whose hosts run etcd (:func:`etcd_hosts`)."""
+    return tuple(m.address for m in etcd_hosts(members(addresses)))
+
+
 def members(addresses: Sequence[str]) -> tuple[Member, ...]:
     """The members, in the order given; the first is the initial leader and Redis master."""
     for address in addresses:

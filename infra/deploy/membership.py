@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import redis
 
 from infra.core import dockercli, dockerhost
-from infra.core.cluster import container_name, etcd_hosts, members, sentinel_quorum
+from infra.core.cluster import container_name, etcd_addresses, sentinel_quorum
 from infra.core.targets import DockerHost, Target
 from infra.deploy import etcd
 from infra.deploy.replicated import POLL_S, REST_TIMEOUT_S, ClusterNotReady, patroni_members, read_state
@@ -118,7 +118,7 @@ def move_etcd(target: Target, deadline_s: float) -> list[str]:
     """etcd's members on the hosts that run etcd in ``target``'s list (the first ones): after one of
     them left the list (its servers stopped by :func:`hand_over`, or the host gone), its member is
     removed and the host that took its place added, whose etcd container then joins. What it changed."""
-    return etcd.move([m.address for m in etcd_hosts(members(target.cluster.members))], deadline_s)
+    return etcd.move(etcd_addresses(target.cluster.members), deadline_s)
 
 
 def _redis_switchover(target: Target, master: str, deadline_s: float) -> str:

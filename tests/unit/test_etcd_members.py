@@ -64,7 +64,8 @@ def test_a_move_removes_the_member_that_left_before_it_adds_the_one_taking_its_p
     given.down = {"10.9.0.4"}  # its servers were stopped
     monkeypatch.setattr(etcd, "_call", given)
     done = etcd.move(["10.9.0.2", "10.9.0.3", "10.9.0.5"], 30)
-    assert done == ["etcd: the member on 10.9.0.4 removed", "etcd: a member on 10.9.0.5 added (its container starts it)"]
+    assert done == ["etcd: the member on 10.9.0.4 removed",
+                    "etcd: a member on 10.9.0.5 added (its container starts it)"]
     changes = [(a, verb, body) for a, verb, body in given.calls if verb != "list"]
     assert changes == [("10.9.0.2", "remove", {"ID": "102"}),
                        ("10.9.0.2", "add", {"peerURLs": ["http://10.9.0.5:2380"]})]
