@@ -8,13 +8,11 @@ from typing import Optional
 import pulumi
 import pulumi_docker as docker
 
-from infra.core.targets import REDIS_CONFIG_DIR, REDIS_PORT, redis_cli
+from infra.core.targets import REDIS_CONFIG_DIR, REDIS_PORT, redis_cli, redis_maxmemory_mb
 from infra.components.common import ServiceArgs, ServiceSpec, declare_service, healthcheck
 
 CONFIG_FILE = f"{REDIS_CONFIG_DIR}/redis.conf"
 DATA_PATH = "/data"
-# Share of the container limit Redis may use for data; the rest covers AOF rewrites and buffers.
-MAXMEMORY_SHARE = 0.75
 # PING must answer PONG with the password from the config file (an unauthenticated
 # client gets NOAUTH).
 HEALTHCHECK = redis_cli(CONFIG_FILE, "ping") + " | grep -qx PONG"
@@ -39,7 +37,7 @@ def render_config(password: str, memory_mb: int) -> str:
         "dir /data",
         "appendonly yes",
         "appendfsync everysec",
-        f"maxmemory {int(memory_mb * MAXMEMORY_SHARE)}mb",
+        f"maxmemory {redis_maxmemory_mb(memory_mb)}mb",
         "maxmemory-policy volatile-lru",
         f"requirepass {password}",
         "",

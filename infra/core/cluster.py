@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import yaml
 
 from infra.backupagent.layout import ARCHIVE_COMMAND, ARCHIVE_MOUNT, ARCHIVE_TIMEOUT_S
-from infra.core.targets import redis_cli
+from infra.core.targets import redis_cli, redis_maxmemory_mb
 
 # The ports every member listens on, on its host's address (one home for each).
 ETCD_CLIENT_PORT = 2379
@@ -75,7 +75,7 @@ class ClusterTiming:
     ttl_s: int = 20
     loop_wait_s: int = 2
     retry_timeout_s: int = 5
-    sentinel_down_after_ms: int = 5000
+    sentinel_down_after_ms: int = 4000
     sentinel_failover_timeout_ms: int = 30000
 
     PATRONI_MINIMUMS = {"ttl_s": 20, "loop_wait_s": 1, "retry_timeout_s": 3}
@@ -231,7 +231,8 @@ def patroni_health(me: Member) -> str:
 
 def seeded(seed: str, config: str, *server_args: str) -> tuple[str, ...]:
     """The Redis image's own entrypoint on ``config`` in the data volume, copied from ``seed`` once,
-    writable (Sentinel refuses to start on a file it cannot rewrite; its entrypoint makes it redis')."""
+    writable (Sentinel refuses to start on a file it cannot rewrite; its entrypoint makes it redis').
+    What ``server_args`` set wins over the file at every start."""
     return ("sh", "-c", f'test -f {config} || install -m 600 {seed} {config}; exec docker-entrypoint.sh "$@"',
             "sh", config, *server_args)
 
@@ -254,8 +255,10 @@ def servers(cluster: Sequence[Member], me: Member, scope: str, superuser: str, s
                PATRONI_VOLUME_PATH, postgres_memory_mb, patroni_health(me), ARCHIVE_MOUNT if archiving else None),
         Server("haproxy", (), {HAPROXY_CONFIG_FILE: haproxy_config(cluster, me)}, None,
                SMALL_SERVER_MEMORY_MB["haproxy"]),
-        Server("redis", seeded(REDIS_SEED_FILE, redis_config_path),
-               {REDIS_SEED_FILE: redis_config(cluster, me, secrets, redis_memory_mb)}, REDIS_VOLUME_PATH,
+        # maxmemory on the command line: the file in the volume keeps what its first start was seeded with.
+        Server("redis", seeded(REDIS_SEED_FILE, redis_config_path, "--maxmemory",
+                               f"{redis_maxmemory_mb(redis_memory_mb)}mb"),
+               {REDIS_SEED_FILE: redis_config(cluster, me, secrets)}, REDIS_VOLUME_PATH,
                redis_memory_mb,
                # A master, or a replica whose link to its master is up (it has the master's data). The
                # password comes from the uploaded seed: the server's own copy is rewritten, quoted.
@@ -417,7 +420,7 @@ def haproxy_config(cluster: Sequence[Member], me: Member) -> str:
     )
 
 
-def redis_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecrets, memory_mb: int = 256) -> str:
+def redis_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecrets) -> str:
     """Redis on ``me``: the first member starts as master, the others as its replicas; a master
     that sees no replica within 10 s stops taking writes, which bounds what a cut-off master
     can accept and later lose. A full resync starts at once (the default waits 5 s for more
@@ -435,7 +438,6 @@ def redis_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecrets,
         "min-replicas-to-write 1",
         f"min-replicas-max-lag {REDIS_MIN_REPLICAS_MAX_LAG_S}",
         "repl-diskless-sync-delay 0",
-        f"maxmemory {memory_mb * 3 // 4}mb",
         "maxmemory-policy noeviction",
     ]
     leader = cluster[0]
@@ -449,11 +451,23 @@ def sentinel_quorum(hosts: int) -> int:
     return hosts // 2 + 1
 
 
+def sentinel_settings(hosts: int, timing: ClusterTiming = ClusterTiming()) -> dict[str, int]:
+    """How each Sentinel watches the master, by the name ``SENTINEL SET`` and ``SENTINEL MASTER``
+    give each setting. A Sentinel's file only seeds the copy it rewrites, so these reach running
+    Sentinels through ``SENTINEL SET`` (:func:`infra.deploy.membership.converge`)."""
+    return {
+        "quorum": sentinel_quorum(hosts),
+        "down-after-milliseconds": timing.sentinel_down_after_ms,
+        "failover-timeout": timing.sentinel_failover_timeout_ms,
+        "parallel-syncs": 1,
+    }
+
+
 def sentinel_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecrets,
                     timing: ClusterTiming = ClusterTiming()) -> str:
     """A Sentinel on ``me`` watching the first member as master, quorum a majority. Sentinel
     rewrites this file as the master moves, so it must live in a writable place."""
-    quorum = sentinel_quorum(len(cluster))
+    settings = sentinel_settings(len(cluster), timing)
     leader = cluster[0]
     name = SENTINEL_MASTER_NAME
     lines = [
@@ -462,10 +476,8 @@ def sentinel_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecre
         f"sentinel announce-ip {me.address}",
         f"requirepass {secrets.sentinel}",
         f"sentinel sentinel-pass {secrets.sentinel}",
-        f"sentinel monitor {name} {leader.address} {REDIS_PORT} {quorum}",
+        f"sentinel monitor {name} {leader.address} {REDIS_PORT} {settings.pop('quorum')}",
         f"sentinel auth-pass {name} {secrets.redis}",
-        f"sentinel down-after-milliseconds {name} {timing.sentinel_down_after_ms}",
-        f"sentinel failover-timeout {name} {timing.sentinel_failover_timeout_ms}",
-        f"sentinel parallel-syncs {name} 1",
+        *(f"sentinel {setting} {name} {value}" for setting, value in settings.items()),
     ]
     return "\n".join(lines) + "\n"

@@ -18,8 +18,15 @@ POSTGRES_PORT = 5432
 REDIS_PORT = 6379
 # Where the Redis image reads config files (the stack's, and a scratch one for restores).
 REDIS_CONFIG_DIR = "/usr/local/etc/redis"
+# Share of the container limit Redis may use for data; the rest covers AOF rewrites and buffers.
+MAXMEMORY_SHARE = 0.75
 POSTGRES_DATA_PATH = "/var/lib/postgresql/data"
 POSTGRES_SOCKET_DIR = "/var/run/postgresql"
+
+
+def redis_maxmemory_mb(memory_mb: int) -> int:
+    """Redis' ``maxmemory`` in a container of ``memory_mb``."""
+    return int(memory_mb * MAXMEMORY_SHARE)
 
 
 def redis_cli(config_file: str, arguments: str) -> str:

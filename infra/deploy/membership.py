@@ -9,8 +9,8 @@ left to do:
 
 - The Redis seed names the list's first host as master; when the master has moved since, the new
   replica copies a replica (a chain the Sentinels do not know): it is pointed to the master.
-- Each Sentinel's quorum is in its own file, which only seeds a new one: every Sentinel is set to
-  the majority of the list.
+- Each Sentinel's quorum and timing are in its own file, which only seeds a new one: every Sentinel
+  is set to the majority of the list and to the timing the program renders.
 - A leaving host's containers are deleted at the end of the run, after the others rolled onto files
   without it: meanwhile its Patroni could lead (or be promoted when the leader restarts) with no
   HAProxy routing to it, its Redis could stay master. Its servers stop first, the primaries moving off.
@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import redis
 
 from infra.core import dockercli, dockerhost
-from infra.core.cluster import container_name, etcd_addresses, sentinel_quorum
+from infra.core.cluster import container_name, etcd_addresses, sentinel_settings
 from infra.core.targets import DockerHost, Target
 from infra.deploy import etcd
 from infra.deploy.replicated import POLL_S, REST_TIMEOUT_S, ClusterNotReady, patroni_members, read_state
@@ -64,16 +64,18 @@ def agreed_master(target: Target, deadline_s: float) -> Optional[str]:
 
 
 def converge(target: Target, deadline_s: float) -> list[str]:
-    """Every Sentinel with the list's majority as quorum, every Redis replica replicating from the
-    master the Sentinels agree on. What it changed, one line each (empty: nothing)."""
+    """Every Sentinel watching as the program renders it (the list's majority as quorum, the
+    timing), every Redis replica replicating from the master the Sentinels agree on. What it
+    changed, one line each (empty: nothing)."""
     changed = []
-    quorum = sentinel_quorum(len(target.cluster.members))
+    wanted = sentinel_settings(len(target.cluster.members))
     for address in target.cluster.members:
         with _sentinel(target, address) as sentinel:
             master = sentinel.sentinel_master(target.cluster.master_name)
-            if master["quorum"] != quorum:
-                sentinel.execute_command("SENTINEL", "SET", target.cluster.master_name, "quorum", quorum)
-                changed.append(f"sentinel {address}: quorum {master['quorum']} -> {quorum}")
+            for setting, value in wanted.items():
+                if master[setting] != value:
+                    sentinel.execute_command("SENTINEL", "SET", target.cluster.master_name, setting, value)
+                    changed.append(f"sentinel {address}: {setting} {master[setting]} -> {value}")
     master = agreed_master(target, deadline_s)
     if master is None:
         return changed  # the cluster's checks say the Sentinels disagree

@@ -24,7 +24,7 @@ from pulumi import automation as auto
 
 
 from infra.core.config import POSTGRES_PASSWORD_KEY, REDIS_PASSWORD_KEY
-from infra.core.targets import POSTGRES_PORT, REDIS_PORT
+from infra.core.targets import MAXMEMORY_SHARE, POSTGRES_PORT, REDIS_PORT, redis_maxmemory_mb
 from infra.core.errors import InputError, OperationFailed
 from infra.core import dockercli
 from infra.deploy import migration_files, migrations
@@ -32,7 +32,7 @@ from infra.driver import stacks
 from infra.ops.backup.postgres_dump import schema_objects, table_counts
 from infra.components.common import labels
 from infra.components.postgres import DATA_PATH as POSTGRES_DATA
-from infra.components.redis import DATA_PATH as REDIS_DATA, MAXMEMORY_SHARE
+from infra.components.redis import DATA_PATH as REDIS_DATA
 from infra.core.config import PROJECT, SECRET_KEYS, ConfigError, StackConfig
 from infra.core.connect import ConnectError, connect_postgres, connect_redis
 from infra.deploy.registry import default_actor
@@ -315,7 +315,7 @@ def _redis_contents(target: RedisTarget, memory_mb: int, problems: list[str]) ->
         if str(client.info("persistence").get("aof_enabled")) != "1":
             problems.append(f"{target.container_name} runs without --appendonly yes; the takeover expects the ADR's "
                             f"command (its data would not be in the AOF the stack's Redis loads)")
-        used_mb, limit_mb = int(client.info("memory")["used_memory"]) / 2**20, memory_mb * MAXMEMORY_SHARE
+        used_mb, limit_mb = int(client.info("memory")["used_memory"]) / 2**20, redis_maxmemory_mb(memory_mb)
         if used_mb > limit_mb:
             problems.append(f"{target.container_name} holds {used_mb:.0f} MB, more than the stack's Redis may use "
                             f"({limit_mb:.0f} MB, {MAXMEMORY_SHARE:.0%} of redisMemoryMb {memory_mb}): it would "
@@ -558,7 +558,8 @@ def take_over(stack: auto.Stack, found: Found, rotate: bool, images: str, say: C
         before = config_path.read_bytes() if config_path.exists() else None
         undo.add(f"Pulumi.{stack.name}.yaml as it was", lambda: stacks.put_back(config_path, before))
         passwords = ({key: secrets.token_urlsafe(32) for key in SECRET_KEYS} if rotate else
-                     {POSTGRES_PASSWORD_KEY: found.postgres_target.password, REDIS_PASSWORD_KEY: found.redis_target.password})
+                     {POSTGRES_PASSWORD_KEY: found.postgres_target.password,
+                      REDIS_PASSWORD_KEY: found.redis_target.password})
         for key, value in passwords.items():
             stacks.set_secret(stack, key, value)
         say(f"{'generated' if rotate else 'stored'} postgresPassword and redisPassword as Pulumi secrets")

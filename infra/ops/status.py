@@ -5,8 +5,9 @@ Container state, health, uptime and restarts from Docker; the ADR's monitoring f
 last audit entries. ``problems`` lists whatever is unhealthy; it is empty when all is well.
 Pending migrations are a warning, not a problem: they are normal during a rollout. A replicated
 stack has members instead of containers: each as Patroni and its Sentinel see it, the cluster's own
-problems (a member absent, no leader or synchronous standby, a replica behind, Sentinels in dispute)
-and the figures from the leader and the master.
+problems (a member absent, no leader or synchronous standby, a replica behind, Sentinels in dispute),
+etcd's members against the list's first hosts, a Patroni member on a host off the list, and the
+figures from the leader and the master.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from datetime import datetime, timezone
 from typing import Optional, Sequence
 
 from infra.core import dockercli
-from infra.deploy import migration_files, migrations, replicated
+from infra.core.cluster import container_name, etcd_addresses
+from infra.deploy import etcd, migration_files, migrations, replicated
 from infra.ops import agentstatus
 from infra.core.connect import ConnectError, connect_postgres, connect_redis
 from infra.driver.drift import Finding
@@ -201,7 +203,7 @@ def collect_replicated(target: Target, audit_entries: int = 5,
     members = target.cluster.members
     state = read(target.cluster, target.redis.port, target.redis.password)
     result = Status(target.stack, [], [_member(address, state) for address in members])
-    result.problems += replicated.problems(state, members)
+    result.problems += replicated.problems(state, members) + _membership_problems(target.stack, members, state)
     if len(state.leaders) == 1:
         target = replace(target, postgres=replace(target.postgres, host=state.leaders[0]))
     if state.master:
@@ -213,6 +215,26 @@ def collect_replicated(target: Target, audit_entries: int = 5,
                                                       _last_archived(target))
         result.problems += found
     return result
+
+
+def _membership_problems(stack: str, members: Sequence[str], state: replicated.ClusterState) -> list[str]:
+    """What the cluster's checks do not see, as they look at the listed hosts only: etcd's members
+    other than the list's first hosts (a member moved by `forget-host`, or a move an `up` left
+    unfinished), and a Patroni member on a host off the list (one forgotten that came back, or
+    taken off by an `up` that failed before its containers were gone)."""
+    found = []
+    wanted = etcd_addresses(members)
+    via, listed = etcd.listed(wanted)
+    if via is None:
+        found.append(f"etcd: no member on {', '.join(wanted)} answers")
+    elif {m.address for m in listed} != set(wanted):
+        found.append(f"etcd members: {', '.join(sorted(m.address for m in listed))}, the list's first hosts: "
+                     f"{', '.join(wanted)}; `up` moves them")
+    strays = [m.get("host") for m in state.patroni if m.get("host") not in members]
+    if strays:
+        found.append(f"Patroni member on a host off the list: {', '.join(strays)}; unless an `up` is taking it off, "
+                     f"remove the stack's containers there ({container_name(stack, '*')}), then run forget-host")
+    return found
 
 
 def _last_archived(target: Target) -> Optional[tuple[str, str, datetime]]:

@@ -294,6 +294,10 @@ def test_etcd_moves_off_an_etcd_host_taken_off_the_list_and_off_one_lost_for_goo
             assert f"etcd: the member on {addresses[0]} removed" in forgotten.stderr
             assert etcd_members(hosts[1], stack.name) == sorted(
                 f"http://{a}:{cluster.ETCD_PEER_PORT}" for a in survivors)
+            # `status` (on the members of the last `up`) names etcd's two members until `up` adds the third.
+            shown = cli(settings, "status", "--stack", stack.name, timeout_s=120)
+            assert shown.returncode == 1, shown.stdout + shown.stderr
+            assert f"problem: etcd members: {', '.join(sorted(survivors))}, the list's first hosts: " in shown.stdout
             result = stack.up(color="never")
             assert result.outputs["verificationChecks"].value == 26
             assert result.outputs["sentinels"].value == [f"{a}:{cluster.SENTINEL_PORT}" for a in replaced]

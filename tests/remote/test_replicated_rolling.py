@@ -154,6 +154,12 @@ def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_ac
         assert result.outputs["verificationChecks"].value == 26, report
         replicated_stacks.nothing_lost(connect, addresses[1], pg_writer, redis_writer, report)
 
+        # Every Redis runs with the new limit, though its own file (seeded at its first start) says the old.
+        password = stack.get_config("sin-datastores:redisPassword").value
+        for address in addresses:
+            with redis.Redis(address, cluster.REDIS_PORT, password=password, socket_timeout=5) as member:
+                assert member.config_get("maxmemory") == {"maxmemory": str(240 * 2**20)}, address
+
         # Both servers were replaced on every host (the Sentinels' settings did not change), one host after
         # the other, the primary's host last; no client waited as long as a failover takes (20 s and more).
         after = {(h.address, role): replicated_stacks.started(h, stack.name, role) for h in three_hosts

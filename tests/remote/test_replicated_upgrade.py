@@ -1,8 +1,7 @@
 """Upgrading a replicated stack (issue #27): one brought up by the previous release of main, then
 `preview` and `up` with this code, under a writer: no volume replaced or deleted in the preview,
 no resource deleted, the data and every acknowledged commit kept, and nothing left to change. The
-stack has scheduled backups configured, which that release ignored on a replicated stack: this one
-turns them on, as an operator turns them on for a running cluster."""
+stack has scheduled backups, whose agents the upgrade keeps running."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from infra.core import cluster
 from infra.driver import stacks
@@ -18,13 +18,12 @@ from tests.cluster_clients import PostgresWriter
 from tests.e2e.support import release_tree, resource_steps, volume_steps
 from tests.backups import complete_backups, wait_for
 from tests.polling import until
-from tests.replicated_stacks import objects_on
 
 pytestmark = pytest.mark.e2e
-# The last release of main whose replicated topology differs from this one's (it ignored the backup
-# settings of a replicated stack; this one archives every member's WAL and runs an agent on each host);
-# bump it with each release that changes it.
-PREVIOUS_RELEASE = "4079509"
+# The last release of main whose replicated topology differs from this one's (its Redis took maxmemory
+# from the file seeded at its first start, its Sentinels' down-after was 5 s); bump it with each release
+# that changes it.
+PREVIOUS_RELEASE = "eafc24a"
 
 
 @pytest.fixture
@@ -41,7 +40,6 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
     with replicated_stacks.replicated_stack(three_hosts, tmp_path, "e2e-ha-upg", previous_tree, backups) as old:
         replicated_stacks.store_s3_keys(old, lan_s3)
         old.up(color="never")
-        assert not [n for h in three_hosts for n in objects_on(h, old.name) if "backup" in n], "ignored before"
         connect = replicated_stacks.postgres_connector(old.get_config("sin-datastores:postgresPassword").value)
         with connect(addresses[0], cluster.HAPROXY_PRIMARY_PORT) as conn:
             conn.execute("CREATE TABLE acked (id bigint PRIMARY KEY)")
@@ -59,17 +57,15 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             events: list = []
             stack.preview(color="never", on_event=events.append)
             steps = resource_steps(events)
-            # Backups turned on: each host's Patroni gains its archive volume and settings (replaced, its data
-            # volume the same), and its agent is new; the post-deploy step runs again for the new containers.
-            assert {name: op for name, op in volume_steps(events).items() if op != "same"} == {
-                f"member-{m}-{v}": "create" for m in members for v in ("patroni-archive", "backup-copies")}, steps
+            # Redis takes maxmemory on its command line, each Sentinel's seed has the new down-after: both
+            # replaced on every host, their volumes the same; the post-deploy step runs for the new containers.
+            assert set(volume_steps(events).values()) == {"same"}, steps
             assert {name: op for (_, name), op in steps.items() if op != "same"} == {
-                "post-deploy-step": "update", **{f"member-{m}-patroni": "create-replacement" for m in members},
-                **{f"member-{m}-{part}": "create" for m in members
-                   for part in ("patroni-archive", "backup", "backup-image", "backup-copies", "backup-container")},
+                "post-deploy-step": "update",
+                **{f"member-{m}-{role}": "create-replacement" for m in members for role in ("redis", "sentinel")},
             }, steps
             running = {h.address: set(h.docker("ps", "-q", "--no-trunc", "--filter",
-                                               f"name={old.name}-[ehrs]").split()) for h in three_hosts}
+                                               f"name={old.name}-[ehpb]").split()) for h in three_hosts}
 
             writer = PostgresWriter([(a, cluster.HAPROXY_PRIMARY_PORT) for a in addresses], connect, 1)
             writer.start()
@@ -89,13 +85,18 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             assert not missing, f"{len(missing)} acknowledged commits lost in the upgrade: {sorted(missing)[:10]}"
             assert replicated_stacks.redis_master(stack, sentinels, outputs["sentinelMasterName"]).get(
                 "upgrade:key") == b"kept"
+            # The Sentinels' own files (in their volumes) still say 5 s: the post-deploy step set them.
+            password = stack.get_config("sin-datastores:sentinelPassword").value
+            for address in addresses:
+                with redis.Redis(address, cluster.SENTINEL_PORT, password=password, socket_timeout=5) as sentinel:
+                    assert sentinel.sentinel_master(outputs["sentinelMasterName"])["down-after-milliseconds"] == \
+                        cluster.ClusterTiming().sentinel_down_after_ms, address
             assert set(stack.preview(color="never").change_summary) == {"same"}
             assert all(running[h.address] <= set(h.docker("ps", "-q", "--no-trunc").split()) for h in three_hosts), \
-                "a container other than Patroni was replaced"
+                "a container other than Redis and Sentinel was replaced"
             wait_for("the first base backup in the bucket", lambda: complete_backups(lan_s3, bucket, old.name), 180)
         finally:
-            # Taken down by this release: the previous one cannot read the membership resources it added
-            # (their provider is pickled by reference, to a module that release lacks).
+            # Taken down by this release, whose state it is after the up.
             try:
                 if stack is not None:
                     stack.destroy(color="never")

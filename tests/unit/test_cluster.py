@@ -105,6 +105,9 @@ def test_sentinels_watch_the_first_member_with_a_majority_quorum(count, quorum):
     assert "sentinel announce-ip 10.9.0.3" in text
     # Sentinel refuses options for a master it does not monitor yet.
     lines = text.splitlines()
+    assert [line for line in lines if line.startswith("sentinel ") and "sin-redis" in line][2:] == [
+        "sentinel down-after-milliseconds sin-redis 4000", "sentinel failover-timeout sin-redis 30000",
+        "sentinel parallel-syncs sin-redis 1"]
     assert lines.index(next(l for l in lines if l.startswith("sentinel monitor"))) < lines.index(
         next(l for l in lines if l.startswith("sentinel auth-pass")))
 
@@ -126,6 +129,18 @@ def test_each_member_runs_five_servers_and_redis_and_sentinel_seed_a_writable_fi
     assert list(servers["sentinel"].files) == ["/run/secrets/sentinel.conf"]
     for server in servers.values():
         assert not any(secret in " ".join(server.command) for secret in ("s" * 20, "d" * 20, "t" * 20))
+
+
+def test_redis_takes_maxmemory_from_its_command_line_at_every_start_not_from_the_file_seeded_once():
+    """A changed redisMemoryMb replaces the containers, whose Redis reads the file of its first start:
+    only the command line tells it the new limit (three quarters of the container's)."""
+    for memory_mb, maxmemory in ((256, "192mb"), (320, "240mb")):
+        servers = cluster.servers(HOSTS, SECOND, "prod", "sinadmin", SECRETS, 512, memory_mb)
+        redis = next(s for s in servers if s.role == "redis")
+        assert redis.command[-4:] == ("sh", "/data/redis.conf", "--maxmemory", maxmemory)
+        assert redis.memory_mb == memory_mb
+        assert "maxmemory " not in redis.files["/run/secrets/redis.conf"]
+        assert "maxmemory-policy noeviction" in redis.files["/run/secrets/redis.conf"]
 
 
 def test_a_change_reaches_the_primary_last_and_a_new_cluster_goes_in_list_order():

@@ -18,6 +18,8 @@ from tests.unit.replicated_target import TARGET
 STAYING = ("10.9.0.2", "10.9.0.3", "10.9.0.4")
 GROWN = Target.from_dict({**TARGET, "cluster": {**TARGET["cluster"], "members": [*STAYING, "10.9.0.5"]}})
 THREE = Target.from_dict(TARGET)
+# A Sentinel as its seed for three hosts starts it (SENTINEL MASTER's figures, as redis-py parses them).
+SEEDED = {"quorum": 2, "down-after-milliseconds": 4000, "failover-timeout": 30000, "parallel-syncs": 1}
 
 
 class Cluster:
@@ -25,7 +27,7 @@ class Cluster:
     ``sent`` records every command, ``down`` the hosts that do not answer."""
 
     def __init__(self, members, master="10.9.0.2", leader="10.9.0.2"):
-        self.sentinels = {a: {"ip": master, "quorum": 2, "num-other-sentinels": len(members) - 1,
+        self.sentinels = {a: {"ip": master, **SEEDED, "num-other-sentinels": len(members) - 1,
                               "num-slaves": len(members) - 1} for a in members}
         self.replication = {a: ({"role": "master"} if a == master else {"role": "slave", "master_host": master})
                             for a in members}
@@ -59,7 +61,7 @@ class Cluster:
             def execute_command(self, *args):
                 cluster.sent.append((address, *args))
                 if args[:2] == ("SENTINEL", "SET"):
-                    view["quorum"] = args[4]
+                    view[args[3]] = args[4]
                 if args[:2] == ("SENTINEL", "RESET"):
                     cluster.remembers[address].clear()
                     view["num-other-sentinels"] = view["num-slaves"] = 0
@@ -115,6 +117,21 @@ def test_converge_sets_the_majoritys_quorum_and_points_a_chained_replica_to_the_
     assert [s for s in found.sent if s[0] == "10.9.0.5"] == [
         ("10.9.0.5", "REPLICAOF", "10.9.0.3", 6379), ("10.9.0.5", "CONFIG", "REWRITE")]
     assert membership.converge(GROWN, 5) == [], "a second run finds nothing to do"
+
+
+def test_converge_sets_running_sentinels_to_the_timing_their_seed_no_longer_gives(cluster):
+    """Sentinels of a stack made when down-after was 5 s: their own files say 5 s, whatever the new seed."""
+    found = cluster()
+    for view in found.sentinels.values():
+        view["down-after-milliseconds"] = 5000
+    found.sentinels["10.9.0.3"]["failover-timeout"] = 180000
+    assert membership.converge(THREE, 5) == [
+        "sentinel 10.9.0.2: down-after-milliseconds 5000 -> 4000",
+        "sentinel 10.9.0.3: down-after-milliseconds 5000 -> 4000",
+        "sentinel 10.9.0.3: failover-timeout 180000 -> 30000",
+        "sentinel 10.9.0.4: down-after-milliseconds 5000 -> 4000"]
+    assert ("10.9.0.2", "SENTINEL", "SET", "sin-redis", "down-after-milliseconds", 4000) in found.sent
+    assert membership.converge(THREE, 5) == [], "a second run finds nothing to do"
 
 
 def test_converge_points_no_replica_anywhere_while_the_sentinels_disagree(cluster):

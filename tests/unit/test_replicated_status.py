@@ -11,12 +11,35 @@ import pytest
 
 from infra.backupagent import layout
 from infra.backupagent.store import DirStore, StoreError
+from infra.deploy.etcd import EtcdMember
 from infra.ops import status
 from tests.unit.test_replicated_step import ADDRESSES, TARGET, whole
 
 
+class Etcd:
+    """etcd's member list as the first answering member gives it; ``asked``: the addresses asked."""
+
+    def __init__(self):
+        self.members: tuple[str, ...] = tuple(ADDRESSES)
+        self.answers = True
+        self.asked: list[tuple[str, ...]] = []
+
+    def listed(self, addresses):
+        self.asked.append(tuple(addresses))
+        if not self.answers:
+            return None, ()
+        return addresses[0], tuple(EtcdMember(str(n), a) for n, a in enumerate(self.members))
+
+
 @pytest.fixture
-def services(monkeypatch):
+def etcd(monkeypatch):
+    found = Etcd()
+    monkeypatch.setattr(status.etcd, "listed", found.listed)
+    return found
+
+
+@pytest.fixture
+def services(monkeypatch, etcd):
     """The targets the services' figures would be read from (no server here)."""
     seen = []
     monkeypatch.setattr(status, "_services", lambda target, result, *_a, **_k: seen.append(target))
@@ -56,6 +79,33 @@ def test_a_lost_member_makes_it_unhealthy_and_is_named(services):
     assert "problem: Patroni members: 2 of 3 (10.9.0.2 absent)" in table
     assert json.loads(result.to_json())["healthy"] is False
     assert services[0].postgres.host == "10.9.0.3"
+
+
+def test_etcd_members_other_than_the_lists_first_hosts_are_a_problem(services, etcd):
+    """After forget-host of an etcd host, before the `up` that adds the host taking its place."""
+    assert status.collect_replicated(TARGET, read=lambda *_: whole()).healthy
+    assert etcd.asked == [tuple(ADDRESSES)]
+    etcd.members = ("10.9.0.4", "10.9.0.2")
+    result = status.collect_replicated(TARGET, read=lambda *_: whole())
+    assert result.problems == ["etcd members: 10.9.0.2, 10.9.0.4, the list's first hosts: 10.9.0.2, 10.9.0.3, "
+                               "10.9.0.4; `up` moves them"]
+    etcd.members = (*ADDRESSES, "10.9.0.9")
+    assert status.collect_replicated(TARGET, read=lambda *_: whole()).problems[0].startswith(
+        "etcd members: 10.9.0.2, 10.9.0.3, 10.9.0.4, 10.9.0.9,")
+    etcd.answers = False
+    assert status.collect_replicated(TARGET, read=lambda *_: whole()).problems == [
+        "etcd: no member on 10.9.0.2, 10.9.0.3, 10.9.0.4 answers"]
+
+
+def test_a_patroni_member_on_a_host_off_the_list_is_a_problem_with_the_fix(services):
+    """A forgotten host that came back: its engine restarted the stack's containers."""
+    reading = whole()
+    reading.patroni.append({"host": "10.9.0.9", "role": "replica", "state": "streaming", "lag": 0})
+    result = status.collect_replicated(TARGET, read=lambda *_: reading)
+    assert result.problems == [
+        "Patroni member on a host off the list: 10.9.0.9; unless an `up` is taking it off, remove the stack's "
+        "containers there (prod-*), then run forget-host"]
+    assert [m.address for m in result.members] == list(ADDRESSES)
 
 
 def test_without_a_leader_postgres_is_read_through_the_first_endpoint(services):
