@@ -468,6 +468,7 @@ def sentinel_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecre
     """A Sentinel on ``me`` watching the first member as master, quorum a majority. Sentinel
     rewrites this file as the master moves, so it must live in a writable place."""
     settings = sentinel_settings(len(cluster), timing)
+    quorum = settings.pop("quorum")  # on the monitor line; the others name the master after it
     leader = cluster[0]
     name = SENTINEL_MASTER_NAME
     lines = [
@@ -476,7 +477,7 @@ def sentinel_config(cluster: Sequence[Member], me: Member, secrets: ClusterSecre
         f"sentinel announce-ip {me.address}",
         f"requirepass {secrets.sentinel}",
         f"sentinel sentinel-pass {secrets.sentinel}",
-        f"sentinel monitor {name} {leader.address} {REDIS_PORT} {settings.pop('quorum')}",
+        f"sentinel monitor {name} {leader.address} {REDIS_PORT} {quorum}",
         f"sentinel auth-pass {name} {secrets.redis}",
         *(f"sentinel {setting} {name} {value}" for setting, value in settings.items()),
     ]

@@ -6,8 +6,8 @@ The program reads who is in etcd before a run (:func:`listed`); when an etcd hos
 the first host's membership resource moves its member to the host that takes its place
 (:func:`move`): the one that left is removed, then the new one added, so the majority etcd needs
 stays two throughout (added first, it would be three of four while one is down). The new member's
-container then starts with ``--initial-cluster-state existing`` and catches up from the others. ``forget-host`` removes the
-member of a host gone for good (:func:`forget`).
+container then starts with ``--initial-cluster-state existing`` and catches up from the others.
+``forget-host`` removes the member of a host gone for good (:func:`forget`).
 """
 
 from __future__ import annotations
