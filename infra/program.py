@@ -172,7 +172,8 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
     hosts changed other than by the one move `up` makes (:func:`refuse_moved_etcd`), a host list
     changed by more than one host (:func:`refuse_hosts_changed_at_once`); then a host where a new
     server's names or ports are taken, a joining host with a departed member's data
-    (:func:`refuse_old_data_joining`). What it read: where the cluster takes writes, which a change
+    (:func:`refuse_old_data_joining`), a ``redisMemoryMb`` lowered below what the Redis master holds
+    (:func:`refuse_redis_too_full`). What it read: where the cluster takes writes, which a change
     reaches last, and who is in it (Patroni's members, etcd's)."""
     from infra.deploy import etcd, replicated  # the clients load for a replicated stack only
     hosts = cfg.cluster.hosts
@@ -202,6 +203,7 @@ def look_at_cluster_hosts(cfg: stack_config.StackConfig) -> cluster.Primaries:
             f"host that is gone for good: take it off replicatedHosts, run `python -m infra "
             f"forget-host --stack {cfg.stack} --host <address>`, then `up` (docs/replicated.md).")
     refuse_old_data_joining(cfg, primaries.members, {host: seen.left for host, seen in zip(hosts, found)})
+    refuse_redis_too_full(cfg, primaries.redis)
     return dataclasses.replace(primaries, etcd=running_etcd)
 
 
@@ -239,6 +241,24 @@ def refuse_hosts_changed_at_once(cfg: stack_config.StackConfig, members: frozens
             f"replicatedHosts adds {', '.join(added) or 'no host'} and removes {', '.join(removed) or 'no host'} "
             f"at once, so nothing was previewed or changed on any host: change one host per `up` "
             f"({_set_hosts_hint(cfg)}, then `pulumi up`, for each).")
+
+
+def refuse_redis_too_full(cfg: stack_config.StackConfig, master: Optional[str]) -> None:
+    """Refuse a ``redisMemoryMb`` lowered below what the running master (``master``; None: no cluster
+    yet) holds (:mod:`infra.deploy.redis_memory`); a master that does not take the configured password
+    (it is about to change) is not checked, and that is said."""
+    if master is None:
+        return
+    from infra.core.connect import ConnectError
+    from infra.deploy import redis_memory
+    try:
+        redis_memory.refuse_if_too_full(dataclasses.replace(cluster_target(cfg).redis, host=master),
+                                        cfg.redis.memory_mb, cfg.stack)
+    except redis_memory.RedisTooFull as exc:
+        raise pulumi.RunError(str(exc)) from None
+    except ConnectError as exc:
+        pulumi.log.warn(f"whether what the Redis master holds fits redisMemoryMb {cfg.redis.memory_mb} was not "
+                        f"checked: {exc}")
 
 
 def refuse_old_data_joining(cfg: stack_config.StackConfig, members: frozenset[str],
@@ -411,6 +431,7 @@ def replicated_program(cfg: stack_config.StackConfig, primaries: cluster.Primari
     pulumi.export("connection", pulumi.Output.secret(target.to_dict()))
     pulumi.export("migrationsApplied", step.applied)
     pulumi.export("verificationChecks", step.checks)
+    pulumi.export("clusterConverged", step.converged)
     if backups:
         pulumi.export("backupSchedule", cfg.backup.schedule)
         pulumi.export("backupS3Url", cfg.backup.s3.url)

@@ -155,13 +155,15 @@ class PostDeployArgs:
 class PostDeployStep(dynamic.Resource):
     applied: pulumi.Output[list[str]]
     checks: pulumi.Output[int]
+    converged: pulumi.Output[list[str]]
 
     def __init__(self, name: str, args: PostDeployArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__(
             _PostDeployProvider(), name,
             {"target": pulumi.Output.secret(args.target), "migrations": args.migrations,
              "container_ids": args.container_ids, "actor": args.actor, "ready_timeout_s": args.ready_timeout_s,
-             "applied": None, "already_applied": None, "checks": None, "failed": None, "timings_ms": None},
+             "applied": None, "already_applied": None, "checks": None, "failed": None, "timings_ms": None,
+             "converged": None},
             pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(additional_secret_outputs=["target"])),
         )
 
@@ -171,6 +173,7 @@ class PostDeploy(pulumi.ComponentResource):
 
     applied: pulumi.Output[list[str]]
     checks: pulumi.Output[int]
+    converged: pulumi.Output[list[str]]
 
     def __init__(self, name: str, args: PostDeployArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("sin-datastores:index:PostDeploy", name, None, opts)
@@ -185,4 +188,5 @@ class PostDeploy(pulumi.ComponentResource):
             parent=self, provider=provider, depends_on=args.services))
         self.applied = step.applied
         self.checks = step.checks
-        self.register_outputs({"applied": self.applied, "checks": self.checks})
+        self.converged = step.converged
+        self.register_outputs({"applied": self.applied, "checks": self.checks, "converged": self.converged})

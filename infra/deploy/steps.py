@@ -24,11 +24,14 @@ class Result:
     report: Report
     timings_ms: dict[str, int] = field(default_factory=dict)
     """How long each phase took (ready, credentials, migrate, verify, register): where `up` spends its time."""
+    converged: list[str] = field(default_factory=list)
+    """What a replicated stack's running Sentinels and Redis replicas were set to, one line each
+    (:func:`infra.deploy.membership.converge`); empty when they were as the program renders them."""
 
     def summary(self) -> dict:
         return {"applied": self.applied, "already_applied": self.already_applied,
                 "checks": len(self.report.checks), "failed": [c.name for c in self.report.failed],
-                "timings_ms": self.timings_ms}
+                "timings_ms": self.timings_ms, "converged": self.converged}
 
 
 class _Phases:
@@ -64,9 +67,10 @@ def run(target: Target, actor: str | None = None, migration_dir: Path = migratio
     """
     actor = actor or registry.default_actor()
     phases = _Phases()
+    converged: list[str] = []
     if target.cluster:
         # Patroni set the passwords at bootstrap; the step migrates through HAProxy, on the leader.
-        membership.converge(target, deadline_s)
+        converged = membership.converge(target, deadline_s)
         target = replicated.resolve(target, replicated.wait_until_whole(target, deadline_s))
         replicated.ensure_database(target.postgres, deadline_s)
         wait_until_answering(target, deadline_s)
@@ -83,10 +87,12 @@ def run(target: Target, actor: str | None = None, migration_dir: Path = migratio
     phases.done("verify")
     if not report.ok:
         raise VerificationFailed(report)
-    result = Result([m.name for m, _ in outcome.applied], outcome.already_applied, report, phases.timings_ms)
+    result = Result([m.name for m, _ in outcome.applied], outcome.already_applied, report, phases.timings_ms,
+                    converged)
     with connect_postgres(target.postgres, deadline_s) as conn:
         registry.register(conn, target, actor, {
             "migrations_applied": result.applied,
+            **({"cluster_converged": converged} if target.cluster else {}),
             "postgres_password_set_from_config": reconciled,
             "checks_passed": len(report.checks),
             "postgres": {"container": target.postgres.container_name, "ip": target.postgres.container_ip},

@@ -19,6 +19,7 @@ from infra.core import dockercli
 CONTAINER_TYPE = "docker:index/container:Container"
 VOLUME_TYPE = "docker:index/volume:Volume"
 NETWORK_TYPE = "docker:index/network:Network"
+ROLE_LABEL = f"{dockercli.LABEL_PREFIX}.role"
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class DeclaredContainer:
     ip: str
     volume: str
     labels: tuple[tuple[str, str], ...]
+    memory_mb: int = 0
+    """The memory limit the state gives it (0: none)."""
+
+    @property
+    def role(self) -> str:
+        return dict(self.labels).get(ROLE_LABEL, "")
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,8 @@ def declared(deployment: dict) -> Declared:
             vol = (out.get("volumes") or [{}])[0]
             containers.append(DeclaredContainer(
                 r["urn"], r["id"], out.get("name", ""), net.get("name", ""), net.get("ipv4Address", ""),
-                vol.get("volumeName", ""), tuple(sorted((l["label"], l["value"]) for l in out.get("labels") or []))))
+                vol.get("volumeName", ""), tuple(sorted((l["label"], l["value"]) for l in out.get("labels") or [])),
+                int(out.get("memory") or 0)))
         elif r["type"] == VOLUME_TYPE:
             volumes.append(DeclaredObject(r["urn"], out.get("name", r["id"])))
         elif r["type"] == NETWORK_TYPE:

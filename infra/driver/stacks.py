@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import yaml
 from pulumi import automation as auto
 
-from infra.core.errors import InputError, OperationFailed
+from infra.core.errors import InputError, OperationFailed, SinError
 from infra.core import conflicts, dockercli, dockerhost, statecopy
 from infra.core.engine import Engine
 from infra.driver import backends, drift, locks, pulumi_errors
@@ -365,6 +365,7 @@ def prepared_config(stack: auto.Stack, images: str, say: Callable[[str], None],
         deployment = exported_deployment(stack)
         identity = state_id(stack)
         looked = look_at_host(validate(stack.name, config, overrides, pending), deployment, host, say, identity)
+        refuse_lowered_redis_memory(stack, checked, deployment, say)
         for key in ensure_secrets(stack, config) if generate_passwords else ():
             say(f"generated {key} and stored it as a Pulumi secret in Pulumi.{stack.name}.yaml")
         overlay = overlay_config_file(stack, overrides)
@@ -397,6 +398,26 @@ def look_at_host(cfg: StackConfig, deployment: dict, host: dockerhost.Session, s
     known = exempt | {item.name for item in drift.interrupted(deployment)}
     conflicts.check(engine, cfg, host.host.describe(), exempt, known, identity)
     return True
+
+
+def refuse_lowered_redis_memory(stack: auto.Stack, cfg: StackConfig, deployment: dict,
+                                say: Callable[[str], None]) -> None:
+    """Refuse a ``redisMemoryMb`` lowered below what the deployed Redis holds
+    (:mod:`infra.deploy.redis_memory`); Redis is read only when the configuration lowers the limit
+    the state gives it. Where it cannot be read (a host down, no outputs yet), this is said and not checked.
+    A replicated stack's program looks itself, where it reads the cluster (plain `pulumi` too)."""
+    deployed = max((c.memory_mb for c in drift.declared(deployment).containers if c.role == "redis"), default=0)
+    if cfg.cluster or cfg.redis.memory_mb >= deployed:
+        return
+    from infra.deploy import redis_memory  # the database clients load only for such a change
+    try:
+        with dockerhost.reach(target_of(stack)) as target:
+            redis_memory.refuse_if_too_full(target.redis, cfg.redis.memory_mb, stack.name)
+    except redis_memory.RedisTooFull:
+        raise
+    except SinError as exc:
+        say(f"redisMemoryMb lowered from {deployed} to {cfg.redis.memory_mb}; what Redis holds could not be read, "
+            f"so whether it fits was not checked: {exc}")
 
 
 def up(stack: auto.Stack, images: str, say: Callable[[str], None], generate_passwords: bool = False,
@@ -707,8 +728,12 @@ def docker_host_of(stack: auto.Stack) -> DockerHost:
 
 def deployed_target(name: str, settings: Optional[Settings] = None) -> Target:
     """The target of an existing, deployed stack."""
-    stack = open_stack(name, settings)
-    return target_from_outputs(name, stack.outputs(), docker_host_of(stack))
+    return target_of(open_stack(name, settings))
+
+
+def target_of(stack: auto.Stack) -> Target:
+    """The target a deployed stack's outputs give."""
+    return target_from_outputs(stack.name, stack.outputs(), docker_host_of(stack))
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import redis as redis_lib
 
+from infra.deploy import redis_memory
 from infra.driver import stacks
 from tests.e2e.support import docker, inspect, objects_of, state_files, wait_healthy
 
@@ -141,6 +142,23 @@ def test_data_survives_a_replaced_redis_and_a_postgresql_updated_in_place(make_s
                          password=pg_password) as conn:
         assert conn.execute("SELECT count(*) FROM logs WHERE message = 'survives replacement'").fetchone()[0] == 1
     assert redis_lib.Redis(port=redis_port, password=redis_password).get("e2e:survivor") == b"still here"
+
+    # Lowered below what Redis now holds (60 MB of queue entries, no TTL): `up` and `preview` refuse it
+    # before anything is touched.
+    with redis_lib.Redis(port=redis_port, password=redis_password) as client:
+        for batch in range(6):
+            client.mset({f"e2e:queue:{batch}:{i}": b"q" * 10_000 for i in range(1_000)})
+    stacks.configure(test_stack.stack, {"redisMemoryMb": "64"})
+    said: list[str] = []
+    for command in (stacks.up, stacks.preview):
+        with pytest.raises(redis_memory.RedisTooFull) as refused:
+            command(test_stack.stack, "auto", said.append)
+        assert str(refused.value).startswith("redisMemoryMb 64: Redis 127.0.0.1:"), refused.value
+        assert "more than the 48 MB maxmemory" in str(refused.value) and redis_password not in str(refused.value)
+    assert inspect("container", result.outputs["redisContainerName"].value)["Id"] == ids_after["redis"]
+    assert inspect("container", result.outputs["redisContainerName"].value)["HostConfig"]["Memory"] == 320 * 2**20
+    with redis_lib.Redis(port=redis_port, password=redis_password) as client:
+        assert client.get("e2e:survivor") == b"still here" and client.exists("e2e:queue:5:999") == 1
 
 
 def test_two_more_stacks_run_at_the_same_time_without_colliding(deployed, make_stack):

@@ -133,6 +133,7 @@ def test_post_deploy_step_migrates_verifies_and_registers(target, migration_dir)
     [(action, actor, kind, stack, changes)] = audit
     assert (action, actor, kind, stack) == ("deploy", "tester", "stack", "itest")
     assert changes["migrations_applied"] == ["V001__adr006_schema.sql"]
+    assert "cluster_converged" not in changes  # only a replicated stack's step converges Sentinels
 
 
 def test_second_post_deploy_upserts_services_and_appends_audit(target, migration_dir):
@@ -157,7 +158,8 @@ def test_failed_verification_fails_the_step_and_registers_nothing(target, migrat
 def test_pulumi_s_post_deploy_resource_runs_the_step_and_keeps_its_triggers(target):
     props = {"target": target.to_dict(), "migrations": migration_files.fingerprint(migration_files.load()),
              "container_ids": ["pg-1", "redis-1"], "actor": "tester", "ready_timeout_s": 30,
-             "applied": None, "already_applied": None, "checks": None, "failed": None, "timings_ms": None}
+             "applied": None, "already_applied": None, "checks": None, "failed": None, "timings_ms": None,
+             "converged": None}
 
     provider = _PostDeployProvider()
     created = provider.create(props)
@@ -173,7 +175,7 @@ def test_pulumi_s_post_deploy_resource_runs_the_step_and_keeps_its_triggers(targ
     assert created_outs == {"target": props["target"], "migrations": props["migrations"],
                             "container_ids": ["pg-1", "redis-1"], "actor": "tester", "ready_timeout_s": 30,
                             "applied": ["V001__adr006_schema.sql"], "already_applied": 0, "checks": checks,
-                            "failed": []}
+                            "failed": [], "converged": []}  # a single host: no Sentinel to set
     updated_outs.pop("timings_ms")
     assert updated_outs == {**created_outs, "container_ids": ["pg-2", "redis-1"], "applied": [], "already_applied": 1}
     with connect_postgres(target.postgres) as conn:

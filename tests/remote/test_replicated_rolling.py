@@ -174,6 +174,23 @@ def test_a_change_to_every_data_server_rolls_one_host_at_a_time_keeping_every_ac
         assert set(stack.preview(color="never").change_summary) == {"same"}
         until("a whole cluster after the change", whole(addresses), 60)
 
+        # Lowered below what the master holds (60 MB of entries without a TTL): `preview` and `up` refuse it
+        # before anything is declared, nothing touched.
+        running = {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts}
+        master = sentinels.discover_master(master_name)[0]
+        with redis.Redis(master, cluster.REDIS_PORT, password=password, socket_timeout=30) as client:
+            for batch in range(6):
+                client.mset({f"rolling:queue:{batch}:{i}": b"q" * 10_000 for i in range(1_000)})
+            stack.set_config("sin-datastores:redisMemoryMb", auto.ConfigValue("64"))
+            for attempt in (stack.preview, stack.up):
+                with pytest.raises(auto.CommandError) as refused:
+                    attempt(color="never")
+                assert f"redisMemoryMb 64: Redis {master}:{cluster.REDIS_PORT} holds 6" in str(refused.value)
+            assert {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts} == running
+            stack.set_config("sin-datastores:redisMemoryMb", auto.ConfigValue("320"))
+            for batch in range(6):
+                client.unlink(*(f"rolling:queue:{batch}:{i}" for i in range(1_000)))
+
         # An etcd host swapped for another (here one not set up, as such a host often is): refused, nothing touched.
         running = {h.address: h.docker("ps", "-q", "--no-trunc").split() for h in three_hosts}
         spare = addresses[2].rsplit(".", 1)[0] + ".250"

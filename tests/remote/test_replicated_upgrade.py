@@ -80,12 +80,18 @@ def test_a_replicated_stack_of_the_previous_release_upgrades_keeping_its_volumes
             assert result.outputs["verificationChecks"].value == 26
             with connect(addresses[1], cluster.HAPROXY_PRIMARY_PORT) as conn:
                 stored = {row for (row,) in conn.execute("SELECT id FROM acked")}
+                [changes] = conn.execute("SELECT changes FROM audit_trail WHERE action = 'deploy' "
+                                         "ORDER BY id DESC LIMIT 1").fetchone()
             assert 0 in stored, "the previous release's row is gone"
             missing = writer.ids() - stored
             assert not missing, f"{len(missing)} acknowledged commits lost in the upgrade: {sorted(missing)[:10]}"
             assert replicated_stacks.redis_master(stack, sentinels, outputs["sentinelMasterName"]).get(
                 "upgrade:key") == b"kept"
-            # The Sentinels' own files (in their volumes) still say 5 s: the post-deploy step set them.
+            # The Sentinels' own files (in their volumes) still say 5 s: the post-deploy step set them, and says so.
+            converged = sorted(line for line in result.outputs["clusterConverged"].value
+                               if line.startswith("sentinel "))
+            assert converged == [f"sentinel {a}: down-after-milliseconds 5000 -> 4000" for a in sorted(addresses)]
+            assert changes["cluster_converged"] == result.outputs["clusterConverged"].value, changes
             password = stack.get_config("sin-datastores:sentinelPassword").value
             for address in addresses:
                 with redis.Redis(address, cluster.SENTINEL_PORT, password=password, socket_timeout=5) as sentinel:

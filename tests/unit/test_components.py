@@ -150,6 +150,7 @@ def test_the_post_deploy_component_passes_on_what_the_step_applied_and_checked(d
     assert dev.component_outputs["post-deploy"] == {"applied": ["V001__adr006_schema.sql"], "checks": 20}
     assert output_value(dev.exports["migrationsApplied"]) == (["V001__adr006_schema.sql"], False)
     assert output_value(dev.exports["verificationChecks"]) == (20, False)
+    assert "clusterConverged" not in dev.exports  # a single host has no Sentinels to set
 
 
 def test_every_docker_resource_of_the_backups_goes_to_the_stack_s_docker_host(backed_up):

@@ -70,6 +70,7 @@ def test_the_contract_names_the_endpoints_the_sentinels_and_keeps_passwords_secr
     assert exports["postgresEndpoints"][0] == [f"{a}:5000" for a in ADDRESSES]
     assert exports["sentinels"][0] == [f"{a}:26379" for a in ADDRESSES]
     assert exports["sentinelMasterName"] == ("sin-redis", False)
+    assert "clusterConverged" in exports
     url, secret = exports["postgresUrl"]
     assert secret and url.endswith("@10.9.0.2:5000,10.9.0.3:5000,10.9.0.4:5000/sinsolver")
     connection, secret = exports["connection"]
@@ -148,6 +149,8 @@ def cluster_hosts(monkeypatch):
     monkeypatch.setattr(conflicts, "member_conflicts", lambda engine, stack, project, me, image, runs_etcd: (
         state.runs_etcd.__setitem__(me.address, runs_etcd) or state.conflicts.get(me.address, [])))
     monkeypatch.setattr(program_module, "cluster_target", lambda given: ("target of", given))
+    state.masters = []
+    monkeypatch.setattr(program_module, "refuse_redis_too_full", lambda cfg, master: state.masters.append(master))
     state.left = {}
     monkeypatch.setattr(conflicts, "left_volumes", lambda engine, stack: state.left.get(engine.address[6:-5], []))
     state.members = frozenset()
@@ -185,6 +188,7 @@ def test_every_host_reached_the_run_goes_on_knowing_where_the_cluster_takes_writ
                                                                 frozenset(ADDRESSES), frozenset(ADDRESSES))
     assert len(cluster_hosts.tried) == 3 and cluster_hosts.runs_etcd == {a: True for a in ADDRESSES}
     assert cluster_hosts.asked == [ADDRESSES], "etcd's members asked of the listed hosts"
+    assert cluster_hosts.masters == [repr(("target of", cfg))], "what the Redis master holds is read before declaring"
     cluster_hosts.etcd = frozenset()  # a new cluster: no member runs anywhere yet
     cluster_hosts.members = frozenset()
     assert cluster_hosts.program.look_at_host(cfg) == Primaries("read through", repr(("target of", cfg)))
