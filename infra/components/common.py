@@ -8,7 +8,7 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_docker as docker
 
-from infra.core.dockercli import LABEL_PREFIX, STOP_GRACE_S
+from infra.core.dockercli import LABEL_PREFIX, ROLE_LABEL, STACK_LABEL, STOP_GRACE_S
 
 # Rotate container logs instead of letting json-file grow without bound.
 LOG_OPTS = {"max-size": "10m", "max-file": "3"}
@@ -17,7 +17,7 @@ SECURITY_OPTS = ["no-new-privileges:true"]
 
 def labels(project: str, stack: str, role: str) -> dict[str, str]:
     """The labels every Docker object of a stack carries (and the sweeper selects on)."""
-    return {f"{LABEL_PREFIX}.project": project, f"{LABEL_PREFIX}.stack": stack, f"{LABEL_PREFIX}.role": role}
+    return {f"{LABEL_PREFIX}.project": project, STACK_LABEL: stack, ROLE_LABEL: role}
 
 
 def container_labels(values: Mapping[str, str]) -> list[docker.ContainerLabelArgs]:

@@ -22,8 +22,9 @@ from infra.core.errors import OperationFailed
 # The label scheme of every Docker object a stack owns: <prefix>.project, .stack, .role.
 LABEL_PREFIX = "sin-datastores"
 STACK_LABEL = f"{LABEL_PREFIX}.stack"
+ROLE_LABEL = f"{LABEL_PREFIX}.role"
 # Containers a command creates for a while (scratch databases, copiers) carry this one too.
-SCRATCH_LABEL = f"{LABEL_PREFIX}.role=scratch"
+SCRATCH_LABEL = f"{ROLE_LABEL}=scratch"
 
 
 # How long `destroy`, a replacement and a leaving cluster host wait for a container to stop before

@@ -129,7 +129,7 @@ def _ensure_empty_image() -> None:
         archive = Path(tmp) / "empty.tar"
         tarfile.open(archive, "w").close()
         with open(archive, "rb") as source:
-            dockercli.docker("import", "--change", f"LABEL {LABEL_PREFIX}.role={ROLE}", "-", EMPTY_IMAGE,
+            dockercli.docker("import", "--change", f"LABEL {dockercli.ROLE_LABEL}={ROLE}", "-", EMPTY_IMAGE,
                              stdin=source)
 
 

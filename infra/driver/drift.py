@@ -19,7 +19,6 @@ from infra.core import dockercli
 CONTAINER_TYPE = "docker:index/container:Container"
 VOLUME_TYPE = "docker:index/volume:Volume"
 NETWORK_TYPE = "docker:index/network:Network"
-ROLE_LABEL = f"{dockercli.LABEL_PREFIX}.role"
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class DeclaredContainer:
 
     @property
     def role(self) -> str:
-        return dict(self.labels).get(ROLE_LABEL, "")
+        return dict(self.labels).get(dockercli.ROLE_LABEL, "")
 
 
 @dataclass(frozen=True)
